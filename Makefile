@@ -1,0 +1,53 @@
+# genoserve developer entry points. Every target sets up what it needs (idempotent).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+INSTALLED := $(VENV)/.installed
+STUBS := services/genoserve/v1/.generated
+PROTOS := $(wildcard protos/genoserve/v1/*.proto)
+PYTEST_ARGS ?=
+
+.PHONY: setup serve test lint protos models bench clean
+
+setup: $(INSTALLED) $(STUBS)
+
+$(INSTALLED): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[cpu,dev]'
+	touch $@
+
+# gRPC stubs + typed .pyi, generated into the package module genoserve.v1 (never hand-edited).
+protos: $(INSTALLED)
+	rm -f $(STUBS)
+	$(MAKE) $(STUBS)
+
+$(STUBS): $(PROTOS) $(INSTALLED)
+	mkdir -p services/genoserve/v1
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m grpc_tools.protoc -Iprotos \
+		--python_out=services --grpc_python_out=services \
+		--mypy_out=services --mypy_grpc_out=services $(PROTOS)
+	touch services/genoserve/v1/__init__.py $@
+
+serve: setup
+	$(VENV)/bin/genoserve serve
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check services tests
+	$(VENV)/bin/ruff format --check services tests
+	$(VENV)/bin/mypy
+
+# Re-create every committed model from its seed (the train extra pins the CPU torch wheel).
+models: setup
+	$(PIP) install -q -e '.[cpu,dev,train]'
+	$(PY) -m genoserve.training.platform_model --out models --seed 0
+
+bench: setup
+	$(PY) -m tests.bench.platform_bench
+
+clean:
+	rm -rf $(VENV) services/genoserve/v1 .mypy_cache .ruff_cache .pytest_cache

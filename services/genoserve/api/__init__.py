@@ -1,0 +1,1 @@
+"""gRPC server bootstrap, thin servicers, codecs (proto <-> numpy) and interceptors."""

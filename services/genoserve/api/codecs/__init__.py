@@ -1,0 +1,1 @@
+"""Conversion between protobuf messages and numpy/domain objects; one module per family."""

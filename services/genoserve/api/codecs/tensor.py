@@ -1,0 +1,71 @@
+"""genoserve.v1.Tensor <-> numpy: raw little-endian bytes, zero-copy on decode."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from genoserve.core.errors import FieldViolation, InvalidArgument
+from genoserve.runtime.spec import DTYPES
+from genoserve.v1 import tensor_pb2
+
+Array = np.ndarray[Any, Any]
+
+_TO_PROTO: dict[str, tensor_pb2.DataType.ValueType] = {
+    name: tensor_pb2.DataType.Value(f"DATA_TYPE_{name.upper()}") for name in DTYPES
+}
+_FROM_PROTO: dict[int, str] = {v: k for k, v in _TO_PROTO.items()}
+
+
+def dtype_to_proto(name: str) -> tensor_pb2.DataType.ValueType:
+    return _TO_PROTO[name]
+
+
+def dtype_from_proto(value: int) -> str:
+    return _FROM_PROTO[value]
+
+
+def to_numpy(tensor: tensor_pb2.Tensor, field: str) -> Array:
+    """Decode one tensor; ``field`` names it in errors (e.g. ``inputs[x]``). Read-only view."""
+    name = _FROM_PROTO.get(tensor.dtype)
+    if name is None:
+        raise InvalidArgument.field(
+            f"{field}.dtype", f"must be one of {sorted(_TO_PROTO)}, got enum value {tensor.dtype}"
+        )
+    shape = tuple(tensor.shape)
+    if any(d < 0 for d in shape):
+        raise InvalidArgument.field(f"{field}.shape", f"dimensions must be >= 0, got {list(shape)}")
+    dtype = DTYPES[name][0]
+    expected = math.prod(shape) * dtype.itemsize
+    if len(tensor.data) != expected:
+        raise InvalidArgument.field(
+            f"{field}.data",
+            f"has {len(tensor.data)} bytes; shape {list(shape)} of {name} needs {expected}",
+        )
+    return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+
+
+def from_numpy(array: Array) -> tensor_pb2.Tensor:
+    """Encode an array (any byte order or layout) as little-endian C-order bytes."""
+    name = array.dtype.name
+    if name not in DTYPES:
+        raise TypeError(f"dtype {array.dtype} has no genoserve.v1.DataType")
+    wire = np.ascontiguousarray(array, dtype=DTYPES[name][0])
+    return tensor_pb2.Tensor(dtype=_TO_PROTO[name], shape=wire.shape, data=wire.tobytes())
+
+
+def map_to_numpy(tensors: Mapping[str, tensor_pb2.Tensor], field: str) -> dict[str, Array]:
+    """Decode a ``map<string, Tensor>``, collecting every bad entry into one InvalidArgument."""
+    out: dict[str, Array] = {}
+    violations: list[FieldViolation] = []
+    for name, tensor in tensors.items():
+        try:
+            out[name] = to_numpy(tensor, f"{field}[{name}]")
+        except InvalidArgument as exc:
+            violations.extend(exc.violations)
+    if violations:
+        raise InvalidArgument("; ".join(f"{v.field}: {v.description}" for v in violations), violations)
+    return out

@@ -1,0 +1,167 @@
+"""gRPC server bootstrap: servicers, health, reflection, interceptors, TLS, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from genoserve.api.auth import TokenTable
+from genoserve.api.health import HealthReporter
+from genoserve.api.interceptors import BearerAuth, ErrorsAndMetrics
+from genoserve.api.servicers.models import ModelsServicer
+from genoserve.core.settings import ServerSettings, Settings
+from genoserve.runtime.repository import ModelRepository
+from genoserve.v1 import models_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+def channel_options(settings: ServerSettings) -> list[tuple[str, Any]]:
+    ms = 1000
+    return [
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.keepalive_time_ms", int(settings.keepalive_time_s * ms)),
+        ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_s * ms)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5 * ms),
+        ("grpc.http2.max_pings_without_data", 0),
+        # Close connections after this age so clients behind a Kubernetes Service re-resolve.
+        ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * ms)),
+        ("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace_s * ms)),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
+    tls = settings.tls
+    if not tls.enabled:
+        return None
+    assert tls.cert_file is not None
+    assert tls.key_file is not None
+    ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )
+
+
+class GenoserveServer:
+    """The online server. ``start`` binds and begins loading models in the background."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.repository = ModelRepository(settings.runtime)
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+        self._loading: asyncio.Task[None] | None = None
+        self._health: HealthReporter | None = None
+        self._stopped = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _servicers(self) -> list[tuple[Any, Any, str | None]]:
+        """(servicer, add_to_server function, family it needs) for every genoserve service."""
+        return [
+            (ModelsServicer(self.repository), models_pb2_grpc.add_ModelsServicer_to_server, None),
+        ]
+
+    async def start(self) -> int:
+        server_settings = self.settings.server
+        interceptors: list[grpc.aio.ServerInterceptor] = [ErrorsAndMetrics()]
+        if server_settings.auth.enabled:
+            assert server_settings.auth.tokens_file is not None
+            interceptors.append(BearerAuth(TokenTable.load(server_settings.auth.tokens_file)))
+        server = grpc.aio.server(
+            interceptors=interceptors,
+            options=channel_options(server_settings),
+            maximum_concurrent_rpcs=server_settings.max_concurrent_rpcs,
+        )
+        services: dict[str, str | None] = {}
+        for servicer, add, family in self._servicers():
+            add(servicer, server)
+            services[servicer.SERVICE_NAME] = family
+        health_servicer = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        self._health = HealthReporter(health_servicer, self.repository, services)
+        names: Sequence[str] = [
+            *services,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ]
+        reflection.enable_server_reflection(names, server)
+        address = f"{server_settings.host}:{server_settings.port}"
+        credentials = server_credentials(server_settings)
+        if credentials is None:
+            self.port = server.add_insecure_port(address)
+        else:
+            self.port = server.add_secure_port(address, credentials)
+        await self._health.update()  # everything NOT_SERVING until models load
+        await server.start()
+        self._server = server
+        log.info(
+            "gRPC server listening on %s:%d (%s)",
+            server_settings.host,
+            self.port,
+            "TLS" if credentials else "plaintext",
+        )
+        loop = asyncio.get_running_loop()
+        self.repository.on_change(lambda: self._track(loop.create_task(self._health_update())))
+        self._loading = loop.create_task(self._load())
+        return self.port
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _health_update(self) -> None:
+        if self._health is not None:
+            await self._health.update()
+
+    async def _load(self) -> None:
+        try:
+            await self.repository.load()
+        except Exception:
+            log.exception("loading the model repository failed")
+        await self._health_update()
+
+    async def wait_until_loaded(self) -> None:
+        if self._loading is not None:
+            await self._loading
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Health NOT_SERVING, stop accepting, drain in-flight RPCs up to ``grace`` s, unload."""
+        if self._server is None or self._stopped.is_set():
+            return
+        grace = self.settings.server.grace_period_s if grace is None else grace
+        log.info("shutting down: draining in-flight requests for up to %.1f s", grace)
+        if self._health is not None:
+            await self._health.shutdown()
+        if self._loading is not None and not self._loading.done():
+            self._loading.cancel()
+        await self._server.stop(grace)
+        await self.repository.close(timeout=1.0)
+        self._stopped.set()
+        log.info("server stopped")
+
+    async def wait_for_termination(self) -> None:
+        await self._stopped.wait()
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+    server = GenoserveServer(settings)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task[None]] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: stopping.append(loop.create_task(server.stop())) if not stopping else None)
+    await server.wait_for_termination()

@@ -1,0 +1,1 @@
+"""Thin servicers: proto -> codec -> family/runtime -> codec -> proto."""

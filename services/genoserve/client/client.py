@@ -1,0 +1,244 @@
+"""Blocking and asyncio clients over one reused channel.
+
+Deadlines on every call (``timeout``), retries on UNAVAILABLE only (gRPC's own retry policy in the
+channel's service config, with exponential backoff), and server errors raised as genoserve's
+error classes with the server's message and ``google.rpc.BadRequest`` field violations.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+
+from genoserve.api.codecs import tensor as tensor_codec
+from genoserve.core import errors
+from genoserve.v1 import models_pb2, models_pb2_grpc
+
+Array = np.ndarray[Any, Any]
+
+_ERRORS: dict[str, type[errors.GenoserveError]] = {
+    cls.code: cls
+    for cls in (
+        errors.InvalidArgument,
+        errors.NotFound,
+        errors.AlreadyExists,
+        errors.FailedPrecondition,
+        errors.ResourceExhausted,
+        errors.DeadlineExceeded,
+        errors.Unavailable,
+        errors.Unauthenticated,
+        errors.PermissionDenied,
+        errors.Cancelled,
+        errors.InternalError,
+    )
+}
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """How to reach a genoserve server."""
+
+    address: str = "localhost:50051"
+    token: str | None = None
+    #: TLS: on when ``tls`` or any certificate is given; ``ca_file`` verifies the server.
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    #: Default deadline per call, in seconds.
+    timeout: float = 30.0
+    max_message_bytes: int = 64 * 1024 * 1024
+    #: Attempts per call when the server answers UNAVAILABLE (1: no retry).
+    max_attempts: int = 4
+
+    @property
+    def secure(self) -> bool:
+        return self.tls or any(p is not None for p in (self.ca_file, self.cert_file, self.key_file))
+
+
+def _service_config(max_attempts: int) -> str:
+    if max_attempts <= 1:
+        return json.dumps({"methodConfig": [{"name": [{}]}]})
+    return json.dumps(
+        {
+            "methodConfig": [
+                {
+                    "name": [{}],
+                    "retryPolicy": {
+                        "maxAttempts": min(max_attempts, 5),
+                        "initialBackoff": "0.1s",
+                        "maxBackoff": "2s",
+                        "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE"],
+                    },
+                }
+            ]
+        }
+    )
+
+
+def _options(config: ClientConfig) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.enable_retries", 1 if config.max_attempts > 1 else 0),
+        ("grpc.service_config", _service_config(config.max_attempts)),
+        ("grpc.keepalive_time_ms", 60_000),
+    ]
+
+
+def _credentials(config: ClientConfig) -> grpc.ChannelCredentials:
+    def read(path: Path | None) -> bytes | None:
+        return path.read_bytes() if path is not None else None
+
+    return grpc.ssl_channel_credentials(
+        root_certificates=read(config.ca_file),
+        private_key=read(config.key_file),
+        certificate_chain=read(config.cert_file),
+    )
+
+
+def translate(exc: grpc.RpcError) -> errors.GenoserveError:
+    """A server status as a genoserve error (InvalidArgument keeps its field violations)."""
+    code = exc.code().name if isinstance(exc.code(), grpc.StatusCode) else "UNKNOWN"
+    message = exc.details() or code
+    violations: list[errors.FieldViolation] = []
+    status = rpc_status.from_call(exc) if isinstance(exc, grpc.Call) else None
+    if status is not None:
+        for detail in status.details:
+            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad = error_details_pb2.BadRequest()
+                detail.Unpack(bad)
+                violations += [errors.FieldViolation(v.field, v.description) for v in bad.field_violations]
+    cls = _ERRORS.get(code, errors.GenoserveError)
+    error = errors.InvalidArgument(message, violations) if cls is errors.InvalidArgument else cls(message)
+    if cls is errors.GenoserveError:
+        error.code = code
+    return error
+
+
+def _metadata(config: ClientConfig) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {config.token}"),) if config.token else ()
+
+
+def _infer_request(model: str, inputs: Mapping[str, Array], version: str) -> models_pb2.InferRequest:
+    return models_pb2.InferRequest(
+        model=model,
+        version=version,
+        inputs={name: tensor_codec.from_numpy(np.asarray(a)) for name, a in inputs.items()},
+    )
+
+
+def _infer_outputs(response: models_pb2.InferResponse) -> dict[str, Array]:
+    return {name: tensor_codec.to_numpy(t, f"outputs[{name}]") for name, t in response.outputs.items()}
+
+
+class Client:
+    """Blocking client. Reuse one instance: it holds one channel. Use as a context manager."""
+
+    def __init__(self, address: str | None = None, **kwargs: Any) -> None:
+        self.config = ClientConfig(address=address or ClientConfig.address, **kwargs)
+        options = _options(self.config)
+        if self.config.secure:
+            self.channel = grpc.secure_channel(self.config.address, _credentials(self.config), options)
+        else:
+            self.channel = grpc.insecure_channel(self.config.address, options)
+        self._metadata = _metadata(self.config)
+        self.models = models_pb2_grpc.ModelsStub(self.channel)
+        self._health = health_pb2_grpc.HealthStub(self.channel)
+
+    def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
+        try:
+            return method(request, timeout=timeout or self.config.timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise translate(exc) from exc
+
+    def list_models(self, family: str = "", timeout: float | None = None) -> list[models_pb2.ModelInfo]:
+        response = self._call(self.models.ListModels, models_pb2.ListModelsRequest(family=family), timeout)
+        return list(response.models)
+
+    def get_model(self, name: str, version: str = "", timeout: float | None = None) -> models_pb2.ModelInfo:
+        info: models_pb2.ModelInfo = self._call(
+            self.models.GetModel, models_pb2.GetModelRequest(name=name, version=version), timeout
+        )
+        return info
+
+    def infer(
+        self, model: str, inputs: Mapping[str, Array], version: str = "", timeout: float | None = None
+    ) -> dict[str, Array]:
+        """Run ``model`` on ``{input name: array}`` (batch first); returns ``{output name: array}``."""
+        response = self._call(self.models.Infer, _infer_request(model, inputs, version), timeout)
+        return _infer_outputs(response)
+
+    def health(self, service: str = "", timeout: float | None = None) -> str:
+        """SERVING, NOT_SERVING or SERVICE_UNKNOWN for ``service`` ("" is the whole server)."""
+        response = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClient:
+    """asyncio client with the same methods as ``Client``, awaited. One channel, reused."""
+
+    def __init__(self, address: str | None = None, **kwargs: Any) -> None:
+        self.config = ClientConfig(address=address or ClientConfig.address, **kwargs)
+        options = _options(self.config)
+        if self.config.secure:
+            self.channel = grpc.aio.secure_channel(self.config.address, _credentials(self.config), options)
+        else:
+            self.channel = grpc.aio.insecure_channel(self.config.address, options)
+        self._metadata = _metadata(self.config)
+        self.models = models_pb2_grpc.ModelsStub(self.channel)
+        self._health = health_pb2_grpc.HealthStub(self.channel)
+
+    async def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
+        try:
+            return await method(request, timeout=timeout or self.config.timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise translate(exc) from exc
+
+    async def list_models(self, family: str = "", timeout: float | None = None) -> list[models_pb2.ModelInfo]:
+        response = await self._call(self.models.ListModels, models_pb2.ListModelsRequest(family=family), timeout)
+        return list(response.models)
+
+    async def get_model(self, name: str, version: str = "", timeout: float | None = None) -> models_pb2.ModelInfo:
+        info: models_pb2.ModelInfo = await self._call(
+            self.models.GetModel, models_pb2.GetModelRequest(name=name, version=version), timeout
+        )
+        return info
+
+    async def infer(
+        self, model: str, inputs: Mapping[str, Array], version: str = "", timeout: float | None = None
+    ) -> dict[str, Array]:
+        response = await self._call(self.models.Infer, _infer_request(model, inputs, version), timeout)
+        return _infer_outputs(response)
+
+    async def health(self, service: str = "", timeout: float | None = None) -> str:
+        response = await self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,1 @@
+"""Settings, the error hierarchy and metric definitions shared by every layer."""

@@ -1,0 +1,67 @@
+"""Prometheus metric definitions (one place, conventional names and units, bounded labels).
+
+Labels are service, method, status code, model and version: never a request or job id.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics, start_http_server
+
+#: Latency buckets from 100 µs to 60 s: online inference on small models is sub-millisecond.
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+REQUESTS = Counter(
+    "genoserve_requests",
+    "gRPC requests handled, by service, method and final status code.",
+    ["service", "method", "code"],
+)
+REQUEST_DURATION = Histogram(
+    "genoserve_request_duration_seconds",
+    "Wall time of a gRPC request inside the server, by service and method.",
+    ["service", "method"],
+    buckets=LATENCY_BUCKETS,
+)
+BATCH_SIZE = Histogram(
+    "genoserve_batch_size",
+    "Items per session call formed by the dynamic batcher.",
+    ["model"],
+    buckets=BATCH_BUCKETS,
+)
+QUEUE_DURATION = Histogram(
+    "genoserve_queue_duration_seconds",
+    "Time a request waited in the batcher's queue before its batch started.",
+    ["model"],
+    buckets=LATENCY_BUCKETS,
+)
+INFERENCE_DURATION = Histogram(
+    "genoserve_inference_duration_seconds",
+    "Wall time of one ONNX Runtime session call (one batch).",
+    ["model"],
+    buckets=LATENCY_BUCKETS,
+)
+QUEUE_DEPTH = Gauge(
+    "genoserve_queue_depth",
+    "Requests waiting in the batcher's queue.",
+    ["model"],
+)
+MODEL_READY = Gauge(
+    "genoserve_model_ready",
+    "1 when the model version is loaded and serving, else 0.",
+    ["model", "version"],
+)
+BATCH_REJECTED = Counter(
+    "genoserve_batcher_rejected",
+    "Requests refused or dropped by the batcher, by reason (queue_full, deadline).",
+    ["model", "reason"],
+)
+
+
+def start_metrics_endpoint(port: int, host: str = "0.0.0.0") -> None:
+    """Serve ``/metrics`` over HTTP on ``port`` in a daemon thread (port 0: do nothing)."""
+    if port:
+        disable_created_metrics()  # no *_created series: they double the scrape for no use here
+        start_http_server(port, addr=host)

@@ -1,0 +1,202 @@
+"""Typed settings: one object, built once at the entry point and passed down.
+
+Precedence, lowest to highest: defaults < YAML file < environment (``GENOSERVE_*``) < CLI flags.
+Nested fields are reached in the environment with ``__`` (``GENOSERVE_SERVER__PORT=50052``);
+a few common ones also have flat aliases (``GENOSERVE_PORT``). Nothing below the entry point
+reads the environment.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from genoserve.core.errors import GenoserveError
+
+ENV_PREFIX = "GENOSERVE_"
+#: Environment variables that are not settings fields but read by the entry point itself.
+ENV_META = {"GENOSERVE_CONFIG"}
+#: Flat aliases for the settings people set most often.
+ENV_ALIASES: dict[str, tuple[str, ...]] = {
+    "GENOSERVE_HOST": ("server", "host"),
+    "GENOSERVE_PORT": ("server", "port"),
+    "GENOSERVE_METRICS_PORT": ("server", "metrics_port"),
+    "GENOSERVE_MODEL_DIR": ("runtime", "model_dir"),
+    "GENOSERVE_DEVICE": ("runtime", "device"),
+    "GENOSERVE_TOKENS_FILE": ("server", "auth", "tokens_file"),
+    "GENOSERVE_LOG_LEVEL": ("logging", "level"),
+}
+
+
+class SettingsError(GenoserveError):
+    code = "INVALID_ARGUMENT"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TlsSettings(_Section):
+    """Server TLS. With ``client_ca_file`` set, clients must present a certificate it signed (mTLS)."""
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    client_ca_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("tls.cert_file and tls.key_file must be given together")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("tls.client_ca_file (mTLS) needs tls.cert_file and tls.key_file")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+
+class AuthSettings(_Section):
+    """Bearer-token auth. ``tokens_file`` holds one ``<token> [tenant]`` per line (# comments)."""
+
+    tokens_file: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.tokens_file is not None
+
+
+class ServerSettings(_Section):
+    host: str = "localhost"
+    port: int = Field(50051, ge=0, le=65535)
+    #: Prometheus /metrics HTTP port; 0 turns the endpoint off.
+    metrics_port: int = Field(9095, ge=0, le=65535)
+    max_message_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    #: SIGTERM: stop accepting, let in-flight requests finish for up to this long.
+    grace_period_s: float = Field(30.0, ge=0)
+    keepalive_time_s: float = Field(30.0, gt=0)
+    keepalive_timeout_s: float = Field(10.0, gt=0)
+    #: Connections are closed (GOAWAY) after this age so clients re-resolve behind a Service.
+    max_connection_age_s: float = Field(300.0, gt=0)
+    max_connection_age_grace_s: float = Field(30.0, ge=0)
+    max_concurrent_rpcs: int | None = Field(None, gt=0)
+    tls: TlsSettings = TlsSettings()
+    auth: AuthSettings = AuthSettings()
+
+
+class BatchingSettings(_Section):
+    """Defaults for every model's dynamic batcher; a model.yaml ``batching:`` block overrides."""
+
+    max_batch_size: int = Field(64, gt=0)
+    max_queue_delay_us: int = Field(500, ge=0)
+    max_queue_size: int = Field(1024, gt=0)
+
+
+class RuntimeSettings(_Section):
+    model_dir: Path = Path("models")
+    #: Serve only these model names (empty: every model in ``model_dir``).
+    models: tuple[str, ...] = ()
+    #: auto: CUDA when onnxruntime has the CUDA provider, else CPU.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    cuda_device_id: int = Field(0, ge=0)
+    #: ONNX Runtime intra-op threads per session (0: ONNX Runtime's default, one per core).
+    intra_op_threads: int = Field(0, ge=0)
+    inter_op_threads: int = Field(0, ge=0)
+    #: Concurrent session calls per model version (Triton's instance count).
+    instances: int = Field(1, gt=0)
+    warmup: bool = True
+    batching: BatchingSettings = BatchingSettings()
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_format: bool = False
+
+
+class Settings(_Section):
+    server: ServerSettings = ServerSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+
+def _set_path(target: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    node = target
+    for key in path[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise SettingsError(f"setting {'.'.join(path)}: {key} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _env_value(raw: str) -> Any:
+    """Lists and objects may be given as JSON; everything else stays a string for pydantic."""
+    stripped = raw.strip()
+    if stripped.startswith(("[", "{")):
+        try:
+            return json.loads(stripped)
+        except json.JSONDecodeError:
+            return raw
+    return raw
+
+
+def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
+    layer: dict[str, Any] = {}
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or name in ENV_META:
+            continue
+        if name in ENV_ALIASES:
+            path = ENV_ALIASES[name]
+        elif "__" in name:
+            path = tuple(part.lower() for part in name[len(ENV_PREFIX) :].split("__"))
+        else:
+            continue  # another component's variable (e.g. jobs settings read by their own entry)
+        _set_path(layer, path, _env_value(raw))
+    return layer
+
+
+def load_settings(
+    config_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the settings from a YAML file, an environment mapping and CLI overrides.
+
+    ``overrides`` uses dotted keys (``{"server.port": 50052}``); ``None`` values are ignored so
+    that unset CLI flags do not mask lower layers.
+    """
+    data: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            loaded = yaml.safe_load(Path(config_file).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise SettingsError(f"config file {config_file}: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise SettingsError(f"config file {config_file}: top level must be a mapping")
+        data = loaded or {}
+    data = _merge(data, _env_layer(env or {}))
+    flat: dict[str, Any] = {}
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_path(flat, tuple(dotted.split(".")), value)
+    data = _merge(data, flat)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+        raise SettingsError(f"invalid settings: {problems}") from exc

@@ -1,0 +1,1 @@
+"""Model repository, ONNX Runtime sessions and the dynamic batcher."""

@@ -1,0 +1,309 @@
+"""Per-model dynamic batcher, after Triton's dynamic batcher.
+
+Requests (each a dict of arrays sharing a leading batch dimension) are queued; a batch is formed
+when ``max_batch_size`` items of the same per-item shape are waiting, or when the oldest request has
+waited ``max_queue_delay_us``, and no more than ``instances`` batches run at once. The queue is
+bounded (full: RESOURCE_EXHAUSTED at once), requests whose deadline passed are dropped before
+compute (DEADLINE_EXCEEDED), a request larger than ``max_batch_size`` is split and its parts
+reassembled, outputs are sliced back per request, and when a batch fails each of its requests is
+re-run alone so that one bad request fails by itself.
+
+Note: asyncio timers have millisecond resolution on Linux (epoll), so delays below 1 ms round up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from genoserve.core import metrics
+from genoserve.core.errors import (
+    DeadlineExceeded,
+    GenoserveError,
+    InternalError,
+    ResourceExhausted,
+    Unavailable,
+)
+
+log = logging.getLogger(__name__)
+
+Array = np.ndarray[Any, Any]
+Tensors = dict[str, Array]
+RunFn = Callable[[Mapping[str, Array]], Tensors]
+
+
+@dataclass(frozen=True)
+class BatcherConfig:
+    max_batch_size: int = 64
+    max_queue_delay_us: int = 500
+    max_queue_size: int = 1024
+    instances: int = 1
+
+
+@dataclass(eq=False)
+class _Pending:
+    inputs: Mapping[str, Array]
+    size: int
+    key: tuple[tuple[str, tuple[int, ...]], ...]
+    future: asyncio.Future[Tensors]
+    deadline: float | None
+    enqueued: float = field(default=0.0)
+
+
+def _shape_key(inputs: Mapping[str, Array]) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """Requests batch together only when every input has the same per-item shape."""
+    return tuple(sorted((name, tuple(a.shape[1:])) for name, a in inputs.items()))
+
+
+def _batch_size(inputs: Mapping[str, Array]) -> int:
+    sizes = {int(a.shape[0]) for a in inputs.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"inputs disagree on the batch dimension: {sorted(sizes)}")
+    return sizes.pop()
+
+
+class DynamicBatcher:
+    """Gathers concurrent requests for one model version into batched ``run`` calls.
+
+    ``run`` takes and returns dicts of arrays whose first dimension is the batch; it is called in
+    ``executor`` (ONNX Runtime releases the GIL). All methods must be called on one event loop.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        run: RunFn,
+        config: BatcherConfig,
+        executor: Executor | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.model = model
+        self.config = config
+        self._run = run
+        self._executor = executor
+        self._clock = clock
+        self._queue: deque[_Pending] = deque()
+        self._wakeup = asyncio.Event()
+        self._slots = asyncio.Semaphore(config.instances)
+        self._running: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._drained = asyncio.Event()  # set whenever nothing is queued or running
+
+    # -- public -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._loop_task is None:
+            self._loop_task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.model}")
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    async def submit(self, inputs: Mapping[str, Array], deadline: float | None = None) -> Tensors:
+        """Queue one request and wait for its outputs.
+
+        ``deadline`` is an absolute time on this batcher's clock (``time.monotonic``), or None.
+        """
+        if self._closing:
+            raise Unavailable(f"model {self.model} is shutting down")
+        size = _batch_size(inputs)
+        now = self._clock()
+        if deadline is not None and deadline <= now:
+            metrics.BATCH_REJECTED.labels(self.model, "deadline").inc()
+            raise DeadlineExceeded(f"model {self.model}: the request's deadline passed before it was queued")
+        limit = self.config.max_batch_size
+        parts = (
+            [inputs]
+            if size <= limit
+            else [{name: a[start : start + limit] for name, a in inputs.items()} for start in range(0, size, limit)]
+        )
+        if len(self._queue) + len(parts) > self.config.max_queue_size:
+            metrics.BATCH_REJECTED.labels(self.model, "queue_full").inc()
+            raise ResourceExhausted(
+                f"model {self.model}: queue full ({self.config.max_queue_size} requests waiting); retry later"
+            )
+        loop = asyncio.get_running_loop()
+        pending = [
+            _Pending(part, _batch_size(part), _shape_key(part), loop.create_future(), deadline, now) for part in parts
+        ]
+        self._queue.extend(pending)
+        metrics.QUEUE_DEPTH.labels(self.model).set(len(self._queue))
+        self._wakeup.set()
+        try:
+            results = await asyncio.gather(*(p.future for p in pending))
+        finally:
+            for p in pending:  # caller cancelled or a sibling part failed: skip the rest
+                if not p.future.done():
+                    p.future.cancel()
+        if len(results) == 1:
+            return results[0]
+        return {name: np.concatenate([r[name] for r in results]) for name in results[0]}
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Refuse new requests, let queued and running ones finish (up to ``timeout``), stop."""
+        self._closing = True
+        self._wakeup.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                if self._queue or self._running:
+                    self._drained.clear()
+                    await self._drained.wait()
+        for p in self._queue:
+            if not p.future.done():
+                p.future.set_exception(Unavailable(f"model {self.model} shut down before this request ran"))
+        self._queue.clear()
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+
+    # -- batch formation ----------------------------------------------------------------------
+
+    def _purge(self) -> None:
+        """Drop cancelled requests and fail those whose deadline has passed."""
+        if not self._queue:
+            return
+        now = self._clock()
+        kept: deque[_Pending] = deque()
+        for p in self._queue:
+            if p.future.done():
+                continue
+            if p.deadline is not None and p.deadline <= now:
+                metrics.BATCH_REJECTED.labels(self.model, "deadline").inc()
+                waited_ms = (now - p.enqueued) * 1e3
+                p.future.set_exception(
+                    DeadlineExceeded(f"model {self.model}: deadline passed after {waited_ms:.1f} ms in queue")
+                )
+                continue
+            kept.append(p)
+        self._queue = kept
+
+    def _ready_items(self, key: tuple[Any, ...]) -> int:
+        return sum(p.size for p in self._queue if p.key == key)
+
+    def _take_batch(self) -> list[_Pending]:
+        key = self._queue[0].key
+        batch: list[_Pending] = []
+        rest: deque[_Pending] = deque()
+        total = 0
+        for p in self._queue:
+            if p.key == key and total + p.size <= self.config.max_batch_size:
+                batch.append(p)
+                total += p.size
+            else:
+                rest.append(p)
+        self._queue = rest
+        return batch
+
+    async def _loop(self) -> None:
+        delay = self.config.max_queue_delay_us / 1e6
+        while True:
+            self._purge()
+            if not self._queue:
+                if not self._running:
+                    self._drained.set()
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            await self._slots.acquire()
+            while True:  # wait until the batch is full or its oldest request has waited long enough
+                self._purge()
+                if not self._queue:
+                    break
+                head = self._queue[0]
+                if self._closing or self._ready_items(head.key) >= self.config.max_batch_size:
+                    break
+                remaining = head.enqueued + delay - self._clock()
+                if remaining <= 0:
+                    break
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+            if not self._queue:
+                self._slots.release()
+                continue
+            batch = self._take_batch()
+            metrics.QUEUE_DEPTH.labels(self.model).set(len(self._queue))
+            task = asyncio.get_running_loop().create_task(self._execute(batch))
+            self._running.add(task)
+            task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        if not self._running and not self._queue:
+            self._drained.set()
+
+    # -- execution ------------------------------------------------------------------------------
+
+    async def _call(self, inputs: Mapping[str, Array], size: int) -> Tensors:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        outputs = await loop.run_in_executor(self._executor, self._run, inputs)
+        metrics.INFERENCE_DURATION.labels(self.model).observe(time.perf_counter() - started)
+        metrics.BATCH_SIZE.labels(self.model).observe(size)
+        for name, array in outputs.items():
+            if array.ndim == 0 or array.shape[0] != size:
+                raise InternalError(f"model {self.model}: output {name} has shape {array.shape}, expected batch {size}")
+        return outputs
+
+    async def _execute(self, batch: list[_Pending]) -> None:
+        try:
+            now = self._clock()
+            for p in batch:
+                metrics.QUEUE_DURATION.labels(self.model).observe(now - p.enqueued)
+            total = sum(p.size for p in batch)
+            if len(batch) == 1:
+                merged: Mapping[str, Array] = batch[0].inputs
+            else:
+                merged = {name: np.concatenate([p.inputs[name] for p in batch]) for name in batch[0].inputs}
+            try:
+                outputs = await self._call(merged, total)
+            except Exception as exc:
+                if len(batch) == 1:
+                    self._fail(batch[0], exc)
+                else:
+                    await self._isolate(batch)
+                return
+            offset = 0
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_result({name: a[offset : offset + p.size] for name, a in outputs.items()})
+                offset += p.size
+        finally:
+            self._slots.release()
+            self._wakeup.set()
+
+    async def _isolate(self, batch: list[_Pending]) -> None:
+        """The batch failed: run each request alone so only the failing ones get an error."""
+        log.warning("model %s: batch of %d requests failed; re-running them one by one", self.model, len(batch))
+        for p in batch:
+            if p.future.done():
+                continue
+            try:
+                result = await self._call(p.inputs, p.size)
+            except Exception as exc:
+                self._fail(p, exc)
+            else:
+                if not p.future.done():
+                    p.future.set_result(result)
+
+    def _fail(self, pending: _Pending, exc: Exception) -> None:
+        if pending.future.done():
+            return
+        if isinstance(exc, GenoserveError):
+            pending.future.set_exception(exc)
+            return
+        log.error("model %s: inference failed", self.model, exc_info=exc)
+        error = InternalError(f"model {self.model}: inference failed")
+        error.__cause__ = exc
+        pending.future.set_exception(error)

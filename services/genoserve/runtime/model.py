@@ -1,0 +1,58 @@
+"""The one model interface every family uses: arrays in, arrays out, batched, never protobuf."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from genoserve.runtime.batcher import DynamicBatcher
+from genoserve.runtime.session import OrtSession
+from genoserve.runtime.spec import ModelSpec, VersionSpec
+from genoserve.runtime.validate import check_inputs
+
+Array = np.ndarray[Any, Any]
+
+
+class ServedModel:
+    """A loaded model version: its contract, its session and its dynamic batcher.
+
+    ``infer`` (online, batched with other requests) and ``infer_sync`` (bulk workers, no batcher)
+    take ``{input name: array}`` with the batch first and return ``{output name: array}``.
+    """
+
+    def __init__(self, spec: ModelSpec, version: VersionSpec, session: OrtSession, batcher: DynamicBatcher) -> None:
+        self.spec = spec
+        self.version_spec = version
+        self.session = session
+        self.batcher = batcher
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def version(self) -> str:
+        return str(self.version_spec.version)
+
+    @property
+    def family(self) -> str:
+        return self.spec.family
+
+    async def infer(self, inputs: Mapping[str, Array], deadline: float | None = None) -> dict[str, Array]:
+        """Validate, queue in the dynamic batcher and await this request's slice of the outputs.
+
+        ``deadline``: absolute ``time.monotonic()`` after which the request is dropped uncomputed.
+        """
+        check_inputs(self.spec, inputs)
+        return await self.batcher.submit(inputs, deadline)
+
+    def infer_sync(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
+        """Validate and run directly in chunks of ``max_batch_size`` (for bulk workers)."""
+        size = check_inputs(self.spec, inputs)
+        step = self.batcher.config.max_batch_size
+        chunks = [self.session.run({n: a[i : i + step] for n, a in inputs.items()}) for i in range(0, size, step)]
+        if len(chunks) == 1:
+            return chunks[0]
+        return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}

@@ -1,0 +1,154 @@
+"""Reads the model repository and checks each model version before it may serve.
+
+A broken model is reported with its reason (bad yaml, missing file, checksum, signature) and kept
+out; the others still load.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from genoserve.runtime.session import PortSignature
+from genoserve.runtime.spec import ModelSpec, TensorSpec, VersionSpec
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.yaml"
+ONNX_FILE = "model.onnx"
+
+
+class ModelState(enum.Enum):
+    LOADING = 1
+    READY = 2
+    FAILED = 3
+    UNLOADING = 4
+
+
+@dataclass
+class ModelVersionRecord:
+    """One model version found in the repository and what became of it."""
+
+    name: str
+    directory: Path
+    spec: ModelSpec | None = None
+    version: VersionSpec | None = None
+    state: ModelState = ModelState.LOADING
+    reason: str = ""
+    provider: str = ""
+
+    @property
+    def version_label(self) -> str:
+        return str(self.version.version) if self.version else ""
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.directory / self.version_label / ONNX_FILE
+
+    def fail(self, reason: str) -> None:
+        self.state = ModelState.FAILED
+        self.reason = reason
+        log.error("model %s version %s kept out: %s", self.name, self.version_label or "?", reason)
+
+
+def _format_validation(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors())
+
+
+def read_spec(directory: Path) -> ModelSpec:
+    """Parse and validate ``directory/model.yaml``; ``ValueError`` with the reason otherwise."""
+    path = directory / MODEL_FILE
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path} is not valid YAML: {exc}") from exc
+    try:
+        spec = ModelSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise ValueError(f"{path} is invalid: {_format_validation(exc)}") from exc
+    if spec.name != directory.name:
+        raise ValueError(f"{path}: name {spec.name!r} does not match its directory {directory.name!r}")
+    return spec
+
+
+def scan(model_dir: Path, only: tuple[str, ...] = ()) -> list[ModelVersionRecord]:
+    """One record per model version in ``model_dir`` (or per unreadable model directory)."""
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"model directory {model_dir} does not exist")
+    records: list[ModelVersionRecord] = []
+    for directory in sorted(p for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if only and directory.name not in only:
+            continue
+        if not (directory / MODEL_FILE).exists():
+            continue  # not a model directory
+        try:
+            spec = read_spec(directory)
+        except ValueError as exc:
+            record = ModelVersionRecord(name=directory.name, directory=directory)
+            record.fail(str(exc))
+            records.append(record)
+            continue
+        for version in sorted(spec.versions, key=lambda v: v.version):
+            records.append(ModelVersionRecord(spec.name, directory, spec, version))
+    return records
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_file(record: ModelVersionRecord) -> str | None:
+    """The ONNX file exists and matches its declared sha256; returns the problem or None."""
+    assert record.version is not None
+    path = record.onnx_path
+    if not path.is_file():
+        return f"{path} is missing"
+    actual = sha256_of(path)
+    if actual != record.version.sha256:
+        return f"{path} sha256 is {actual}, model.yaml declares {record.version.sha256}"
+    return None
+
+
+def _check_ports(kind: str, declared: tuple[TensorSpec, ...], actual: list[PortSignature]) -> list[str]:
+    problems: list[str] = []
+    graph = {p.name: p for p in actual}
+    wanted = {t.name for t in declared}
+    if set(graph) != wanted:
+        problems.append(f"{kind} names: model.yaml declares {sorted(wanted)}, the ONNX graph has {sorted(graph)}")
+    for tensor in declared:
+        port = graph.get(tensor.name)
+        if port is None:
+            continue
+        if port.type != tensor.ort_type:
+            problems.append(
+                f"{kind} {tensor.name}: model.yaml dtype {tensor.dtype} ({tensor.ort_type}), graph {port.type}"
+            )
+        if len(port.shape) != len(tensor.shape):
+            problems.append(
+                f"{kind} {tensor.name}: model.yaml rank {len(tensor.shape)} {list(tensor.shape)}, "
+                f"graph rank {len(port.shape)} {list(port.shape)}"
+            )
+            continue
+        for axis, (want, have) in enumerate(zip(tensor.shape, port.shape, strict=True)):
+            if want != -1 and isinstance(have, int) and have != want:
+                problems.append(f"{kind} {tensor.name}: dim {axis} is {have} in the graph, {want} in model.yaml")
+            if want == -1 and isinstance(have, int) and axis == 0:
+                problems.append(f"{kind} {tensor.name}: the graph fixes the batch dimension to {have}")
+    return problems
+
+
+def check_signature(spec: ModelSpec, inputs: list[PortSignature], outputs: list[PortSignature]) -> list[str]:
+    """Names, dtypes, ranks and fixed dims of the graph against model.yaml; the list of problems."""
+    return _check_ports("input", spec.inputs, inputs) + _check_ports("output", spec.outputs, outputs)
