@@ -53,7 +53,7 @@ def from_numpy(array: Array) -> tensor_pb2.Tensor:
     name = array.dtype.name
     if name not in DTYPES:
         raise TypeError(f"dtype {array.dtype} has no genoserve.v1.DataType")
-    wire = np.ascontiguousarray(array, dtype=DTYPES[name][0])
+    wire = array.astype(DTYPES[name][0], order="C", copy=False)  # keeps 0-d shapes, unlike ascontiguousarray
     return tensor_pb2.Tensor(dtype=_TO_PROTO[name], shape=wire.shape, data=wire.tobytes())
 
 

@@ -1,0 +1,208 @@
+"""A real server on loopback: health, reflection, models, errors with details, concurrency, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from genoserve.api.codecs import tensor as codec
+from genoserve.client import AsyncClient, Client
+from genoserve.core.errors import InvalidArgument, NotFound
+from genoserve.v1 import models_pb2, models_pb2_grpc, tensor_pb2
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from grpc_status import rpc_status
+from onnx import TensorProto, helper
+
+from tests.support.models import linear_onnx, linear_spec, write_model
+from tests.support.server import ServerProcess
+
+pytestmark = pytest.mark.integration
+
+
+def test_reflection_lists_the_services(server: ServerProcess) -> None:
+    with grpc.insecure_channel(server.address) as channel:
+        services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+    assert {"genoserve.v1.Models", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= services
+
+
+def test_health_serving_overall_and_per_service(server: ServerProcess) -> None:
+    with Client(server.address) as client:
+        assert client.health() == "SERVING"
+        assert client.health("genoserve.v1.Models") == "SERVING"
+        with pytest.raises(NotFound):
+            client.health("genoserve.v1.NoSuchService")
+
+
+def test_list_models_shows_contract_and_readiness(server: ServerProcess) -> None:
+    with Client(server.address) as client:
+        [info] = [m for m in client.list_models() if m.name == "platform-mlp"]
+        assert client.list_models(family="binding") == []
+    assert (info.family, info.version, info.ready) == ("platform", "1", True)
+    assert info.state == models_pb2.MODEL_STATE_READY
+    assert [(t.name, t.dtype, list(t.shape)) for t in info.inputs] == [("x", tensor_pb2.DATA_TYPE_FLOAT32, [-1, 128])]
+    assert [(t.name, list(t.shape)) for t in info.outputs] == [("y", [-1, 16])]
+    assert info.batching.max_batch_size == 256
+    assert info.provider == "CPUExecutionProvider"
+    assert len(info.sha256) == 64
+
+
+def test_cli_models_list_prints_each_model(server: ServerProcess) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "genoserve.cli.main", "models", "list", "--address", server.address],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    [row] = [line for line in out.stdout.splitlines() if line.startswith("platform-mlp")]
+    for expected in ("platform", "1", "yes", "x:float32[?,128]", "y:float32[?,16]"):
+        assert expected in row
+
+
+def test_unknown_model_is_not_found(server: ServerProcess) -> None:
+    with Client(server.address) as client:
+        with pytest.raises(NotFound, match="not in the repository"):
+            client.infer("no-such-model", {"x": np.zeros((1, 128), np.float32)})
+        with pytest.raises(NotFound):
+            client.get_model("no-such-model")
+        with pytest.raises(NotFound, match="no version '9'"):
+            client.get_model("platform-mlp", "9")
+
+
+def test_bad_request_gets_invalid_argument_with_field_violations(server: ServerProcess) -> None:
+    request = models_pb2.InferRequest(
+        model="platform-mlp",
+        inputs={"x": codec.from_numpy(np.zeros((2, 100), np.float32)), "z": codec.from_numpy(np.zeros(1, np.int8))},
+    )
+    with grpc.insecure_channel(server.address) as channel, pytest.raises(grpc.RpcError) as info:
+        models_pb2_grpc.ModelsStub(channel).Infer(request, timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    status = rpc_status.from_call(info.value)
+    assert status is not None
+    bad = error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(bad)
+    violations = {v.field: v.description for v in bad.field_violations}
+    assert violations["inputs[x]"] == "dimension 1 must be 128, got 100"
+    assert "has no input 'z'" in violations["inputs[z]"]
+
+
+def test_truncated_tensor_bytes_are_refused_and_server_keeps_serving(server: ServerProcess) -> None:
+    broken = tensor_pb2.Tensor(dtype=tensor_pb2.DATA_TYPE_FLOAT32, shape=[4, 128], data=b"\0" * 100)
+    with Client(server.address) as client:
+        with grpc.insecure_channel(server.address) as channel, pytest.raises(grpc.RpcError) as info:
+            models_pb2_grpc.ModelsStub(channel).Infer(
+                models_pb2.InferRequest(model="platform-mlp", inputs={"x": broken}), timeout=10
+            )
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "inputs[x].data" in (info.value.details() or "")
+        with pytest.raises(InvalidArgument) as typed:
+            client.infer("platform-mlp", {"x": np.zeros((3, 128), np.float64)})
+        assert typed.value.violations[0].field == "inputs[x]"
+        assert client.infer("platform-mlp", {"x": np.zeros((1, 128), np.float32)})["y"].shape == (1, 16)
+
+
+def scrape(server: ServerProcess) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as response:
+        return str(response.read().decode())
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith((name + "{", name + " ")) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def test_100_concurrent_clients_get_their_own_outputs(server: ServerProcess, platform_reference: Any) -> None:
+    before = scrape(server)
+    rng = np.random.default_rng(7)
+    payloads = [[rng.normal(size=(int(rng.integers(1, 40)), 128)).astype(np.float32) for _ in range(3)]
+                for _ in range(100)]  # fmt: skip
+
+    async def one_client(batches: list[np.ndarray]) -> list[np.ndarray]:  # type: ignore[type-arg]
+        async with AsyncClient(server.address, timeout=60) as client:
+            return [(await client.infer("platform-mlp", {"x": x}))["y"] for x in batches]
+
+    results = await asyncio.gather(*(one_client(p) for p in payloads))
+    for batches, outputs in zip(payloads, results, strict=True):
+        for x, y in zip(batches, outputs, strict=True):
+            np.testing.assert_allclose(y, platform_reference.run(None, {"x": x})[0], rtol=1e-4, atol=1e-4)
+    after = scrape(server)
+    requests = metric(after, "genoserve_requests_total", method="Infer", code="OK") - metric(
+        before, "genoserve_requests_total", method="Infer", code="OK"
+    )
+    calls = metric(after, "genoserve_batch_size_count", model="platform-mlp") - metric(
+        before, "genoserve_batch_size_count", model="platform-mlp"
+    )
+    assert requests == 300
+    assert 0 < calls < requests, f"{requests} requests in {calls} session calls: no dynamic batching"
+    assert metric(after, "genoserve_model_ready", model="platform-mlp", version="1") == 1
+    assert metric(after, "genoserve_queue_duration_seconds_count", model="platform-mlp") >= 300
+
+
+def test_error_codes_are_counted_in_metrics(server: ServerProcess) -> None:
+    before = metric(scrape(server), "genoserve_requests_total", method="Infer", code="NOT_FOUND")
+    with Client(server.address) as client, pytest.raises(NotFound):
+        client.infer("missing", {"x": np.zeros((1, 128), np.float32)})
+    assert metric(scrape(server), "genoserve_requests_total", method="Infer", code="NOT_FOUND") == before + 1
+
+
+def slow_model(root: Path) -> None:
+    """A model whose warm-up takes about a second (a 2500x2500 matmul), to observe loading."""
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "x"], ["y"])],
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "n", "n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "n", "n"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    spec = {
+        "name": "slow", "family": "platform",
+        "inputs": [{"name": "x", "dtype": "float32", "shape": [-1, -1, -1], "warmup_shape": [1, 2500, 2500]}],
+        "outputs": [{"name": "y", "dtype": "float32", "shape": [-1, -1, -1]}],
+    }  # fmt: skip
+    write_model(root, spec, {1: model.SerializeToString()})
+
+
+def test_health_is_not_serving_until_models_load_and_broken_models_say_why(tmp_path: Path) -> None:
+    for i in range(3):
+        slow_model(tmp_path / f"d{i}")
+        (tmp_path / f"d{i}" / "slow").rename(tmp_path / f"slow{i}")
+        text = (tmp_path / f"slow{i}" / "model.yaml").read_text().replace("name: slow", f"name: slow{i}")
+        (tmp_path / f"slow{i}" / "model.yaml").write_text(text)
+    write_model(tmp_path, linear_spec("broken"), {1: linear_onnx()}, sha_override={1: "a" * 64})
+    process = ServerProcess(model_dir=tmp_path, log_path=tmp_path / "server.log").start(wait=False)
+    seen: list[int] = []
+    try:
+        with grpc.insecure_channel(process.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            end = time.monotonic() + 60
+            while time.monotonic() < end:
+                try:
+                    status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                except grpc.RpcError:
+                    time.sleep(0.02)
+                    continue
+                if not seen or seen[-1] != status:
+                    seen.append(status)
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    break
+                time.sleep(0.02)
+        assert seen == [health_pb2.HealthCheckResponse.NOT_SERVING, health_pb2.HealthCheckResponse.SERVING]
+        with Client(process.address) as client:
+            models = {m.name: m for m in client.list_models()}
+        assert models["slow2"].ready
+        assert not models["broken"].ready
+        assert models["broken"].state == models_pb2.MODEL_STATE_FAILED
+        assert "sha256" in models["broken"].reason
+    finally:
+        assert process.terminate() == 0

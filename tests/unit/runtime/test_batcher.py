@@ -1,0 +1,214 @@
+"""DynamicBatcher: batching under concurrency, delay, splitting, bounded queue, deadlines, isolation."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pytest
+from genoserve.core.errors import DeadlineExceeded, InternalError, ResourceExhausted, Unavailable
+from genoserve.runtime.batcher import BatcherConfig, DynamicBatcher
+
+Array = np.ndarray[Any, Any]
+
+
+class Recorder:
+    """A model function y = 2x + 1 that records each batch it was called with."""
+
+    def __init__(self, gate: threading.Event | None = None, fail_on_nan: bool = False) -> None:
+        self.batches: list[Array] = []
+        self.gate = gate
+        self.fail_on_nan = fail_on_nan
+        self.started = threading.Event()
+
+    def __call__(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
+        x = np.array(inputs["x"])
+        self.batches.append(x)
+        self.started.set()
+        if self.gate is not None:
+            assert self.gate.wait(10)
+        if self.fail_on_nan and np.isnan(x).any():
+            raise ValueError("NaN in batch")
+        return {"y": 2 * x + 1, "first": x[:, :1].copy()}
+
+
+def rows(start: int, n: int, width: int = 3) -> dict[str, Array]:
+    """n distinct rows whose values identify the request (row i holds start + i)."""
+    return {"x": np.repeat(np.arange(start, start + n, dtype=np.float32)[:, None], width, axis=1)}
+
+
+@pytest.fixture
+async def make() -> Any:
+    made: list[DynamicBatcher] = []
+
+    def factory(run: Any, **config: Any) -> DynamicBatcher:
+        batcher = DynamicBatcher("test", run, BatcherConfig(**config))
+        batcher.start()
+        made.append(batcher)
+        return batcher
+
+    yield factory
+    for b in made:
+        await b.close(timeout=1)
+
+
+async def test_concurrent_requests_are_batched_and_outputs_unmixed(make: Any) -> None:
+    run = Recorder()
+    batcher = make(run, max_batch_size=16, max_queue_delay_us=20_000)
+    requests = [rows(100 * i, 1 + i % 3) for i in range(60)]
+    results = await asyncio.gather(*(batcher.submit(r) for r in requests))
+    for request, result in zip(requests, results, strict=True):
+        np.testing.assert_array_equal(result["y"], 2 * request["x"] + 1)
+        np.testing.assert_array_equal(result["first"], request["x"][:, :1])
+    sizes = [len(b) for b in run.batches]
+    assert sum(sizes) == sum(len(r["x"]) for r in requests)
+    assert max(sizes) <= 16
+    assert len(run.batches) <= 12, f"120 items in {len(run.batches)} calls: requests were not batched"
+
+
+async def test_lone_request_waits_max_queue_delay_then_runs(make: Any) -> None:
+    batcher = make(Recorder(), max_batch_size=8, max_queue_delay_us=80_000)
+    started = time.perf_counter()
+    await batcher.submit(rows(0, 1))
+    waited = time.perf_counter() - started
+    assert 0.075 <= waited < 0.5
+
+
+async def test_full_batch_runs_without_waiting_for_the_delay(make: Any) -> None:
+    batcher = make(Recorder(), max_batch_size=8, max_queue_delay_us=2_000_000)
+    started = time.perf_counter()
+    await batcher.submit(rows(0, 8))
+    assert time.perf_counter() - started < 0.5
+
+
+async def test_oversize_request_is_split_and_reassembled_in_order(make: Any) -> None:
+    run = Recorder()
+    batcher = make(run, max_batch_size=16, max_queue_delay_us=0)
+    request = rows(0, 70)
+    result = await batcher.submit(request)
+    np.testing.assert_array_equal(result["y"], 2 * request["x"] + 1)
+    assert max(len(b) for b in run.batches) <= 16
+    assert sum(len(b) for b in run.batches) == 70
+
+
+async def test_full_queue_rejects_at_once(make: Any) -> None:
+    gate = threading.Event()
+    run = Recorder(gate)
+    batcher = make(run, max_batch_size=1, max_queue_delay_us=0, max_queue_size=3)
+    busy = asyncio.ensure_future(batcher.submit(rows(0, 1)))
+    await asyncio.to_thread(run.started.wait, 5)  # the only instance is now busy
+    waiting = [asyncio.ensure_future(batcher.submit(rows(10 + i, 1))) for i in range(3)]
+    await asyncio.sleep(0.01)
+    started = time.perf_counter()
+    with pytest.raises(ResourceExhausted, match="queue full"):
+        await batcher.submit(rows(99, 1))
+    assert time.perf_counter() - started < 0.05
+    gate.set()
+    for result, start in zip(await asyncio.gather(busy, *waiting), [0, 10, 11, 12], strict=True):
+        assert result["y"][0, 0] == 2 * start + 1
+
+
+async def test_expired_requests_are_dropped_before_compute(make: Any) -> None:
+    gate = threading.Event()
+    run = Recorder(gate)
+    batcher = make(run, max_batch_size=4, max_queue_delay_us=0)
+    busy = asyncio.ensure_future(batcher.submit(rows(0, 1)))
+    await asyncio.to_thread(run.started.wait, 5)
+    doomed = asyncio.ensure_future(batcher.submit(rows(555, 1), deadline=time.monotonic() + 0.05))
+    alive = asyncio.ensure_future(batcher.submit(rows(7, 1), deadline=time.monotonic() + 30))
+    await asyncio.sleep(0.15)
+    gate.set()
+    with pytest.raises(DeadlineExceeded, match="deadline passed"):
+        await doomed
+    assert (await alive)["y"][0, 0] == 15
+    await busy
+    assert all(555 not in b for b in run.batches), "an expired request reached the model"
+
+
+async def test_deadline_already_passed_is_refused(make: Any) -> None:
+    run = Recorder()
+    batcher = make(run)
+    with pytest.raises(DeadlineExceeded):
+        await batcher.submit(rows(0, 1), deadline=time.monotonic() - 1)
+    assert run.batches == []
+
+
+async def test_failing_request_does_not_fail_its_neighbours(make: Any) -> None:
+    run = Recorder(fail_on_nan=True)
+    batcher = make(run, max_batch_size=64, max_queue_delay_us=50_000)
+    good = [rows(10 * i, 2) for i in range(5)]
+    bad = rows(1000, 2)
+    bad["x"][1, 1] = np.nan
+    results = await asyncio.gather(*(batcher.submit(r) for r in [*good[:2], bad, *good[2:]]), return_exceptions=True)
+    assert isinstance(results[2], InternalError)
+    for request, result in zip(good, [*results[:2], *results[3:]], strict=True):
+        assert isinstance(result, dict)
+        np.testing.assert_array_equal(result["y"], 2 * request["x"] + 1)
+    assert len(run.batches[0]) == 12, "the six requests should have been tried as one batch first"
+
+
+async def test_requests_of_different_item_shapes_batch_separately(make: Any) -> None:
+    run = Recorder()
+    batcher = make(run, max_batch_size=32, max_queue_delay_us=20_000)
+    narrow = [rows(i, 2, width=3) for i in range(4)]
+    wide = [rows(i, 2, width=5) for i in range(4)]
+    results = await asyncio.gather(*(batcher.submit(r) for r in [*narrow, *wide]))
+    for request, result in zip([*narrow, *wide], results, strict=True):
+        np.testing.assert_array_equal(result["y"], 2 * request["x"] + 1)
+    assert {b.shape[1] for b in run.batches} == {3, 5}
+    assert len(run.batches) == 2
+
+
+async def test_cancelled_request_is_not_computed(make: Any) -> None:
+    gate = threading.Event()
+    run = Recorder(gate)
+    batcher = make(run, max_batch_size=4, max_queue_delay_us=0)
+    busy = asyncio.ensure_future(batcher.submit(rows(0, 1)))
+    await asyncio.to_thread(run.started.wait, 5)
+    gone = asyncio.ensure_future(batcher.submit(rows(777, 1)))
+    await asyncio.sleep(0.01)
+    gone.cancel()
+    gate.set()
+    await busy
+    await asyncio.sleep(0.05)
+    assert all(777 not in b for b in run.batches)
+
+
+async def test_close_drains_queued_requests_then_refuses(make: Any) -> None:
+    run = Recorder()
+    batcher = make(run, max_batch_size=4, max_queue_delay_us=30_000)
+    pending = [asyncio.ensure_future(batcher.submit(rows(i, 1))) for i in range(6)]
+    await asyncio.sleep(0)
+    await batcher.close(timeout=5)
+    assert [p.result()["y"][0, 0] for p in pending] == [2 * i + 1 for i in range(6)]
+    with pytest.raises(Unavailable):
+        await batcher.submit(rows(0, 1))
+
+
+async def test_instances_bound_concurrent_calls(make: Any) -> None:
+    active = 0
+    peak = 0
+    lock = threading.Lock()
+
+    def run(inputs: Mapping[str, Array]) -> dict[str, Array]:
+        nonlocal active, peak
+        with lock:
+            active += 1
+            peak = max(peak, active)
+        time.sleep(0.02)
+        with lock:
+            active -= 1
+        return {"y": np.array(inputs["x"])}
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        batcher = DynamicBatcher("test", run, BatcherConfig(max_batch_size=1, max_queue_delay_us=0, instances=2), pool)
+        batcher.start()
+        await asyncio.gather(*(batcher.submit(rows(i, 1)) for i in range(10)))
+        await batcher.close(1)
+    assert peak == 2
