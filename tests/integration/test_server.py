@@ -24,7 +24,7 @@ from grpc_status import rpc_status
 from onnx import TensorProto, helper
 
 from tests.support.models import linear_onnx, linear_spec, write_model
-from tests.support.server import ServerProcess
+from tests.support.server import FAST_RECONNECT, ServerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -174,7 +174,7 @@ def slow_model(root: Path) -> None:
 
 
 def test_health_is_not_serving_until_models_load_and_broken_models_say_why(tmp_path: Path) -> None:
-    for i in range(3):
+    for i in range(4):
         slow_model(tmp_path / f"d{i}")
         (tmp_path / f"d{i}" / "slow").rename(tmp_path / f"slow{i}")
         text = (tmp_path / f"slow{i}" / "model.yaml").read_text().replace("name: slow", f"name: slow{i}")
@@ -183,7 +183,7 @@ def test_health_is_not_serving_until_models_load_and_broken_models_say_why(tmp_p
     process = ServerProcess(model_dir=tmp_path, log_path=tmp_path / "server.log").start(wait=False)
     seen: list[int] = []
     try:
-        with grpc.insecure_channel(process.address) as channel:
+        with grpc.insecure_channel(process.address, options=FAST_RECONNECT) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             end = time.monotonic() + 60
             while time.monotonic() < end:
@@ -200,7 +200,7 @@ def test_health_is_not_serving_until_models_load_and_broken_models_say_why(tmp_p
         assert seen == [health_pb2.HealthCheckResponse.NOT_SERVING, health_pb2.HealthCheckResponse.SERVING]
         with Client(process.address) as client:
             models = {m.name: m for m in client.list_models()}
-        assert models["slow2"].ready
+        assert models["slow3"].ready
         assert not models["broken"].ready
         assert models["broken"].state == models_pb2.MODEL_STATE_FAILED
         assert "sha256" in models["broken"].reason

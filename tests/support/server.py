@@ -16,6 +16,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 REPO = Path(__file__).resolve().parents[2]
 
 
+#: Reconnect quickly while a server is starting (gRPC's default backoff grows to seconds).
+FAST_RECONNECT = [
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 200),
+]
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -50,7 +58,7 @@ class ServerProcess:
     def wait_serving(self, timeout: float = 60.0, channel: grpc.Channel | None = None) -> None:
         """Poll grpc.health.v1 until the whole server is SERVING (or the process dies)."""
         own = channel is None
-        channel = channel or grpc.insecure_channel(self.address)
+        channel = channel or grpc.insecure_channel(self.address, options=FAST_RECONNECT)
         stub = health_pb2_grpc.HealthStub(channel)
         end = time.monotonic() + timeout
         try:

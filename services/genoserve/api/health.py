@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Mapping
+from typing import Any
 
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
@@ -11,6 +14,39 @@ from genoserve.runtime.repository import ModelRepository
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class DrainingHealthServicer(HealthServicer):  # type: ignore[misc]
+    """grpc_health's servicer, but Watch streams end (status OK) once shutdown has told them
+    NOT_SERVING, so that an open Watch does not hold the process for the whole grace period."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._watches: set[asyncio.Task[Any]] = set()
+        self._ending = False
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._watches.add(task)
+        try:
+            await super().Watch(request, context)
+        except asyncio.CancelledError:
+            if not self._ending:
+                raise
+        finally:
+            self._watches.discard(task)
+
+    async def end_watches(self, settle_s: float = 0.1) -> None:
+        """After NOT_SERVING was set: give watchers ``settle_s`` to send it, then end their streams."""
+        if not self._watches:
+            return
+        await asyncio.sleep(settle_s)
+        self._ending = True
+        for task in list(self._watches):
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*self._watches, return_exceptions=True)
 
 
 class HealthReporter:
@@ -22,7 +58,7 @@ class HealthReporter:
     """
 
     def __init__(
-        self, servicer: HealthServicer, repository: ModelRepository, services: Mapping[str, str | None]
+        self, servicer: DrainingHealthServicer, repository: ModelRepository, services: Mapping[str, str | None]
     ) -> None:
         self.servicer = servicer
         self.repository = repository
@@ -46,5 +82,8 @@ class HealthReporter:
             await self.servicer.set(name, status)
 
     async def shutdown(self) -> None:
+        """Everything NOT_SERVING for good; open Watch streams see it and end."""
         self.shutting_down = True
         await self.update()
+        await self.servicer.enter_graceful_shutdown()
+        await self.servicer.end_watches()

@@ -6,6 +6,7 @@ The error hierarchy is mapped to gRPC status in exactly one place (``ErrorsAndMe
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -120,7 +121,7 @@ class ErrorsAndMetrics(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 started = time.perf_counter()
                 code = "OK"
                 try:
-                    async for item in behavior(request, context):
+                    async for item in _responses(behavior(request, context)):
                         yield item
                 except grpc.aio.AbortError:
                     code = _abort_code(context)
@@ -136,6 +137,15 @@ class ErrorsAndMetrics(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return wrapped
 
         return _rewrap(handler, unary, stream)
+
+
+async def _responses(result: Any) -> AsyncIterator[Any]:
+    """A streaming handler's responses: it either yields them or writes them with ``context.write``."""
+    if inspect.isawaitable(result):
+        await result
+        return
+    async for item in result:
+        yield item
 
 
 def _abort_code(context: grpc.aio.ServicerContext) -> str:
@@ -166,7 +176,7 @@ class BearerAuth(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         def stream(behavior: StreamBehavior) -> StreamBehavior:
             async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 current_tenant.set(tokens.authenticate(header))
-                async for item in behavior(request, context):
+                async for item in _responses(behavior(request, context)):
                     yield item
 
             return wrapped

@@ -10,11 +10,10 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from genoserve.api.auth import TokenTable
-from genoserve.api.health import HealthReporter
+from genoserve.api.health import DrainingHealthServicer, HealthReporter
 from genoserve.api.interceptors import BearerAuth, ErrorsAndMetrics
 from genoserve.api.servicers.models import ModelsServicer
 from genoserve.core.settings import ServerSettings, Settings
@@ -89,7 +88,7 @@ class GenoserveServer:
         for servicer, add, family in self._servicers():
             add(servicer, server)
             services[servicer.SERVICE_NAME] = family
-        health_servicer = HealthServicer()
+        health_servicer = DrainingHealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         self._health = HealthReporter(health_servicer, self.repository, services)
         names: Sequence[str] = [

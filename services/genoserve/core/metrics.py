@@ -45,7 +45,7 @@ INFERENCE_DURATION = Histogram(
 )
 QUEUE_DEPTH = Gauge(
     "genoserve_queue_depth",
-    "Requests waiting in the batcher's queue.",
+    "Requests waiting in the batcher's queue (a request larger than the max batch counts once per part).",
     ["model"],
 )
 MODEL_READY = Gauge(
@@ -63,5 +63,6 @@ BATCH_REJECTED = Counter(
 def start_metrics_endpoint(port: int, host: str = "0.0.0.0") -> None:
     """Serve ``/metrics`` over HTTP on ``port`` in a daemon thread (port 0: do nothing)."""
     if port:
-        disable_created_metrics()  # no *_created series: they double the scrape for no use here
+        # No *_created series: they double the scrape for no use here.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         start_http_server(port, addr=host)
