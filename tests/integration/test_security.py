@@ -14,11 +14,11 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from genoserve.client import Client
 from genoserve.core.errors import Unauthenticated, Unavailable
 from genoserve.v1 import models_pb2, models_pb2_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from tests.support.certs import TlsFiles, write_tls_files
 from tests.support.server import ServerProcess
 

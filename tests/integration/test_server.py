@@ -13,16 +13,16 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from genoserve.api.codecs import tensor as codec
-from genoserve.client import AsyncClient, Client
-from genoserve.core.errors import InvalidArgument, NotFound
-from genoserve.v1 import models_pb2, models_pb2_grpc, tensor_pb2
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from grpc_status import rpc_status
 from onnx import TensorProto, helper
 
+from genoserve.api.codecs import tensor as codec
+from genoserve.client import AsyncClient, Client
+from genoserve.core.errors import InvalidArgument, NotFound
+from genoserve.v1 import models_pb2, models_pb2_grpc, tensor_pb2
 from tests.support.models import linear_onnx, linear_spec, write_model
 from tests.support.server import FAST_RECONNECT, ServerProcess
 

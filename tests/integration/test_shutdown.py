@@ -20,10 +20,10 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
-from genoserve.client import Client
-from genoserve.core.errors import Unavailable
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from genoserve.client import Client
+from genoserve.core.errors import Unavailable
 from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.integration

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from genoserve.api.auth import TokenTable
 from genoserve.core.errors import Unauthenticated
 from genoserve.core.settings import SettingsError

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
 from genoserve.api.codecs import tensor as codec
 from genoserve.core.errors import InvalidArgument
 from genoserve.runtime.spec import DTYPES
 from genoserve.v1 import tensor_pb2
-from hypothesis import given
-from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
 
 
 @given(

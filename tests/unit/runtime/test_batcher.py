@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from genoserve.core.errors import DeadlineExceeded, InternalError, ResourceExhausted, Unavailable
 from genoserve.runtime.batcher import BatcherConfig, DynamicBatcher
 

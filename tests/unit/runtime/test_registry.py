@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+
 from genoserve.core.errors import InvalidArgument, NotFound, Unavailable
 from genoserve.core.settings import RuntimeSettings
 from genoserve.runtime.registry import ModelState
 from genoserve.runtime.repository import ModelRepository
-
 from tests.support.models import linear_onnx, linear_reference, linear_spec, write_model
 
 

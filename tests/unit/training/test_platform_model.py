@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import yaml
+
 from genoserve.training import platform_model
 
 MODELS = Path(__file__).resolve().parents[3] / "models"
