@@ -15,10 +15,14 @@ from grpc_reflection.v1alpha import reflection
 from genoserve.api.auth import TokenTable
 from genoserve.api.health import DrainingHealthServicer, HealthReporter
 from genoserve.api.interceptors import BearerAuth, ErrorsAndMetrics
+from genoserve.api.servicers.jobs import JobsServicer
 from genoserve.api.servicers.models import ModelsServicer
 from genoserve.core.settings import ServerSettings, Settings
+from genoserve.jobs.celery_app import make_celery
+from genoserve.jobs.service import JobService
+from genoserve.jobs.store import open_store
 from genoserve.runtime.repository import ModelRepository
-from genoserve.v1 import models_pb2_grpc
+from genoserve.v1 import jobs_pb2_grpc, models_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +64,13 @@ class GenoserveServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.repository = ModelRepository(settings.runtime)
+        self.store = open_store(settings.jobs.resolved_store_url)
+        self.jobs = JobService(settings, self.store, make_celery(settings.jobs))
+        self.jobs_servicer = JobsServicer(self.jobs)
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._loading: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._health: HealthReporter | None = None
         self._stopped = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -71,6 +79,7 @@ class GenoserveServer:
         """(servicer, add_to_server function, family it needs) for every genoserve service."""
         return [
             (ModelsServicer(self.repository), models_pb2_grpc.add_ModelsServicer_to_server, None),
+            (self.jobs_servicer, jobs_pb2_grpc.add_JobsServicer_to_server, None),
         ]
 
     async def start(self) -> int:
@@ -115,7 +124,18 @@ class GenoserveServer:
         loop = asyncio.get_running_loop()
         self.repository.on_change(lambda: self._track(loop.create_task(self._health_update())))
         self._loading = loop.create_task(self._load())
+        self._sweeper = loop.create_task(self._sweep())
         return self.port
+
+    async def _sweep(self) -> None:
+        """Recover lost shards and stalled jobs (see genoserve.jobs.lifecycle.sweep)."""
+        interval = self.settings.jobs.sweep_interval_s
+        while True:
+            try:
+                await asyncio.to_thread(self.jobs.sweep_once)
+            except Exception:
+                log.exception("job sweep failed")
+            await asyncio.sleep(interval)
 
     def _track(self, task: asyncio.Task[None]) -> None:
         self._tasks.add(task)
@@ -144,10 +164,14 @@ class GenoserveServer:
         log.info("shutting down: draining in-flight requests for up to %.1f s", grace)
         if self._health is not None:
             await self._health.shutdown()
-        if self._loading is not None and not self._loading.done():
-            self._loading.cancel()
+        self.jobs_servicer.close()
+        for task in (self._loading, self._sweeper):
+            if task is not None and not task.done():
+                task.cancel()
         await self._server.stop(grace)
         await self.repository.close(timeout=1.0)
+        self.jobs.app.close()
+        self.store.close()
         self._stopped.set()
         log.info("server stopped")
 

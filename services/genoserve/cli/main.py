@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,15 +12,8 @@ from typing import Any
 import click
 from google.protobuf import json_format
 
-from genoserve.core.errors import GenoserveError
-from genoserve.core.settings import Settings, load_settings
-
-
-def build_settings(config: Path | None, overrides: dict[str, Any]) -> Settings:
-    env = dict(os.environ)
-    if config is None and env.get("GENOSERVE_CONFIG"):
-        config = Path(env["GENOSERVE_CONFIG"])
-    return load_settings(config, env, overrides)
+from genoserve.cli.common import build_settings, client_options, make_client, or_exit
+from genoserve.cli.jobs import jobs
 
 
 @click.group()
@@ -44,6 +37,7 @@ def cli() -> None:
 @click.option("--tls-client-ca", type=click.Path(path_type=Path), help="CA for client certificates (mTLS).")
 @click.option("--grace-period", type=float, help="Seconds to drain in-flight requests on SIGTERM.")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+@click.option("--with-worker", is_flag=True, help="Also start one bulk-job worker for every queue.")
 def serve(config: Path | None, **flags: Any) -> None:
     """Start the gRPC server and serve every model in the model repository."""
     from genoserve.api.server import serve as run_server
@@ -65,37 +59,24 @@ def serve(config: Path | None, **flags: Any) -> None:
         "runtime.intra_op_threads": flags["intra_op_threads"],
         "logging.level": flags["log_level"],
     }
-    settings = _or_exit(lambda: build_settings(config, overrides))
+    settings = build_settings(config, overrides)
     configure_logging(settings.logging)
-    start_metrics_endpoint(settings.server.metrics_port, settings.server.host)
-    asyncio.run(run_server(settings))
-
-
-def _or_exit(build: Any) -> Any:
+    or_exit(lambda: start_metrics_endpoint(settings.server.metrics_port, settings.server.host))
+    worker = _spawn_worker(config) if flags["with_worker"] else None
     try:
-        return build()
-    except GenoserveError as exc:
-        click.echo(f"error: {exc.message}", err=True)
-        sys.exit(2)
+        asyncio.run(run_server(settings))
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(timeout=settings.server.grace_period_s + 30)
 
 
-def client_options(func: Any) -> Any:
-    options = [
-        click.option("--address", envvar="GENOSERVE_ADDRESS", default="localhost:50051", show_default=True),
-        click.option("--token", envvar="GENOSERVE_TOKEN", help="Bearer token."),
-        click.option("--ca-file", type=click.Path(path_type=Path, exists=True), help="TLS: CA of the server."),
-        click.option("--tls", is_flag=True, help="Use TLS with the system's CAs."),
-        click.option("--timeout", type=float, default=30.0, show_default=True),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def make_client(address: str, token: str | None, ca_file: Path | None, tls: bool, timeout: float) -> Any:
-    from genoserve.client import Client
-
-    return Client(address, token=token, ca_file=ca_file, tls=tls, timeout=timeout)
+def _spawn_worker(config: Path | None) -> subprocess.Popen[bytes]:
+    """``genoserve worker`` as a child process with the same config and environment."""
+    argv = [sys.executable, "-m", "genoserve.cli.main", "worker"]
+    if config is not None:
+        argv += ["--config", str(config)]
+    return subprocess.Popen(argv)
 
 
 @cli.group()
@@ -120,7 +101,7 @@ def models_list(family: str, as_json: bool, **conn: Any) -> None:
     from genoserve.api.codecs.tensor import dtype_from_proto
 
     with make_client(**conn) as client:
-        infos = _or_exit(lambda: client.list_models(family))
+        infos = or_exit(lambda: client.list_models(family))
     if as_json:
         for info in infos:
             click.echo(json.dumps(json_format.MessageToDict(info, preserving_proto_field_name=True)))
@@ -150,8 +131,44 @@ def models_list(family: str, as_json: bool, **conn: Any) -> None:
 def models_show(name: str, version: str, **conn: Any) -> None:
     """Full metadata of one model version as JSON."""
     with make_client(**conn) as client:
-        info = _or_exit(lambda: client.get_model(name, version))
+        info = or_exit(lambda: client.get_model(name, version))
     click.echo(json.dumps(json_format.MessageToDict(info, preserving_proto_field_name=True), indent=2))
+
+
+@cli.command()
+@click.option("--config", type=click.Path(path_type=Path, exists=True), help="YAML settings file.")
+@click.option("--queues", help="Comma-separated queues (families) to consume; default all.")
+@click.option("--concurrency", type=int, help="Prefork worker processes (default 1).")
+@click.option("--metrics-port", type=int, help="Worker /metrics port (default 9096; 0 disables).")
+@click.option("--model-dir", type=click.Path(path_type=Path), help="Model repository (default models/).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Execution provider.")
+@click.option("--intra-op-threads", type=int, help="ONNX Runtime threads per session.")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+def worker(config: Path | None, **flags: Any) -> None:
+    """Start a Celery worker that runs bulk-job shards for the given queues."""
+    from genoserve.core.logging import configure_logging
+
+    queues = [q.strip() for q in flags["queues"].split(",") if q.strip()] if flags["queues"] else None
+    overrides = {
+        "worker.queues": queues,
+        "worker.concurrency": flags["concurrency"],
+        "worker.metrics_port": flags["metrics_port"],
+        "runtime.model_dir": flags["model_dir"],
+        "runtime.device": flags["device"],
+        "runtime.intra_op_threads": flags["intra_op_threads"],
+        "logging.level": flags["log_level"],
+    }
+    settings = build_settings(config, overrides)
+    configure_logging(settings.logging)
+    from genoserve.core.multiprocess import prepare_metrics_dir
+
+    prepare_metrics_dir(settings.worker.metrics_dir)  # before prometheus_client is first imported
+    from genoserve.jobs.tasks import run_worker
+
+    run_worker(settings)
+
+
+cli.add_command(jobs)
 
 
 def main() -> None:

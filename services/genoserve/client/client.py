@@ -8,7 +8,8 @@ error classes with the server's message and ``google.rpc.BadRequest`` field viol
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from grpc_status import rpc_status
 
 from genoserve.api.codecs import tensor as tensor_codec
 from genoserve.core import errors
-from genoserve.v1 import models_pb2, models_pb2_grpc
+from genoserve.v1 import jobs_pb2, jobs_pb2_grpc, models_pb2, models_pb2_grpc
 
 Array = np.ndarray[Any, Any]
 
@@ -126,6 +127,9 @@ def translate(exc: grpc.RpcError) -> errors.GenoserveError:
     return error
 
 
+FINAL_JOB_STATES = (jobs_pb2.JOB_STATE_SUCCEEDED, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELLED)
+
+
 def _metadata(config: ClientConfig) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {config.token}"),) if config.token else ()
 
@@ -154,6 +158,7 @@ class Client:
             self.channel = grpc.insecure_channel(self.config.address, options)
         self._metadata = _metadata(self.config)
         self.models = models_pb2_grpc.ModelsStub(self.channel)
+        self.jobs = jobs_pb2_grpc.JobsStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
     def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
@@ -183,6 +188,48 @@ class Client:
         """SERVING, NOT_SERVING or SERVICE_UNKNOWN for ``service`` ("" is the whole server)."""
         response = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+    # -- jobs -----------------------------------------------------------------------------------
+
+    def submit_job(self, kind: str, inputs: list[str], output_dir: str, params: Mapping[str, str] | None = None,
+                   timeout: float | None = None) -> jobs_pb2.Job:  # fmt: skip
+        """Submit a bulk job; paths must be visible to the server (absolute paths are safest)."""
+        request = jobs_pb2.SubmitJobRequest(kind=kind, inputs=inputs, output_dir=output_dir, params=params or {})
+        job: jobs_pb2.Job = self._call(self.jobs.Submit, request, timeout)
+        return job
+
+    def get_job(self, job_id: str, timeout: float | None = None) -> jobs_pb2.Job:
+        job: jobs_pb2.Job = self._call(self.jobs.Get, jobs_pb2.GetJobRequest(id=job_id), timeout)
+        return job
+
+    def list_jobs(self, state: int = 0, limit: int = 50, timeout: float | None = None) -> list[jobs_pb2.Job]:
+        response = self._call(self.jobs.List, jobs_pb2.ListJobsRequest(state=state, limit=limit), timeout)  # type: ignore[arg-type]
+        return list(response.jobs)
+
+    def cancel_job(self, job_id: str, timeout: float | None = None) -> jobs_pb2.Job:
+        job: jobs_pb2.Job = self._call(self.jobs.Cancel, jobs_pb2.CancelJobRequest(id=job_id), timeout)
+        return job
+
+    def watch_job(self, job_id: str, reconnect_for: float = 120.0) -> Iterator[jobs_pb2.JobEvent]:
+        """Progress events until the job ends. The stream is re-attached whenever it breaks or
+        ends early (server restart, a new replica); gives up after ``reconnect_for`` seconds
+        without a working connection."""
+        down_since: float | None = None
+        while True:
+            try:
+                for event in self.jobs.Watch(jobs_pb2.WatchJobRequest(id=job_id), metadata=self._metadata):
+                    down_since = None
+                    yield event
+                    if event.job.state in FINAL_JOB_STATES:
+                        return
+            except grpc.RpcError as exc:
+                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                    raise translate(exc) from exc
+            now = time.monotonic()
+            down_since = down_since or now
+            if now - down_since > reconnect_for:
+                raise errors.Unavailable(f"lost the server for {reconnect_for:.0f} s while watching job {job_id}")
+            time.sleep(0.5)
 
     def close(self) -> None:
         self.channel.close()

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics, start_http_server
 
+from genoserve.core.errors import Unavailable
+
 #: Latency buckets from 100 µs to 60 s: online inference on small models is sub-millisecond.
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
@@ -65,4 +67,30 @@ def start_metrics_endpoint(port: int, host: str = "0.0.0.0") -> None:
     if port:
         # No *_created series: they double the scrape for no use here.
         disable_created_metrics()  # type: ignore[no-untyped-call]
-        start_http_server(port, addr=host)
+        try:
+            start_http_server(port, addr=host)
+        except OSError as exc:
+            raise Unavailable(f"cannot serve /metrics on {host}:{port}: {exc.strerror}") from exc
+
+
+# -- bulk jobs (workers use prometheus-client multiprocess mode; see genoserve.jobs.worker) -----------
+
+JOBS_SUBMITTED = Counter("genoserve_jobs_submitted", "Jobs accepted by Jobs.Submit, by kind.", ["kind"])
+JOBS_FINISHED = Counter(
+    "genoserve_jobs_finished",
+    "Jobs that reached a final state, by kind and status (succeeded, failed, cancelled).",
+    ["kind", "status"],
+)
+SHARD_DURATION = Histogram(
+    "genoserve_shard_duration_seconds",
+    "Wall time of one shard attempt in a worker, by kind and outcome (done, failed, cancelled).",
+    ["kind", "outcome"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+)
+ITEMS_PROCESSED = Counter("genoserve_items_processed", "Items (rows, reads, images, cells) done by workers.", ["kind"])
+JOB_QUEUE_DEPTH = Gauge(
+    "genoserve_job_queue_depth",
+    "Shards waiting to run per queue (pending in the job store), sampled by the server's sweeper.",
+    ["queue"],
+    multiprocess_mode="max",
+)

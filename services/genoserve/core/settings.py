@@ -30,6 +30,9 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "GENOSERVE_DEVICE": ("runtime", "device"),
     "GENOSERVE_TOKENS_FILE": ("server", "auth", "tokens_file"),
     "GENOSERVE_LOG_LEVEL": ("logging", "level"),
+    "GENOSERVE_BROKER_URL": ("jobs", "broker_url"),
+    "GENOSERVE_STORE_URL": ("jobs", "store_url"),
+    "GENOSERVE_DATA_DIR": ("jobs", "data_dir"),
 }
 
 
@@ -107,10 +110,72 @@ class RuntimeSettings(_Section):
     #: ONNX Runtime intra-op threads per session (0: ONNX Runtime's default, one per core).
     intra_op_threads: int = Field(0, ge=0)
     inter_op_threads: int = Field(0, ge=0)
+    #: Let ONNX Runtime's idle threads spin. Off by default: the server's event loop shares the
+    #: cores, and spinning threads steal them (measured: lower p99 and more requests/s without).
+    allow_spinning: bool = False
     #: Concurrent session calls per model version (Triton's instance count).
     instances: int = Field(1, gt=0)
     warmup: bool = True
     batching: BatchingSettings = BatchingSettings()
+
+
+class JobsSettings(_Section):
+    """Bulk jobs: broker, job store, allowed paths, retries and leases."""
+
+    #: Celery broker. Empty: the embedded broker (kombu's filesystem transport under ``data_dir``),
+    #: which needs no server process. ``redis://host:port/db`` for production.
+    broker_url: str = ""
+    #: Job store. Empty: Redis when the broker is Redis, else the embedded SQLite store under
+    #: ``data_dir``. ``redis://...`` or ``sqlite:///path``.
+    store_url: str = ""
+    #: Embedded broker and store files, and shard staging for jobs whose output is elsewhere.
+    data_dir: Path = Path(".genoserve")
+    #: Job inputs and outputs must resolve (symlinks followed) under one of these.
+    input_roots: tuple[Path, ...] = (Path("."),)
+    output_roots: tuple[Path, ...] = (Path("."),)
+    #: Tries per shard before the job FAILS naming the shard (poison shards stop here).
+    max_attempts: int = Field(3, gt=0)
+    #: A running shard that has not sent a heartbeat for this long is re-queued.
+    shard_lease_s: float = Field(60.0, gt=0)
+    #: How often the server looks for expired leases and stalled jobs.
+    sweep_interval_s: float = Field(5.0, gt=0)
+    #: Redis broker: a fetched but unacknowledged task is redelivered after this long. Must exceed
+    #: the longest shard.
+    visibility_timeout_s: float = Field(4 * 3600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _urls(self) -> JobsSettings:
+        for name in ("broker_url", "store_url"):
+            url = getattr(self, name)
+            if url and not url.startswith(("redis://", "rediss://", "sqlite://", "filesystem://")):
+                raise ValueError(f"jobs.{name} must be redis://, rediss://, sqlite:// or filesystem://")
+        return self
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def resolved_store_url(self) -> str:
+        if self.store_url:
+            return self.store_url
+        if self.broker_url.startswith(("redis://", "rediss://")):
+            return self.broker_url
+        return f"sqlite:///{(self.data_dir / 'jobs.sqlite3').resolve()}"
+
+
+class WorkerSettings(_Section):
+    """``genoserve worker``: which queues, how many processes, where its metrics go."""
+
+    queues: tuple[str, ...] = ("platform", "binding", "variants", "segmentation", "embedding")
+    #: Prefork processes (each loads its own ONNX Runtime sessions).
+    concurrency: int = Field(1, gt=0)
+    #: Prometheus /metrics port of the worker (multiprocess mode); 0 turns it off.
+    metrics_port: int = Field(9096, ge=0, le=65535)
+    #: prometheus-client multiprocess directory (emptied at worker start).
+    metrics_dir: Path = Path(".genoserve/metrics")
+    #: Rows (or items) per session call inside a shard.
+    batch_size: int = Field(1024, gt=0)
 
 
 class LoggingSettings(_Section):
@@ -121,6 +186,8 @@ class LoggingSettings(_Section):
 class Settings(_Section):
     server: ServerSettings = ServerSettings()
     runtime: RuntimeSettings = RuntimeSettings()
+    jobs: JobsSettings = JobsSettings()
+    worker: WorkerSettings = WorkerSettings()
     logging: LoggingSettings = LoggingSettings()
 
 

@@ -15,18 +15,18 @@ from genoserve.runtime.validate import check_inputs
 Array = np.ndarray[Any, Any]
 
 
-class ServedModel:
-    """A loaded model version: its contract, its session and its dynamic batcher.
+class LoadedModel:
+    """A model version with its session: ``infer_sync`` runs in chunks of ``max_batch_size``.
 
-    ``infer`` (online, batched with other requests) and ``infer_sync`` (bulk workers, no batcher)
-    take ``{input name: array}`` with the batch first and return ``{output name: array}``.
+    Bulk workers use it directly; the server wraps it with a dynamic batcher (``ServedModel``).
+    Inputs are ``{input name: array}`` with the batch first; outputs ``{output name: array}``.
     """
 
-    def __init__(self, spec: ModelSpec, version: VersionSpec, session: OrtSession, batcher: DynamicBatcher) -> None:
+    def __init__(self, spec: ModelSpec, version: VersionSpec, session: OrtSession, max_batch_size: int) -> None:
         self.spec = spec
         self.version_spec = version
         self.session = session
-        self.batcher = batcher
+        self.max_batch_size = max_batch_size
 
     @property
     def name(self) -> str:
@@ -40,6 +40,23 @@ class ServedModel:
     def family(self) -> str:
         return self.spec.family
 
+    def infer_sync(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
+        """Validate and run directly, ``max_batch_size`` items per session call."""
+        size = check_inputs(self.spec, inputs)
+        step = self.max_batch_size
+        chunks = [self.session.run({n: a[i : i + step] for n, a in inputs.items()}) for i in range(0, size, step)]
+        if len(chunks) == 1:
+            return chunks[0]
+        return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
+
+
+class ServedModel(LoadedModel):
+    """A loaded model version behind its dynamic batcher (the online path)."""
+
+    def __init__(self, spec: ModelSpec, version: VersionSpec, session: OrtSession, batcher: DynamicBatcher) -> None:
+        super().__init__(spec, version, session, batcher.config.max_batch_size)
+        self.batcher = batcher
+
     async def infer(self, inputs: Mapping[str, Array], deadline: float | None = None) -> dict[str, Array]:
         """Validate, queue in the dynamic batcher and await this request's slice of the outputs.
 
@@ -47,12 +64,3 @@ class ServedModel:
         """
         check_inputs(self.spec, inputs)
         return await self.batcher.submit(inputs, deadline)
-
-    def infer_sync(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
-        """Validate and run directly in chunks of ``max_batch_size`` (for bulk workers)."""
-        size = check_inputs(self.spec, inputs)
-        step = self.batcher.config.max_batch_size
-        chunks = [self.session.run({n: a[i : i + step] for n, a in inputs.items()}) for i in range(0, size, step)]
-        if len(chunks) == 1:
-            return chunks[0]
-        return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}

@@ -13,6 +13,7 @@ from genoserve.core.errors import GenoserveError, NotFound, Unavailable
 from genoserve.core.settings import RuntimeSettings
 from genoserve.runtime import registry
 from genoserve.runtime.batcher import BatcherConfig, DynamicBatcher
+from genoserve.runtime.loader import load_session
 from genoserve.runtime.model import ServedModel
 from genoserve.runtime.registry import ModelState, ModelVersionRecord
 from genoserve.runtime.session import OrtSession
@@ -73,26 +74,11 @@ class ModelRepository:
 
     def _load_version(self, record: ModelVersionRecord) -> OrtSession | None:
         """Check the file and the graph, create the session and warm it up (runs in a thread)."""
-        assert record.spec is not None
-        problem = registry.check_file(record)
-        if problem:
-            record.fail(problem)
-            return None
         try:
-            session = OrtSession(record.onnx_path, self.settings)
+            session = load_session(record, self.settings)
         except GenoserveError as exc:
             record.fail(exc.message)
             return None
-        problems = registry.check_signature(record.spec, session.inputs, session.outputs)
-        if problems:
-            record.fail("ONNX graph does not match model.yaml: " + "; ".join(problems))
-            return None
-        if self.settings.warmup:
-            try:
-                session.run({t.name: t.example() for t in record.spec.inputs})
-            except Exception as exc:
-                record.fail(f"warm-up run failed: {exc}")
-                return None
         record.provider = session.provider
         return session
 

@@ -52,6 +52,9 @@ class OrtSession:
             options.intra_op_num_threads = settings.intra_op_threads
         if settings.inter_op_threads:
             options.inter_op_num_threads = settings.inter_op_threads
+        spin = "1" if settings.allow_spinning else "0"
+        options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        options.add_session_config_entry("session.inter_op.allow_spinning", spin)
         providers = choose_providers(settings, ort.get_available_providers())
         try:
             self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)

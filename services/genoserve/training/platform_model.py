@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         "description": "Platform test model: MLP 128-512-512-16 with ReLU, random weights from a seed.",
         "inputs": [{"name": "x", "dtype": "float32", "shape": [-1, WIDTHS[0]], "description": "features"}],
         "outputs": [{"name": "y", "dtype": "float32", "shape": [-1, WIDTHS[-1]], "description": "scores"}],
-        "batching": {"max_batch_size": 256, "max_queue_delay_us": 500, "max_queue_size": 2048},
+        "batching": {"max_batch_size": 256, "max_queue_delay_us": 0, "max_queue_size": 2048},
     }
     directory = write_model_dir(
         args.out,

@@ -1,0 +1,22 @@
+"""Job kinds: how a kind's inputs are planned into shards, run, and merged.
+
+Each family registers its kinds here; the platform's own kind is ``platform.score_rows``.
+"""
+
+from __future__ import annotations
+
+from genoserve.core.errors import InvalidArgument
+from genoserve.jobs.kinds.base import JobKind
+from genoserve.jobs.kinds.score_rows import ScoreRows
+
+KINDS: dict[str, JobKind] = {kind.name: kind for kind in (ScoreRows(),)}
+
+
+def get_kind(name: str) -> JobKind:
+    kind = KINDS.get(name)
+    if kind is None:
+        raise InvalidArgument.field("kind", f"unknown job kind {name!r}; known kinds: {sorted(KINDS)}")
+    return kind
+
+
+__all__ = ["KINDS", "JobKind", "get_kind"]

@@ -1,0 +1,100 @@
+"""The interface every job kind implements (pure file IO + the model interface; no Celery here)."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from genoserve.core.errors import GenoserveError, InvalidArgument
+from genoserve.runtime.spec import ModelSpec
+
+Array = np.ndarray[Any, Any]
+InferFn = Callable[[Mapping[str, Array]], dict[str, Array]]
+
+
+class InputRecordError(GenoserveError):
+    """A record of an input file breaks a rule: the job fails at once, naming file and record."""
+
+    code = "INVALID_ARGUMENT"
+
+    def __init__(self, path: str, record: int | str, rule: str) -> None:
+        super().__init__(f"{path}: record {record}: {rule}")
+        self.path = path
+        self.record = record
+
+
+class ShardCancelled(Exception):
+    """The job was cancelled (or failed elsewhere) while this shard ran."""
+
+
+@dataclass(frozen=True)
+class PlannedShard:
+    input_index: int
+    start: int
+    stop: int
+    items: int
+
+
+@dataclass
+class ShardContext:
+    """What a kind's ``run_shard`` gets: where to read, where to write, the model, and callbacks."""
+
+    inputs: list[Path]
+    input_index: int
+    start: int
+    stop: int
+    params: dict[str, str]
+    #: Write the shard's result here (the kind picks the suffix; write atomically).
+    output_stem: Path
+    infer: InferFn
+    batch_size: int
+    #: Call between chunks: raises ShardCancelled when the job is no longer running.
+    check: Callable[[], None]
+
+
+class JobKind(abc.ABC):
+    #: e.g. "platform.score_rows"
+    name: str
+    #: Celery queue = the family name.
+    queue: str
+    #: Parameters the kind accepts, with their defaults ("" = required or none).
+    defaults: ClassVar[Mapping[str, str]] = {}
+
+    def parse_params(self, params: Mapping[str, str]) -> dict[str, str]:
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            raise InvalidArgument.field(
+                f"params[{unknown[0]}]", f"unknown parameter for {self.name}; known: {sorted(self.defaults)}"
+            )
+        return {**self.defaults, **params}
+
+    @abc.abstractmethod
+    def model(self, params: Mapping[str, str]) -> tuple[str, str]:
+        """(model name, version or "") this job runs."""
+
+    @abc.abstractmethod
+    def plan(self, inputs: list[Path], params: Mapping[str, str], spec: ModelSpec) -> list[PlannedShard]:
+        """Split the inputs into shards; InvalidArgument naming the input for unusable files."""
+
+    @abc.abstractmethod
+    def outputs(self, inputs: list[Path], output_dir: Path, params: Mapping[str, str]) -> list[Path]:
+        """The final output files this job will create."""
+
+    @abc.abstractmethod
+    def run_shard(self, ctx: ShardContext) -> int:
+        """Compute one shard and write its result under ``ctx.output_stem``; returns items done."""
+
+    @abc.abstractmethod
+    def merge(
+        self, inputs: list[Path], shards: list[tuple[PlannedShard, Path]], output_dir: Path, params: Mapping[str, str]
+    ) -> list[Path]:
+        """Assemble shard results (given in shard order) into the final outputs, atomically."""
+
+    @abc.abstractmethod
+    def shard_result(self, output_stem: Path) -> Path:
+        """Where ``run_shard`` put its result for ``output_stem``."""

@@ -1,0 +1,174 @@
+"""``platform.score_rows``: run a model with one 2-D input over the rows of .npy / .parquet files.
+
+The platform's own job kind, used to exercise the job machinery with the test model. Each input
+file gives one output file ``<stem>.scores.<npy|parquet>`` in the output folder, rows in input
+order. A row with a non-finite value fails the job naming the file and row.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from genoserve.core.errors import InvalidArgument
+from genoserve.jobs.kinds.base import InputRecordError, JobKind, PlannedShard, ShardContext
+from genoserve.jobs.paths import temporary_name
+from genoserve.runtime.spec import ModelSpec
+
+Array = np.ndarray[Any, Any]
+SUFFIXES = (".npy", ".parquet")
+
+
+def _columns(path: Path) -> int:
+    if path.suffix == ".npy":
+        array = np.load(path, mmap_mode="r")
+        if array.ndim != 2:
+            raise InvalidArgument.field(
+                "inputs", f"{path}: must be a 2-D array (rows x features), got shape {array.shape}"
+            )
+        if array.dtype.kind not in "fiu":
+            raise InvalidArgument.field("inputs", f"{path}: dtype {array.dtype} is not numeric")
+        return int(array.shape[1])
+    schema = pq.read_schema(path)
+    bad = [f.name for f in schema if not (pa.types.is_floating(f.type) or pa.types.is_integer(f.type))]
+    if bad:
+        raise InvalidArgument.field("inputs", f"{path}: columns {bad} are not numeric")
+    return len(schema)
+
+
+def _rows(path: Path) -> int:
+    if path.suffix == ".npy":
+        return int(np.load(path, mmap_mode="r").shape[0])
+    return int(pq.ParquetFile(path).metadata.num_rows)
+
+
+class ScoreRows(JobKind):
+    name = "platform.score_rows"
+    queue = "platform"
+    defaults: ClassVar[Mapping[str, str]] = {
+        "model": "platform-mlp",
+        "version": "",
+        "shard_size": "100000",
+        "overwrite": "false",
+    }
+
+    def model(self, params: Mapping[str, str]) -> tuple[str, str]:
+        return params["model"], params["version"]
+
+    def _shard_size(self, params: Mapping[str, str]) -> int:
+        try:
+            size = int(params["shard_size"])
+        except ValueError:
+            size = 0
+        if size < 1:
+            raise InvalidArgument.field(
+                "params[shard_size]", f"must be a positive integer, got {params['shard_size']!r}"
+            )
+        return size
+
+    def plan(self, inputs: list[Path], params: Mapping[str, str], spec: ModelSpec) -> list[PlannedShard]:
+        if len(spec.inputs) != 1 or len(spec.inputs[0].shape) != 2:
+            raise InvalidArgument.field("params[model]", f"{spec.name} does not take one 2-D input")
+        width = spec.inputs[0].shape[1]
+        size = self._shard_size(params)
+        shards: list[PlannedShard] = []
+        for index, path in enumerate(inputs):
+            if path.suffix not in SUFFIXES or not path.is_file():
+                raise InvalidArgument.field(f"inputs[{index}]", f"{path}: must be a .npy or .parquet file")
+            try:
+                columns, rows = _columns(path), _rows(path)
+            except (OSError, ValueError, pa.ArrowException) as exc:
+                raise InvalidArgument.field(f"inputs[{index}]", f"{path}: unreadable: {exc}") from exc
+            if width != -1 and columns != width:
+                raise InvalidArgument.field(
+                    f"inputs[{index}]", f"{path}: has {columns} columns, model {spec.name} takes {width}"
+                )
+            shards += [
+                PlannedShard(index, start, min(start + size, rows), min(start + size, rows) - start)
+                for start in range(0, rows, size)
+            ]
+        return shards
+
+    def outputs(self, inputs: list[Path], output_dir: Path, params: Mapping[str, str]) -> list[Path]:
+        return [output_dir / f"{path.stem}.scores{path.suffix}" for path in inputs]
+
+    def shard_result(self, output_stem: Path) -> Path:
+        return output_stem.with_suffix(".npy")
+
+    def _read(self, path: Path, start: int, stop: int) -> Array:
+        if path.suffix == ".npy":
+            return np.asarray(np.load(path, mmap_mode="r")[start:stop])
+        table = _read_parquet_rows(path, start, stop)
+        return np.column_stack([c.to_numpy(zero_copy_only=False) for c in table.columns])
+
+    def run_shard(self, ctx: ShardContext) -> int:
+        path = ctx.inputs[ctx.input_index]
+        outputs: list[dict[str, Array]] = []
+        for chunk_start in range(ctx.start, ctx.stop, ctx.batch_size):
+            ctx.check()
+            chunk_stop = min(chunk_start + ctx.batch_size, ctx.stop)
+            rows = self._read(path, chunk_start, chunk_stop)
+            bad = ~np.isfinite(rows)
+            if bad.any():
+                row, column = np.argwhere(bad)[0]
+                raise InputRecordError(str(path), int(chunk_start + row), f"non-finite value in column {int(column)}")
+            outputs.append(ctx.infer({"x": rows.astype(np.float32, copy=False)}))
+        result = np.concatenate([o["y"] for o in outputs]) if outputs else np.zeros((0, 0), np.float32)
+        target = self.shard_result(ctx.output_stem)
+        tmp = temporary_name(target)
+        with open(tmp, "wb") as fh:
+            np.save(fh, result)
+        os.replace(tmp, target)  # a re-run shard overwrites, never duplicates
+        return ctx.stop - ctx.start
+
+    def merge(
+        self, inputs: list[Path], shards: list[tuple[PlannedShard, Path]], output_dir: Path, params: Mapping[str, str]
+    ) -> list[Path]:
+        finals = self.outputs(inputs, output_dir, params)
+        for index, (path, final) in enumerate(zip(inputs, finals, strict=True)):
+            parts = [result for shard, result in shards if shard.input_index == index]
+            arrays = [np.load(part, mmap_mode="r") for part in parts]
+            total = sum(a.shape[0] for a in arrays)
+            width = arrays[0].shape[1] if arrays else 0
+            tmp = temporary_name(final)
+            if path.suffix == ".npy":
+                merged = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(total, width))
+                offset = 0
+                for array in arrays:
+                    merged[offset : offset + array.shape[0]] = array
+                    offset += array.shape[0]
+                merged.flush()
+                del merged
+                tmp_written = tmp
+            else:
+                tmp_written = tmp
+                schema = pa.schema([("row", pa.int64())] + [(f"y{j}", pa.float32()) for j in range(width)])
+                with pq.ParquetWriter(tmp, schema) as writer:
+                    offset = 0
+                    for array in arrays:
+                        columns = [pa.array(np.arange(offset, offset + len(array), dtype=np.int64))]
+                        columns += [pa.array(np.asarray(array[:, j])) for j in range(width)]
+                        writer.write_table(pa.Table.from_arrays(columns, schema=schema))
+                        offset += len(array)
+            os.replace(tmp_written, final)
+        return finals
+
+
+def _read_parquet_rows(path: Path, start: int, stop: int) -> pa.Table:
+    """Rows [start, stop) reading only the row groups that hold them."""
+    parquet = pq.ParquetFile(path)
+    groups, offset, first = [], 0, None
+    for g in range(parquet.metadata.num_row_groups):
+        n = parquet.metadata.row_group(g).num_rows
+        if offset + n > start and offset < stop:
+            groups.append(g)
+            first = offset if first is None else first
+        offset += n
+    table = parquet.read_row_groups(groups)
+    return table.slice(start - (first or 0), stop - start)

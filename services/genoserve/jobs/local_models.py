@@ -1,0 +1,44 @@
+"""Model sessions in a worker process: loaded on first use, checked like the server does."""
+
+from __future__ import annotations
+
+import threading
+
+from genoserve.core.errors import ModelLoadError
+from genoserve.core.settings import RuntimeSettings
+from genoserve.runtime import registry
+from genoserve.runtime.loader import load_session
+from genoserve.runtime.model import LoadedModel
+from genoserve.runtime.registry import ModelState
+
+
+class LocalModels:
+    """``get(name, version)`` -> a LoadedModel, cached for the life of the process."""
+
+    def __init__(self, settings: RuntimeSettings) -> None:
+        self.settings = settings
+        self._cache: dict[tuple[str, str], LoadedModel] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str, version: str = "") -> LoadedModel:
+        with self._lock:
+            cached = self._cache.get((name, version))
+            if cached is not None:
+                return cached
+            records = [r for r in registry.scan(self.settings.model_dir, (name,)) if r.state is not ModelState.FAILED]
+            if version:
+                records = [r for r in records if r.version_label == version]
+            if not records:
+                broken = [r.reason for r in registry.scan(self.settings.model_dir, (name,)) if r.reason]
+                why = f": {broken[0]}" if broken else ""
+                raise ModelLoadError(
+                    f"model {name} version {version or 'latest'} not found in {self.settings.model_dir}{why}"
+                )
+            record = max(records, key=lambda r: r.version.version if r.version else 0)
+            assert record.spec is not None
+            assert record.version is not None
+            session = load_session(record, self.settings)
+            max_batch = record.spec.batching.max_batch_size or self.settings.batching.max_batch_size
+            model = LoadedModel(record.spec, record.version, session, max_batch)
+            self._cache[(name, version)] = model
+            return model

@@ -1,0 +1,138 @@
+"""The server side of bulk jobs: submit (validate, plan, record, enqueue), read, cancel, watch,
+and the sweeper that recovers lost shards. Blocking (store and file IO): call from a thread."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from celery import Celery
+
+from genoserve.core import metrics
+from genoserve.core.errors import AlreadyExists, GenoserveError, InvalidArgument, NotFound
+from genoserve.core.settings import Settings
+from genoserve.jobs import lifecycle
+from genoserve.jobs.celery_app import enqueue_merge, enqueue_shard
+from genoserve.jobs.kinds import get_kind
+from genoserve.jobs.paths import confine, remove_staging
+from genoserve.jobs.records import Job, JobState, Shard, ShardState, new_job_id
+from genoserve.jobs.store import JobStore
+from genoserve.runtime.registry import read_spec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Progress:
+    items_per_second: float
+    eta_seconds: float
+
+
+def progress(job: Job, now: float | None = None) -> Progress:
+    """Throughput since the job started and the time left at that rate (0 when unknown)."""
+    if not job.started_at or not job.items_done:
+        return Progress(0.0, 0.0)
+    end = job.finished_at or now or time.time()
+    rate = job.items_done / max(end - job.started_at, 1e-6)
+    left = job.items_total - job.items_done
+    return Progress(rate, left / rate if left and not job.state.terminal else 0.0)
+
+
+class JobService:
+    def __init__(self, settings: Settings, store: JobStore, app: Celery) -> None:
+        self.settings = settings
+        self.store = store
+        self.app = app
+
+    # -- submit ---------------------------------------------------------------------------------
+
+    def submit(self, tenant: str, kind_name: str, inputs: Sequence[str], output_dir: str,
+               params: Mapping[str, str]) -> Job:  # fmt: skip
+        jobs = self.settings.jobs
+        kind = get_kind(kind_name)
+        parsed = kind.parse_params(params)
+        model_name, _ = kind.model(parsed)
+        try:
+            spec = read_spec(self.settings.runtime.model_dir / model_name)
+        except ValueError as exc:
+            raise InvalidArgument.field("params[model]", f"model {model_name!r} is not usable: {exc}") from exc
+        if not inputs:
+            raise InvalidArgument.field("inputs", "at least one input is required")
+        paths = [confine(raw, jobs.input_roots, f"inputs[{i}]", must_exist=True) for i, raw in enumerate(inputs)]
+        out = confine(output_dir, jobs.output_roots, "output_dir", must_exist=False)
+        if out.exists() and not out.is_dir():
+            raise InvalidArgument.field("output_dir", f"{out} exists and is not a folder")
+        planned = kind.plan(paths, parsed, spec)
+        if not planned:
+            raise InvalidArgument.field("inputs", "the inputs hold no items")
+        finals = kind.outputs(paths, out, parsed)
+        clashes = [p for p, n in Counter(finals).items() if n > 1]
+        if clashes:
+            raise InvalidArgument.field("inputs", f"several inputs would write the same output {clashes[0]}")
+        existing = [p for p in finals if p.exists()]
+        if existing and parsed.get("overwrite", "false").lower() != "true":
+            raise AlreadyExists(f"output_dir: {existing[0]} already exists; pass param overwrite=true to replace it")
+        out.mkdir(parents=True, exist_ok=True)
+        now = time.time()
+        job = Job(
+            id=new_job_id(), kind=kind.name, queue=kind.queue, tenant=tenant,
+            inputs=[str(p) for p in paths], output_dir=str(out), params=parsed,
+            created_at=now, updated_at=now,
+            shards=[Shard(index=i, input_index=s.input_index, start=s.start, stop=s.stop, items=s.items)
+                    for i, s in enumerate(planned)],
+        )  # fmt: skip
+        self.store.create(job)
+        metrics.JOBS_SUBMITTED.labels(kind.name).inc()
+        try:
+            for shard in job.shards:
+                enqueue_shard(self.app, job.queue, job.id, shard.index)
+        except Exception:  # the sweeper re-queues a stalled job's pending shards once the broker is back
+            log.exception("job %s: enqueueing its shards failed; the sweeper will retry", job.id)
+        log.info("job %s (%s) submitted: %d shards, %d items", job.id, job.kind, len(job.shards), job.items_total)
+        return job
+
+    # -- read / cancel ----------------------------------------------------------------------------
+
+    def get(self, tenant: str, job_id: str) -> Job:
+        if not job_id:
+            raise InvalidArgument.field("id", "is required")
+        job = self.store.get(job_id)
+        if job is None or job.tenant != tenant:  # another tenant's job does not exist for this caller
+            raise NotFound(f"job {job_id!r} not found")
+        return job
+
+    def list(self, tenant: str, state: JobState | None, limit: int) -> list[Job]:
+        return self.store.list_jobs(tenant, state, limit if limit > 0 else 50)
+
+    def cancel(self, tenant: str, job_id: str) -> Job:
+        self.get(tenant, job_id)
+        job, decision = self.store.transition(job_id, lambda j: lifecycle.cancel(j, time.time()))
+        if decision.run:
+            remove_staging(Path(job.output_dir), job.id)
+            log.info("job %s cancelled", job_id)
+        return job
+
+    # -- recovery -------------------------------------------------------------------------------
+
+    def sweep_once(self) -> None:
+        """Re-queue shards whose lease expired and stalled jobs; sample queue depths."""
+        lease = self.settings.jobs.shard_lease_s
+        pending: Counter[str] = Counter()
+        for job_id in self.store.active_ids():
+            try:
+                job, decision = self.store.transition(job_id, lambda j: lifecycle.sweep(j, time.time(), lease))
+                for index in decision.requeue:
+                    log.warning("job %s: re-queueing shard %d (%s)", job_id, index, job.shards[index].error)
+                    enqueue_shard(self.app, job.queue, job_id, index)
+                if decision.merge:
+                    log.warning("job %s: re-queueing its merge", job_id)
+                    enqueue_merge(self.app, job.queue, job_id)
+                pending[job.queue] += sum(1 for s in job.shards if s.state is ShardState.PENDING)
+            except GenoserveError as exc:
+                log.warning("sweep of job %s failed: %s", job_id, exc.message)
+        for queue in self.settings.worker.queues:
+            metrics.JOB_QUEUE_DEPTH.labels(queue).set(pending.get(queue, 0))

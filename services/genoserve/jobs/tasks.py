@@ -1,0 +1,88 @@
+"""Celery tasks (ids only) and the ``genoserve worker`` process."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+from celery import Celery
+from celery.exceptions import Reject
+
+from genoserve.core.errors import Unavailable
+from genoserve.core.settings import Settings
+from genoserve.jobs.celery_app import MERGE_TASK, SHARD_TASK, make_celery
+from genoserve.jobs.worker import WorkerRuntime
+
+log = logging.getLogger(__name__)
+
+_runtimes: dict[int, WorkerRuntime] = {}
+
+
+def register_tasks(app: Celery, settings: Settings) -> None:
+    """Bind the shard and merge tasks to ``app``; each worker process builds its runtime lazily
+    (after the prefork fork, so that store connections and ONNX sessions are its own)."""
+
+    def runtime() -> WorkerRuntime:
+        pid = os.getpid()
+        if pid not in _runtimes:
+            _runtimes[pid] = WorkerRuntime(settings, app)
+        return _runtimes[pid]
+
+    def store_down(exc: Unavailable) -> Reject:
+        # The job store is unreachable (Redis restarting): give the task back to the broker.
+        log.warning("job store unavailable, re-queueing the task: %s", exc.message)
+        time.sleep(1.0)
+        return Reject(str(exc), requeue=True)
+
+    @app.task(name=SHARD_TASK, ignore_result=True)  # type: ignore[untyped-decorator]
+    def run_shard(job_id: str, index: int) -> None:
+        try:
+            runtime().run_shard(job_id, int(index))
+        except Unavailable as exc:
+            raise store_down(exc) from exc
+
+    @app.task(name=MERGE_TASK, ignore_result=True)  # type: ignore[untyped-decorator]
+    def merge_job(job_id: str) -> None:
+        try:
+            runtime().merge_job(job_id)
+        except Unavailable as exc:
+            raise store_down(exc) from exc
+
+
+def start_worker_metrics(settings: Settings) -> None:
+    if not settings.worker.metrics_port:
+        return
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    start_http_server(settings.worker.metrics_port, registry=registry)
+
+
+def run_worker(settings: Settings, hostname: str | None = None) -> None:
+    """Start a Celery worker for ``settings.worker.queues`` (blocks until it is stopped)."""
+    from celery.signals import worker_process_shutdown
+    from prometheus_client import multiprocess
+
+    app = make_celery(settings.jobs)
+    register_tasks(app, settings)
+
+    @worker_process_shutdown.connect  # type: ignore[untyped-decorator]
+    def _dead(pid: int | None = None, **_: Any) -> None:
+        multiprocess.mark_process_dead(pid or os.getpid())  # type: ignore[no-untyped-call]
+
+    start_worker_metrics(settings)
+    argv = [
+        "worker",
+        f"--queues={','.join(settings.worker.queues)}",
+        f"--concurrency={settings.worker.concurrency}",
+        "--pool=prefork",
+        f"--loglevel={settings.logging.level}",
+        f"--hostname={hostname or 'genoserve@%h-' + str(os.getpid())}",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+    app.worker_main(argv=argv)
