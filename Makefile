@@ -13,6 +13,9 @@ PYTEST_ARGS ?=
 setup: $(INSTALLED) $(STUBS)
 
 $(INSTALLED): pyproject.toml
+	@# The job tests start their own redis-server (real, never mocked): install it where missing.
+	command -v redis-server >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server; }
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[cpu,dev]'
@@ -30,8 +33,10 @@ $(STUBS): $(PROTOS) $(INSTALLED)
 		--mypy_out=services --mypy_grpc_out=services $(PROTOS)
 	touch services/genoserve/v1/__init__.py $@
 
+# The gRPC server plus one bulk-job worker on the embedded broker (no broker process needed);
+# set GENOSERVE_BROKER_URL=redis://host:6379/0 to use Redis instead.
 serve: setup
-	$(VENV)/bin/genoserve serve
+	$(VENV)/bin/genoserve serve --with-worker
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)

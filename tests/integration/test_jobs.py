@@ -1,0 +1,195 @@
+"""Bulk jobs end to end: a real server, real Celery workers, the embedded broker and Redis."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from genoserve.client import Client
+from genoserve.core.errors import AlreadyExists, InvalidArgument, NotFound
+from genoserve.v1 import jobs_pb2
+from tests.support.jobs import WorkerProcess, job_server, wait_for_job, write_config
+from tests.support.redis import RedisServer
+from tests.support.server import ServerProcess
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Rig:
+    root: Path
+    server: ServerProcess
+    worker: WorkerProcess
+
+    def client(self, **kwargs: Any) -> Client:
+        return Client(self.server.address, timeout=30, **kwargs)
+
+
+def start_rig(root: Path, broker_url: str = "", store_url: str = "") -> tuple[ServerProcess, WorkerProcess]:
+    config = write_config(root, broker_url=broker_url, store_url=store_url)
+    worker = WorkerProcess(config, root / "worker.log").start()
+    server = job_server(config, root / "server.log").start()
+    return server, worker
+
+
+@pytest.fixture(scope="module", params=["embedded", "redis"])
+def rig(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    root = tmp_path_factory.mktemp(f"jobs-{request.param}")
+    redis_server = RedisServer(root / "redis").start() if request.param == "redis" else None
+    url = redis_server.url if redis_server else ""
+    server, worker = start_rig(root, broker_url=url)
+    yield Rig(root, server, worker)
+    server.terminate()
+    worker.stop()
+    if redis_server:
+        redis_server.kill()
+
+
+def rows(path: Path, n: int, seed: int = 0) -> np.ndarray:  # type: ignore[type-arg]
+    x = np.random.default_rng(seed).normal(size=(n, 128)).astype(np.float32)
+    np.save(path, x)
+    return x
+
+
+def test_job_scores_every_row_in_order(rig: Rig, platform_reference: Any) -> None:
+    x = rows(rig.root / "rows.npy", 5000)
+    with rig.client() as client:
+        job = client.submit_job("platform.score_rows", [str(rig.root / "rows.npy")], str(rig.root / "out"),
+                                {"shard_size": "700"})  # fmt: skip
+        assert job.shards_total == 8
+        assert job.items_total == 5000
+        events = list(client.watch_job(job.id))
+    final = events[-1].job
+    assert final.state == jobs_pb2.JOB_STATE_SUCCEEDED, final.error
+    assert list(final.outputs) == [str(rig.root / "out" / "rows.scores.npy")]
+    done = [e.job.items_done for e in events]
+    assert done == sorted(done)
+    assert done[-1] == 5000
+    y = np.load(final.outputs[0])
+    np.testing.assert_allclose(y, platform_reference.run(None, {"x": x})[0], rtol=1e-4, atol=1e-4)
+    manifest = json.loads((rig.root / "out" / "_SUCCESS.json").read_text())
+    assert manifest["job"] == job.id
+    assert manifest["items"] == 5000
+    assert not (rig.root / "out" / ".genoserve-staging").exists()
+
+
+def test_cli_submit_watch_status_list(rig: Rig) -> None:
+    rows(rig.root / "cli.npy", 1200)
+    cli = [sys.executable, "-m", "genoserve.cli.main", "jobs"]
+    address = ["--address", rig.server.address]
+    submitted = subprocess.run(
+        [*cli, "submit", "platform.score_rows", "--input", str(rig.root / "cli.npy"), "--output",
+         str(rig.root / "cli-out"), "--param", "shard_size=500", "--watch", *address],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    job_id, output = submitted.stdout.split()
+    assert output == str(rig.root / "cli-out" / "cli.scores.npy")
+    assert "3/3 shards" in submitted.stderr
+    assert "SUCCEEDED" in submitted.stderr
+    status = subprocess.run([*cli, "status", job_id, *address], capture_output=True, text=True, timeout=60)
+    assert "SUCCEEDED" in status.stdout
+    assert "items 1200/1200" in status.stdout
+    listed = subprocess.run([*cli, "list", *address], capture_output=True, text=True, timeout=60)
+    assert job_id in listed.stdout
+
+
+def test_bad_record_fails_the_job_naming_file_and_row_and_cli_exits_nonzero(rig: Rig) -> None:
+    x = rows(rig.root / "bad.npy", 900)
+    x[612, 3] = np.inf
+    np.save(rig.root / "bad.npy", x)
+    result = subprocess.run(
+        [sys.executable, "-m", "genoserve.cli.main", "jobs", "submit", "platform.score_rows",
+         "--input", str(rig.root / "bad.npy"), "--output", str(rig.root / "bad-out"), "--param", "shard_size=300",
+         "--watch", "--address", rig.server.address],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert f"{rig.root / 'bad.npy'}: record 612: non-finite value in column 3" in result.stderr
+    assert not (rig.root / "bad-out" / "bad.scores.npy").exists()
+    assert not (rig.root / "bad-out" / "_SUCCESS.json").exists()
+
+
+def test_cancel_publishes_no_output(rig: Rig) -> None:
+    rows(rig.root / "long.npy", 60_000)
+    with rig.client() as client:
+        job = client.submit_job("platform.score_rows", [str(rig.root / "long.npy")], str(rig.root / "long-out"),
+                                {"shard_size": "500"})  # fmt: skip
+        wait_for_job(client, job.id, until=lambda j: j.shards_done >= 2)
+        cancelled = client.cancel_job(job.id)
+        assert cancelled.state == jobs_pb2.JOB_STATE_CANCELLED
+        assert cancelled.error == "cancelled by user"
+        final = wait_for_job(client, job.id)
+        assert final.state == jobs_pb2.JOB_STATE_CANCELLED
+        assert final.shards_done < final.shards_total
+        assert list(final.outputs) == []
+        assert client.cancel_job(job.id).state == jobs_pb2.JOB_STATE_CANCELLED  # idempotent
+    assert not (rig.root / "long-out" / "long.scores.npy").exists()
+    assert not (rig.root / "long-out" / "_SUCCESS.json").exists()
+
+
+def test_bad_submissions_are_refused_with_the_field(rig: Rig, tmp_path: Path) -> None:
+    rows(rig.root / "ok.npy", 10)
+    outside = tmp_path / "outside.npy"
+    rows(outside, 10)
+    (rig.root / "escape.npy").symlink_to(outside)
+    good = str(rig.root / "ok.npy")
+    cases = [
+        (("platform.score_rows", [str(outside)], str(rig.root / "o")), "inputs[0]", "outside the allowed roots"),
+        (("platform.score_rows", [str(rig.root / "escape.npy")], str(rig.root / "o")), "inputs[0]", "outside"),
+        (("platform.score_rows", [good], str(rig.root / ".." / "o")), "output_dir", "'..'"),
+        (("platform.score_rows", [good], str(tmp_path / "o")), "output_dir", "outside the allowed roots"),
+        (("platform.score_rows", [], str(rig.root / "o")), "inputs", "at least one input"),
+        (("binding.nope", [good], str(rig.root / "o")), "kind", "unknown job kind"),
+    ]
+    with rig.client() as client:
+        for args, field, rule in cases:
+            with pytest.raises(InvalidArgument) as info:
+                client.submit_job(*args)
+            assert info.value.violations[0].field == field
+            assert rule in info.value.violations[0].description
+        with pytest.raises(InvalidArgument, match="unknown parameter"):
+            client.submit_job("platform.score_rows", [good], str(rig.root / "o"), {"shard": "1"})
+        with pytest.raises(NotFound):
+            client.get_job("j0000000000000000")
+
+
+def test_existing_outputs_need_overwrite(rig: Rig) -> None:
+    rows(rig.root / "twice.npy", 100)
+    args = ("platform.score_rows", [str(rig.root / "twice.npy")], str(rig.root / "twice-out"))
+    with rig.client() as client:
+        first = wait_for_job(client, client.submit_job(*args).id)
+        assert first.state == jobs_pb2.JOB_STATE_SUCCEEDED
+        with pytest.raises(AlreadyExists, match="overwrite=true"):
+            client.submit_job(*args)
+        again = wait_for_job(client, client.submit_job(*args, {"overwrite": "true"}).id)
+        assert again.state == jobs_pb2.JOB_STATE_SUCCEEDED
+
+
+def test_another_tenants_job_is_not_found(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("token-a lab-a\ntoken-b lab-b\n")
+    config = write_config(tmp_path)
+    rows(tmp_path / "t.npy", 10)
+    with (
+        job_server(config, tmp_path / "server.log", "--tokens-file", str(tokens)) as server,
+        Client(server.address, token="token-a") as a,
+        Client(server.address, token="token-b") as b,
+    ):
+        job = a.submit_job("platform.score_rows", [str(tmp_path / "t.npy")], str(tmp_path / "out"))
+        assert a.get_job(job.id).id == job.id
+        with pytest.raises(NotFound):
+            b.get_job(job.id)
+        with pytest.raises(NotFound):
+            b.cancel_job(job.id)
+        assert [j.id for j in a.list_jobs()] == [job.id]
+        assert b.list_jobs() == []
+        assert a.cancel_job(job.id).state == jobs_pb2.JOB_STATE_CANCELLED

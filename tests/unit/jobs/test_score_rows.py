@@ -1,0 +1,92 @@
+"""platform.score_rows: planning, bad records named by file and row, order-preserving merge."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from genoserve.core.errors import InvalidArgument
+from genoserve.jobs.kinds import get_kind
+from genoserve.jobs.kinds.base import InputRecordError, ShardContext
+from genoserve.runtime.registry import read_spec
+
+MODELS = Path(__file__).resolve().parents[3] / "models"
+KIND = get_kind("platform.score_rows")
+SPEC = read_spec(MODELS / "platform-mlp")
+
+
+def fake_model(inputs: Any) -> dict[str, np.ndarray]:  # type: ignore[type-arg]
+    """Row sums in column 0 and the row's first value in column 1: order is checkable."""
+    x = inputs["x"]
+    return {"y": np.stack([x.sum(axis=1), x[:, 0]], axis=1).astype(np.float32)}
+
+
+def run_all(inputs: list[Path], out: Path, params: dict[str, str]) -> list[Path]:
+    parsed = KIND.parse_params(params)
+    planned = KIND.plan(inputs, parsed, SPEC)
+    results = []
+    for i, shard in enumerate(planned):
+        stem = out / f"shard-{i:06d}"
+        ctx = ShardContext(
+            inputs, shard.input_index, shard.start, shard.stop, parsed, stem, fake_model, 7, lambda: None
+        )
+        assert KIND.run_shard(ctx) == shard.items
+        results.append((shard, KIND.shard_result(stem)))
+    return KIND.merge(inputs, results, out, parsed)
+
+
+def rows(n: int, start: int = 0) -> np.ndarray:  # type: ignore[type-arg]
+    x = np.zeros((n, 128), np.float32)
+    x[:, 0] = np.arange(start, start + n)
+    return x
+
+
+def test_plan_splits_each_input_into_shards(tmp_path: Path) -> None:
+    np.save(tmp_path / "a.npy", rows(25))
+    np.save(tmp_path / "b.npy", rows(10))
+    planned = KIND.plan([tmp_path / "a.npy", tmp_path / "b.npy"], KIND.parse_params({"shard_size": "10"}), SPEC)
+    assert [(s.input_index, s.start, s.stop) for s in planned] == [(0, 0, 10), (0, 10, 20), (0, 20, 25), (1, 0, 10)]
+
+
+def test_npy_and_parquet_outputs_keep_input_order(tmp_path: Path) -> None:
+    np.save(tmp_path / "a.npy", rows(53))
+    table = pa.Table.from_arrays([pa.array(c) for c in rows(41, 1000).T], names=[f"f{i}" for i in range(128)])
+    pq.write_table(table, tmp_path / "b.parquet", row_group_size=6)
+    out = tmp_path / "out"
+    out.mkdir()
+    finals = run_all([tmp_path / "a.npy", tmp_path / "b.parquet"], out, {"shard_size": "10"})
+    assert finals == [out / "a.scores.npy", out / "b.scores.parquet"]
+    np.testing.assert_array_equal(np.load(finals[0])[:, 1], np.arange(53))
+    merged = pq.read_table(finals[1])
+    assert merged.column("row").to_pylist() == list(range(41))
+    np.testing.assert_array_equal(merged.column("y1").to_numpy(), np.arange(1000, 1041))
+
+
+def test_non_finite_record_names_file_and_row(tmp_path: Path) -> None:
+    x = rows(30)
+    x[17, 5] = np.nan
+    np.save(tmp_path / "a.npy", x)
+    with pytest.raises(InputRecordError) as info:
+        run_all([tmp_path / "a.npy"], tmp_path, {"shard_size": "10"})
+    assert info.value.message == f"{tmp_path / 'a.npy'}: record 17: non-finite value in column 5"
+
+
+def test_unusable_inputs_and_params_are_refused_at_plan_time(tmp_path: Path) -> None:
+    np.save(tmp_path / "narrow.npy", np.zeros((4, 100), np.float32))
+    (tmp_path / "notes.txt").write_text("hi")
+    params = KIND.parse_params({})
+    with pytest.raises(InvalidArgument, match="has 100 columns, model platform-mlp takes 128"):
+        KIND.plan([tmp_path / "narrow.npy"], params, SPEC)
+    with pytest.raises(InvalidArgument, match=r"must be a \.npy or \.parquet file"):
+        KIND.plan([tmp_path / "notes.txt"], params, SPEC)
+    with pytest.raises(InvalidArgument, match="positive integer"):
+        KIND.plan([tmp_path / "narrow.npy"], KIND.parse_params({"shard_size": "0"}), SPEC)
+    with pytest.raises(InvalidArgument, match=r"params\[colour\]"):
+        KIND.parse_params({"colour": "blue"})
+    with pytest.raises(InvalidArgument, match="unknown job kind"):
+        get_kind("binding.nope")
