@@ -14,7 +14,8 @@ One process run measures, on the platform test model ``models/platform-mlp`` (in
   session, decode); "added p50" = served p50 - raw p50;
 * **throughput** (items/s) of the server at concurrency 1 / 8 / 32 / 128 (asyncio tasks sharing one
   ``grpc.aio`` channel, each sending batch-1 or batch-256 requests back to back), and of raw ONNX
-  Runtime at saturation (batch 256 in a loop, from 1, 2 and 4 threads; the best counts);
+  Runtime at saturation (batch 256 in a loop, from 1, 2 and 4 threads, measured before the server
+  starts and again after it stops, to show the machine's noise; the best of all counts);
 * the ratio served / raw at saturation (best served point over best raw point), and pass/fail
   against the issue's goals: served throughput >= 90 % of raw, added p50 <= 0.5 ms at batch 256.
 
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -49,8 +51,8 @@ from typing import Any
 import grpc
 import numpy as np
 import onnxruntime as ort
-from genoserve.client import AsyncClient, Client
 
+from genoserve.client import AsyncClient, Client
 from tests.support.server import REPO, ServerProcess
 
 Array = np.ndarray[Any, Any]
@@ -65,6 +67,8 @@ RAW_THREADS = (1, 2, 4)
 SATURATION_BATCH = 256
 GOAL_RATIO = 0.90
 GOAL_ADDED_P50_MS = 0.5
+#: Above this many cores used by other processes during a point, the point is flagged as noisy.
+NOISY_OTHER_CORES = 0.25
 
 
 # -- measurement helpers ----------------------------------------------------------------------
@@ -90,9 +94,23 @@ def proc_cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy_s() -> float | None:
+    """CPU seconds all processes on this machine have used (user+nice+system+irq+softirq+steal)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class CpuMeter:
-    """CPU cores used (CPU seconds per wall second) by this process and the server meanwhile."""
+    """CPU cores used (CPU seconds per wall second) by this process, the server, and anything else.
+
+    ``other_cores`` is what the rest of the machine used meanwhile: non-zero means the benchmark
+    did not have the machine to itself and its numbers are lower than they would be.
+    """
 
     server_pid: int | None = None
     result: dict[str, float | None] = field(default_factory=dict)
@@ -101,14 +119,21 @@ class CpuMeter:
     def measure(self) -> Iterator[None]:
         wall, own = time.perf_counter(), time.process_time()
         server = proc_cpu_s(self.server_pid) if self.server_pid else None
+        busy = machine_busy_s()
         yield
         elapsed = time.perf_counter() - wall
-        self.result = {"client_cores": (time.process_time() - own) / elapsed}
+        busy_after = machine_busy_s()
+        client_cores = (time.process_time() - own) / elapsed
+        self.result = {"client_cores": client_cores}
+        server_cores = 0.0
         if self.server_pid:
             after = proc_cpu_s(self.server_pid)
-            self.result["server_cores"] = (
-                (after - server) / elapsed if after is not None and server is not None else None
-            )
+            used = after - server if after is not None and server is not None else None
+            self.result["server_cores"] = used / elapsed if used is not None else None
+            server_cores = used / elapsed if used is not None else 0.0
+        if busy is not None and busy_after is not None:
+            others = (busy_after - busy) / elapsed - client_cores - server_cores
+            self.result["other_cores"] = max(0.0, others)
 
 
 def batcher_stats(metrics_url: str) -> tuple[float, float]:
@@ -131,18 +156,23 @@ def raw_session() -> ort.InferenceSession:
     return ort.InferenceSession(str(MODEL_PATH), sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def raw_latency(session: ort.InferenceSession, x: Array, duration: float, warmup: float) -> dict[str, Any]:
-    run_for(lambda: session.run(["y"], {"x": x}), warmup)
+def sequential_latency(
+    call: Callable[[], object], duration: float, warmup: float, server_pid: int | None = None
+) -> dict[str, Any]:
+    """Latency percentiles of ``call`` made back to back (concurrency 1) for ``duration`` seconds."""
+    run_for(call, warmup)
     latencies: list[float] = []
-    end = time.perf_counter() + duration
-    while True:
-        t0 = time.perf_counter()
-        session.run(["y"], {"x": x})
-        t1 = time.perf_counter()
-        latencies.append(t1 - t0)
-        if t1 >= end:
-            break
-    return summarize(latencies)
+    meter = CpuMeter(server_pid)
+    with meter.measure():
+        end = time.perf_counter() + duration
+        while True:
+            t0 = time.perf_counter()
+            call()
+            t1 = time.perf_counter()
+            latencies.append(t1 - t0)
+            if t1 >= end:
+                break
+    return {**summarize(latencies), **meter.result}
 
 
 def run_for(fn: Callable[[], object], seconds: float) -> int:
@@ -182,20 +212,6 @@ def raw_throughput(
 
 
 # -- served -------------------------------------------------------------------------------------
-
-
-def served_latency(client: Client, x: Array, duration: float, warmup: float) -> dict[str, Any]:
-    run_for(lambda: client.infer(MODEL, {"x": x}), warmup)
-    latencies: list[float] = []
-    end = time.perf_counter() + duration
-    while True:
-        t0 = time.perf_counter()
-        client.infer(MODEL, {"x": x})
-        t1 = time.perf_counter()
-        latencies.append(t1 - t0)
-        if t1 >= end:
-            break
-    return summarize(latencies)
 
 
 async def _served_throughput(
@@ -251,6 +267,10 @@ def _f(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
+def _noisy(row: dict[str, Any]) -> bool:
+    return bool((row.get("other_cores") or 0.0) > NOISY_OTHER_CORES)
+
+
 def markdown(report: dict[str, Any]) -> str:
     env, lat, thr, goals = report["environment"], report["latency"], report["throughput"], report["goals"]
     lines = [
@@ -259,7 +279,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"Model `{MODEL}` (x float32 [batch,128] -> y float32 [batch,16]), CPU provider, ONNX Runtime "
         f"{env['onnxruntime']}, grpcio {env['grpcio']}, Python {env['python']}, {env['platform']}, "
         f"**os.cpu_count() = {env['cpu_count']}** shared by the benchmark client, the server and ONNX Runtime. "
-        f"{env['duration_s']} s per point after {env['warmup_s']} s warm-up.",
+        f"{env['duration_s']} s per point after {env['warmup_s']} s warm-up. Load average at start: "
+        f"{env['loadavg_at_start']}. *cores* columns: CPU seconds per wall second used by the benchmark "
+        "process, the server process, and the rest of the machine (non-zero *other*: not a quiet machine).",
         "",
         "## Latency (sequential, concurrency 1)",
         "",
@@ -275,24 +297,28 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "## Throughput, raw ONNX Runtime (batch 256, back-to-back session.run)",
         "",
-        "| threads | items/s | client cores |",
-        "|---:|---:|---:|",
+        "| measured | threads | items/s | cores used | other cores |",
+        "|---|---:|---:|---:|---:|",
     ]
     for row in thr["raw"]:
-        lines.append(f"| {row['threads']} | {_f(row['items_per_s'], 0)} | {_f(row['client_cores'])} |")
+        lines.append(
+            f"| {row['when']} | {row['threads']} | {_f(row['items_per_s'], 0)} | {_f(row['client_cores'])} "
+            f"| {_f(row.get('other_cores'))} |"
+        )
     lines += [
         "",
         "## Throughput, served (asyncio clients on one grpc.aio channel)",
         "",
         "| batch/request | concurrency | items/s | requests/s | p50 ms | p99 ms | mean formed batch "
-        "| served / raw | client cores | server cores |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| served / raw | client cores | server cores | other cores |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in thr["served"]:
         lines.append(
             f"| {row['batch']} | {row['concurrency']} | {_f(row['items_per_s'], 0)} | {_f(row['requests_per_s'], 0)} "
             f"| {_f(row['p50_ms'], 3)} | {_f(row['p99_ms'], 3)} | {_f(row['mean_formed_batch'], 1)} "
-            f"| {_f(row['ratio_to_raw'], 3)} | {_f(row['client_cores'])} | {_f(row['server_cores'])} |"
+            f"| {_f(row['ratio_to_raw'], 3)} | {_f(row['client_cores'])} | {_f(row['server_cores'])} "
+            f"| {_f(row.get('other_cores'))} |"
         )
     sat = thr["saturation"]
     lines += [
@@ -310,6 +336,14 @@ def markdown(report: dict[str, Any]) -> str:
         f"Saturation: best raw = {sat['raw_best']}; best served = {sat['served_best']}. Total runtime "
         f"{report['runtime_s']:.0f} s.",
     ]
+    noisy = report["noisy_points"]
+    if noisy:
+        lines += [
+            "",
+            f"**Warning: the machine was not quiet** at {len(noisy)} point(s) (other processes used > "
+            f"{NOISY_OTHER_CORES} cores meanwhile): {', '.join(noisy)}. Those numbers are lower than this "
+            "machine can do; rerun on a quiet machine before drawing conclusions.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -321,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=3.0, help="seconds measured per point")
     parser.add_argument("--warmup", type=float, default=0.5, help="seconds of warm-up per point")
     args = parser.parse_args(argv)
+    loadavg = [round(v, 2) for v in os.getloadavg()]
     started = time.perf_counter()
     RESULTS.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -334,12 +369,18 @@ def main(argv: list[str] | None = None) -> int:
     expected = {b: session.run(["y"], {"x": x})[0] for b, x in inputs.items()}
     raw_lat = {}
     for b in LATENCY_BATCHES:
-        raw_lat[b] = raw_latency(session, inputs[b], args.duration, args.warmup)
+        call = functools.partial(session.run, ["y"], {"x": inputs[b]})
+        raw_lat[b] = sequential_latency(call, args.duration, args.warmup)
         say(f"raw latency batch {b}: {raw_lat[b]}")
-    raw_thr = []
-    for threads in RAW_THREADS:
-        raw_thr.append(raw_throughput(session, inputs[SATURATION_BATCH], threads, args.duration, args.warmup))
-        say(f"raw throughput: {raw_thr[-1]}")
+    raw_thr: list[dict[str, Any]] = []
+
+    def measure_raw(session: ort.InferenceSession, when: str) -> None:
+        for threads in RAW_THREADS:
+            row = raw_throughput(session, inputs[SATURATION_BATCH], threads, args.duration, args.warmup)
+            raw_thr.append({"when": when, **row})
+            say(f"raw throughput: {raw_thr[-1]}")
+
+    measure_raw(session, "before server")
     del session  # its ONNX Runtime thread pool must not compete with the server
 
     served_lat: dict[int, dict[str, Any]] = {}
@@ -352,7 +393,8 @@ def main(argv: list[str] | None = None) -> int:
                 got = client.infer(MODEL, {"x": x})["y"]
                 np.testing.assert_allclose(got, expected[b], rtol=1e-5, atol=1e-5)
             for b in LATENCY_BATCHES:
-                served_lat[b] = served_latency(client, inputs[b], args.duration, args.warmup)
+                call = functools.partial(client.infer, MODEL, {"x": inputs[b]})
+                served_lat[b] = sequential_latency(call, args.duration, args.warmup, srv.proc.pid)
                 say(f"served latency batch {b}: {served_lat[b]}")
         for b in SERVED_BATCHES:
             for c in CONCURRENCIES:
@@ -361,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 served_thr.append(row)
                 say(f"served throughput: {row}")
+
+    # Raw again, once the server is gone: the spread between the two runs shows this machine's noise.
+    measure_raw(raw_session(), "after server")
 
     raw_best = max(raw_thr, key=lambda r: r["items_per_s"])
     served_best = max(served_thr, key=lambda r: r["items_per_s"])
@@ -381,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         "environment": {
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "cpu_count": os.cpu_count(),
+            "loadavg_at_start": loadavg,
             "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
             "python": platform.python_version(),
@@ -399,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
                 "raw_items_per_s": raw_best["items_per_s"],
                 "served_items_per_s": served_best["items_per_s"],
                 "ratio": ratio,
-                "raw_best": f"{raw_best['threads']} thread(s), batch {raw_best['batch']}",
+                "raw_best": f"{raw_best['threads']} thread(s), batch {raw_best['batch']}, {raw_best['when']}",
                 "served_best": f"batch {served_best['batch']}, concurrency {served_best['concurrency']}",
             },
         },
@@ -411,6 +457,11 @@ def main(argv: list[str] | None = None) -> int:
                 "pass": added_256 <= GOAL_ADDED_P50_MS,
             },
         },
+        "noisy_points": [
+            *(f"{kind} latency batch {r['batch']}" for r in latency for kind in ("raw", "served") if _noisy(r[kind])),
+            *(f"raw {r['threads']} thread(s) {r['when']}" for r in raw_thr if _noisy(r)),
+            *(f"served batch {r['batch']} concurrency {r['concurrency']}" for r in served_thr if _noisy(r)),
+        ],
         "runtime_s": time.perf_counter() - started,
     }
     (RESULTS / "platform.json").write_text(json.dumps(report, indent=2) + "\n")
