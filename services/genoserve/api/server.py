@@ -15,14 +15,16 @@ from grpc_reflection.v1alpha import reflection
 from genoserve.api.auth import TokenTable
 from genoserve.api.health import DrainingHealthServicer, HealthReporter
 from genoserve.api.interceptors import BearerAuth, ErrorsAndMetrics
+from genoserve.api.servicers.binding import SequenceBindingServicer
 from genoserve.api.servicers.jobs import JobsServicer
 from genoserve.api.servicers.models import ModelsServicer
 from genoserve.core.settings import ServerSettings, Settings
+from genoserve.binding.variants import ReferenceGenome
 from genoserve.jobs.celery_app import make_celery
 from genoserve.jobs.service import JobService
 from genoserve.jobs.store import open_store
 from genoserve.runtime.repository import ModelRepository
-from genoserve.v1 import jobs_pb2_grpc, models_pb2_grpc
+from genoserve.v1 import binding_pb2_grpc, jobs_pb2_grpc, models_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,8 @@ class GenoserveServer:
         self.store = open_store(settings.jobs.resolved_store_url)
         self.jobs = JobService(settings, self.store, make_celery(settings.jobs))
         self.jobs_servicer = JobsServicer(self.jobs)
+        # Reference genomes for ScoreVariants: a broken path fails the start, not the first request.
+        self.references = {name: ReferenceGenome(name, path) for name, path in settings.binding.references.items()}
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._loading: asyncio.Task[None] | None = None
@@ -80,6 +84,11 @@ class GenoserveServer:
         return [
             (ModelsServicer(self.repository), models_pb2_grpc.add_ModelsServicer_to_server, None),
             (self.jobs_servicer, jobs_pb2_grpc.add_JobsServicer_to_server, None),
+            (
+                SequenceBindingServicer(self.repository, self.references, self.settings.binding.resolved_default),
+                binding_pb2_grpc.add_SequenceBindingServicer_to_server,
+                "binding",
+            ),
         ]
 
     async def start(self) -> int:
@@ -172,6 +181,8 @@ class GenoserveServer:
         await self.repository.close(timeout=1.0)
         self.jobs.app.close()
         self.store.close()
+        for reference in self.references.values():
+            reference.close()
         self._stopped.set()
         log.info("server stopped")
 

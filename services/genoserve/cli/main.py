@@ -64,7 +64,7 @@ def serve(config: Path | None, **flags: Any) -> None:
     or_exit(lambda: start_metrics_endpoint(settings.server.metrics_port, settings.server.host))
     worker = _spawn_worker(config) if flags["with_worker"] else None
     try:
-        asyncio.run(run_server(settings))
+        or_exit(lambda: asyncio.run(run_server(settings)))
     finally:
         if worker is not None:
             worker.terminate()

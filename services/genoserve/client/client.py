@@ -191,8 +191,14 @@ class Client:
 
     # -- jobs -----------------------------------------------------------------------------------
 
-    def submit_job(self, kind: str, inputs: list[str], output_dir: str, params: Mapping[str, str] | None = None,
-                   timeout: float | None = None) -> jobs_pb2.Job:  # fmt: skip
+    def submit_job(
+        self,
+        kind: str,
+        inputs: list[str],
+        output_dir: str,
+        params: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> jobs_pb2.Job:
         """Submit a bulk job; paths must be visible to the server (absolute paths are safest)."""
         request = jobs_pb2.SubmitJobRequest(kind=kind, inputs=inputs, output_dir=output_dir, params=params or {})
         job: jobs_pb2.Job = self._call(self.jobs.Submit, request, timeout)

@@ -178,6 +178,27 @@ class WorkerSettings(_Section):
     batch_size: int = Field(1024, gt=0)
 
 
+class BindingSettings(_Section):
+    """Sequence binding: reference genomes for ScoreVariants and the VCF/BED job kinds."""
+
+    #: name -> FASTA (plain or bgzip, with .fai / .gzi beside it).
+    references: dict[str, Path] = {}
+    #: Used when a request names none (default: the only one, if exactly one is registered).
+    default_reference: str = ""
+
+    @model_validator(mode="after")
+    def _default(self) -> BindingSettings:
+        if self.default_reference and self.default_reference not in self.references:
+            raise ValueError(f"binding.default_reference {self.default_reference!r} is not in binding.references")
+        return self
+
+    @property
+    def resolved_default(self) -> str:
+        if self.default_reference:
+            return self.default_reference
+        return next(iter(self.references)) if len(self.references) == 1 else ""
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_format: bool = False
@@ -188,6 +209,7 @@ class Settings(_Section):
     runtime: RuntimeSettings = RuntimeSettings()
     jobs: JobsSettings = JobsSettings()
     worker: WorkerSettings = WorkerSettings()
+    binding: BindingSettings = BindingSettings()
     logging: LoggingSettings = LoggingSettings()
 
 

@@ -50,8 +50,9 @@ class JobService:
 
     # -- submit ---------------------------------------------------------------------------------
 
-    def submit(self, tenant: str, kind_name: str, inputs: Sequence[str], output_dir: str,
-               params: Mapping[str, str]) -> Job:  # fmt: skip
+    def submit(
+        self, tenant: str, kind_name: str, inputs: Sequence[str], output_dir: str, params: Mapping[str, str]
+    ) -> Job:
         jobs = self.settings.jobs
         kind = get_kind(kind_name)
         parsed = kind.parse_params(params)

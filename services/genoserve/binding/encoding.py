@@ -1,0 +1,107 @@
+"""DNA -> one-hot: float32 [batch, length, 4], channels A, C, G, T; N is uniform (0.25 each).
+
+Sequences shorter than the model's length are padded with N on both sides (centred: the extra N
+goes right when the padding is odd); longer ones are centre-cropped only when asked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from genoserve.core.errors import FieldViolation, InvalidArgument
+
+Array = np.ndarray[Any, Any]
+
+ALPHABET = "ACGT"
+_CODE = np.full(256, -1, dtype=np.int8)
+for _i, _base in enumerate(ALPHABET + "N"):
+    _CODE[ord(_base)] = _i
+    _CODE[ord(_base.lower())] = _i
+#: Row per code (A, C, G, T, N) of the one-hot encoding.
+_ROWS = np.vstack([np.eye(4, dtype=np.float32), np.full((1, 4), 0.25, dtype=np.float32)])
+_N = 4
+
+
+@dataclass(frozen=True)
+class NamedSequence:
+    id: str
+    bases: str
+
+
+def fit_length(bases: str, length: int, crop: bool) -> str | None:
+    """N-pad (centred) or centre-crop to ``length``; None if too long and ``crop`` is off."""
+    n = len(bases)
+    if n == length:
+        return bases
+    if n < length:
+        left = (length - n) // 2
+        return "N" * left + bases + "N" * (length - n - left)
+    if not crop:
+        return None
+    start = (n - length) // 2
+    return bases[start : start + length]
+
+
+def _codes(bases: str) -> Array:
+    raw = np.frombuffer(bases.encode("latin-1", errors="replace"), dtype=np.uint8)
+    return _CODE[raw]
+
+
+def check(sequences: Sequence[NamedSequence], length: int, crop: bool, field: str = "sequences") -> list[str]:
+    """Validate every sequence; return them fitted to ``length``. One InvalidArgument lists all
+    problems, each naming ``field[i]``, the sequence id and the position of a bad character."""
+    violations: list[FieldViolation] = []
+    fitted: list[str] = []
+    for i, seq in enumerate(sequences):
+        where = f"{field}[{i}].bases"
+        label = f"sequence {seq.id!r}" if seq.id else f"sequence {i}"
+        if not seq.bases:
+            violations.append(FieldViolation(where, f"{label} is empty"))
+            continue
+        if not seq.bases.isascii():
+            position = next(p for p, c in enumerate(seq.bases) if not c.isascii())
+            violations.append(FieldViolation(
+                where, f"{label}: invalid character {seq.bases[position]!r} at position {position} "
+                "(allowed: A, C, G, T, N in any case)"))  # fmt: skip
+            continue
+        bad = np.flatnonzero(_codes(seq.bases) < 0)
+        if bad.size:
+            position = int(bad[0])
+            violations.append(FieldViolation(
+                where, f"{label}: invalid character {seq.bases[position]!r} at position {position} "
+                "(allowed: A, C, G, T, N in any case)"))  # fmt: skip
+            continue
+        result = fit_length(seq.bases, length, crop)
+        if result is None:
+            violations.append(FieldViolation(
+                where, f"{label}: length {len(seq.bases)} exceeds the model's {length}; set crop to centre-crop it"
+            ))  # fmt: skip
+            continue
+        fitted.append(result)
+    if violations:
+        raise InvalidArgument("; ".join(f"{v.field}: {v.description}" for v in violations), violations)
+    return fitted
+
+
+def one_hot(sequences: Sequence[str]) -> Array:
+    """Equal-length, already checked sequences -> float32 [batch, length, 4]."""
+    if not sequences:
+        return np.zeros((0, 0, 4), dtype=np.float32)
+    codes = _codes("".join(sequences)).reshape(len(sequences), -1)
+    return _ROWS[codes]
+
+
+def reverse_complement(batch: Array) -> Array:
+    """One-hot reverse complement: reverse positions, and A<->T, C<->G (the channel order flips)."""
+    return np.ascontiguousarray(batch[:, ::-1, ::-1])
+
+
+def decode(batch: Array) -> list[str]:
+    """One-hot back to bases (uniform rows -> N); for responses and tests."""
+    letters = np.array(list(ALPHABET + "N"))
+    codes = np.where(batch.max(axis=-1) > 0.5, batch.argmax(axis=-1), _N)
+    return ["".join(row) for row in letters[codes]]
