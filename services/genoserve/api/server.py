@@ -18,8 +18,8 @@ from genoserve.api.interceptors import BearerAuth, ErrorsAndMetrics
 from genoserve.api.servicers.binding import SequenceBindingServicer
 from genoserve.api.servicers.jobs import JobsServicer
 from genoserve.api.servicers.models import ModelsServicer
-from genoserve.core.settings import ServerSettings, Settings
 from genoserve.binding.variants import ReferenceGenome
+from genoserve.core.settings import ServerSettings, Settings
 from genoserve.jobs.celery_app import make_celery
 from genoserve.jobs.service import JobService
 from genoserve.jobs.store import open_store

@@ -37,6 +37,8 @@ class Shard(BaseModel):
     start: int
     stop: int
     items: int
+    #: Byte offset of the first item in the input (kinds that seek); 0 otherwise.
+    offset: int = 0
     state: ShardState = ShardState.PENDING
     attempts: int = 0
     worker: str = ""

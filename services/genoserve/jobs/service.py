@@ -67,7 +67,7 @@ class JobService:
         out = confine(output_dir, jobs.output_roots, "output_dir", must_exist=False)
         if out.exists() and not out.is_dir():
             raise InvalidArgument.field("output_dir", f"{out} exists and is not a folder")
-        planned = kind.plan(paths, parsed, spec)
+        planned = kind.plan(paths, parsed, spec, self.settings)
         if not planned:
             raise InvalidArgument.field("inputs", "the inputs hold no items")
         finals = kind.outputs(paths, out, parsed)
@@ -83,7 +83,8 @@ class JobService:
             id=new_job_id(), kind=kind.name, queue=kind.queue, tenant=tenant,
             inputs=[str(p) for p in paths], output_dir=str(out), params=parsed,
             created_at=now, updated_at=now,
-            shards=[Shard(index=i, input_index=s.input_index, start=s.start, stop=s.stop, items=s.items)
+            shards=[Shard(index=i, input_index=s.input_index, start=s.start, stop=s.stop, items=s.items,
+                          offset=s.offset)
                     for i, s in enumerate(planned)],
         )  # fmt: skip
         self.store.create(job)

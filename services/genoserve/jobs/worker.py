@@ -81,7 +81,10 @@ class WorkerRuntime:
                         input_index=shard.input_index,
                         start=shard.start,
                         stop=shard.stop,
+                        offset=shard.offset,
                         params=job.params,
+                        spec=model.spec,
+                        settings=self.settings,
                         output_stem=stem,
                         infer=model.infer_sync,
                         batch_size=self.settings.worker.batch_size,
@@ -151,7 +154,10 @@ class WorkerRuntime:
         try:
             with Heartbeat(beat, self._lease / 4, f"{job_id}/merge"):
                 parts = [
-                    (PlannedShard(s.input_index, s.start, s.stop, s.items), kind.shard_result(shard_stem(job, s.index)))
+                    (
+                        PlannedShard(s.input_index, s.start, s.stop, s.items, s.offset),
+                        kind.shard_result(shard_stem(job, s.index)),
+                    )
                     for s in job.shards
                 ]
                 missing = [str(path) for _, path in parts if not path.exists()]

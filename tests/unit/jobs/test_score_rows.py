@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from genoserve.core.errors import InvalidArgument
+from genoserve.core.settings import Settings
 from genoserve.jobs.kinds import get_kind
 from genoserve.jobs.kinds.base import InputRecordError, ShardContext
 from genoserve.runtime.registry import read_spec
@@ -18,6 +19,7 @@ from genoserve.runtime.registry import read_spec
 MODELS = Path(__file__).resolve().parents[3] / "models"
 KIND = get_kind("platform.score_rows")
 SPEC = read_spec(MODELS / "platform-mlp")
+SETTINGS = Settings()
 
 
 def fake_model(inputs: Any) -> dict[str, np.ndarray]:  # type: ignore[type-arg]
@@ -28,13 +30,15 @@ def fake_model(inputs: Any) -> dict[str, np.ndarray]:  # type: ignore[type-arg]
 
 def run_all(inputs: list[Path], out: Path, params: dict[str, str]) -> list[Path]:
     parsed = KIND.parse_params(params)
-    planned = KIND.plan(inputs, parsed, SPEC)
+    planned = KIND.plan(inputs, parsed, SPEC, SETTINGS)
     results = []
     for i, shard in enumerate(planned):
         stem = out / f"shard-{i:06d}"
         ctx = ShardContext(
-            inputs, shard.input_index, shard.start, shard.stop, parsed, stem, fake_model, 7, lambda: None
-        )
+            inputs=inputs, input_index=shard.input_index, start=shard.start, stop=shard.stop, offset=shard.offset,
+            params=parsed, spec=SPEC, settings=SETTINGS, output_stem=stem, infer=fake_model, batch_size=7,
+            check=lambda: None,
+        )  # fmt: skip
         assert KIND.run_shard(ctx) == shard.items
         results.append((shard, KIND.shard_result(stem)))
     return KIND.merge(inputs, results, out, parsed)
@@ -49,7 +53,9 @@ def rows(n: int, start: int = 0) -> np.ndarray:  # type: ignore[type-arg]
 def test_plan_splits_each_input_into_shards(tmp_path: Path) -> None:
     np.save(tmp_path / "a.npy", rows(25))
     np.save(tmp_path / "b.npy", rows(10))
-    planned = KIND.plan([tmp_path / "a.npy", tmp_path / "b.npy"], KIND.parse_params({"shard_size": "10"}), SPEC)
+    planned = KIND.plan(
+        [tmp_path / "a.npy", tmp_path / "b.npy"], KIND.parse_params({"shard_size": "10"}), SPEC, SETTINGS
+    )
     assert [(s.input_index, s.start, s.stop) for s in planned] == [(0, 0, 10), (0, 10, 20), (0, 20, 25), (1, 0, 10)]
 
 
@@ -81,11 +87,11 @@ def test_unusable_inputs_and_params_are_refused_at_plan_time(tmp_path: Path) -> 
     (tmp_path / "notes.txt").write_text("hi")
     params = KIND.parse_params({})
     with pytest.raises(InvalidArgument, match="has 100 columns, model platform-mlp takes 128"):
-        KIND.plan([tmp_path / "narrow.npy"], params, SPEC)
+        KIND.plan([tmp_path / "narrow.npy"], params, SPEC, SETTINGS)
     with pytest.raises(InvalidArgument, match=r"must be a \.npy or \.parquet file"):
-        KIND.plan([tmp_path / "notes.txt"], params, SPEC)
+        KIND.plan([tmp_path / "notes.txt"], params, SPEC, SETTINGS)
     with pytest.raises(InvalidArgument, match="positive integer"):
-        KIND.plan([tmp_path / "narrow.npy"], KIND.parse_params({"shard_size": "0"}), SPEC)
+        KIND.plan([tmp_path / "narrow.npy"], KIND.parse_params({"shard_size": "0"}), SPEC, SETTINGS)
     with pytest.raises(InvalidArgument, match=r"params\[colour\]"):
         KIND.parse_params({"colour": "blue"})
     with pytest.raises(InvalidArgument, match="unknown job kind"):

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from genoserve.core.errors import InvalidArgument
 from genoserve.jobs.kinds.base import JobKind
+from genoserve.jobs.kinds.binding import ScoreBed, ScoreFasta
+from genoserve.jobs.kinds.binding_vcf import ScoreVcf
 from genoserve.jobs.kinds.score_rows import ScoreRows
 
-KINDS: dict[str, JobKind] = {kind.name: kind for kind in (ScoreRows(),)}
+KINDS: dict[str, JobKind] = {kind.name: kind for kind in (ScoreRows(), ScoreFasta(), ScoreBed(), ScoreVcf())}
 
 
 def get_kind(name: str) -> JobKind:

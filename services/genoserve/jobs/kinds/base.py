@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from genoserve.core.errors import GenoserveError, InvalidArgument
+from genoserve.core.settings import Settings
 from genoserve.runtime.spec import ModelSpec
 
 Array = np.ndarray[Any, Any]
@@ -38,6 +39,8 @@ class PlannedShard:
     start: int
     stop: int
     items: int
+    #: Byte offset of the shard's first item in its input, for kinds that seek (0: read from start).
+    offset: int = 0
 
 
 @dataclass
@@ -48,7 +51,10 @@ class ShardContext:
     input_index: int
     start: int
     stop: int
+    offset: int
     params: dict[str, str]
+    spec: ModelSpec
+    settings: Settings
     #: Write the shard's result here (the kind picks the suffix; write atomically).
     output_stem: Path
     infer: InferFn
@@ -78,7 +84,9 @@ class JobKind(abc.ABC):
         """(model name, version or "") this job runs."""
 
     @abc.abstractmethod
-    def plan(self, inputs: list[Path], params: Mapping[str, str], spec: ModelSpec) -> list[PlannedShard]:
+    def plan(
+        self, inputs: list[Path], params: Mapping[str, str], spec: ModelSpec, settings: Settings
+    ) -> list[PlannedShard]:
         """Split the inputs into shards; InvalidArgument naming the input for unusable files."""
 
     @abc.abstractmethod

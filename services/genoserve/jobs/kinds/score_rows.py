@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from genoserve.core.errors import InvalidArgument
+from genoserve.core.settings import Settings
 from genoserve.jobs.kinds.base import InputRecordError, JobKind, PlannedShard, ShardContext
 from genoserve.jobs.paths import temporary_name
 from genoserve.runtime.spec import ModelSpec
@@ -72,7 +73,9 @@ class ScoreRows(JobKind):
             )
         return size
 
-    def plan(self, inputs: list[Path], params: Mapping[str, str], spec: ModelSpec) -> list[PlannedShard]:
+    def plan(
+        self, inputs: list[Path], params: Mapping[str, str], spec: ModelSpec, settings: Settings
+    ) -> list[PlannedShard]:
         if len(spec.inputs) != 1 or len(spec.inputs[0].shape) != 2:
             raise InvalidArgument.field("params[model]", f"{spec.name} does not take one 2-D input")
         width = spec.inputs[0].shape[1]

@@ -1,0 +1,276 @@
+"""Bulk job kinds of the binding family: score a FASTA, a BED (+ reference), a VCF (+ reference)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from genoserve.binding import encoding, strands
+from genoserve.binding.contract import BindingContract
+from genoserve.binding.encoding import NamedSequence
+from genoserve.binding.readers import (
+    FastaFormatError,
+    fasta_offsets,
+    is_gzip,
+    line_offsets,
+    read_fasta,
+    read_lines,
+)
+from genoserve.binding.strands import StrandMode
+from genoserve.binding.variants import ReferenceGenome
+from genoserve.core.errors import InvalidArgument
+from genoserve.core.settings import Settings
+from genoserve.jobs.kinds.base import InputRecordError, JobKind, PlannedShard, ShardContext
+from genoserve.jobs.paths import temporary_name
+from genoserve.runtime.spec import ModelSpec
+
+Array = np.ndarray[Any, Any]
+
+_references: dict[tuple[str, str], ReferenceGenome] = {}
+
+
+def reference_for(settings: Settings, name: str, field: str = "params[reference]") -> ReferenceGenome:
+    """The named (or default) registered reference genome, opened once per process."""
+    name = name or settings.binding.resolved_default
+    path = settings.binding.references.get(name)
+    if path is None:
+        raise InvalidArgument.field(
+            field, f"unknown reference {name!r}; registered: {sorted(settings.binding.references)}"
+        )
+    key = (name, str(path))
+    if key not in _references:
+        _references[key] = ReferenceGenome(name, path)
+    return _references[key]
+
+
+def _strand(params: Mapping[str, str], contract: BindingContract) -> StrandMode:
+    mode = params.get("strand") or contract.default_strand
+    if mode not in ("forward", "max", "mean"):
+        raise InvalidArgument.field("params[strand]", f"must be forward, max or mean, got {mode!r}")
+    return mode  # type: ignore[return-value]
+
+
+def score_sequences(ctx: ShardContext, sequences: list[str]) -> tuple[Array, Array]:
+    """Fitted sequences -> (logits [n, T], scores [n, T]), ``ctx.batch_size`` sequences per call."""
+    contract = BindingContract.of(ctx.spec)
+    mode = _strand(ctx.params, contract)
+    logits = []
+    for i in range(0, len(sequences), ctx.batch_size):
+        ctx.check()
+        batch = encoding.one_hot(sequences[i : i + ctx.batch_size])
+        out = ctx.infer({contract.input: strands.with_reverse(batch, mode)})[contract.output]
+        logits.append(strands.combine(out, mode))
+    joined = np.concatenate(logits) if logits else np.zeros((0, len(contract.tasks)), np.float32)
+    return joined, strands.sigmoid(joined)
+
+
+def _task_columns(contract: BindingContract, logits: Array, scores: Array) -> dict[str, Any]:
+    columns: dict[str, Any] = {}
+    for t, task in enumerate(contract.tasks):
+        columns[f"{task}_score"] = pa.array(scores[:, t], pa.float32())
+        columns[f"{task}_logit"] = pa.array(logits[:, t], pa.float32())
+    return columns
+
+
+def _write_part(target: Path, columns: Mapping[str, Any]) -> None:
+    tmp = temporary_name(target)
+    pq.write_table(pa.table(dict(columns)), tmp)
+    os.replace(tmp, target)
+
+
+def _merge_tables(parts: list[Path], final: Path, fmt: str) -> None:
+    tmp = temporary_name(final)
+    tables = [pq.read_table(p) for p in parts]
+    table = pa.concat_tables(tables) if tables else pa.table({})
+    if fmt == "tsv":
+        with open(tmp, "wb") as fh:
+            fh.write(("\t".join(table.column_names) + "\n").encode())
+            options = pacsv.WriteOptions(delimiter="\t", quoting_style="none", include_header=False)
+            pacsv.write_csv(table, fh, options)
+    else:
+        pq.write_table(table, tmp)
+    os.replace(tmp, final)
+
+
+class _TableKind(JobKind):
+    """Shared by FASTA and BED: one table per input, parquet (default) or TSV."""
+
+    suffix: ClassVar[str] = ".binding"
+    defaults: ClassVar[Mapping[str, str]] = {
+        "model": "", "version": "", "shard_size": "50000", "format": "parquet", "strand": "", "overwrite": "false",
+    }  # fmt: skip
+
+    def model(self, params: Mapping[str, str]) -> tuple[str, str]:
+        if not params.get("model"):
+            raise InvalidArgument.field("params[model]", "is required (a binding model, e.g. deepbind-ctcf)")
+        return params["model"], params.get("version", "")
+
+    def _check_common(self, params: Mapping[str, str], spec: ModelSpec) -> int:
+        BindingContract.of(spec)
+        if params.get("format", "parquet") not in ("parquet", "tsv"):
+            raise InvalidArgument.field("params[format]", f"must be parquet or tsv, got {params['format']!r}")
+        try:
+            size = int(params["shard_size"])
+        except ValueError:
+            size = 0
+        if size < 1:
+            raise InvalidArgument.field(
+                "params[shard_size]", f"must be a positive integer, got {params['shard_size']!r}"
+            )
+        return size
+
+    def outputs(self, inputs: list[Path], output_dir: Path, params: Mapping[str, str]) -> list[Path]:
+        ext = ".tsv" if params.get("format") == "tsv" else ".parquet"
+        return [output_dir / f"{_stem(p)}{self.suffix}{ext}" for p in inputs]
+
+    def shard_result(self, output_stem: Path) -> Path:
+        return output_stem.with_suffix(".parquet")
+
+    def merge(self, inputs: list[Path], shards: list[tuple[PlannedShard, Path]], output_dir: Path,
+              params: Mapping[str, str]) -> list[Path]:  # fmt: skip
+        finals = self.outputs(inputs, output_dir, params)
+        for index, final in enumerate(finals):
+            _merge_tables([p for s, p in shards if s.input_index == index], final, params.get("format", "parquet"))
+        return finals
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for ext in (".gz", ".bgz", ".fasta", ".fa", ".fna", ".bed", ".vcf"):
+        name = name.removesuffix(ext)
+    return name
+
+
+class ScoreFasta(_TableKind):
+    """FASTA -> a table: id, then ``<task>_score`` and ``<task>_logit`` per task, in input order."""
+
+    name = "binding.score_fasta"
+    queue = "binding"
+    defaults: ClassVar[Mapping[str, str]] = {**_TableKind.defaults, "crop": "false"}
+
+    def plan(self, inputs: list[Path], params: Mapping[str, str], spec: ModelSpec,
+             settings: Settings) -> list[PlannedShard]:  # fmt: skip
+        size = self._check_common(params, spec)
+        shards: list[PlannedShard] = []
+        for index, path in enumerate(inputs):
+            count, marks = fasta_offsets(path, size)
+            if count == 0:
+                raise InvalidArgument.field(f"inputs[{index}]", f"{path}: no FASTA records ('>' headers)")
+            for first, offset, _line in marks:
+                stop = min(first + size, count)
+                # start/stop are record indices; the line number rides in offset's shard via items
+                shards.append(PlannedShard(index, first, stop, stop - first, 0 if is_gzip(path) else offset))
+        return shards
+
+    def run_shard(self, ctx: ShardContext) -> int:
+        path = ctx.inputs[ctx.input_index]
+        contract = BindingContract.of(ctx.spec)
+        crop = ctx.params.get("crop", "false").lower() == "true"
+        ids, fitted = [], []
+        try:
+            # Line numbers count from the shard's first record; made absolute only for an error.
+            for record in read_fasta(path, ctx.start, ctx.stop, ctx.offset, 1):
+                try:
+                    [seq] = encoding.check([NamedSequence(record.id, record.bases)], contract.length, crop)
+                except InvalidArgument as exc:
+                    line = _line_base(path, ctx.offset) + record.line
+                    where = f"{record.index} ({record.id!r}, line {line})"
+                    raise InputRecordError(str(path), where, exc.violations[0].description) from exc
+                ids.append(record.id)
+                fitted.append(seq)
+        except FastaFormatError as exc:
+            line = _line_base(path, ctx.offset) + exc.line
+            raise InputRecordError(str(path), f"at line {line}", exc.rule) from exc
+        logits, scores = score_sequences(ctx, fitted)
+        _write_part(self.shard_result(ctx.output_stem), {"id": pa.array(ids, pa.string()),
+                                                         **_task_columns(contract, logits, scores)})  # fmt: skip
+        return len(ids)
+
+
+def _line_base(path: Path, offset: int) -> int:
+    """Lines before byte ``offset`` (only computed when an error needs a line number)."""
+    if is_gzip(path) or offset == 0:
+        return 0
+    count = 0
+    with open(path, "rb") as fh:
+        remaining = offset
+        while remaining > 0:
+            block = fh.read(min(remaining, 1 << 20))
+            if not block:
+                break
+            count += block.count(b"\n")
+            remaining -= len(block)
+    return count
+
+
+class ScoreBed(_TableKind):
+    """BED + reference -> a table: chrom, start, end, name, task columns. Each interval is scored
+    on the model-length window of the reference centred on the interval's midpoint."""
+
+    name = "binding.score_bed"
+    queue = "binding"
+    defaults: ClassVar[Mapping[str, str]] = {**_TableKind.defaults, "reference": ""}
+
+    def plan(self, inputs: list[Path], params: Mapping[str, str], spec: ModelSpec,
+             settings: Settings) -> list[PlannedShard]:  # fmt: skip
+        size = self._check_common(params, spec)
+        reference_for(settings, params.get("reference", ""))
+        shards: list[PlannedShard] = []
+        for index, path in enumerate(inputs):
+            count, marks = line_offsets(path, size)
+            if count == 0:
+                raise InvalidArgument.field(f"inputs[{index}]", f"{path}: empty BED file")
+            shards += [PlannedShard(index, first, min(first + size, count), min(first + size, count) - first,
+                                    0 if is_gzip(path) else offset) for first, offset in marks]  # fmt: skip
+        return shards
+
+    def run_shard(self, ctx: ShardContext) -> int:
+        path = ctx.inputs[ctx.input_index]
+        contract = BindingContract.of(ctx.spec)
+        reference = reference_for(ctx.settings, ctx.params.get("reference", ""))
+        rows: dict[str, list[Any]] = {"chrom": [], "start": [], "end": [], "name": []}
+        sequences = []
+        for index, text in read_lines(path, ctx.start, ctx.stop, ctx.offset):
+            if not text.strip() or text.startswith(("#", "track", "browser")):
+                continue
+            chrom, start, end, name = _bed_fields(path, index, text, reference)
+            middle = (start + end) // 2
+            sequences.append(reference.fetch(chrom, middle - contract.length // 2,
+                                             middle - contract.length // 2 + contract.length))  # fmt: skip
+            for key, value in zip(rows, (chrom, start, end, name), strict=True):
+                rows[key].append(value)
+        logits, scores = score_sequences(ctx, sequences)
+        columns = {"chrom": pa.array(rows["chrom"], pa.string()), "start": pa.array(rows["start"], pa.int64()),
+                   "end": pa.array(rows["end"], pa.int64()), "name": pa.array(rows["name"], pa.string()),
+                   **_task_columns(contract, logits, scores)}  # fmt: skip
+        _write_part(self.shard_result(ctx.output_stem), columns)
+        return ctx.stop - ctx.start
+
+
+def _bed_fields(path: Path, index: int, text: str, reference: ReferenceGenome) -> tuple[str, int, int, str]:
+    fields = text.split("\t") if "\t" in text else text.split()
+
+    def bad(rule: str) -> InputRecordError:
+        return InputRecordError(str(path), f"at line {index + 1}", rule)
+
+    if len(fields) < 3:
+        raise bad(f"a BED line needs chrom, start and end; got {len(fields)} field(s)")
+    chrom = fields[0]
+    try:
+        start, end = int(fields[1]), int(fields[2])
+    except ValueError as exc:
+        raise bad(f"start and end must be integers, got {fields[1]!r} and {fields[2]!r}") from exc
+    if start < 0 or end <= start:
+        raise bad(f"need 0 <= start < end, got start {start}, end {end}")
+    if chrom not in reference.lengths:
+        raise bad(f"chrom {chrom!r} is not in reference {reference.name}")
+    if end > reference.lengths[chrom]:
+        raise bad(f"end {end} is past the end of {chrom} ({reference.lengths[chrom]})")
+    return chrom, start, end, fields[3] if len(fields) > 3 else ""
