@@ -228,3 +228,28 @@ def test_bad_fasta_record_fails_the_job_naming_file_record_and_line(rig: Rig) ->
     )  # fmt: skip
     assert result.returncode == 1
     assert f"{fasta}: record 1 ('oops', line 3): sequence 'oops': invalid character 'Q' at position 4" in result.stderr
+
+
+def test_cli_predict_binding_fasta_and_vcf(rig: Rig) -> None:
+    fasta = rig.root / "cli.fa"
+    fasta.write_text(f">hit\n{'A' * 20}{MOTIF}{'A' * 71}\n>miss\n{'A' * 101}\n")
+    cli = [sys.executable, "-m", "genoserve.cli.main", "predict", "binding", "--model", "match-test",
+           "--address", rig.server.address]  # fmt: skip
+    out = subprocess.run([*cli, "--fasta", str(fasta)], capture_output=True, text=True, timeout=60, check=True)
+    lines = [line.split("\t") for line in out.stdout.splitlines()]
+    assert lines[0] == ["id", "TESTTF_score", "TESTTF_logit"]
+    assert lines[1][0] == "hit"
+    assert float(lines[1][2]) == 2.0
+    assert float(lines[2][2]) < 0
+    vcf = rig.root / "cli.vcf"
+    ref_base = rig.reference[SITE + 4]
+    vcf.write_text(
+        "##fileformat=VCFv4.2\n##contig=<ID=chrT,length=2000>\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+        f"chrT\t{SITE + 5}\tbreak\t{ref_base}\t{'C' if ref_base != 'C' else 'G'}\t.\tPASS\t.\n"
+        f"chrT\t{SITE + 5}\twrong\t{'A' if ref_base != 'A' else 'C'}\tT\t.\tPASS\t.\n"
+    )
+    out = subprocess.run([*cli, "--vcf", str(vcf), "--reference", "test"], capture_output=True, text=True,
+                         timeout=60, check=True)  # fmt: skip
+    rows = {line.split("\t")[0]: line.split("\t") for line in out.stdout.splitlines()[1:]}
+    assert float(rows["break"][6]) == -1.0  # TESTTF_logit_diff
+    assert "does not match the reference" in rows["wrong"][-1]

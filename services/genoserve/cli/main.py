@@ -14,6 +14,7 @@ from google.protobuf import json_format
 
 from genoserve.cli.common import build_settings, client_options, make_client, or_exit
 from genoserve.cli.jobs import jobs
+from genoserve.cli.predict import predict
 
 
 @click.group()
@@ -169,6 +170,7 @@ def worker(config: Path | None, **flags: Any) -> None:
 
 
 cli.add_command(jobs)
+cli.add_command(predict)
 
 
 def main() -> None:

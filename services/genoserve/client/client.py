@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from grpc_status import rpc_status
 
 from genoserve.api.codecs import tensor as tensor_codec
 from genoserve.core import errors
-from genoserve.v1 import jobs_pb2, jobs_pb2_grpc, models_pb2, models_pb2_grpc
+from genoserve.v1 import binding_pb2, binding_pb2_grpc, jobs_pb2, jobs_pb2_grpc, models_pb2, models_pb2_grpc
 
 Array = np.ndarray[Any, Any]
 
@@ -127,6 +127,12 @@ def translate(exc: grpc.RpcError) -> errors.GenoserveError:
     return error
 
 
+STRANDS = {
+    "": binding_pb2.STRAND_UNSPECIFIED,
+    "forward": binding_pb2.STRAND_FORWARD,
+    "max": binding_pb2.STRAND_MAX,
+    "mean": binding_pb2.STRAND_MEAN,
+}
 FINAL_JOB_STATES = (jobs_pb2.JOB_STATE_SUCCEEDED, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELLED)
 
 
@@ -159,6 +165,7 @@ class Client:
         self._metadata = _metadata(self.config)
         self.models = models_pb2_grpc.ModelsStub(self.channel)
         self.jobs = jobs_pb2_grpc.JobsStub(self.channel)
+        self.binding = binding_pb2_grpc.SequenceBindingStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
     def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
@@ -188,6 +195,37 @@ class Client:
         """SERVING, NOT_SERVING or SERVICE_UNKNOWN for ``service`` ("" is the whole server)."""
         response = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+    # -- sequence binding -------------------------------------------------------------------------
+
+    def predict_sequences(self, model: str, sequences: Sequence[tuple[str, str]], strand: str = "",
+                          crop: bool = False, version: str = "", timeout: float | None = None
+                          ) -> binding_pb2.PredictResponse:  # fmt: skip
+        """Score ``(id, bases)`` pairs; ``strand`` forward|max|mean ("" = the model's default)."""
+        request = binding_pb2.PredictRequest(
+            model=model, version=version, crop=crop, strand=STRANDS[strand],
+            sequences=[binding_pb2.Sequence(id=i, bases=b) for i, b in sequences],
+        )  # fmt: skip
+        response: binding_pb2.PredictResponse = self._call(self.binding.Predict, request, timeout)
+        return response
+
+    def score_variants(self, model: str, variants: Sequence[binding_pb2.Variant], reference: str = "",
+                       strand: str = "", version: str = "", timeout: float | None = None
+                       ) -> binding_pb2.ScoreVariantsResponse:  # fmt: skip
+        request = binding_pb2.ScoreVariantsRequest(
+            model=model, version=version, reference=reference, variants=variants, strand=STRANDS[strand]
+        )
+        response: binding_pb2.ScoreVariantsResponse = self._call(self.binding.ScoreVariants, request, timeout)
+        return response
+
+    def mutagenesis(self, model: str, sequence_id: str, bases: str, strand: str = "", crop: bool = False,
+                    version: str = "", timeout: float | None = None) -> binding_pb2.MutagenesisResponse:  # fmt: skip
+        request = binding_pb2.MutagenesisRequest(
+            model=model, version=version, crop=crop, strand=STRANDS[strand],
+            sequence=binding_pb2.Sequence(id=sequence_id, bases=bases),
+        )  # fmt: skip
+        response: binding_pb2.MutagenesisResponse = self._call(self.binding.Mutagenesis, request, timeout)
+        return response
 
     # -- jobs -----------------------------------------------------------------------------------
 

@@ -1,0 +1,89 @@
+"""``genoserve predict <family>``: online predictions from files, printed as TSV."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Iterator
+from itertools import islice
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from genoserve.cli.common import client_options, make_client, or_exit
+
+T = TypeVar("T")
+
+
+def batched(items: Iterator[T], size: int) -> Iterator[list[T]]:
+    while batch := list(islice(items, size)):
+        yield batch
+
+
+@click.group()
+def predict() -> None:
+    """Online predictions from files (small inputs; use `genoserve jobs` for large ones)."""
+
+
+def _fasta(path: Path) -> Iterator[tuple[str, str]]:
+    from genoserve.binding.readers import read_fasta
+
+    for record in read_fasta(path, 0, sys.maxsize, 0, 1):
+        yield record.id, record.bases
+
+
+def _vcf_variants(path: Path) -> Iterator[Any]:
+    import pysam
+
+    from genoserve.v1 import binding_pb2
+
+    with pysam.VariantFile(str(path)) as vcf:
+        for record in vcf:
+            for alt in record.alts or ():
+                label = record.id or f"{record.chrom}:{record.pos}"
+                yield binding_pb2.Variant(id=label, chrom=record.chrom, pos=record.pos, ref=record.ref or "", alt=alt)
+
+
+@predict.command("binding")
+@click.option("--model", required=True, help="A binding model, e.g. deepbind-ctcf.")
+@click.option("--fasta", type=click.Path(path_type=Path, exists=True), help="Score every sequence of a FASTA.")
+@click.option("--sequence", "sequences", multiple=True, help="Score this sequence (repeatable).")
+@click.option("--vcf", type=click.Path(path_type=Path, exists=True), help="Score every ALT of a VCF.")
+@click.option("--reference", default="", help="With --vcf: a reference registered on the server.")
+@click.option("--strand", type=click.Choice(["forward", "max", "mean"]), default=None)
+@click.option("--crop", is_flag=True, help="Centre-crop sequences longer than the model's length.")
+@click.option("--batch", type=int, default=256, show_default=True, help="Items per request.")
+@client_options
+def binding(model: str, fasta: Path | None, sequences: tuple[str, ...], vcf: Path | None, reference: str,
+            strand: str | None, crop: bool, batch: int, **conn: Any) -> None:  # fmt: skip
+    """TSV to stdout: per sequence the score and logit of every task; per variant the effects."""
+    if sum(x is not None and x != () for x in (fasta, sequences or None, vcf)) != 1:
+        raise click.UsageError("give exactly one of --fasta, --sequence, --vcf")
+    with make_client(**conn) as client:
+        if vcf is not None:
+            header = False
+            for chunk in batched(_vcf_variants(vcf), batch):
+                response = or_exit(functools.partial(client.score_variants, model, chunk, reference, strand or ""))
+                if not header:
+                    tasks = [f"{t}_{k}" for t in response.tasks for k in ("diff", "logit_diff")]
+                    click.echo("\t".join(["id", "chrom", "pos", "ref", "alt", *tasks, "error"]))
+                    header = True
+                for variant, result in zip(chunk, response.results, strict=True):
+                    values = [f"{v:.6g}" for d, lg in zip(result.diff, result.logit_diff, strict=True) for v in (d, lg)]
+                    if result.HasField("error"):
+                        values = ["."] * (2 * len(response.tasks))
+                    click.echo("\t".join([variant.id, variant.chrom, str(variant.pos), variant.ref, variant.alt,
+                                          *values, result.error.message or "."]))  # fmt: skip
+            return
+        items = _fasta(fasta) if fasta is not None else iter((f"seq{i}", s) for i, s in enumerate(sequences))
+        header = False
+        for chunk in batched(items, batch):
+            response = or_exit(functools.partial(client.predict_sequences, model, chunk, strand or "", crop))
+            if not header:
+                columns = [f"{t}_{k}" for t in response.tasks for k in ("score", "logit")]
+                click.echo("\t".join(["id", *columns]))
+                header = True
+            for result in response.results:
+                values = [f"{v:.6g}" for s, lg in zip(result.scores, result.logits, strict=True) for v in (s, lg)]
+                click.echo("\t".join([result.id, *values]))
