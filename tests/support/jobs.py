@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -63,14 +64,21 @@ class WorkerProcess:
         self.proc.wait(timeout=10)
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+        """Warm shutdown: SIGTERM to the main process only, as ``docker stop`` and Kubernetes send it.
+
+        Not to the whole group: a pool child killed by SIGTERM can die holding billiard's result
+        queue lock, and the main process then hangs in shutdown until SIGKILL. Whatever is left
+        of the group after the main process exits (or after ``timeout``) gets SIGKILL.
+        """
+        if self.proc is None:
             return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout)
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        self.proc.wait()
 
     def __enter__(self) -> WorkerProcess:
         return self.start()

@@ -30,7 +30,7 @@ class ShardState(enum.StrEnum):
 class Shard(BaseModel):
     """Items ``[start, stop)`` of input ``input_index`` (units are the kind's: rows, row groups...)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")  # records written by newer versions still load
 
     index: int
     input_index: int
@@ -50,7 +50,7 @@ class Shard(BaseModel):
 
 
 class Job(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")  # records written by newer versions still load
 
     id: str
     kind: str
