@@ -6,11 +6,13 @@ PIP := $(PY) -m pip
 INSTALLED := $(VENV)/.installed
 STUBS := services/genoserve/v1/.generated
 PROTOS := $(wildcard protos/genoserve/v1/*.proto)
+TFEXAMPLE_STUBS := services/genoserve/tfexample/.generated
+TFEXAMPLE_PROTOS := $(wildcard protos/genoserve/tfexample/*.proto)
 PYTEST_ARGS ?=
 
 .PHONY: setup serve test lint protos models bench clean
 
-setup: $(INSTALLED) $(STUBS)
+setup: $(INSTALLED) $(STUBS) $(TFEXAMPLE_STUBS)
 
 $(INSTALLED): pyproject.toml
 	@# The job tests start their own redis-server (real, never mocked): install it where missing.
@@ -18,13 +20,13 @@ $(INSTALLED): pyproject.toml
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server; }
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[cpu,dev]'
+	$(PIP) install -q -e '.[cpu,dev,train]'
 	touch $@
 
 # gRPC stubs + typed .pyi, generated into the package module genoserve.v1 (never hand-edited).
 protos: $(INSTALLED)
-	rm -f $(STUBS)
-	$(MAKE) $(STUBS)
+	rm -f $(STUBS) $(TFEXAMPLE_STUBS)
+	$(MAKE) $(STUBS) $(TFEXAMPLE_STUBS)
 
 $(STUBS): $(PROTOS) $(INSTALLED)
 	mkdir -p services/genoserve/v1
@@ -32,6 +34,14 @@ $(STUBS): $(PROTOS) $(INSTALLED)
 		--python_out=services --grpc_python_out=services \
 		--mypy_out=services --mypy_grpc_out=services $(PROTOS)
 	touch services/genoserve/v1/__init__.py $@
+
+# tf.Example (wire-compatible copy of TensorFlow's, package genoserve.tfexample): messages only,
+# for reading DeepVariant make_examples TFRecords without TensorFlow.
+$(TFEXAMPLE_STUBS): $(TFEXAMPLE_PROTOS) $(INSTALLED)
+	mkdir -p services/genoserve/tfexample
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m grpc_tools.protoc -Iprotos \
+		--python_out=services --mypy_out=services $(TFEXAMPLE_PROTOS)
+	touch services/genoserve/tfexample/__init__.py $@
 
 # The gRPC server plus one bulk-job worker on the embedded broker (no broker process needed);
 # set GENOSERVE_BROKER_URL=redis://host:6379/0 to use Redis instead.
@@ -53,6 +63,7 @@ models: setup
 
 bench: setup
 	$(PY) -m tests.bench.platform_bench
+	$(PY) -m tests.bench.jobs_bench
 
 clean:
-	rm -rf $(VENV) services/genoserve/v1 .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) services/genoserve/v1 services/genoserve/tfexample .mypy_cache .ruff_cache .pytest_cache

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -65,7 +66,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     worker.stop()
 
 
-def predict(rig: Rig, *sequences: tuple[str, str], **kwargs: object) -> binding_pb2.PredictResponse:
+def predict(rig: Rig, *sequences: tuple[str, str], **kwargs: Any) -> binding_pb2.PredictResponse:
     request = binding_pb2.PredictRequest(
         model="match-test", sequences=[binding_pb2.Sequence(id=i, bases=b) for i, b in sequences], **kwargs
     )

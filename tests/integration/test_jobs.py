@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from genoserve.client import Client
@@ -53,7 +54,7 @@ def rig(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         redis_server.kill()
 
 
-def rows(path: Path, n: int, seed: int = 0) -> np.ndarray:  # type: ignore[type-arg]
+def rows(path: Path, n: int, seed: int = 0) -> npt.NDArray[Any]:
     x = np.random.default_rng(seed).normal(size=(n, 128)).astype(np.float32)
     np.save(path, x)
     return x

@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+import numpy.typing as npt
 import pytest
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -127,7 +128,7 @@ async def test_100_concurrent_clients_get_their_own_outputs(server: ServerProces
     payloads = [[rng.normal(size=(int(rng.integers(1, 40)), 128)).astype(np.float32) for _ in range(3)]
                 for _ in range(100)]  # fmt: skip
 
-    async def one_client(batches: list[np.ndarray]) -> list[np.ndarray]:  # type: ignore[type-arg]
+    async def one_client(batches: list[npt.NDArray[Any]]) -> list[npt.NDArray[Any]]:
         async with AsyncClient(server.address, timeout=60) as client:
             return [(await client.infer("platform-mlp", {"x": x}))["y"] for x in batches]
 

@@ -49,7 +49,7 @@ def write_model(
     root: Path, spec: dict[str, Any], versions: dict[int, bytes], sha_override: dict[int, str] | None = None
 ) -> Path:
     """Write ``root/<name>/model.yaml`` and one ``<v>/model.onnx`` per version."""
-    directory = root / spec["name"]
+    directory: Path = root / str(spec["name"])
     entries = []
     for version, data in sorted(versions.items()):
         (directory / str(version)).mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -19,7 +22,7 @@ from genoserve.v1 import tensor_pb2
         lambda name: hnp.arrays(DTYPES[name][0], hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=5))
     )
 )
-def test_round_trip_every_dtype_and_shape(array: np.ndarray) -> None:  # type: ignore[type-arg]
+def test_round_trip_every_dtype_and_shape(array: npt.NDArray[Any]) -> None:
     decoded = codec.to_numpy(codec.from_numpy(array), "t")
     assert decoded.dtype == array.dtype
     assert decoded.shape == array.shape

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -22,7 +23,7 @@ SPEC = read_spec(MODELS / "platform-mlp")
 SETTINGS = Settings()
 
 
-def fake_model(inputs: Any) -> dict[str, np.ndarray]:  # type: ignore[type-arg]
+def fake_model(inputs: Any) -> dict[str, npt.NDArray[Any]]:
     """Row sums in column 0 and the row's first value in column 1: order is checkable."""
     x = inputs["x"]
     return {"y": np.stack([x.sum(axis=1), x[:, 0]], axis=1).astype(np.float32)}
@@ -44,7 +45,7 @@ def run_all(inputs: list[Path], out: Path, params: dict[str, str]) -> list[Path]
     return KIND.merge(inputs, results, out, parsed)
 
 
-def rows(n: int, start: int = 0) -> np.ndarray:  # type: ignore[type-arg]
+def rows(n: int, start: int = 0) -> npt.NDArray[Any]:
     x = np.zeros((n, 128), np.float32)
     x[:, 0] = np.arange(start, start + n)
     return x
