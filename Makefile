@@ -58,12 +58,13 @@ lint: setup
 
 # Re-create every committed model from its seed (the train extra pins the CPU torch wheel).
 models: setup
-	$(PIP) install -q -e '.[cpu,dev,train]'
 	$(PY) -m genoserve.training.platform_model --out models --seed 0
+	$(PY) -m genoserve.training.binding.train --out models --seed 0
 
 bench: setup
 	$(PY) -m tests.bench.platform_bench
 	$(PY) -m tests.bench.jobs_bench
+	$(PY) -m tests.bench.binding_bench
 
 clean:
 	rm -rf $(VENV) services/genoserve/v1 services/genoserve/tfexample .mypy_cache .ruff_cache .pytest_cache

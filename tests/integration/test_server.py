@@ -47,7 +47,12 @@ def test_health_serving_overall_and_per_service(server: ServerProcess) -> None:
 def test_list_models_shows_contract_and_readiness(server: ServerProcess) -> None:
     with Client(server.address) as client:
         [info] = [m for m in client.list_models() if m.name == "platform-mlp"]
-        assert client.list_models(family="binding") == []
+        binding = client.list_models(family="binding")
+    # The family filter keeps only that family's models, with their task names (labels).
+    assert {m.family for m in binding} == {"binding"}
+    assert "platform-mlp" not in {m.name for m in binding}
+    [deepbind] = [m for m in binding if m.name == "deepbind-ctcf"]
+    assert list(deepbind.outputs[0].labels) == ["CTCF"]
     assert (info.family, info.version, info.ready) == ("platform", "1", True)
     assert info.state == models_pb2.MODEL_STATE_READY
     assert [(t.name, t.dtype, list(t.shape)) for t in info.inputs] == [("x", tensor_pb2.DATA_TYPE_FLOAT32, [-1, 128])]
