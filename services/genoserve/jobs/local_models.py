@@ -13,10 +13,16 @@ from genoserve.runtime.registry import ModelState
 
 
 class LocalModels:
-    """``get(name, version)`` -> a LoadedModel, cached for the life of the process."""
+    """``get(name, version)`` -> a LoadedModel, cached for the life of the process.
 
-    def __init__(self, settings: RuntimeSettings) -> None:
+    ``batch_size`` (the worker's rows per session call) replaces the model's online
+    ``batching.max_batch_size`` as the largest session call: that bound is there to keep online
+    latency down, while bulk work runs fastest in large calls. 0 keeps the model's own bound.
+    """
+
+    def __init__(self, settings: RuntimeSettings, batch_size: int = 0) -> None:
         self.settings = settings
+        self.batch_size = batch_size
         self._cache: dict[tuple[str, str], LoadedModel] = {}
         self._lock = threading.Lock()
 
@@ -38,7 +44,7 @@ class LocalModels:
             assert record.spec is not None
             assert record.version is not None
             session = load_session(record, self.settings)
-            max_batch = record.spec.batching.max_batch_size or self.settings.batching.max_batch_size
+            max_batch = self.batch_size or record.spec.batching.max_batch_size or self.settings.batching.max_batch_size
             model = LoadedModel(record.spec, record.version, session, max_batch)
             self._cache[(name, version)] = model
             return model

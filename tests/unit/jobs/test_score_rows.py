@@ -97,3 +97,16 @@ def test_unusable_inputs_and_params_are_refused_at_plan_time(tmp_path: Path) -> 
         KIND.parse_params({"colour": "blue"})
     with pytest.raises(InvalidArgument, match="unknown job kind"):
         get_kind("binding.nope")
+
+
+def test_worker_session_calls_use_the_worker_batch_not_the_online_bound() -> None:
+    from genoserve.core.settings import RuntimeSettings
+    from genoserve.jobs.local_models import LocalModels
+
+    models = Path(__file__).resolve().parents[3] / "models"
+    online = LocalModels(RuntimeSettings(model_dir=models)).get("platform-mlp")
+    bulk = LocalModels(RuntimeSettings(model_dir=models), batch_size=1024).get("platform-mlp")
+    assert online.max_batch_size == 256  # the model.yaml's online batching bound
+    assert bulk.max_batch_size == 1024
+    x = np.random.default_rng(0).normal(size=(1500, 128)).astype(np.float32)
+    np.testing.assert_allclose(bulk.infer_sync({"x": x})["y"], online.infer_sync({"x": x})["y"], rtol=1e-5, atol=1e-5)

@@ -8,7 +8,7 @@ order. A row with a non-finite value fails the job naming the file and row.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -104,19 +104,29 @@ class ScoreRows(JobKind):
     def shard_result(self, output_stem: Path) -> Path:
         return output_stem.with_suffix(".npy")
 
-    def _read(self, path: Path, start: int, stop: int) -> Array:
+    def _reader(self, ctx: ShardContext) -> Callable[[int, int], Array]:
+        """rows [start, stop) of the shard's input: a .npy file is memory-mapped, a Parquet file's
+        shard is read once (only the row groups that hold it), then sliced."""
+        path = ctx.inputs[ctx.input_index]
         if path.suffix == ".npy":
-            return np.asarray(np.load(path, mmap_mode="r")[start:stop])
-        table = _read_parquet_rows(path, start, stop)
-        return np.column_stack([c.to_numpy(zero_copy_only=False) for c in table.columns])
+            mapped = np.load(path, mmap_mode="r")
+            return lambda start, stop: np.asarray(mapped[start:stop])
+        table = _read_parquet_rows(path, ctx.start, ctx.stop)
+
+        def read_parquet(start: int, stop: int) -> Array:
+            part = table.slice(start - ctx.start, stop - start)
+            return np.column_stack([c.to_numpy(zero_copy_only=False) for c in part.columns])
+
+        return read_parquet
 
     def run_shard(self, ctx: ShardContext) -> int:
         path = ctx.inputs[ctx.input_index]
+        read = self._reader(ctx)
         outputs: list[dict[str, Array]] = []
         for chunk_start in range(ctx.start, ctx.stop, ctx.batch_size):
             ctx.check()
             chunk_stop = min(chunk_start + ctx.batch_size, ctx.stop)
-            rows = self._read(path, chunk_start, chunk_stop)
+            rows = read(chunk_start, chunk_stop)
             bad = ~np.isfinite(rows)
             if bad.any():
                 row, column = np.argwhere(bad)[0]
