@@ -30,6 +30,7 @@ def cli() -> None:
 @click.option("--metrics-port", type=int, help="Prometheus /metrics port (default 9095; 0 disables).")
 @click.option("--model-dir", type=click.Path(path_type=Path), help="Model repository (default models/).")
 @click.option("--model", "models", multiple=True, help="Serve only this model (repeatable).")
+@click.option("--family", "families", multiple=True, help="Serve only models of this family (repeatable).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Execution provider.")
 @click.option("--intra-op-threads", type=int, help="ONNX Runtime threads per session.")
 @click.option("--tokens-file", type=click.Path(path_type=Path), help="Bearer tokens: '<token> [tenant]' lines.")
@@ -56,6 +57,7 @@ def serve(config: Path | None, **flags: Any) -> None:
         "server.tls.client_ca_file": flags["tls_client_ca"],
         "runtime.model_dir": flags["model_dir"],
         "runtime.models": list(flags["models"]) or None,
+        "runtime.families": list(flags["families"]) or None,
         "runtime.device": flags["device"],
         "runtime.intra_op_threads": flags["intra_op_threads"],
         "logging.level": flags["log_level"],

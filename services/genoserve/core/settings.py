@@ -104,6 +104,9 @@ class RuntimeSettings(_Section):
     model_dir: Path = Path("models")
     #: Serve only these model names (empty: every model in ``model_dir``).
     models: tuple[str, ...] = ()
+    #: Serve only models of these families (empty: every family). One Deployment per family
+    #: scales each family apart (segmentation on big GPUs, binding on small ones).
+    families: tuple[str, ...] = ()
     #: auto: CUDA when onnxruntime has the CUDA provider, else CPU.
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cuda_device_id: int = Field(0, ge=0)
