@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 STUBS := services/genoserve/v1/.generated
 PROTOS := $(wildcard protos/genoserve/v1/*.proto)
 TFEXAMPLE_STUBS := services/genoserve/tfexample/.generated
-TFEXAMPLE_PROTOS := $(wildcard protos/genoserve/tfexample/*.proto)
+TFEXAMPLE_PROTOS := $(wildcard protos/genoserve/tfexample/*.proto protos/genoserve/nucleus/*.proto)
 PYTEST_ARGS ?=
 
 .PHONY: setup serve test lint protos models bench clean
@@ -35,13 +35,14 @@ $(STUBS): $(PROTOS) $(INSTALLED)
 		--mypy_out=services --mypy_grpc_out=services $(PROTOS)
 	touch services/genoserve/v1/__init__.py $@
 
-# tf.Example (wire-compatible copy of TensorFlow's, package genoserve.tfexample): messages only,
-# for reading DeepVariant make_examples TFRecords without TensorFlow.
+# tf.Example (wire-compatible copy of TensorFlow's, package genoserve.tfexample) and a Nucleus
+# Variant subset (package genoserve.nucleus): messages only, for reading DeepVariant TFRecords
+# without TensorFlow.
 $(TFEXAMPLE_STUBS): $(TFEXAMPLE_PROTOS) $(INSTALLED)
-	mkdir -p services/genoserve/tfexample
+	mkdir -p services/genoserve/tfexample services/genoserve/nucleus
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m grpc_tools.protoc -Iprotos \
 		--python_out=services --mypy_out=services $(TFEXAMPLE_PROTOS)
-	touch services/genoserve/tfexample/__init__.py $@
+	touch services/genoserve/tfexample/__init__.py services/genoserve/nucleus/__init__.py $@
 
 # The gRPC server plus one bulk-job worker on the embedded broker (no broker process needed);
 # set GENOSERVE_BROKER_URL=redis://host:6379/0 to use Redis instead.
@@ -67,4 +68,4 @@ bench: setup
 	$(PY) -m tests.bench.binding_bench
 
 clean:
-	rm -rf $(VENV) services/genoserve/v1 services/genoserve/tfexample .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) services/genoserve/v1 services/genoserve/tfexample services/genoserve/nucleus .mypy_cache .ruff_cache .pytest_cache

@@ -8,6 +8,7 @@ the gRPC status code the client raises.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -20,7 +21,7 @@ from genoserve.client import Client
 from genoserve.core.errors import Unauthenticated, Unavailable
 from genoserve.v1 import models_pb2, models_pb2_grpc
 from tests.support.certs import TlsFiles, write_tls_files
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -219,3 +220,26 @@ def test_health_check_needs_no_token(auth_server: ServerProcess) -> None:
     with grpc.insecure_channel(auth_server.address) as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10.0)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+# -- health-only port for probes ----------------------------------------------------------------------
+
+
+def test_tls_server_answers_probes_on_a_plaintext_health_only_port(certs: TlsFiles, tmp_path: Path) -> None:
+    """Kubernetes' native gRPC probes cannot speak TLS: they use ``--health-port``, which serves
+    grpc.health.v1 and nothing else."""
+    health_port = free_port()
+    server = ServerProcess(
+        "--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key),
+        "--health-port", str(health_port), log_path=tmp_path / "server.log",
+    )  # fmt: skip
+    creds = grpc.ssl_channel_credentials(root_certificates=certs.ca_cert.read_bytes())
+    for _ in _running(server, grpc.secure_channel(server.address, creds)):
+        with grpc.insecure_channel(f"127.0.0.1:{health_port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for service in ("", "liveness", "genoserve.v1.Models"):
+                reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.RpcError) as info:
+                models_pb2_grpc.ModelsStub(channel).ListModels(models_pb2.ListModelsRequest(), timeout=5)
+            assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -202,6 +202,9 @@ def test_health_is_not_serving_until_models_load_and_broken_models_say_why(tmp_p
                     seen.append(status)
                 if status == health_pb2.HealthCheckResponse.SERVING:
                     break
+                if len(seen) == 1:  # still loading: a liveness probe must not restart the pod
+                    live = stub.Check(health_pb2.HealthCheckRequest(service="liveness"), timeout=1).status
+                    assert live == health_pb2.HealthCheckResponse.SERVING
                 time.sleep(0.02)
         assert seen == [health_pb2.HealthCheckResponse.NOT_SERVING, health_pb2.HealthCheckResponse.SERVING]
         with Client(process.address) as client:

@@ -14,6 +14,9 @@ from genoserve.runtime.repository import ModelRepository
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+#: Health entry for liveness probes: SERVING while the process answers, also while models load
+#: or when they failed (a restart would not fix a bad model file); NOT_SERVING once shutting down.
+LIVENESS = "liveness"
 
 
 class DrainingHealthServicer(HealthServicer):  # type: ignore[misc]
@@ -54,7 +57,7 @@ class HealthReporter:
 
     ``services`` maps each gRPC service name to the model family it needs (None: it needs the
     repository to have finished loading, e.g. ``Models``). The overall status ("") is SERVING once
-    loading is over and at least one model is ready.
+    loading is over and at least one model is ready; ``liveness`` is SERVING until shutdown.
     """
 
     def __init__(
@@ -67,11 +70,11 @@ class HealthReporter:
 
     def statuses(self) -> dict[str, int]:
         if self.shutting_down:
-            return {name: NOT_SERVING for name in ["", *self.services]}
+            return {name: NOT_SERVING for name in ["", LIVENESS, *self.services]}
         settled = self.repository.all_settled
         families = self.repository.families_ready()
         any_ready = any(s.ready for s in self.repository.statuses())
-        out = {"": SERVING if settled and any_ready else NOT_SERVING}
+        out = {"": SERVING if settled and any_ready else NOT_SERVING, LIVENESS: SERVING}
         for name, family in self.services.items():
             ok = settled if family is None else settled and families.get(family, False)
             out[name] = SERVING if ok else NOT_SERVING

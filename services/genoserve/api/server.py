@@ -72,7 +72,9 @@ class GenoserveServer:
         # Reference genomes for ScoreVariants: a broken path fails the start, not the first request.
         self.references = {name: ReferenceGenome(name, path) for name, path in settings.binding.references.items()}
         self.port = 0
+        self.health_port = 0
         self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
         self._loading: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._health: HealthReporter | None = None
@@ -124,6 +126,8 @@ class GenoserveServer:
         await self._health.update()  # everything NOT_SERVING until models load
         await server.start()
         self._server = server
+        if server_settings.health_port:
+            await self._start_health_server(health_servicer)
         log.info(
             "gRPC server listening on %s:%d (%s)",
             server_settings.host,
@@ -135,6 +139,16 @@ class GenoserveServer:
         self._loading = loop.create_task(self._load())
         self._sweeper = loop.create_task(self._sweep())
         return self.port
+
+    async def _start_health_server(self, servicer: DrainingHealthServicer) -> None:
+        """A second, plaintext server with grpc.health.v1 only (the same statuses), for probes."""
+        server_settings = self.settings.server
+        health_server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(servicer, health_server)
+        self.health_port = health_server.add_insecure_port(f"{server_settings.host}:{server_settings.health_port}")
+        await health_server.start()
+        self._health_server = health_server
+        log.info("health-only port %s:%d (plaintext)", server_settings.host, self.health_port)
 
     async def _sweep(self) -> None:
         """Recover lost shards and stalled jobs (see genoserve.jobs.lifecycle.sweep)."""
@@ -178,6 +192,8 @@ class GenoserveServer:
             if task is not None and not task.done():
                 task.cancel()
         await self._server.stop(grace)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
         await self.repository.close(timeout=1.0)
         self.jobs.app.close()
         self.store.close()

@@ -28,8 +28,10 @@ def cli() -> None:
 @click.option("--host", help="Address to bind (default localhost).")
 @click.option("--port", type=int, help="gRPC port (default 50051; 0 picks a free one).")
 @click.option("--metrics-port", type=int, help="Prometheus /metrics port (default 9095; 0 disables).")
+@click.option("--health-port", type=int, help="Plaintext grpc.health.v1-only port for probes (default 0: off).")
 @click.option("--model-dir", type=click.Path(path_type=Path), help="Model repository (default models/).")
 @click.option("--model", "models", multiple=True, help="Serve only this model (repeatable).")
+@click.option("--family", "families", multiple=True, help="Serve only models of this family (repeatable).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Execution provider.")
 @click.option("--intra-op-threads", type=int, help="ONNX Runtime threads per session.")
 @click.option("--tokens-file", type=click.Path(path_type=Path), help="Bearer tokens: '<token> [tenant]' lines.")
@@ -49,6 +51,7 @@ def serve(config: Path | None, **flags: Any) -> None:
         "server.host": flags["host"],
         "server.port": flags["port"],
         "server.metrics_port": flags["metrics_port"],
+        "server.health_port": flags["health_port"],
         "server.grace_period_s": flags["grace_period"],
         "server.auth.tokens_file": flags["tokens_file"],
         "server.tls.cert_file": flags["tls_cert"],
@@ -56,6 +59,7 @@ def serve(config: Path | None, **flags: Any) -> None:
         "server.tls.client_ca_file": flags["tls_client_ca"],
         "runtime.model_dir": flags["model_dir"],
         "runtime.models": list(flags["models"]) or None,
+        "runtime.families": list(flags["families"]) or None,
         "runtime.device": flags["device"],
         "runtime.intra_op_threads": flags["intra_op_threads"],
         "logging.level": flags["log_level"],

@@ -67,24 +67,19 @@ class ClientConfig:
 
 
 def _service_config(max_attempts: int) -> str:
-    if max_attempts <= 1:
-        return json.dumps({"methodConfig": [{"name": [{}]}]})
-    return json.dumps(
-        {
-            "methodConfig": [
-                {
-                    "name": [{}],
-                    "retryPolicy": {
-                        "maxAttempts": min(max_attempts, 5),
-                        "initialBackoff": "0.1s",
-                        "maxBackoff": "2s",
-                        "backoffMultiplier": 2,
-                        "retryableStatusCodes": ["UNAVAILABLE"],
-                    },
-                }
-            ]
+    """Round-robin over every address the target resolves to (a headless Kubernetes Service gives
+    one per pod; the server's max connection age makes clients re-resolve), and retries on
+    UNAVAILABLE when ``max_attempts`` > 1."""
+    method: dict[str, Any] = {"name": [{}]}
+    if max_attempts > 1:
+        method["retryPolicy"] = {
+            "maxAttempts": min(max_attempts, 5),
+            "initialBackoff": "0.1s",
+            "maxBackoff": "2s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": ["UNAVAILABLE"],
         }
-    )
+    return json.dumps({"loadBalancingConfig": [{"round_robin": {}}], "methodConfig": [method]})
 
 
 def _options(config: ClientConfig) -> list[tuple[str, Any]]:

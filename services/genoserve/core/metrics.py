@@ -94,3 +94,16 @@ JOB_QUEUE_DEPTH = Gauge(
     ["queue"],
     multiprocess_mode="max",
 )
+JOB_QUEUE_OLDEST_AGE = Gauge(
+    "genoserve_job_queue_oldest_age_seconds",
+    "Age of the oldest pending shard per queue (seconds since its job was submitted or its last attempt's "
+    "heartbeat; 0 when none is pending), sampled by the server's sweeper.",
+    ["queue"],
+    multiprocess_mode="max",
+)
+WORKER_CONSUMERS = Gauge(
+    "genoserve_worker_consumers",
+    "Processes of this worker consuming each queue (its prefork concurrency); 0 once it is shutting down.",
+    ["queue"],
+    multiprocess_mode="max",
+)

@@ -26,6 +26,7 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "GENOSERVE_HOST": ("server", "host"),
     "GENOSERVE_PORT": ("server", "port"),
     "GENOSERVE_METRICS_PORT": ("server", "metrics_port"),
+    "GENOSERVE_HEALTH_PORT": ("server", "health_port"),
     "GENOSERVE_MODEL_DIR": ("runtime", "model_dir"),
     "GENOSERVE_DEVICE": ("runtime", "device"),
     "GENOSERVE_TOKENS_FILE": ("server", "auth", "tokens_file"),
@@ -79,6 +80,9 @@ class ServerSettings(_Section):
     port: int = Field(50051, ge=0, le=65535)
     #: Prometheus /metrics HTTP port; 0 turns the endpoint off.
     metrics_port: int = Field(9095, ge=0, le=65535)
+    #: Plaintext port serving only grpc.health.v1, for probes that cannot speak TLS (Kubernetes'
+    #: native gRPC probes); 0 turns it off. Health carries no data and needs no token.
+    health_port: int = Field(0, ge=0, le=65535)
     max_message_bytes: int = Field(64 * 1024 * 1024, gt=0)
     #: SIGTERM: stop accepting, let in-flight requests finish for up to this long.
     grace_period_s: float = Field(30.0, ge=0)
@@ -104,6 +108,9 @@ class RuntimeSettings(_Section):
     model_dir: Path = Path("models")
     #: Serve only these model names (empty: every model in ``model_dir``).
     models: tuple[str, ...] = ()
+    #: Serve only models of these families (empty: every family). One Deployment per family
+    #: scales each family apart (segmentation on big GPUs, binding on small ones).
+    families: tuple[str, ...] = ()
     #: auto: CUDA when onnxruntime has the CUDA provider, else CPU.
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cuda_device_id: int = Field(0, ge=0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from genoserve.jobs.records import Job, JobState, ShardState
+from genoserve.jobs.records import Job, JobState, Shard, ShardState
 
 
 @dataclass
@@ -175,3 +175,9 @@ def sweep(job: Job, now: float, lease_s: float) -> Decision:
         if decision.requeue:
             job.requeued_at = now
     return decision
+
+
+def pending_since(job: Job, shard: Shard) -> float:
+    """When a PENDING shard began waiting: its job's submission, or its last attempt's heartbeat
+    (a shard that failed or lost its worker waits again from then)."""
+    return max(job.created_at, shard.heartbeat_at)

@@ -121,9 +121,11 @@ class JobService:
     # -- recovery -------------------------------------------------------------------------------
 
     def sweep_once(self) -> None:
-        """Re-queue shards whose lease expired and stalled jobs; sample queue depths."""
+        """Re-queue shards whose lease expired and stalled jobs; sample queue depths and backlog ages."""
         lease = self.settings.jobs.shard_lease_s
         pending: Counter[str] = Counter()
+        oldest: dict[str, float] = {}
+        now = time.time()
         for job_id in self.store.active_ids():
             try:
                 job, decision = self.store.transition(job_id, lambda j: lifecycle.sweep(j, time.time(), lease))
@@ -133,8 +135,13 @@ class JobService:
                 if decision.merge:
                     log.warning("job %s: re-queueing its merge", job_id)
                     enqueue_merge(self.app, job.queue, job_id)
-                pending[job.queue] += sum(1 for s in job.shards if s.state is ShardState.PENDING)
+                for shard in job.shards:
+                    if shard.state is ShardState.PENDING:
+                        pending[job.queue] += 1
+                        since = lifecycle.pending_since(job, shard)
+                        oldest[job.queue] = min(oldest.get(job.queue, since), since)
             except GenoserveError as exc:
                 log.warning("sweep of job %s failed: %s", job_id, exc.message)
         for queue in self.settings.worker.queues:
             metrics.JOB_QUEUE_DEPTH.labels(queue).set(pending.get(queue, 0))
+            metrics.JOB_QUEUE_OLDEST_AGE.labels(queue).set(max(0.0, now - oldest[queue]) if queue in oldest else 0.0)

@@ -10,6 +10,7 @@ from typing import Any
 from celery import Celery
 from celery.exceptions import Reject
 
+from genoserve.core import metrics
 from genoserve.core.errors import Unavailable
 from genoserve.core.settings import Settings
 from genoserve.jobs.celery_app import MERGE_TASK, SHARD_TASK, make_celery
@@ -61,9 +62,16 @@ def start_worker_metrics(settings: Settings) -> None:
     start_http_server(settings.worker.metrics_port, registry=registry)
 
 
+def advertise_consumers(settings: Settings, consuming: bool = True) -> None:
+    """``genoserve_worker_consumers{queue}``: this worker's process count on each of its queues
+    (0 when it stops), so that "no worker on a queue" can be alerted on."""
+    for queue in settings.worker.queues:
+        metrics.WORKER_CONSUMERS.labels(queue).set(settings.worker.concurrency if consuming else 0)
+
+
 def run_worker(settings: Settings, hostname: str | None = None) -> None:
     """Start a Celery worker for ``settings.worker.queues`` (blocks until it is stopped)."""
-    from celery.signals import worker_process_shutdown
+    from celery.signals import worker_process_shutdown, worker_shutting_down
     from prometheus_client import multiprocess
 
     app = make_celery(settings.jobs)
@@ -73,6 +81,11 @@ def run_worker(settings: Settings, hostname: str | None = None) -> None:
     def _dead(pid: int | None = None, **_: Any) -> None:
         multiprocess.mark_process_dead(pid or os.getpid())  # type: ignore[no-untyped-call]
 
+    @worker_shutting_down.connect  # type: ignore[untyped-decorator]
+    def _leaving(**_: Any) -> None:
+        advertise_consumers(settings, consuming=False)
+
+    advertise_consumers(settings)
     start_worker_metrics(settings)
     argv = [
         "worker",

@@ -79,8 +79,12 @@ def read_spec(directory: Path) -> ModelSpec:
     return spec
 
 
-def scan(model_dir: Path, only: tuple[str, ...] = ()) -> list[ModelVersionRecord]:
-    """One record per model version in ``model_dir`` (or per unreadable model directory)."""
+def scan(model_dir: Path, only: tuple[str, ...] = (), families: tuple[str, ...] = ()) -> list[ModelVersionRecord]:
+    """One record per model version in ``model_dir`` (or per unreadable model directory).
+
+    ``only`` keeps these model names, ``families`` these model families (empty: all). An
+    unreadable model directory is kept (its family is unknown) so that the failure is visible.
+    """
     if not model_dir.is_dir():
         raise FileNotFoundError(f"model directory {model_dir} does not exist")
     records: list[ModelVersionRecord] = []
@@ -95,6 +99,8 @@ def scan(model_dir: Path, only: tuple[str, ...] = ()) -> list[ModelVersionRecord
             record = ModelVersionRecord(name=directory.name, directory=directory)
             record.fail(str(exc))
             records.append(record)
+            continue
+        if families and spec.family not in families:
             continue
         for version in sorted(spec.versions, key=lambda v: v.version):
             records.append(ModelVersionRecord(spec.name, directory, spec, version))

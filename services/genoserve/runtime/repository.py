@@ -84,7 +84,7 @@ class ModelRepository:
 
     async def load(self) -> None:
         """Scan the repository and load each version; a failure keeps only that version out."""
-        self._records = registry.scan(self.settings.model_dir, self.settings.models)
+        self._records = registry.scan(self.settings.model_dir, self.settings.models, self.settings.families)
         self._changed()
         loop = asyncio.get_running_loop()
         for record in self._records:

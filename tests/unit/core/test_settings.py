@@ -61,3 +61,11 @@ def test_unreadable_config_file_is_a_clear_error(tmp_path: Path) -> None:
     bad.write_text("- 1\n- 2\n")
     with pytest.raises(SettingsError, match="mapping"):
         load_settings(bad)
+
+
+def test_families_from_env_and_flags() -> None:
+    assert load_settings(env={"GENOSERVE_RUNTIME__FAMILIES": '["binding"]'}).runtime.families == ("binding",)
+    assert load_settings(overrides={"runtime.families": ["variants", "embedding"]}).runtime.families == (
+        "variants",
+        "embedding",
+    )

@@ -118,3 +118,14 @@ def test_cancel_during_merge_prevents_success() -> None:
     lifecycle.cancel(job, 4.0)
     assert not lifecycle.finish_merge(job, ["/out/x"], 5.0).run
     assert job.state is JobState.CANCELLED
+
+
+def test_a_pending_shard_waits_from_submission_or_from_its_last_attempt() -> None:
+    job = make_job()
+    job.created_at = 100.0
+    assert lifecycle.pending_since(job, job.shards[0]) == 100.0
+    lifecycle.begin_shard(job, 1, "w1", 110.0, 3, LEASE)
+    lifecycle.heartbeat(job, 1, "w1", 115.0)
+    lifecycle.fail_shard(job, 1, "boom", True, 116.0, 3)
+    assert job.shards[1].state is ShardState.PENDING
+    assert lifecycle.pending_since(job, job.shards[1]) == 115.0  # waits again since its last heartbeat

@@ -167,3 +167,17 @@ def test_committed_models_match_their_yaml() -> None:
     for record in records:
         assert record.state is not ModelState.FAILED, record.reason
         assert hashlib.sha256(record.onnx_path.read_bytes()).hexdigest() == record.version.sha256  # type: ignore[union-attr]
+
+
+async def test_families_setting_serves_only_those_families(tmp_path: Path) -> None:
+    write_model(tmp_path, linear_spec("mine"), {1: linear_onnx()})
+    write_model(tmp_path, {**linear_spec("theirs"), "family": "embedding"}, {1: linear_onnx()})
+    repository = ModelRepository(RuntimeSettings(model_dir=tmp_path, families=("platform",)))
+    await repository.load()
+    try:
+        assert [s.name for s in repository.statuses()] == ["mine"]
+        assert repository.families_ready() == {"platform": True}
+        with pytest.raises(NotFound):
+            repository.get("theirs")
+    finally:
+        await repository.close()

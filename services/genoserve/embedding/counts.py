@@ -1,0 +1,164 @@
+"""Count matrices: CSR or dense cells x genes, validated, then laid out in the model's gene order.
+
+Rules (each broken one is an InvalidArgument naming the field): CSR structure (indptr length and
+monotonicity, indices in range, matching lengths); values finite and >= 0; integers unless the
+caller says the data are not raw counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from genoserve.core.errors import InvalidArgument
+from genoserve.embedding.genes import GeneAlignment
+
+Array = np.ndarray[Any, Any]
+
+_NUMERIC = "biufc"
+
+
+@dataclass(frozen=True)
+class CsrCounts:
+    """Cells x genes in CSR form: ``indptr`` int [n_cells + 1], ``indices`` int [nnz] (gene
+    columns), ``data`` numeric [nnz]. Duplicate column indices within a row are summed."""
+
+    indptr: Array
+    indices: Array
+    data: Array
+    n_genes: int
+
+    @property
+    def n_cells(self) -> int:
+        return int(self.indptr.size) - 1
+
+    def rows(self, start: int, stop: int) -> CsrCounts:
+        """Cells [start, stop) as their own CSR matrix (indptr rebased to 0)."""
+        lo, hi = int(self.indptr[start]), int(self.indptr[stop])
+        return CsrCounts(self.indptr[start : stop + 1] - lo, self.indices[lo:hi], self.data[lo:hi], self.n_genes)
+
+
+Counts = CsrCounts | Array
+
+
+def check_csr(matrix: CsrCounts, field: str = "counts.csr") -> None:
+    """Structure of a CSR matrix; InvalidArgument naming the broken part."""
+    indptr, indices, data = matrix.indptr, matrix.indices, matrix.data
+    for name, array in (("indptr", indptr), ("indices", indices)):
+        if array.ndim != 1 or array.dtype.kind not in "iu":
+            rule = f"must be a 1-D integer array, got {array.dtype} {array.shape}"
+            raise InvalidArgument.field(f"{field}.{name}", rule)
+    if data.ndim != 1 or data.dtype.kind not in _NUMERIC or data.dtype.kind == "c":
+        raise InvalidArgument.field(f"{field}.data", f"must be a 1-D real array, got {data.dtype} {data.shape}")
+    if indptr.size < 2:
+        raise InvalidArgument.field(f"{field}.indptr", "needs n_cells + 1 >= 2 entries (at least one cell)")
+    if int(indptr[0]) != 0:
+        raise InvalidArgument.field(f"{field}.indptr", f"must start at 0, got {int(indptr[0])}")
+    steps = np.diff(indptr)
+    if steps.size and int(steps.min()) < 0:
+        row = int(np.argmax(steps < 0))
+        raise InvalidArgument.field(f"{field}.indptr", f"must be non-decreasing; decreases after row {row}")
+    if indices.size != data.size:
+        raise InvalidArgument.field(
+            f"{field}.data", f"has {data.size} values but indices has {indices.size}; they must match"
+        )
+    if int(indptr[-1]) != indices.size:
+        raise InvalidArgument.field(
+            f"{field}.indptr", f"last entry {int(indptr[-1])} must equal the number of values {indices.size}"
+        )
+    if indices.size:
+        lo, hi = int(indices.min()), int(indices.max())
+        if lo < 0 or hi >= matrix.n_genes:
+            bad = lo if lo < 0 else hi
+            raise InvalidArgument.field(
+                f"{field}.indices", f"column index {bad} is outside [0, {matrix.n_genes}) (one per gene name)"
+            )
+
+
+def check_values(values: Array, allow_non_integer: bool, field: str, n_cols: int | None = None) -> None:
+    """Values must be finite and >= 0, and whole numbers unless ``allow_non_integer``.
+
+    ``n_cols`` (dense only) turns a flat position into "cell i, gene j" in the message.
+    """
+    if values.dtype.kind in "iu":
+        if values.dtype.kind == "i" and values.size and int(values.min()) < 0:
+            raise InvalidArgument.field(field, f"counts must be >= 0; {_where(values < 0, n_cols)}")
+        return
+    finite = np.isfinite(values)
+    if not finite.all():
+        raise InvalidArgument.field(field, f"counts must be finite (no NaN or inf); {_where(~finite, n_cols)}")
+    if values.size and float(values.min()) < 0:
+        raise InvalidArgument.field(field, f"counts must be >= 0; {_where(values < 0, n_cols)}")
+    if not allow_non_integer:
+        fractional = values != np.floor(values)
+        if fractional.any():
+            raise InvalidArgument.field(
+                field,
+                f"raw counts must be whole numbers; {_where(fractional, n_cols)} (set not_raw_counts "
+                "for normalised data, though the model was trained on raw counts)",
+            )
+
+
+def _where(mask: Array, n_cols: int | None) -> str:
+    flat = int(np.argmax(mask.ravel()))
+    count = int(mask.sum())
+    if n_cols:
+        return f"{count} bad value(s), first at cell {flat // n_cols}, gene column {flat % n_cols}"
+    return f"{count} bad value(s), first at value index {flat}"
+
+
+def check(counts: Counts, n_genes: int, allow_non_integer: bool, field: str = "counts") -> int:
+    """Validate a CSR or dense [n_cells, n_genes] matrix; returns n_cells."""
+    if isinstance(counts, CsrCounts):
+        check_csr(counts, f"{field}.csr")
+        check_values(counts.data, allow_non_integer, f"{field}.csr.data")
+        return counts.n_cells
+    if counts.ndim != 2 or counts.dtype.kind not in "biuf":
+        raise InvalidArgument.field(
+            f"{field}.dense", f"must be a 2-D real array [n_cells, n_genes], got {counts.dtype} {list(counts.shape)}"
+        )
+    if counts.shape[1] != n_genes:
+        raise InvalidArgument.field(
+            f"{field}.dense", f"has {counts.shape[1]} columns but {n_genes} gene names; they must match"
+        )
+    if counts.shape[0] < 1:
+        raise InvalidArgument.field(f"{field}.dense", "needs at least one cell")
+    check_values(counts, allow_non_integer, f"{field}.dense", counts.shape[1])
+    return int(counts.shape[0])
+
+
+def aligned_dense(counts: Counts, alignment: GeneAlignment) -> Array:
+    """Counts laid out as the model's genes: float32 [n_cells, n_model_genes], missing genes 0."""
+    width = alignment.n_model_genes
+    if isinstance(counts, CsrCounts):
+        n = counts.n_cells
+        out = np.zeros((n, width), dtype=np.float32)
+        columns = alignment.column_map[counts.indices]
+        keep = columns >= 0
+        rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(counts.indptr))
+        flat = rows[keep] * width + columns[keep]
+        np.add.at(out.reshape(-1), flat, counts.data[keep].astype(np.float32, copy=False))
+        return out
+    if alignment.identity:
+        return np.ascontiguousarray(counts, dtype=np.float32)
+    out = np.zeros((counts.shape[0], width), dtype=np.float32)
+    out[:, alignment.target] = counts[:, alignment.source]
+    return out
+
+
+def library_sizes(dense: Array) -> Array:
+    """Total counts per cell: float32 [n_cells]."""
+    out: Array = dense.sum(axis=1, dtype=np.float64).astype(np.float32)
+    return out
+
+
+def cell_ids(ids: Sequence[str], n_cells: int, field: str = "counts.cell_ids") -> list[str]:
+    """The given ids (one per cell) or ``cell0..`` when none are given."""
+    if not ids:
+        return [f"cell{i}" for i in range(n_cells)]
+    if len(ids) != n_cells:
+        raise InvalidArgument.field(field, f"has {len(ids)} ids for {n_cells} cells; give one per cell or none")
+    return list(ids)

@@ -1,0 +1,156 @@
+"""BAM + reference + region -> candidates -> DeepVariant-layout ``PileupExample`` objects.
+
+The calling-mode half of DeepVariant's make_examples without the local realigner: reads are used
+as aligned in the BAM, so sites whose reads DeepVariant realigns (mostly near indels) differ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pysam
+
+from genoserve.core.errors import InvalidArgument
+from genoserve.variants.candidates import (
+    Candidate,
+    CandidateThresholds,
+    alt_allele_sets,
+    count_alleles,
+    find_candidates,
+)
+from genoserve.variants.examples import CallInfo, PileupExample
+from genoserve.variants.pileup import PileupEncoder, PileupOptions
+from genoserve.variants.reads import Read, ReadFilter, fetch_reads, open_alignments, unclip
+
+#: make_examples' ``read_overlap_buffer_bp``: a pileup shows reads within this many bp of the candidate.
+READ_OVERLAP_BUFFER_BP = 5
+
+
+@dataclass(frozen=True)
+class Region:
+    """0-based half-open interval on a contig."""
+
+    contig: str
+    start: int
+    end: int
+
+    @classmethod
+    def parse(cls, text: str, field: str = "regions") -> Region:
+        """``chr20:10000001-10010000`` (1-based inclusive, commas allowed) or a bare contig name."""
+        text = text.strip().replace(",", "")
+        if ":" not in text:
+            raise InvalidArgument.field(field, f"{text!r}: expected CONTIG:START-END (1-based, inclusive)")
+        contig, _, span = text.rpartition(":")
+        try:
+            first, _, last = span.partition("-")
+            start, end = int(first) - 1, int(last)
+        except ValueError as exc:
+            raise InvalidArgument.field(field, f"{text!r}: expected CONTIG:START-END with integers") from exc
+        if not contig or start < 0 or end <= start:
+            raise InvalidArgument.field(field, f"{text!r}: needs a contig and 1 <= START <= END")
+        return cls(contig, start, end)
+
+    def __str__(self) -> str:
+        return f"{self.contig}:{self.start + 1}-{self.end}"
+
+
+def sample_name(bam: pysam.AlignmentFile, default: str = "SAMPLE") -> str:
+    """The SM of the BAM's first read group (DeepVariant's default sample name)."""
+    groups = bam.header.to_dict().get("RG", [])
+    for group in groups:
+        if group.get("SM"):
+            return str(group["SM"])
+    return default
+
+
+def reference_window(fasta: pysam.FastaFile, contig: str, start: int, width: int) -> str:
+    """``width`` reference bases from ``start`` (upper case), "N" where off the contig."""
+    length = fasta.get_reference_length(contig)
+    lo, hi = max(0, start), min(length, start + width)
+    bases = fasta.fetch(contig, lo, hi).upper() if hi > lo else ""
+    return "N" * (lo - start) + bases + "N" * (start + width - hi)
+
+
+def open_reference(path: str | Path, field: str = "reference") -> pysam.FastaFile:
+    """Open an indexed FASTA; failures are INVALID_ARGUMENT naming the file."""
+    try:
+        return pysam.FastaFile(str(path))
+    except (OSError, ValueError) as exc:
+        raise InvalidArgument.field(field, f"{path}: cannot open indexed FASTA: {exc}") from exc
+
+
+def examples_for_candidate(
+    candidate: Candidate,
+    reads: list[Read],
+    fasta: pysam.FastaFile,
+    encoder: PileupEncoder,
+    sample: str,
+) -> list[PileupExample]:
+    """One example per alt-allele set of ``candidate`` (DeepVariant's ADD_HET_ALT_IMAGES mode)."""
+    width = encoder.options.width
+    window_start = candidate.start - width // 2
+    ref_window = reference_window(fasta, candidate.reference_name, window_start, width)
+    # Reads overlapping the candidate +- read_overlap_buffer_bp (5), as make_examples queries them.
+    buffer = READ_OVERLAP_BUFFER_BP
+    overlapping = [r for r in reads if r.start < candidate.end + buffer and r.end > candidate.start - buffer]
+    info = CallInfo(candidate.depth, candidate.allele_depths, candidate.allele_fractions)
+    out: list[PileupExample] = []
+    rng = np.random.default_rng(candidate.start)
+    for indices in alt_allele_sets(len(candidate.alternate_bases)):
+        supports: dict[str, int] = {}
+        for i, keys in enumerate(candidate.support):
+            for key in keys:
+                supports[key] = 1 if i in indices else 2
+        image = encoder.encode(candidate.start, ref_window, overlapping, supports, rng)
+        out.append(
+            PileupExample(
+                reference_name=candidate.reference_name,
+                start=candidate.start,
+                end=candidate.end,
+                reference_bases=candidate.reference_bases,
+                alternate_bases=list(candidate.alternate_bases),
+                alt_allele_indices=indices,
+                image=image,
+                call=info,
+                sample_name=sample,
+            )
+        )
+    return out
+
+
+def make_examples(
+    bam_path: str | Path,
+    reference_path: str | Path,
+    region: Region,
+    *,
+    channels: int = 7,
+    thresholds: CandidateThresholds | None = None,
+) -> tuple[list[Candidate], list[PileupExample]]:
+    """Candidates in ``region`` and their pileup examples (``channels`` 6 or 7), in position order."""
+    if channels not in (6, 7):
+        raise InvalidArgument.field("channels", f"must be 6 or 7, got {channels}")
+    thresholds = thresholds or CandidateThresholds()
+    bam = open_alignments(bam_path)
+    fasta = open_reference(reference_path)
+    try:
+        if region.contig not in fasta.references:
+            raise InvalidArgument.field("regions", f"{reference_path}: contig {region.contig!r} not in the reference")
+        sample = sample_name(bam)
+        options = PileupOptions(channels=channels)
+        pad = options.width
+        reads = fetch_reads(bam, region.contig, region.start - pad, region.end + pad, ReadFilter(), str(bam_path))
+        ref_start = max(0, region.start - 2 * pad)
+        ref = reference_window(fasta, region.contig, ref_start, region.end + 2 * pad - ref_start)
+        reads = [unclip(r, ref, ref_start) for r in reads]
+        counts = count_alleles(reads, region.contig, ref, ref_start, thresholds.min_base_quality)
+        candidates = find_candidates(counts, ref, ref_start, region.start, region.end, thresholds)
+        encoder = PileupEncoder(options)
+        examples: list[PileupExample] = []
+        for candidate in candidates:
+            examples.extend(examples_for_candidate(candidate, reads, fasta, encoder, sample))
+        return candidates, examples
+    finally:
+        bam.close()
+        fasta.close()

@@ -1,0 +1,155 @@
+"""Aligned reads from a BAM (pysam) in the form the allele counter and the pileup encoder need.
+
+Read filters follow DeepVariant's make_examples defaults (``ReadRequirements`` and the SAM reader
+options): unmapped, secondary, supplementary, duplicate, QC-failed and improperly paired reads
+are dropped, and so are reads with mapping quality below ``min_mapping_quality`` (5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pysam
+
+from genoserve.core.errors import InvalidArgument
+
+# pysam CIGAR operation codes (SAM spec order).
+OP_M, OP_I, OP_D, OP_N, OP_S, OP_H, OP_P, OP_EQ, OP_X = range(9)
+MATCH_OPS = (OP_M, OP_EQ, OP_X)
+
+
+@dataclass(frozen=True)
+class ReadFilter:
+    """DeepVariant's default read requirements."""
+
+    min_mapping_quality: int = 5
+    min_base_quality: int = 10
+
+
+@dataclass
+class Read:
+    """One aligned read. ``quals`` is uint8 Phred per read base; ``cigar`` pysam (op, length) pairs."""
+
+    key: str  # fragment name + "/" + read number (0 or 1), DeepVariant's read key
+    name: str
+    read_number: int
+    start: int  # 0-based leftmost reference position
+    end: int  # exclusive reference end
+    cigar: list[tuple[int, int]]
+    seq: str
+    quals: npt.NDArray[np.uint8]
+    mapping_quality: int
+    reverse: bool
+    fragment_length: int
+
+
+def usable(read: pysam.AlignedSegment, requirements: ReadFilter) -> bool:
+    """Whether make_examples would keep ``read`` at all."""
+    return not (
+        read.is_unmapped
+        or read.is_secondary
+        or read.is_supplementary
+        or read.is_duplicate
+        or read.is_qcfail
+        or (read.is_paired and not read.mate_is_unmapped and read.next_reference_id != read.reference_id)
+        or read.mapping_quality < requirements.min_mapping_quality
+        or read.query_sequence is None
+        or not read.cigartuples
+    )
+
+
+def convert(read: pysam.AlignedSegment) -> Read:
+    """A pysam read as a ``Read``."""
+    number = 1 if read.is_read2 else 0
+    name = read.query_name or ""
+    qualities = read.query_qualities
+    seq = read.query_sequence or ""
+    quals = np.asarray(qualities, dtype=np.uint8) if qualities is not None else np.full(len(seq), 30, np.uint8)
+    return Read(
+        key=f"{name}/{number}",
+        name=name,
+        read_number=number,
+        start=int(read.reference_start),
+        end=int(read.reference_end or read.reference_start),
+        cigar=[(int(op), int(n)) for op, n in read.cigartuples or []],
+        seq=seq.upper(),
+        quals=quals,
+        mapping_quality=int(read.mapping_quality),
+        reverse=bool(read.is_reverse),
+        fragment_length=int(read.template_length),
+    )
+
+
+def open_alignments(path: str | Path, field: str = "bam") -> pysam.AlignmentFile:
+    """Open an indexed BAM/CRAM; a missing file or index is INVALID_ARGUMENT naming ``path``."""
+    try:
+        bam = pysam.AlignmentFile(str(path), "rb")
+    except (OSError, ValueError) as exc:
+        raise InvalidArgument.field(field, f"{path}: cannot open alignments: {exc}") from exc
+    if not bam.has_index():
+        bam.close()
+        raise InvalidArgument.field(field, f"{path}: no index (.bai/.csi) next to the BAM; run samtools index")
+    return bam
+
+
+def fetch_reads(
+    bam: pysam.AlignmentFile,
+    contig: str,
+    start: int,
+    end: int,
+    requirements: ReadFilter | None = None,
+    path: str = "bam",
+) -> list[Read]:
+    """Usable reads overlapping ``[start, end)`` of ``contig``, in BAM order.
+
+    A contig the BAM does not have, or a truncated BAM, is INVALID_ARGUMENT naming file and contig.
+    """
+    requirements = requirements or ReadFilter()
+    if contig not in bam.references:
+        hint = ""
+        alt = contig[3:] if contig.startswith("chr") else f"chr{contig}"
+        if alt in bam.references:
+            hint = f" (the BAM names it {alt!r}: contig naming differs between inputs)"
+        raise InvalidArgument.field("regions", f"{path}: contig {contig!r} not in the BAM header{hint}")
+    try:
+        return [convert(r) for r in bam.fetch(contig, max(0, start), end) if usable(r, requirements)]
+    except (OSError, ValueError) as exc:
+        raise InvalidArgument.field("bam", f"{path}: unreadable around {contig}:{start + 1}-{end}: {exc}") from exc
+
+
+def unclip(read: Read, ref: str, ref_offset: int, max_mismatches: int = 2) -> Read:
+    """``read`` with its soft clips turned into aligned bases when the whole read then matches the
+    reference with at most ``max_mismatches`` mismatches (ungapped reads only).
+
+    An approximation of what DeepVariant's realigner does to such reads (its fast-pass aligner
+    places the full read on the reference haplotype when it has <= 2 mismatches), so that these
+    reads' clipped bases appear in the pileup as they do in DeepVariant's.
+    """
+    ops = [op for op, _ in read.cigar]
+    if OP_S not in ops or any(op not in (*MATCH_OPS, OP_S) for op in ops):
+        return read
+    lead = read.cigar[0][1] if read.cigar[0][0] == OP_S else 0
+    start = read.start - lead
+    lo = start - ref_offset
+    if lo < 0 or lo + len(read.seq) > len(ref):
+        return read
+    window = ref[lo : lo + len(read.seq)]
+    mismatches = sum(1 for a, b in zip(read.seq, window, strict=True) if a != b)
+    if mismatches > max_mismatches or "N" in window:
+        return read
+    return Read(
+        key=read.key,
+        name=read.name,
+        read_number=read.read_number,
+        start=start,
+        end=start + len(read.seq),
+        cigar=[(OP_M, len(read.seq))],
+        seq=read.seq,
+        quals=read.quals,
+        mapping_quality=read.mapping_quality,
+        reverse=read.reverse,
+        fragment_length=read.fragment_length,
+    )
