@@ -3,9 +3,9 @@
 acks_late + reject_on_worker_lost + prefetch 1: a task is acknowledged only after its shard's
 output is in place, so a worker that dies mid-shard loses nothing. With Redis, an unacknowledged
 task is redelivered after ``visibility_timeout_s`` (longer than the longest shard). The embedded
-broker (kombu's filesystem transport) needs no server process; it cannot redeliver a task whose
-worker was killed, so the server's sweeper re-queues shards whose lease expired (it does so for
-Redis too, sooner than the visibility timeout).
+broker (kombu's filesystem transport with atomic message files, ``fs_transport``) needs no server
+process; it cannot redeliver a task whose worker was killed, so the server's sweeper re-queues
+shards whose lease expired (it does so for Redis too, sooner than the visibility timeout).
 """
 
 from __future__ import annotations
@@ -15,34 +15,41 @@ from typing import Any
 from celery import Celery
 
 from genoserve.core.settings import JobsSettings
+from genoserve.jobs.fs_transport import TRANSPORT
 
 SHARD_TASK = "genoserve.run_shard"
 MERGE_TASK = "genoserve.merge_job"
 FAMILY_QUEUES = ("platform", "binding", "variants", "segmentation", "embedding")
 
 
-def broker_options(settings: JobsSettings) -> tuple[str, dict[str, Any]]:
+def broker_options(settings: JobsSettings) -> tuple[str, str | None, dict[str, Any]]:
+    """(broker URL, kombu transport class or None for the URL's own, transport options)."""
     url = settings.resolved_broker_url
     if url.startswith("filesystem://"):
         folder = (settings.data_dir / "broker").resolve()
         for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
-        return "filesystem://", {
-            "data_folder_in": str(folder / "queue"),
-            "data_folder_out": str(folder / "queue"),
-            "processed_folder": str(folder / "processed"),
-            "control_folder": str(folder / "control"),
-            "store_processed": False,
-            "polling_interval": 0.05,
-        }
-    return url, {"visibility_timeout": settings.visibility_timeout_s}
+        return (
+            "filesystem://",
+            TRANSPORT,
+            {
+                "data_folder_in": str(folder / "queue"),
+                "data_folder_out": str(folder / "queue"),
+                "processed_folder": str(folder / "processed"),
+                "control_folder": str(folder / "control"),
+                "store_processed": False,
+                "polling_interval": 0.05,
+            },
+        )
+    return url, None, {"visibility_timeout": settings.visibility_timeout_s}
 
 
 def make_celery(settings: JobsSettings) -> Celery:
-    url, transport_options = broker_options(settings)
+    url, transport, transport_options = broker_options(settings)
     app = Celery("genoserve", set_as_current=False)
     app.conf.update(
         broker_url=url,
+        broker_transport=transport,
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,  # keep retrying while Redis restarts
