@@ -150,6 +150,16 @@ def test_cli_predict_variants_writes_an_indexed_vcf(rig: Rig) -> None:
         records = list(vcf.fetch("chr20", 10_000_000, 10_003_000))
     assert records
     assert records[0].pos == 10000117
+    from_examples = rig.root / "cli-examples.vcf"
+    result = subprocess.run(
+        [sys.executable, "-m", "genoserve.cli.main", "predict", "variants", "--examples", str(GOLDEN),
+         "--output", str(from_examples), "--address", rig.server.address],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    with pysam.VariantFile(str(from_examples)) as vcf:
+        assert list(vcf.header.samples) == ["NA12878"]
+        assert len(list(vcf)) == 78
 
 
 def test_call_bam_and_call_examples_jobs(rig: Rig) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import sys
 from collections.abc import Iterator
 from itertools import islice
@@ -162,6 +163,11 @@ def variants(bam: Path | None, reference: Path | None, regions: tuple[str, ...],
         handle = or_exit(lambda: open_alignments(bam))
         sample = sample_name(handle)
         handle.close()
+    if examples and not sample:
+        from genoserve.variants.examples import read_examples
+
+        first = next(iter(or_exit(lambda: list(itertools.islice(read_examples(examples[0]), 1)))), None)
+        sample = first.sample_name if first else ""
     calls: list[Any] = []
     problems = 0
     with make_client(**conn) as client:
