@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import sys
 from collections.abc import Iterator
 from itertools import islice
@@ -87,3 +88,107 @@ def binding(model: str, fasta: Path | None, sequences: tuple[str, ...], vcf: Pat
             for result in response.results:
                 values = [f"{v:.6g}" for s, lg in zip(result.scores, result.logits, strict=True) for v in (s, lg)]
                 click.echo("\t".join([result.id, *values]))
+
+
+def _regions(texts: tuple[str, ...], bed: Path | None) -> list[Any]:
+    from genoserve.variants.make_examples import Region
+
+    regions = [Region.parse(part) for text in texts for part in text.split(",") if part.strip()]
+    if bed is not None:
+        from genoserve.variants.evaluate import read_bed
+
+        for contig, intervals in read_bed(bed).items():
+            regions += [Region(contig, start, end) for start, end in intervals]
+    return regions
+
+
+def _example_batches(
+    bam: Path | None, reference: Path | None, regions: list[Any], examples: tuple[Path, ...], channels: int, size: int
+) -> Iterator[list[Any]]:
+    """Request batches: pileups built here from the BAM, or tf.Examples passed through unchanged."""
+    from genoserve.api.codecs.variants import pileup_example
+    from genoserve.v1 import variants_pb2
+    from genoserve.variants.tfrecord import read_records
+
+    if bam is not None:
+        from genoserve.variants.make_examples import make_examples
+
+        assert reference is not None
+        for region in regions:
+            _, made = make_examples(bam, reference, region, channels=channels)
+            yield from batched(iter([pileup_example(e) for e in made]), size)
+        return
+    for path in examples:
+        items = (
+            variants_pb2.PileupExample(id=f"{path.name}:{i}", tf_example=data)
+            for i, data in enumerate(read_records(path))
+        )
+        yield from batched(items, size)
+
+
+@predict.command("variants")
+@click.option("--bam", type=click.Path(path_type=Path, exists=True), help="Indexed BAM to call.")
+@click.option("--reference", type=click.Path(path_type=Path, exists=True), help="Indexed FASTA (.fai).")
+@click.option("--regions", multiple=True, help="CONTIG:START-END (1-based), comma-separated or repeated.")
+@click.option("--bed", type=click.Path(path_type=Path, exists=True), help="Regions as BED.")
+@click.option(
+    "--examples",
+    type=click.Path(path_type=Path, exists=True),
+    multiple=True,
+    help="DeepVariant make_examples TFRecord(s) to call instead of a BAM.",
+)
+@click.option("--output", type=click.Path(path_type=Path), required=True, help="VCF (.vcf or bgzipped .vcf.gz).")
+@click.option("--model", default="", help="A variants model (default: the server's one for the channel count).")
+@click.option("--channels", type=click.Choice(["6", "7"]), default="7", show_default=True)
+@click.option("--sample", default="", help="Sample name (default: the BAM read group's SM).")
+@click.option("--batch", type=int, default=64, show_default=True, help="Examples per request.")
+@client_options
+def variants(bam: Path | None, reference: Path | None, regions: tuple[str, ...], bed: Path | None,
+             examples: tuple[Path, ...], output: Path, model: str, channels: str, sample: str, batch: int,
+             **conn: Any) -> None:  # fmt: skip
+    """Call variants through the server: BAM + reference + regions (pileups built here) or
+    make_examples TFRecords -> VCF (bgzipped and tabix-indexed for .vcf.gz)."""
+    from genoserve.api.codecs.variants import to_variant_call
+    from genoserve.variants.vcf import reference_contigs, write_vcf
+
+    if (bam is None) == (not examples):
+        raise click.UsageError("give either --bam (with --reference and --regions/--bed) or --examples")
+    wanted = _regions(regions, bed) if bam is not None else []
+    if bam is not None and (reference is None or not wanted):
+        raise click.UsageError("--bam needs --reference and at least one region (--regions or --bed)")
+    if bam is not None and not sample:
+        from genoserve.variants.make_examples import sample_name
+        from genoserve.variants.reads import open_alignments
+
+        handle = or_exit(lambda: open_alignments(bam))
+        sample = sample_name(handle)
+        handle.close()
+    if examples and not sample:
+        from genoserve.variants.examples import read_examples
+
+        first = next(iter(or_exit(lambda: list(itertools.islice(read_examples(examples[0]), 1)))), None)
+        sample = first.sample_name if first else ""
+    calls: list[Any] = []
+    problems = 0
+    with make_client(**conn) as client:
+        batches = _example_batches(bam, reference, wanted, examples, int(channels), batch)
+        for response in or_exit(lambda: list(client.call_variants_stream(batches, model, "", sample))):
+            calls.extend(to_variant_call(c) for c in response.calls)
+            for result in response.results:
+                if result.HasField("error"):
+                    problems += 1
+                    click.echo(f"example {result.id}: {result.error.field}: {result.error.message}", err=True)
+            for error in response.site_errors:
+                problems += 1
+                click.echo(f"{error.field}: {error.message}", err=True)
+    if reference is not None:
+        contigs = reference_contigs(reference)
+    else:
+        contigs = [(name, 0) for name in dict.fromkeys(c.reference_name for c in calls)]
+    order = {name: i for i, (name, _) in enumerate(contigs)}
+    calls.sort(key=lambda c: (order.get(c.reference_name, len(order)), c.start, c.end))
+    write_vcf(output, calls, contigs, sample or "SAMPLE")
+    passing = sum(c.filters == ["PASS"] for c in calls)
+    click.echo(f"{len(calls)} sites ({passing} PASS) written to {output}", err=True)
+    if problems:
+        sys.exit(1)

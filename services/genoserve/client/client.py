@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,16 @@ from grpc_status import rpc_status
 
 from genoserve.api.codecs import tensor as tensor_codec
 from genoserve.core import errors
-from genoserve.v1 import binding_pb2, binding_pb2_grpc, jobs_pb2, jobs_pb2_grpc, models_pb2, models_pb2_grpc
+from genoserve.v1 import (
+    binding_pb2,
+    binding_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+    variants_pb2,
+    variants_pb2_grpc,
+)
 
 Array = np.ndarray[Any, Any]
 
@@ -161,6 +170,7 @@ class Client:
         self.models = models_pb2_grpc.ModelsStub(self.channel)
         self.jobs = jobs_pb2_grpc.JobsStub(self.channel)
         self.binding = binding_pb2_grpc.SequenceBindingStub(self.channel)
+        self.variants = variants_pb2_grpc.VariantCallingStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
     def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
@@ -223,6 +233,43 @@ class Client:
         return response
 
     # -- jobs -----------------------------------------------------------------------------------
+
+    def call_variants(
+        self,
+        examples: Sequence[variants_pb2.PileupExample],
+        model: str = "",
+        version: str = "",
+        sample_name: str = "",
+        timeout: float | None = None,
+    ) -> variants_pb2.CallVariantsResponse:
+        """Genotype probabilities per pileup example and the calls of complete sites.
+
+        ``model`` "" picks the server's variants model for the examples' channel count. Build
+        examples with ``genoserve.api.codecs.variants.pileup_example`` or pass ``tf_example`` bytes.
+        """
+        request = variants_pb2.CallVariantsRequest(
+            model=model, version=version, examples=examples, sample_name=sample_name
+        )
+        response: variants_pb2.CallVariantsResponse = self._call(self.variants.CallVariants, request, timeout)
+        return response
+
+    def call_variants_stream(
+        self,
+        batches: Iterable[Sequence[variants_pb2.PileupExample]],
+        model: str = "",
+        version: str = "",
+        sample_name: str = "",
+        timeout: float | None = None,
+    ) -> Iterator[variants_pb2.CallVariantsResponse]:
+        """One response per batch, in order (multi-allelic sites may span batches)."""
+        requests = (
+            variants_pb2.CallVariantsRequest(model=model, version=version, examples=b, sample_name=sample_name)
+            for b in batches
+        )
+        try:
+            yield from self.variants.CallVariantsStream(requests, timeout=timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise translate(exc) from exc
 
     def submit_job(
         self,
@@ -292,6 +339,7 @@ class AsyncClient:
             self.channel = grpc.aio.insecure_channel(self.config.address, options)
         self._metadata = _metadata(self.config)
         self.models = models_pb2_grpc.ModelsStub(self.channel)
+        self.variants = variants_pb2_grpc.VariantCallingStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
     async def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
@@ -319,6 +367,20 @@ class AsyncClient:
     async def health(self, service: str = "", timeout: float | None = None) -> str:
         response = await self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+    async def call_variants(
+        self,
+        examples: Sequence[variants_pb2.PileupExample],
+        model: str = "",
+        version: str = "",
+        sample_name: str = "",
+        timeout: float | None = None,
+    ) -> variants_pb2.CallVariantsResponse:
+        request = variants_pb2.CallVariantsRequest(
+            model=model, version=version, examples=examples, sample_name=sample_name
+        )
+        response: variants_pb2.CallVariantsResponse = await self._call(self.variants.CallVariants, request, timeout)
+        return response
 
     async def close(self) -> None:
         await self.channel.close()

@@ -84,14 +84,14 @@ def open_reference(path: str | Path, field: str = "reference") -> pysam.FastaFil
 def examples_for_candidate(
     candidate: Candidate,
     reads: list[Read],
-    fasta: pysam.FastaFile,
+    ref_window: str,
     encoder: PileupEncoder,
     sample: str,
 ) -> list[PileupExample]:
-    """One example per alt-allele set of ``candidate`` (DeepVariant's ADD_HET_ALT_IMAGES mode)."""
-    width = encoder.options.width
-    window_start = candidate.start - width // 2
-    ref_window = reference_window(fasta, candidate.reference_name, window_start, width)
+    """One example per alt-allele set of ``candidate`` (DeepVariant's ADD_HET_ALT_IMAGES mode).
+
+    ``ref_window``: the ``width`` reference bases from ``candidate.start - width // 2``.
+    """
     # Reads overlapping the candidate +- read_overlap_buffer_bp (5), as make_examples queries them.
     buffer = READ_OVERLAP_BUFFER_BP
     overlapping = [r for r in reads if r.start < candidate.end + buffer and r.end > candidate.start - buffer]
@@ -148,8 +148,10 @@ def make_examples(
         candidates = find_candidates(counts, ref, ref_start, region.start, region.end, thresholds)
         encoder = PileupEncoder(options)
         examples: list[PileupExample] = []
+        half = options.width // 2
         for candidate in candidates:
-            examples.extend(examples_for_candidate(candidate, reads, fasta, encoder, sample))
+            window = reference_window(fasta, region.contig, candidate.start - half, options.width)
+            examples.extend(examples_for_candidate(candidate, reads, window, encoder, sample))
         return candidates, examples
     finally:
         bam.close()

@@ -36,7 +36,10 @@ def make_header(contigs: Sequence[tuple[str, int]], sample: str, source: str = "
         header.formats.add(name, number, kind, description)
     header.add_line(f"##source={source}")
     for name, length in contigs:
-        header.contigs.add(name, length=length)
+        if length:
+            header.contigs.add(name, length=length)
+        else:
+            header.contigs.add(name)
     header.add_sample(sample or "SAMPLE")
     return header
 

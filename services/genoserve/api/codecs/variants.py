@@ -1,0 +1,152 @@
+"""genoserve.v1 variant-calling messages <-> the variants family's domain objects."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from genoserve.api.codecs.tensor import from_numpy, to_numpy
+from genoserve.core.errors import InvalidArgument
+from genoserve.v1 import common_pb2, variants_pb2
+from genoserve.variants.examples import CallInfo, PileupExample, parse_example
+from genoserve.variants.postprocess import ExampleCall, VariantCall
+from genoserve.variants.sites import check_pileup
+
+_BASES = frozenset("ACGTN")
+_FILTERS = {
+    "PASS": variants_pb2.FILTER_PASS,
+    "RefCall": variants_pb2.FILTER_REF_CALL,
+    "LowQual": variants_pb2.FILTER_LOW_QUAL,
+    "NoCall": variants_pb2.FILTER_NO_CALL,
+}
+
+
+@dataclass
+class DecodedExample:
+    """One request example: its id, its site and alt set (``call``), and its pileup (or an error)."""
+
+    id: str
+    call: ExampleCall | None
+    image: npt.NDArray[np.uint8] | None
+    error: common_pb2.ItemError | None = None
+
+
+def _item_error(field: str, message: str) -> common_pb2.ItemError:
+    return common_pb2.ItemError(field=field, message=message)
+
+
+def _from_fields(message: variants_pb2.PileupExample, field: str) -> ExampleCall:
+    if not message.chrom:
+        raise InvalidArgument.field(f"{field}.chrom", "is required")
+    if message.pos < 1:
+        raise InvalidArgument.field(f"{field}.pos", f"must be >= 1 (1-based), got {message.pos}")
+    ref = message.ref.upper()
+    if not ref or set(ref) - _BASES:
+        raise InvalidArgument.field(f"{field}.ref", f"must be non-empty A/C/G/T/N, got {message.ref!r}")
+    alts = [a.upper() for a in message.alts]
+    if not alts or any(not a or set(a) - _BASES for a in alts) or ref in alts:
+        raise InvalidArgument.field(f"{field}.alts", f"need one or more A/C/G/T/N alleles other than REF, got {alts}")
+    indices = tuple(int(i) for i in message.alt_allele_indices)
+    if not 1 <= len(indices) <= 2 or len(set(indices)) != len(indices) or any(not 0 <= i < len(alts) for i in indices):
+        raise InvalidArgument.field(
+            f"{field}.alt_allele_indices", f"need 1 or 2 distinct indices into {len(alts)} alts, got {list(indices)}"
+        )
+    depths = [int(d) for d in message.allele_depths]
+    if depths and len(depths) != len(alts) + 1:
+        raise InvalidArgument.field(
+            f"{field}.allele_depths", f"need {len(alts) + 1} values (REF first), got {len(depths)}"
+        )
+    depth = int(message.depth) or sum(depths)
+    fractions = [d / depth if depth else 0.0 for d in depths[1:]]
+    start = int(message.pos) - 1
+    return ExampleCall(
+        message.chrom, start, start + len(ref), ref, alts, tuple(sorted(indices)), (0.0, 0.0, 0.0),
+        CallInfo(depth, depths, fractions),
+    )  # fmt: skip
+
+
+def examples(messages: Sequence[variants_pb2.PileupExample], sample_name: str) -> list[DecodedExample]:
+    """Decode every example. Site and allele problems become that example's error; a pileup with
+    the wrong layout (or mixed channel counts) fails the whole request with INVALID_ARGUMENT."""
+    out: list[DecodedExample] = []
+    channels: int | None = None
+    for index, message in enumerate(messages):
+        field = f"examples[{index}]"
+        example_id = message.id or str(index)
+        try:
+            if message.tf_example:
+                parsed = parse_example(message.tf_example, f"{field}.tf_example")
+                image = parsed.image
+                call = ExampleCall(
+                    parsed.reference_name, parsed.start, parsed.end, parsed.reference_bases,
+                    parsed.alternate_bases, tuple(sorted(parsed.alt_allele_indices)), (0.0, 0.0, 0.0),
+                    parsed.call, sample_name or parsed.sample_name,
+                )  # fmt: skip
+                check_pileup(image, channels, f"{field}.tf_example image/encoded")
+            else:
+                if not message.HasField("pileup"):
+                    raise InvalidArgument.field(f"{field}.pileup", "is required (or set tf_example)")
+                image = to_numpy(message.pileup, f"{field}.pileup")
+                check_pileup(image, channels, f"{field}.pileup")
+                call = _from_fields(message, field)
+                call.sample_name = sample_name
+        except InvalidArgument as exc:
+            violation = exc.violations[0] if exc.violations else None
+            where = violation.field if violation else field
+            if ".pileup" in where or "image/encoded" in where:
+                raise  # layout errors: the whole request is malformed
+            out.append(DecodedExample(example_id, None, None, _item_error(where, exc.message)))
+            continue
+        channels = image.shape[2]
+        out.append(DecodedExample(example_id, call, image))
+    return out
+
+
+def variant_call(call: VariantCall, example_ids: Sequence[str]) -> variants_pb2.VariantCall:
+    return variants_pb2.VariantCall(
+        chrom=call.reference_name, pos=call.start + 1, ref=call.reference_bases, alts=call.alternate_bases,
+        quality=round(call.quality, 1), filter=_FILTERS.get(call.filters[0], variants_pb2.FILTER_UNSPECIFIED),
+        genotype=list(call.genotype), genotype_quality=call.gq, pl=call.pl,
+        genotype_probabilities=call.probabilities, depth=call.dp, allele_depths=call.ad,
+        allele_fractions=call.vaf, example_ids=list(example_ids),
+    )  # fmt: skip
+
+
+def example_result(example_id: str, probabilities: npt.NDArray[np.floating] | None) -> variants_pb2.ExampleResult:
+    return variants_pb2.ExampleResult(
+        id=example_id, probabilities=[] if probabilities is None else [float(p) for p in probabilities]
+    )
+
+
+def site_error(field: str, message: str) -> common_pb2.ItemError:
+    return _item_error(field, message)
+
+
+def pileup_example(example: PileupExample, example_id: str = "") -> variants_pb2.PileupExample:
+    """A family ``PileupExample`` as the request message (pileup as a uint8 tensor)."""
+    return variants_pb2.PileupExample(
+        id=example_id or f"{example.locus}:{','.join(str(i) for i in example.alt_allele_indices)}",
+        chrom=example.reference_name, pos=example.start + 1, ref=example.reference_bases,
+        alts=example.alternate_bases, alt_allele_indices=list(example.alt_allele_indices),
+        pileup=from_numpy(np.ascontiguousarray(example.image, dtype=np.uint8)),
+        depth=example.call.dp, allele_depths=example.call.ad,
+    )  # fmt: skip
+
+
+def to_variant_call(message: variants_pb2.VariantCall, sample_name: str = "") -> VariantCall:
+    """A response call back as the family's ``VariantCall`` (for writing VCFs client-side)."""
+    filters = {v: k for k, v in _FILTERS.items()}
+    # GLs whose truncated, min-normalised phred values are exactly the PL sent.
+    gls = [-(p + 0.5) / 10.0 if p > 0 else 0.0 for p in message.pl]
+    return VariantCall(
+        reference_name=message.chrom, start=message.pos - 1, end=message.pos - 1 + len(message.ref),
+        reference_bases=message.ref, alternate_bases=list(message.alts), quality=message.quality,
+        filters=[filters.get(message.filter, "PASS")],
+        genotype=(int(message.genotype[0]), int(message.genotype[1])) if len(message.genotype) == 2 else (-1, -1),
+        gq=message.genotype_quality, genotype_likelihoods=gls, probabilities=list(message.genotype_probabilities),
+        dp=message.depth, ad=list(message.allele_depths), vaf=[float(v) for v in message.allele_fractions],
+        sample_name=sample_name,
+    )  # fmt: skip

@@ -1,0 +1,132 @@
+"""genoserve.v1.VariantCalling: thin servicer over the variants family code and the batcher."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import numpy as np
+
+from genoserve.api.codecs import variants as codec
+from genoserve.api.deadlines import deadline_of
+from genoserve.core.errors import InvalidArgument
+from genoserve.runtime.model import ServedModel
+from genoserve.runtime.repository import ModelRepository
+from genoserve.v1 import variants_pb2, variants_pb2_grpc
+from genoserve.variants.postprocess import ExampleCall, call_site
+from genoserve.variants.sites import SiteBuffer, describe, expected_layout
+
+
+class VariantCallingServicer(variants_pb2_grpc.VariantCallingServicer):
+    SERVICE_NAME = "genoserve.v1.VariantCalling"
+    FAMILY = "variants"
+
+    def __init__(self, repository: ModelRepository) -> None:
+        self.repository = repository
+
+    def _model(self, name: str, version: str, channels: int) -> ServedModel:
+        if not name:
+            for status in self.repository.statuses():
+                spec = status.spec
+                if status.ready and spec and spec.family == self.FAMILY and spec.inputs[0].shape[-1] == channels:
+                    name = spec.name
+                    break
+            else:
+                raise InvalidArgument.field(
+                    "model", f"no ready variants model takes {channels}-channel pileups; name one explicitly"
+                )
+        model = self.repository.get(name, version)
+        if model.spec.family != self.FAMILY:
+            raise InvalidArgument.field("model", f"{name} is a {model.spec.family} model, not a variants model")
+        want = model.spec.inputs[0].shape[-1]
+        if want != channels:
+            raise InvalidArgument.field(
+                "examples", f"model {name} expects pileups {expected_layout(want)}; got {channels} channels"
+            )
+        return model
+
+    async def _call(
+        self, request: variants_pb2.CallVariantsRequest, context: grpc.aio.ServicerContext, buffer: SiteBuffer | None
+    ) -> variants_pb2.CallVariantsResponse:
+        if not request.examples:
+            raise InvalidArgument.field("examples", "at least one example is required")
+        decoded = codec.examples(request.examples, request.sample_name)
+        usable = [(d, d.image, d.call) for d in decoded if d.image is not None and d.call is not None]
+        if not usable:
+            first = decoded[0].error
+            field = first.field if first else "examples"
+            raise InvalidArgument.field(field, first.message if first else "no usable examples")
+        channels = int(usable[0][1].shape[2])
+        model = self._model(request.model, request.version, channels)
+        batch = np.stack([image for _, image, _ in usable])
+        outputs = await model.infer({model.spec.inputs[0].name: batch}, deadline_of(context))
+        probabilities = outputs[model.spec.outputs[0].name]
+        row = {id(d): i for i, (d, _, _) in enumerate(usable)}
+        results = []
+        for d in decoded:
+            if d.error is not None:
+                results.append(variants_pb2.ExampleResult(id=d.id, error=d.error))
+            else:
+                results.append(codec.example_result(d.id, probabilities[row[id(d)]]))
+        local = buffer if buffer is not None else SiteBuffer()
+        calls: list[variants_pb2.VariantCall] = []
+        site_errors = []
+        completed: list[list[tuple[str, ExampleCall]]] = []
+        for (d, _, call), p in zip(usable, probabilities, strict=True):
+            call.probabilities = (float(p[0]), float(p[1]), float(p[2]))
+            try:
+                completed.extend(local.add(d.id, call))
+            except InvalidArgument as exc:
+                site_errors.append(codec.site_error(exc.violations[0].field, exc.message))
+        made = []
+        for group in completed:
+            try:
+                made.append((call_site([e for _, e in group]), [i for i, _ in group]))
+            except InvalidArgument as exc:
+                site_errors.append(codec.site_error("examples", exc.message))
+        order = {contig: rank for rank, contig in enumerate(dict.fromkeys(c.reference_name for c, _ in made))}
+        for site, ids in sorted(made, key=lambda m: (order[m[0].reference_name], m[0].start, m[0].end)):
+            calls.append(codec.variant_call(site, ids))
+        if buffer is None:
+            for key, ids in local.leftovers():
+                site_errors.append(
+                    codec.site_error(
+                        "examples",
+                        f"site {describe(key)}: incomplete, has examples {ids}; DeepVariant makes one per alt "
+                        "and one per alt pair, all needed to call it",
+                    )
+                )
+        return variants_pb2.CallVariantsResponse(
+            model=model.name, version=model.version, results=results, calls=calls, site_errors=site_errors
+        )
+
+    async def CallVariants(
+        self, request: variants_pb2.CallVariantsRequest, context: grpc.aio.ServicerContext
+    ) -> variants_pb2.CallVariantsResponse:
+        return await self._call(request, context, None)
+
+    async def CallVariantsStream(
+        self, request_iterator: AsyncIterator[variants_pb2.CallVariantsRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[variants_pb2.CallVariantsResponse]:
+        buffer = SiteBuffer()
+        number = 0
+        last: variants_pb2.CallVariantsResponse | None = None
+        async for request in request_iterator:
+            try:
+                last = await self._call(request, context, buffer)
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"batch {number}: {exc.message}", exc.violations) from exc
+            yield last
+            number += 1
+        leftovers = buffer.leftovers()
+        if leftovers:
+            yield variants_pb2.CallVariantsResponse(
+                model=last.model if last else "",
+                version=last.version if last else "",
+                site_errors=[
+                    codec.site_error(
+                        "examples", f"site {describe(key)}: stream ended before its examples {ids} were completed"
+                    )
+                    for key, ids in leftovers
+                ],
+            )

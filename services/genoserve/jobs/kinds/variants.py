@@ -1,0 +1,247 @@
+"""Bulk job kinds of the variants family.
+
+``variants.call_bam``: indexed BAM(s) + reference + regions (``regions`` param or ``bed``) -> one
+bgzipped, tabix-indexed VCF per BAM, sharded by region chunks of ``shard_size`` bp.
+``variants.call_examples``: DeepVariant make_examples TFRecord(s) -> one VCF (``calls.vcf.gz``),
+one shard per input file (a site's examples stay in one file, as make_examples writes them).
+
+``reference`` is a reference registered in settings (binding.references) or a FASTA path under
+the job input roots. Problems with the data (missing BAM index, a contig the BAM does not have,
+a truncated BAM, a TFRecord CRC error) fail the job naming the file and the contig or record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import numpy.typing as npt
+import pysam
+
+from genoserve.core.errors import InvalidArgument
+from genoserve.core.settings import Settings
+from genoserve.jobs.kinds.base import InputRecordError, JobKind, PlannedShard, ShardContext
+from genoserve.jobs.paths import confine, temporary_name
+from genoserve.runtime.spec import ModelSpec
+from genoserve.variants.evaluate import read_bed
+from genoserve.variants.examples import parse_example
+from genoserve.variants.make_examples import Region, make_examples
+from genoserve.variants.pipeline import Predict, call_examples
+from genoserve.variants.postprocess import VariantCall
+from genoserve.variants.tfrecord import RecordError, read_records
+from genoserve.variants.vcf import reference_contigs, write_vcf
+
+DEFAULT_MODEL = "deepvariant-cnn-7ch"
+
+
+def _channels(spec: ModelSpec) -> int:
+    if spec.family != "variants" or len(spec.inputs) != 1 or spec.inputs[0].shape[1:3] != (100, 221):
+        raise InvalidArgument.field("params[model]", f"{spec.name} is not a variants model (uint8 [-1, 100, 221, C])")
+    channels = spec.inputs[0].shape[3]
+    if channels not in (6, 7):
+        raise InvalidArgument.field("params[model]", f"{spec.name} takes {channels} channels; 6 or 7 are supported")
+    return channels
+
+
+def _predict(ctx: ShardContext) -> Predict:
+    name_in, name_out = ctx.spec.inputs[0].name, ctx.spec.outputs[0].name
+
+    def predict(batch: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+        ctx.check()
+        return np.asarray(ctx.infer({name_in: batch})[name_out], dtype=np.float32)
+
+    return predict
+
+
+def resolve_reference(settings: Settings, raw: str, required: bool = True) -> Path | None:
+    """A registered reference name, or a FASTA path confined to the job input roots."""
+    if not raw:
+        default = settings.binding.resolved_default
+        if default:
+            return Path(settings.binding.references[default])
+        if required:
+            raise InvalidArgument.field("params[reference]", "is required (a registered name or a FASTA path)")
+        return None
+    if raw in settings.binding.references:
+        return Path(settings.binding.references[raw])
+    path = confine(raw, list(settings.jobs.input_roots), "params[reference]", must_exist=True)
+    if not Path(f"{path}.fai").exists():
+        raise InvalidArgument.field("params[reference]", f"{raw}: no .fai index beside the FASTA (samtools faidx)")
+    return path
+
+
+def _write_part(target: Path, calls: list[VariantCall]) -> None:
+    tmp = temporary_name(target)
+    with open(tmp, "w") as fh:
+        for call in calls:
+            fh.write(json.dumps(asdict(call)) + "\n")
+    os.replace(tmp, target)
+
+
+def _read_part(path: Path) -> list[VariantCall]:
+    with open(path) as fh:
+        return [VariantCall(**json.loads(line)) for line in fh if line.strip()]
+
+
+def _write_final(final: Path, calls: list[VariantCall], contigs: list[tuple[str, int]], sample: str) -> None:
+    """bgzipped VCF + .tbi under temporary names, then renamed (index first)."""
+    tmp = temporary_name(final)
+    tmp = tmp.with_name(tmp.name + ".vcf.gz")
+    order = {name: i for i, (name, _) in enumerate(contigs)}
+    calls = sorted(calls, key=lambda c: (order.get(c.reference_name, len(order)), c.start, c.end))
+    write_vcf(tmp, calls, contigs, sample)
+    os.replace(f"{tmp}.tbi", f"{final}.tbi")
+    os.replace(tmp, final)
+
+
+class _VariantsKind(JobKind):
+    queue = "variants"
+
+    def model(self, params: Mapping[str, str]) -> tuple[str, str]:
+        return params.get("model") or DEFAULT_MODEL, params.get("version", "")
+
+    def shard_result(self, output_stem: Path) -> Path:
+        return output_stem.with_suffix(".calls.jsonl")
+
+
+class CallBam(_VariantsKind):
+    name = "variants.call_bam"
+    defaults: ClassVar[Mapping[str, str]] = {
+        "model": "", "version": "", "reference": "", "regions": "", "bed": "", "shard_size": "1000000",
+        "sample": "", "overwrite": "false",
+    }  # fmt: skip
+
+    def _regions(self, path: Path, params: Mapping[str, str], settings: Settings) -> list[Region]:
+        regions = [Region.parse(r, "params[regions]") for r in params.get("regions", "").split(",") if r.strip()]
+        if params.get("bed"):
+            bed = confine(params["bed"], list(settings.jobs.input_roots), "params[bed]", must_exist=True)
+            regions += [Region(c, s, e) for c, spans in read_bed(bed).items() for s, e in spans]
+        if not regions:  # every contig of the BAM
+            try:
+                with pysam.AlignmentFile(str(path), "rb") as bam:
+                    regions = [Region(n, 0, ln) for n, ln in zip(bam.references, bam.lengths, strict=True)]
+            except (OSError, ValueError) as exc:
+                raise InvalidArgument.field("inputs", f"{path}: not a readable BAM: {exc}") from exc
+        return regions
+
+    def _chunks(self, path: Path, params: Mapping[str, str], settings: Settings) -> list[Region]:
+        try:
+            size = int(params.get("shard_size", "1000000"))
+        except ValueError:
+            size = 0
+        if size < 1000:
+            raise InvalidArgument.field(
+                "params[shard_size]", f"must be an integer >= 1000 bp, got {params['shard_size']!r}"
+            )
+        chunks = []
+        for region in self._regions(path, params, settings):
+            for start in range(region.start, region.end, size):
+                chunks.append(Region(region.contig, start, min(region.end, start + size)))
+        return chunks
+
+    def plan(self, inputs: list[Path], params: Mapping[str, str], spec: ModelSpec,
+             settings: Settings) -> list[PlannedShard]:  # fmt: skip
+        _channels(spec)
+        resolve_reference(settings, params.get("reference", ""))
+        shards = []
+        for index, path in enumerate(inputs):
+            for k, chunk in enumerate(self._chunks(path, params, settings)):
+                shards.append(PlannedShard(index, k, k + 1, chunk.end - chunk.start))
+        return shards
+
+    def outputs(self, inputs: list[Path], output_dir: Path, params: Mapping[str, str]) -> list[Path]:
+        return [output_dir / f"{p.name.removesuffix('.bam').removesuffix('.cram')}.vcf.gz" for p in inputs]
+
+    def run_shard(self, ctx: ShardContext) -> int:
+        path = ctx.inputs[ctx.input_index]
+        reference = resolve_reference(ctx.settings, ctx.params.get("reference", ""))
+        assert reference is not None
+        region = self._chunks(path, ctx.params, ctx.settings)[ctx.start]
+        try:
+            _, examples = make_examples(path, reference, region, channels=_channels(ctx.spec))
+        except InvalidArgument as exc:
+            raise InputRecordError(str(path), f"region {region}", exc.message) from exc
+        calls = call_examples(examples, _predict(ctx))
+        _write_part(self.shard_result(ctx.output_stem), calls)
+        return region.end - region.start
+
+    def merge(self, inputs: list[Path], shards: list[tuple[PlannedShard, Path]], output_dir: Path,
+              params: Mapping[str, str]) -> list[Path]:  # fmt: skip
+        from genoserve.variants.make_examples import sample_name
+
+        finals = self.outputs(inputs, output_dir, params)
+        for index, final in enumerate(finals):
+            calls = [c for shard, part in shards if shard.input_index == index for c in _read_part(part)]
+            sample = params.get("sample", "")
+            if not sample:
+                with pysam.AlignmentFile(str(inputs[index]), "rb") as bam:
+                    sample = sample_name(bam)
+                    contigs = list(zip(bam.references, bam.lengths, strict=True))
+            else:
+                with pysam.AlignmentFile(str(inputs[index]), "rb") as bam:
+                    contigs = list(zip(bam.references, bam.lengths, strict=True))
+            _write_final(final, calls, contigs, sample)
+        return finals
+
+
+class CallExamples(_VariantsKind):
+    name = "variants.call_examples"
+    defaults: ClassVar[Mapping[str, str]] = {
+        "model": "", "version": "", "reference": "", "sample": "", "overwrite": "false",
+    }  # fmt: skip
+
+    def plan(self, inputs: list[Path], params: Mapping[str, str], spec: ModelSpec,
+             settings: Settings) -> list[PlannedShard]:  # fmt: skip
+        _channels(spec)
+        resolve_reference(settings, params.get("reference", ""), required=False)
+        return [PlannedShard(i, 0, 1, 1) for i in range(len(inputs))]
+
+    def outputs(self, inputs: list[Path], output_dir: Path, params: Mapping[str, str]) -> list[Path]:
+        return [output_dir / "calls.vcf.gz"]
+
+    def run_shard(self, ctx: ShardContext) -> int:
+        path = ctx.inputs[ctx.input_index]
+        channels = _channels(ctx.spec)
+        examples = []
+        try:
+            for index, data in enumerate(read_records(path)):
+                example = parse_example(data, f"{path}: record {index}")
+                if example.image.shape != (100, 221, channels):
+                    raise InputRecordError(
+                        str(path),
+                        index,
+                        f"pileup shape {list(example.image.shape)}; model takes [100, 221, {channels}]",
+                    )
+                examples.append(example)
+        except RecordError as exc:
+            raise InputRecordError(str(path), exc.index, exc.message) from exc
+        except InvalidArgument as exc:
+            raise InputRecordError(str(path), len(examples), exc.message) from exc
+        if ctx.params.get("sample"):
+            for example in examples:
+                example.sample_name = ctx.params["sample"]
+        try:
+            calls = call_examples(examples, _predict(ctx))
+        except InvalidArgument as exc:
+            raise InputRecordError(str(path), "examples", exc.message) from exc
+        _write_part(self.shard_result(ctx.output_stem), calls)
+        return 1
+
+    def merge(self, inputs: list[Path], shards: list[tuple[PlannedShard, Path]], output_dir: Path,
+              params: Mapping[str, str]) -> list[Path]:  # fmt: skip
+        [final] = self.outputs(inputs, output_dir, params)
+        calls = [c for _, part in shards for c in _read_part(part)]
+        reference = params.get("reference", "")
+        contigs: list[tuple[str, int]]
+        if reference and Path(reference).exists():
+            contigs = reference_contigs(reference)
+        else:
+            contigs = [(name, 0) for name in dict.fromkeys(c.reference_name for c in calls)]
+        sample = params.get("sample") or next((c.sample_name for c in calls if c.sample_name), "") or "SAMPLE"
+        _write_final(final, calls, contigs, sample)
+        return [final]

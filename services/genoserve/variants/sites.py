@@ -1,0 +1,82 @@
+"""Grouping examples into candidate sites, and checking pileup layouts against a model.
+
+DeepVariant makes one example per alt allele and one per alt pair; a site can be called once all
+of its examples' probabilities are known. ``SiteBuffer`` collects them (across the batches of a
+stream) and hands back complete sites.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from genoserve.core.errors import InvalidArgument
+from genoserve.variants.candidates import alt_allele_sets
+from genoserve.variants.examples import CHANNELS_6, CHANNELS_7
+from genoserve.variants.postprocess import ExampleCall
+
+SiteKey = tuple[str, int, int, str, tuple[str, ...]]
+
+
+def site_key(example: ExampleCall) -> SiteKey:
+    return (
+        example.reference_name,
+        example.start,
+        example.end,
+        example.reference_bases,
+        tuple(example.alternate_bases),
+    )
+
+
+def describe(key: SiteKey) -> str:
+    contig, start, _, ref, alts = key
+    return f"{contig}:{start + 1} {ref}>{','.join(alts)}"
+
+
+@dataclass
+class SiteBuffer:
+    """Examples by site until each site has every alt-allele set DeepVariant makes."""
+
+    pending: dict[SiteKey, list[tuple[str, ExampleCall]]] = field(default_factory=dict)
+
+    def add(self, example_id: str, example: ExampleCall) -> list[list[tuple[str, ExampleCall]]]:
+        """Add one example; returns the sites it completes (each a list of (id, example))."""
+        key = site_key(example)
+        group = self.pending.setdefault(key, [])
+        if any(e.alt_allele_indices == example.alt_allele_indices for _, e in group):
+            raise InvalidArgument.field(
+                f"examples[{example_id}]",
+                f"site {describe(key)} already has an example for alt_allele_indices "
+                f"{list(example.alt_allele_indices)}",
+            )
+        group.append((example_id, example))
+        expected = set(alt_allele_sets(len(example.alternate_bases)))
+        if {e.alt_allele_indices for _, e in group} == expected:
+            del self.pending[key]
+            return [group]
+        return []
+
+    def leftovers(self) -> list[tuple[SiteKey, list[str]]]:
+        """Sites still incomplete, with the ids of the examples they have."""
+        out = [(key, [i for i, _ in group]) for key, group in self.pending.items()]
+        self.pending.clear()
+        return out
+
+    @staticmethod
+    def missing(key: SiteKey, have: list[tuple[int, ...]]) -> list[list[int]]:
+        return [list(s) for s in alt_allele_sets(len(key[4])) if s not in have]
+
+
+def expected_layout(channels: int) -> str:
+    names = CHANNELS_7 if channels == 7 else CHANNELS_6
+    return f"uint8 [100, 221, {channels}] (rows, columns, channels {', '.join(names)})"
+
+
+def check_pileup(image: npt.NDArray[np.generic], channels: int | None, field: str) -> None:
+    """``image`` must be uint8 [100, 221, 6 or 7] (and ``channels`` wide when given)."""
+    ok_channels = (channels,) if channels else (6, 7)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[:2] != (100, 221) or image.shape[2] not in ok_channels:
+        want = " or ".join(expected_layout(c) for c in ok_channels)
+        raise InvalidArgument.field(field, f"expected {want}; got {image.dtype.name} {list(image.shape)}")

@@ -1,0 +1,187 @@
+"""Variant-calling benchmark: served CallVariants vs raw ONNX Runtime, pileup construction, BAM -> VCF.
+
+Run from the repository root::
+
+    .venv/bin/python -m tests.bench.variants_bench [--duration 5] [--model deepvariant-cnn-7ch]
+
+Measures, with the committed model (uint8 [batch, 100, 221, 7] -> float32 [batch, 3]):
+
+* **examples/s through CallVariants** (a real ``genoserve serve`` subprocess on loopback; asyncio
+  clients at concurrency 1 / 4 / 16, each sending the 84 golden DeepVariant examples per request
+  as uint8 tensors: encode, gRPC, decode, dynamic batcher, session, postprocess, response), against
+  **raw ONNX Runtime** ``session.run`` on the same 84 tensors in a loop (best of 1, 2, 4 threads);
+  the ratio served/raw is compared with the goal >= 0.9;
+* **pileup construction** (candidates/s and examples/s) over the whole NA12878 region
+  chr20:10,000,000-10,100,000 on one core (``taskset`` where available, else noted);
+* **BAM -> VCF wall time** for that 100 kb region, in process: make_examples, ONNX Runtime,
+  postprocess, bgzipped + tabix-indexed VCF.
+
+Outputs: ``tests/bench/results/variants.json`` and ``variants.md`` (also printed). The machine's
+cores are shared by the client, the server and ONNX Runtime; ``os.cpu_count()`` is recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from genoserve.api.codecs.variants import pileup_example
+from genoserve.client import AsyncClient
+from genoserve.variants.examples import read_examples
+from genoserve.variants.make_examples import Region, make_examples
+from genoserve.variants.pipeline import call_examples
+from genoserve.variants.vcf import reference_contigs, write_vcf
+from tests.support.server import REPO, ServerProcess
+
+RESULTS = REPO / "tests" / "bench" / "results"
+DATA = REPO / "tests" / "data" / "deepvariant"
+BAM = DATA / "NA12878_S1.chr20.10_10p1mb.bam"
+REF = DATA / "ucsc.hg19.chr20.unittest.fasta.gz"
+GOLDEN = DATA / "golden.calling_examples.tfrecord.gz"
+WHOLE = "chr20:10000000-10100000"
+
+
+def raw_throughput(onnx: Path, batch: np.ndarray, duration: float) -> dict[str, float]:  # type: ignore[type-arg]
+    best: dict[str, float] = {}
+    for threads in (1, 2, 4):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(onnx), options, providers=["CPUExecutionProvider"])
+        session.run(None, {"pileup": batch})
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < duration:
+            session.run(None, {"pileup": batch})
+            done += len(batch)
+        best[f"threads_{threads}"] = done / (time.perf_counter() - start)
+    return best
+
+
+async def served_throughput(address: str, messages: list[Any], model: str, concurrency: int, duration: float) -> float:
+    async with AsyncClient(address, timeout=120) as client:
+        await client.call_variants(messages, model=model)
+        done = 0
+        stop = time.perf_counter() + duration
+
+        async def worker() -> None:
+            nonlocal done
+            while time.perf_counter() < stop:
+                await client.call_variants(messages, model=model)
+                done += len(messages)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return done / (time.perf_counter() - start)
+
+
+def pileup_speed() -> dict[str, float]:
+    pinned = False
+    if hasattr(os, "sched_setaffinity"):
+        before = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {min(before)})
+        pinned = True
+    try:
+        start = time.perf_counter()
+        candidates, examples = make_examples(BAM, REF, Region.parse(WHOLE))
+        seconds = time.perf_counter() - start
+    finally:
+        if pinned:
+            os.sched_setaffinity(0, before)
+    return {
+        "candidates": len(candidates),
+        "examples": len(examples),
+        "seconds": seconds,
+        "candidates_per_s": len(candidates) / seconds,
+        "examples_per_s": len(examples) / seconds,
+        "one_core": pinned,
+    }
+
+
+def bam_to_vcf(onnx: Path) -> dict[str, float]:
+    session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+    start = time.perf_counter()
+    _, examples = make_examples(BAM, REF, Region.parse(WHOLE))
+    made = time.perf_counter()
+    calls = call_examples(examples, lambda batch: session.run(None, {"pileup": batch})[0])
+    called = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        write_vcf(Path(tmp) / "calls.vcf.gz", calls, reference_contigs(REF), "NA12878")
+    end = time.perf_counter()
+    return {
+        "region": WHOLE,
+        "examples": len(examples),
+        "calls": len(calls),
+        "pass_calls": sum(c.filters == ["PASS"] for c in calls),
+        "make_examples_s": made - start,
+        "model_and_postprocess_s": called - made,
+        "vcf_s": end - called,
+        "total_s": end - start,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--model", default="deepvariant-cnn-7ch")
+    args = parser.parse_args(argv)
+    onnx = REPO / "models" / args.model / "1" / "model.onnx"
+    golden = list(read_examples(GOLDEN))
+    batch = np.stack([e.image for e in golden])
+    messages = [pileup_example(e, str(i)) for i, e in enumerate(golden)]
+
+    raw_before = raw_throughput(onnx, batch, args.duration)
+    served: dict[str, float] = {}
+    with ServerProcess(model_dir=REPO / "models") as server:
+        for concurrency in (1, 4, 16):
+            served[f"concurrency_{concurrency}"] = asyncio.run(
+                served_throughput(server.address, messages, args.model, concurrency, args.duration)
+            )
+    raw_after = raw_throughput(onnx, batch, args.duration)
+    best_raw = max(*raw_before.values(), *raw_after.values())
+    best_served = max(served.values())
+    result = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+        "model": args.model,
+        "examples_per_request": len(messages),
+        "raw_examples_per_s": {"before_server": raw_before, "after_server": raw_after, "best": best_raw},
+        "served_examples_per_s": served,
+        "served_over_raw": best_served / best_raw,
+        "goal_served_over_raw": 0.9,
+        "pileups": pileup_speed(),
+        "bam_to_vcf": bam_to_vcf(onnx),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "variants.json").write_text(json.dumps(result, indent=2))
+    p, b = result["pileups"], result["bam_to_vcf"]
+    lines = [
+        f"# Variant calling benchmark ({result['date']}, {os.cpu_count()} CPUs)",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| raw ONNX Runtime, best (examples/s) | {best_raw:.0f} |",
+        *[f"| CallVariants, {k.replace('_', ' ')} (examples/s) | {v:.0f} |" for k, v in served.items()],
+        f"| served / raw | {result['served_over_raw']:.2f} (goal >= 0.90) |",
+        f"| pileups: candidates/s ({'one core' if p['one_core'] else 'unpinned'}) | {p['candidates_per_s']:.0f} |",
+        f"| pileups: examples/s | {p['examples_per_s']:.0f} |",
+        f"| BAM -> VCF, {b['region']} (s) | {b['total_s']:.1f} "
+        f"(make_examples {b['make_examples_s']:.1f}, model+postprocess {b['model_and_postprocess_s']:.1f}) |",
+        f"| calls (PASS) | {b['calls']} ({b['pass_calls']}) |",
+    ]
+    (RESULTS / "variants.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
