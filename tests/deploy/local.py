@@ -46,6 +46,8 @@ class LocalPod:
     ports: dict[int, int]  # containerPort -> local port
     mounts: dict[str, Path]  # mountPath -> local folder
     log_path: Path
+    #: The image's WORKDIR (and HOME): on the pod's read-only root filesystem, so it must stay empty.
+    workdir: Path
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def port(self, name: str) -> int:
@@ -55,7 +57,7 @@ class LocalPod:
     def start(self) -> LocalPod:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
         self.proc = subprocess.Popen(
-            self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True
+            self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, start_new_session=True
         )
         return self
 
@@ -164,7 +166,12 @@ class LocalCluster:
                 arg = str(ports[int(arg)])
             argv.append(self.localise_text(arg, mounts, ports))
             previous = arg
-        env = self._environment(container, mounts, image_stage if self._is_genoserve(container) else None)
+        genoserve = self._is_genoserve(container)
+        env = self._environment(container, mounts, image_stage if genoserve else None)
+        image_workdir = dockerfile_stage(image_stage).workdir if genoserve else "/"
+        workdir = self.root / "rootfs" / name / image_workdir.lstrip("/")
+        workdir.mkdir(parents=True, exist_ok=True)
+        env["HOME"] = str(workdir)
         self.root.joinpath("logs").mkdir(exist_ok=True)
         local = LocalPod(
             name=name,
@@ -175,6 +182,7 @@ class LocalCluster:
             ports=ports,
             mounts=mounts,
             log_path=self.root / "logs" / f"{name}.log",
+            workdir=workdir,
         )
         for service in by_kind(self.objects, "Service"):
             selector = service["spec"].get("selector", {})
@@ -192,7 +200,7 @@ class LocalCluster:
     def _command(self, container: Obj) -> list[str]:
         command = list(container["command"])
         if self._is_genoserve(container):
-            entrypoint, _ = dockerfile_stage("cpu")
+            entrypoint = dockerfile_stage("cpu").entrypoint
             assert command == entrypoint, f"command {command} is not the image's ENTRYPOINT {entrypoint}"
             return [sys.executable, "-m", "genoserve.cli.main"]
         binary = shutil.which(command[0])
@@ -203,8 +211,7 @@ class LocalCluster:
     def _environment(self, container: Obj, mounts: Mapping[str, Path], image_stage: str | None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("GENOSERVE_")}
         if image_stage is not None:
-            _, image_env = dockerfile_stage(image_stage)
-            for name, value in image_env.items():
+            for name, value in dockerfile_stage(image_stage).env.items():
                 if name != "PATH":
                     env[name] = self.localise_text(value, mounts)
         tmp = mounts.get("/tmp")

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -125,23 +125,32 @@ def config_settings(objects: list[Obj]) -> Obj:
     return settings
 
 
-def dockerfile_stage(stage: str) -> tuple[list[str], dict[str, str]]:
-    """ENTRYPOINT and ENV of one final stage of deploy/docker/Dockerfile."""
+class ImageStage(NamedTuple):
+    entrypoint: list[str]
+    env: dict[str, str]
+    workdir: str
+
+
+def dockerfile_stage(stage: str) -> ImageStage:
+    """ENTRYPOINT, ENV and WORKDIR of one final stage of deploy/docker/Dockerfile."""
     text = (DEPLOY / "docker" / "Dockerfile").read_text().replace("\\\n", " ")
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if re.match(rf"FROM \S+ AS {stage}$", line.strip()))
     entrypoint: list[str] = []
     env: dict[str, str] = {}
+    workdir = "/"
     for line in lines[start + 1 :]:
         line = line.strip()
         if line.startswith("FROM "):
             break
         if line.startswith("ENTRYPOINT "):
             entrypoint = json.loads(line[len("ENTRYPOINT ") :])
+        if line.startswith("WORKDIR "):
+            workdir = line.split()[1]
         if line.startswith("ENV "):
             for name, value in re.findall(r"(\w+)=(\S+)", line[len("ENV ") :]):
                 env[name] = value
-    return entrypoint, env
+    return ImageStage(entrypoint, env, workdir)
 
 
 def metric_names_in(expr: str) -> set[str]:

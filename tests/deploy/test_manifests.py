@@ -212,7 +212,9 @@ def test_servers_probe_the_health_port_and_drain(objects: list[Obj]) -> None:
         name = server["metadata"]["name"]
         [container] = pod_spec(server)["containers"]
         args = container["args"]
-        assert container["command"] == dockerfile_stage("cpu")[0], f"{name}: command is not the image entrypoint"
+        assert container["command"] == dockerfile_stage("cpu").entrypoint, (
+            f"{name}: command is not the image entrypoint"
+        )
         assert args[0] == "serve"
         assert flag(args, "family") == family(server), name
         health_port = int(flag(args, "health-port") or 0)
@@ -254,7 +256,7 @@ def test_workers_consume_their_queue_and_finish_their_shard(objects: list[Obj]) 
         spec = pod_spec(worker)
         [container] = spec["containers"]
         args = container["args"]
-        assert container["command"] == dockerfile_stage("cpu")[0]
+        assert container["command"] == dockerfile_stage("cpu").entrypoint
         assert args[0] == "worker"
         assert flag(args, "queues") == family(worker), name
         # Warm shutdown lets the running shard finish; Redis must not redeliver it meanwhile.

@@ -359,6 +359,13 @@ def test_every_metrics_endpoint_passes_promtool(rig: Rig) -> None:
         assert result.returncode == 0, f"{pod.name}: {result.stdout}{result.stderr}"
 
 
+def test_nothing_is_written_to_the_read_only_root_filesystem(rig: Rig) -> None:
+    """Pods run with readOnlyRootFilesystem: everything written must go to a mounted volume."""
+    for pod in [*rig.servers.values(), rig.worker]:
+        written = [str(p.relative_to(pod.workdir)) for p in pod.workdir.rglob("*")]
+        assert written == [], f"{pod.name} wrote {written} under its working directory (read-only in the pod)"
+
+
 def test_servers_drain_and_exit_cleanly_on_sigterm(rig: Rig) -> None:
     for pod in rig.servers.values():
         assert pod.stop(timeout=45) == 0, pod.log()
