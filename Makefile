@@ -10,7 +10,7 @@ TFEXAMPLE_STUBS := services/genoserve/tfexample/.generated
 TFEXAMPLE_PROTOS := $(wildcard protos/genoserve/tfexample/*.proto protos/genoserve/nucleus/*.proto)
 PYTEST_ARGS ?=
 
-.PHONY: setup serve test lint protos models bench clean
+.PHONY: setup serve test lint protos models bench clean deploy-check deploy-sync deploy-lock
 
 setup: $(INSTALLED) $(STUBS) $(TFEXAMPLE_STUBS)
 
@@ -18,6 +18,9 @@ $(INSTALLED): pyproject.toml
 	@# The job tests start their own redis-server (real, never mocked): install it where missing.
 	command -v redis-server >/dev/null 2>&1 || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server; }
+	@# deploy-check runs a real Prometheus and promtool (Debian's prometheus package has both).
+	command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[cpu,dev,train]'
@@ -53,8 +56,8 @@ test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check services tests
-	$(VENV)/bin/ruff format --check services tests
+	$(VENV)/bin/ruff check services tests deploy
+	$(VENV)/bin/ruff format --check services tests deploy
 	$(VENV)/bin/mypy
 
 # Re-create every committed model from its seed (the train extra pins the CPU torch wheel).
@@ -66,6 +69,20 @@ bench: setup
 	$(PY) -m tests.bench.platform_bench
 	$(PY) -m tests.bench.jobs_bench
 	$(PY) -m tests.bench.binding_bench
+
+# Everything under deploy/, offline (also part of `make test`): hadolint, kustomize build of every
+# overlay, strict Kubernetes and CRD schema validation, policy checks, promtool check/test rules,
+# and the dev overlay's containers run as local processes scraped by a real Prometheus.
+deploy-check: setup
+	$(PY) -m pytest -q tests/deploy
+
+# Regenerate deploy/k8s/base/monitoring/ from deploy/prometheus/alerts.yaml and deploy/grafana/.
+deploy-sync: setup
+	$(PY) deploy/sync.py
+
+# Re-pin the images' Python dependencies (deploy/docker/requirements.txt) from .venv.
+deploy-lock: setup
+	$(PY) deploy/docker/lock.py
 
 clean:
 	rm -rf $(VENV) services/genoserve/v1 services/genoserve/tfexample services/genoserve/nucleus .mypy_cache .ruff_cache .pytest_cache
