@@ -199,6 +199,15 @@ class BindingSettings(_Section):
         return next(iter(self.references)) if len(self.references) == 1 else ""
 
 
+class SegmentationSettings(_Section):
+    """Cell segmentation: request limits and how many tiles go to the model per call."""
+
+    #: Largest image (H x W) a Segment request or a job image may have.
+    max_pixels: int = Field(4096 * 4096, gt=0)
+    #: Tiles per model call (the dynamic batcher may merge calls of several requests).
+    tile_batch: int = Field(8, gt=0)
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_format: bool = False
@@ -210,6 +219,7 @@ class Settings(_Section):
     jobs: JobsSettings = JobsSettings()
     worker: WorkerSettings = WorkerSettings()
     binding: BindingSettings = BindingSettings()
+    segmentation: SegmentationSettings = SegmentationSettings()
     logging: LoggingSettings = LoggingSettings()
 
 

@@ -49,7 +49,8 @@ def follow_flows(flows: Array, ys: Array, xs: Array, niter: int) -> Array:
     """Euler-integrate points through a flow field with bilinear interpolation.
 
     flows: float32 [2, H, W] (dY, dX, pixels per step); ys, xs: start coordinates [N].
-    Returns float32 [2, N] end coordinates, clipped to the image at every step.
+    Returns float32 [2, N] end coordinates, clipped to the image at every step. All points move
+    together: per step, 8 gathers from the flattened flow planes and a few array operations.
     """
     h, w = flows.shape[1:]
     fy = np.ascontiguousarray(flows[0], dtype=np.float32).ravel()
@@ -57,23 +58,23 @@ def follow_flows(flows: Array, ys: Array, xs: Array, niter: int) -> Array:
     py = ys.astype(np.float32)
     px = xs.astype(np.float32)
     ymax, xmax = np.float32(h - 1), np.float32(w - 1)
+    down = w if h > 1 else 0  # index step to the next row / column (0 on a 1-pixel axis)
+    right = 1 if w > 1 else 0
+    y0 = np.empty(py.size, np.int32)
+    x0 = np.empty(px.size, np.int32)
     for _ in range(niter):
-        y0 = np.minimum(py.astype(np.int32), h - 2) if h > 1 else np.zeros(py.shape, np.int32)
-        x0 = np.minimum(px.astype(np.int32), w - 2) if w > 1 else np.zeros(px.shape, np.int32)
+        np.minimum(py.astype(np.int32), max(h - 2, 0), out=y0)
+        np.minimum(px.astype(np.int32), max(w - 2, 0), out=x0)
         ty = py - y0
         tx = px - x0
-        i00 = y0 * w + x0
-        i01 = i00 + (1 if w > 1 else 0)
-        i10 = i00 + (w if h > 1 else 0)
-        i11 = i10 + (1 if w > 1 else 0)
-        w00 = (1 - ty) * (1 - tx)
-        w01 = (1 - ty) * tx
-        w10 = ty * (1 - tx)
-        w11 = ty * tx
-        dy = fy[i00] * w00 + fy[i01] * w01 + fy[i10] * w10 + fy[i11] * w11
-        dx = fx[i00] * w00 + fx[i01] * w01 + fx[i10] * w10 + fx[i11] * w11
-        np.clip(py + dy, 0, ymax, out=py)
-        np.clip(px + dx, 0, xmax, out=px)
+        i = y0 * w + x0
+        j = i + down
+        for plane, position, limit in ((fy, py, ymax), (fx, px, xmax)):
+            a, b = np.take(plane, i), np.take(plane, i + right)
+            c, d = np.take(plane, j), np.take(plane, j + right)
+            top = a + (b - a) * tx
+            position += top + (c + (d - c) * tx - top) * ty
+            np.clip(position, 0, limit, out=position)
     return np.stack([py, px])
 
 

@@ -45,11 +45,28 @@ def centers(masks: Array) -> tuple[Array, Array, Array]:
     return labels, ys[best].astype(np.int64), xs[best].astype(np.int64)
 
 
+def _extents(masks: Array, ys: Array, xs: Array) -> Array:
+    """Per label 0..max: bounding-box height + width (0 for absent labels)."""
+    lab = masks[ys, xs]
+    size = int(lab.max()) + 1
+    ymin = np.full(size, masks.shape[0])
+    ymax = np.full(size, -1)
+    xmin = np.full(size, masks.shape[1])
+    xmax = np.full(size, -1)
+    np.minimum.at(ymin, lab, ys)
+    np.maximum.at(ymax, lab, ys)
+    np.minimum.at(xmin, lab, xs)
+    np.maximum.at(xmax, lab, xs)
+    return np.asarray(np.maximum((ymax - ymin + 1) + (xmax - xmin + 1), 0))
+
+
 def masks_to_flows(masks: Array, niter: int | None = None) -> Array:
     """Instance masks [H, W] (0 = background, ints) -> unit flows float32 [2, H, W] (dY, dX).
 
     Background pixels get (0, 0). ``niter`` defaults to twice the largest cell extent (height +
-    width), enough for heat to reach every pixel of every cell.
+    width), enough for heat to reach every pixel of every cell. Works on the foreground pixels
+    only: each keeps the indexes of its 8 neighbours of the same cell, and every iteration is one
+    gather and sum over those (float64, so heat far from a centre does not underflow).
     """
     masks = np.asarray(masks)
     if masks.ndim != 2:
@@ -59,37 +76,28 @@ def masks_to_flows(masks: Array, niter: int | None = None) -> Array:
     labels, cy, cx = centers(masks)
     if labels.size == 0:
         return flows
+    ys, xs = np.nonzero(masks)
+    n = ys.size
+    index = np.full((h + 2, w + 2), n, dtype=np.int64)
+    index[ys + 1, xs + 1] = np.arange(n)
     padded = np.pad(masks, 1)
-    heat = np.zeros((h + 2, w + 2), dtype=np.float64)
-    inside = padded > 0
-    same = [(dy, dx, inside & (np.roll(padded, (-dy, -dx), axis=(0, 1)) == padded)) for dy, dx in _OFFSETS]
+    own = masks[ys, xs]
+    # neighbours[k]: index of the pixel at offset k if it belongs to the same cell, else n (cold).
+    neighbours = np.empty((len(_OFFSETS), n), dtype=np.int64)
+    for k, (dy, dx) in enumerate(_OFFSETS):
+        same = padded[ys + 1 + dy, xs + 1 + dx] == own
+        neighbours[k] = np.where(same, index[ys + 1 + dy, xs + 1 + dx], n)
     if niter is None:
-        ys, xs = np.nonzero(masks)
-        lab = masks[ys, xs]
-        size = int(lab.max()) + 1
-        ymin = np.full(size, h)
-        ymax = np.full(size, -1)
-        xmin = np.full(size, w)
-        xmax = np.full(size, -1)
-        np.minimum.at(ymin, lab, ys)
-        np.maximum.at(ymax, lab, ys)
-        np.minimum.at(xmin, lab, xs)
-        np.maximum.at(xmax, lab, xs)
-        extent = (ymax - ymin + 1) + (xmax - xmin + 1)
-        niter = int(2 * extent[labels].max())
+        niter = int(2 * _extents(masks, ys, xs)[labels].max())
+    heat = np.zeros(n + 1, dtype=np.float64)
+    sources = index[cy + 1, cx + 1]
     for _ in range(niter):
-        heat[cy + 1, cx + 1] += 1.0
-        total = np.zeros_like(heat)
-        for dy, dx, ok in same:
-            total += np.where(ok, np.roll(heat, (-dy, -dx), axis=(0, 1)), 0.0)
-        heat = total / 9.0
+        heat[sources] += 1.0
+        heat[:n] = heat[neighbours].sum(axis=0) / 9.0
     field = np.log1p(heat)
-    down = np.where(same[7][2], np.roll(field, -1, axis=0), field)
-    up = np.where(same[1][2], np.roll(field, 1, axis=0), field)
-    right = np.where(same[5][2], np.roll(field, -1, axis=1), field)
-    left = np.where(same[3][2], np.roll(field, 1, axis=1), field)
-    grad = np.stack([down - up, right - left])[:, 1:-1, 1:-1]
-    norm = np.sqrt((grad**2).sum(axis=0))
-    fg = masks > 0
-    flows[:, fg] = (grad[:, fg] / np.maximum(norm[fg], 1e-20)).astype(np.float32)
+    this = np.arange(n)
+    step = {offset: np.where(neighbours[k] < n, neighbours[k], this) for k, offset in enumerate(_OFFSETS)}
+    grad = np.stack([field[step[(1, 0)]] - field[step[(-1, 0)]], field[step[(0, 1)]] - field[step[(0, -1)]]])
+    norm = np.maximum(np.sqrt((grad**2).sum(axis=0)), 1e-20)
+    flows[:, ys, xs] = (grad / norm).astype(np.float32)
     return flows

@@ -10,8 +10,11 @@ from genoserve.jobs.kinds.base import JobKind
 from genoserve.jobs.kinds.binding import ScoreBed, ScoreFasta
 from genoserve.jobs.kinds.binding_vcf import ScoreVcf
 from genoserve.jobs.kinds.score_rows import ScoreRows
+from genoserve.jobs.kinds.segmentation import SegmentImages
 
-KINDS: dict[str, JobKind] = {kind.name: kind for kind in (ScoreRows(), ScoreFasta(), ScoreBed(), ScoreVcf())}
+KINDS: dict[str, JobKind] = {
+    kind.name: kind for kind in (ScoreRows(), ScoreFasta(), ScoreBed(), ScoreVcf(), SegmentImages())
+}
 
 
 def get_kind(name: str) -> JobKind:
