@@ -91,7 +91,7 @@ class GenoserveServer:
                 "binding",
             ),
             (
-                SegmentationServicer(self.repository, self.settings.segmentation),
+                SegmentationServicer(self.repository, self.settings.segmentation, self.settings.runtime),
                 segmentation_pb2_grpc.add_SegmentationServicer_to_server,
                 "segmentation",
             ),

@@ -206,6 +206,10 @@ class SegmentationSettings(_Section):
     max_pixels: int = Field(4096 * 4096, gt=0)
     #: Tiles per model call (the dynamic batcher may merge calls of several requests).
     tile_batch: int = Field(8, gt=0)
+    #: How flows are followed: numpy (vectorised, CPU), onnx (the flow-following ONNX graph in
+    #: an ONNX Runtime session, on the GPU when runtime.device allows), auto (onnx when CUDA is
+    #: available, else numpy).
+    reconstruction: Literal["auto", "numpy", "onnx"] = "auto"
 
 
 class LoggingSettings(_Section):

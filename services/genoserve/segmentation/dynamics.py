@@ -19,6 +19,7 @@ Steps, with Cellpose's parameters and defaults:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,9 @@ Array = np.ndarray[Any, Any]
 SEED_MIN_COUNT = 10
 GROW_MIN_COUNT = 2
 GROW_STEPS = 5
+
+#: (gated flows float32 [2, H, W], ys [N], xs [N], niter) -> end points float32 [2, N]
+FollowFn = Callable[[Array, Array, Array, int], Array]
 
 
 @dataclass(frozen=True)
@@ -164,8 +168,13 @@ def renumber(masks: Array, min_size: int = 0) -> Array:
     return table[masks]
 
 
-def compute_masks(flows: Array, cellprob: Array, params: MaskParams | None = None) -> Array:
-    """Flows float32 [2, H, W] and cell-probability logits float32 [H, W] -> labels int32 [H, W]."""
+def compute_masks(
+    flows: Array, cellprob: Array, params: MaskParams | None = None, follow: FollowFn | None = None
+) -> Array:
+    """Flows float32 [2, H, W] and cell-probability logits float32 [H, W] -> labels int32 [H, W].
+
+    ``follow`` replaces ``follow_flows`` (e.g. the ONNX graph on a GPU); same contract.
+    """
     params = params or MaskParams()
     shape = (int(cellprob.shape[0]), int(cellprob.shape[1]))
     fg = cellprob > params.cellprob_threshold
@@ -173,7 +182,7 @@ def compute_masks(flows: Array, cellprob: Array, params: MaskParams | None = Non
     if ys.size == 0:
         return np.zeros(shape, dtype=np.int32)
     gated = (flows * fg).astype(np.float32)
-    ends = follow_flows(gated, ys, xs, params.niter)
+    ends = (follow or follow_flows)(gated, ys, xs, params.niter)
     masks = masks_from_endpoints(ends, ys, xs, shape)
     masks = remove_large(masks, params.max_size_fraction)
     masks = remove_bad_flows(masks, flows.astype(np.float32), params.flow_threshold)

@@ -16,7 +16,7 @@ import numpy as np
 from genoserve.core.errors import InvalidArgument
 from genoserve.segmentation import tiling
 from genoserve.segmentation.contract import SegmentationContract
-from genoserve.segmentation.dynamics import MaskParams, compute_masks
+from genoserve.segmentation.dynamics import FollowFn, MaskParams, compute_masks
 from genoserve.segmentation.normalize import percentile_normalize, resize, scaled_shape
 from genoserve.segmentation.stats import CellStats, cell_stats
 
@@ -72,12 +72,13 @@ def prepare(channels_first: Array, contract: SegmentationContract, diameter: flo
     return Prepared(normalised, shape, channels_first.mean(axis=0))
 
 
-def finish(prepared: Prepared, stitched: Array, params: MaskParams) -> Segmented:
-    """stitched: float32 [3, h, w] network output on ``prepared.network_input``."""
+def finish(prepared: Prepared, stitched: Array, params: MaskParams, follow: FollowFn | None = None) -> Segmented:
+    """stitched: float32 [3, h, w] network output on ``prepared.network_input``; ``follow``:
+    see ``dynamics.compute_masks``."""
     full = resize(stitched, prepared.shape) if stitched.shape[1:] != prepared.shape else stitched
     flows = np.ascontiguousarray(full[:2])
     cellprob = np.ascontiguousarray(full[2])
-    masks = compute_masks(flows, cellprob, params)
+    masks = compute_masks(flows, cellprob, params, follow)
     return Segmented(masks, flows, cellprob, cell_stats(masks, prepared.intensity))
 
 
