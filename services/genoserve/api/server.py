@@ -18,6 +18,7 @@ from genoserve.api.interceptors import BearerAuth, ErrorsAndMetrics
 from genoserve.api.servicers.binding import SequenceBindingServicer
 from genoserve.api.servicers.jobs import JobsServicer
 from genoserve.api.servicers.models import ModelsServicer
+from genoserve.api.servicers.segmentation import SegmentationServicer
 from genoserve.api.servicers.variants import VariantCallingServicer
 from genoserve.binding.variants import ReferenceGenome
 from genoserve.core.settings import ServerSettings, Settings
@@ -25,7 +26,13 @@ from genoserve.jobs.celery_app import make_celery
 from genoserve.jobs.service import JobService
 from genoserve.jobs.store import open_store
 from genoserve.runtime.repository import ModelRepository
-from genoserve.v1 import binding_pb2_grpc, jobs_pb2_grpc, models_pb2_grpc, variants_pb2_grpc
+from genoserve.v1 import (
+    binding_pb2_grpc,
+    jobs_pb2_grpc,
+    models_pb2_grpc,
+    segmentation_pb2_grpc,
+    variants_pb2_grpc,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +103,11 @@ class GenoserveServer:
                 VariantCallingServicer(self.repository),
                 variants_pb2_grpc.add_VariantCallingServicer_to_server,
                 "variants",
+            ),
+            (
+                SegmentationServicer(self.repository, self.settings.segmentation, self.settings.runtime),
+                segmentation_pb2_grpc.add_SegmentationServicer_to_server,
+                "segmentation",
             ),
         ]
 

@@ -192,3 +192,56 @@ def variants(bam: Path | None, reference: Path | None, regions: tuple[str, ...],
     click.echo(f"{len(calls)} sites ({passing} PASS) written to {output}", err=True)
     if problems:
         sys.exit(1)
+
+
+@predict.command("segmentation")
+@click.option("--model", default="cellpose-nuclei", show_default=True, help="A segmentation model.")
+@click.option(
+    "--image",
+    "image_path",
+    required=True,
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="A TIFF or PNG image (single page; use `genoserve jobs submit` for stacks and folders).",
+)
+@click.option(
+    "--output",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the label mask here (TIFF, uint16/uint32).",
+)
+@click.option(
+    "--overlay", type=click.Path(path_type=Path, dir_okay=False), help="Also write outlines on the image (PNG)."
+)
+@click.option("--cells", "cells_path", type=click.Path(path_type=Path, dir_okay=False), help="Per-cell stats (CSV).")
+@click.option("--channel", "channels", type=int, multiple=True, help="Channel index fed to the model (repeatable).")
+@click.option("--diameter", type=float, default=0.0, show_default=True, help="Mean cell diameter (px); 0: no rescale.")
+@click.option("--cellprob-threshold", type=float, default=None, help="Logit threshold (default 0).")
+@click.option("--flow-threshold", type=float, default=None, help="Flow-error threshold (default 0.4; 0: off).")
+@click.option("--min-size", type=int, default=None, help="Smallest mask in pixels (default 15).")
+@client_options
+def segmentation(model: str, image_path: Path, output: Path, overlay: Path | None, cells_path: Path | None,
+                 channels: tuple[int, ...], diameter: float, cellprob_threshold: float | None,
+                 flow_threshold: float | None, min_size: int | None, **conn: Any) -> None:  # fmt: skip
+    """Segment one image: label TIFF to --output; prints the number of cells."""
+    from genoserve.client import masks_of
+    from genoserve.segmentation import images
+    from genoserve.segmentation.csvout import write_cells_csv
+
+    data = image_path.read_bytes()
+    with make_client(**conn) as client:
+        response = or_exit(functools.partial(
+            client.segment, model, data, channels=channels, diameter=diameter, cellprob_threshold=cellprob_threshold,
+            flow_threshold=flow_threshold, min_size=min_size,
+        ))  # fmt: skip
+    masks = masks_of(response)
+    images.write_labels(str(output), masks)
+    if overlay is not None:
+        picture = images.decode(data, str(image_path))
+        overlay.write_bytes(images.overlay_png(picture, masks))
+    if cells_path is not None:
+        rows = [{"image": image_path.name, "label": c.label, "area": c.area, "centroid_y": c.centroid_y,
+                 "centroid_x": c.centroid_x, "bbox_min_y": c.bbox_min_y, "bbox_min_x": c.bbox_min_x,
+                 "bbox_max_y": c.bbox_max_y, "bbox_max_x": c.bbox_max_x, "mean_intensity": c.mean_intensity}
+                for c in response.cells]  # fmt: skip
+        write_cells_csv(cells_path, rows)
+    click.echo(f"{image_path}: {response.n_cells} cells -> {output}")

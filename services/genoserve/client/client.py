@@ -29,6 +29,8 @@ from genoserve.v1 import (
     jobs_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
+    segmentation_pb2,
+    segmentation_pb2_grpc,
     variants_pb2,
     variants_pb2_grpc,
 )
@@ -152,6 +154,44 @@ def _infer_request(model: str, inputs: Mapping[str, Array], version: str) -> mod
     )
 
 
+def segment_request(
+    model: str,
+    image: Array | bytes,
+    channels: Sequence[int] = (),
+    diameter: float = 0.0,
+    cellprob_threshold: float | None = None,
+    flow_threshold: float | None = None,
+    min_size: int | None = None,
+    niter: int | None = None,
+    return_flows: bool = False,
+    version: str = "",
+) -> segmentation_pb2.SegmentRequest:
+    """A Segment request: ``image`` is an array [H, W] / [H, W, C] or TIFF/PNG file bytes."""
+    picture = (
+        segmentation_pb2.Image(encoded=bytes(image))
+        if isinstance(image, bytes | bytearray)
+        else segmentation_pb2.Image(array=tensor_codec.from_numpy(np.asarray(image)))
+    )
+    request = segmentation_pb2.SegmentRequest(
+        model=model, version=version, image=picture, channels=list(channels), diameter=diameter,
+        return_flows=return_flows,
+    )  # fmt: skip
+    if cellprob_threshold is not None:
+        request.cellprob_threshold = cellprob_threshold
+    if flow_threshold is not None:
+        request.flow_threshold = flow_threshold
+    if min_size is not None:
+        request.min_size = min_size
+    if niter is not None:
+        request.niter = niter
+    return request
+
+
+def masks_of(response: segmentation_pb2.SegmentResponse) -> Array:
+    """The label mask [H, W] (uint16 or uint32) of a Segment response."""
+    return tensor_codec.to_numpy(response.masks, "masks")
+
+
 def _infer_outputs(response: models_pb2.InferResponse) -> dict[str, Array]:
     return {name: tensor_codec.to_numpy(t, f"outputs[{name}]") for name, t in response.outputs.items()}
 
@@ -171,6 +211,7 @@ class Client:
         self.jobs = jobs_pb2_grpc.JobsStub(self.channel)
         self.binding = binding_pb2_grpc.SequenceBindingStub(self.channel)
         self.variants = variants_pb2_grpc.VariantCallingStub(self.channel)
+        self.segmentation = segmentation_pb2_grpc.SegmentationStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
     def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
@@ -230,6 +271,17 @@ class Client:
             sequence=binding_pb2.Sequence(id=sequence_id, bases=bases),
         )  # fmt: skip
         response: binding_pb2.MutagenesisResponse = self._call(self.binding.Mutagenesis, request, timeout)
+        return response
+
+    # -- segmentation ---------------------------------------------------------------------------
+
+    def segment(self, model: str, image: Array | bytes, timeout: float | None = None,
+                **options: Any) -> segmentation_pb2.SegmentResponse:  # fmt: skip
+        """Segment one image (array [H, W] / [H, W, C], or TIFF/PNG bytes). ``options``: channels,
+        diameter, cellprob_threshold, flow_threshold, min_size, niter, return_flows, version.
+        ``masks_of(response)`` gives the label mask as an array."""
+        request = segment_request(model, image, **options)
+        response: segmentation_pb2.SegmentResponse = self._call(self.segmentation.Segment, request, timeout)
         return response
 
     # -- jobs -----------------------------------------------------------------------------------
@@ -340,6 +392,7 @@ class AsyncClient:
         self._metadata = _metadata(self.config)
         self.models = models_pb2_grpc.ModelsStub(self.channel)
         self.variants = variants_pb2_grpc.VariantCallingStub(self.channel)
+        self.segmentation = segmentation_pb2_grpc.SegmentationStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
     async def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
@@ -380,6 +433,13 @@ class AsyncClient:
             model=model, version=version, examples=examples, sample_name=sample_name
         )
         response: variants_pb2.CallVariantsResponse = await self._call(self.variants.CallVariants, request, timeout)
+        return response
+
+    async def segment(self, model: str, image: Array | bytes, timeout: float | None = None,
+                      **options: Any) -> segmentation_pb2.SegmentResponse:  # fmt: skip
+        """As ``Client.segment``, awaited."""
+        request = segment_request(model, image, **options)
+        response: segmentation_pb2.SegmentResponse = await self._call(self.segmentation.Segment, request, timeout)
         return response
 
     async def close(self) -> None:

@@ -206,6 +206,19 @@ class BindingSettings(_Section):
         return next(iter(self.references)) if len(self.references) == 1 else ""
 
 
+class SegmentationSettings(_Section):
+    """Cell segmentation: request limits and how many tiles go to the model per call."""
+
+    #: Largest image (H x W) a Segment request or a job image may have.
+    max_pixels: int = Field(4096 * 4096, gt=0)
+    #: Tiles per model call (the dynamic batcher may merge calls of several requests).
+    tile_batch: int = Field(8, gt=0)
+    #: How flows are followed: numpy (vectorised, CPU), onnx (the flow-following ONNX graph in
+    #: an ONNX Runtime session, on the GPU when runtime.device allows), auto (onnx when CUDA is
+    #: available, else numpy).
+    reconstruction: Literal["auto", "numpy", "onnx"] = "auto"
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_format: bool = False
@@ -217,6 +230,7 @@ class Settings(_Section):
     jobs: JobsSettings = JobsSettings()
     worker: WorkerSettings = WorkerSettings()
     binding: BindingSettings = BindingSettings()
+    segmentation: SegmentationSettings = SegmentationSettings()
     logging: LoggingSettings = LoggingSettings()
 
 

@@ -15,7 +15,12 @@ from genoserve.jobs.fs_transport import Transport
 def connection(tmp_path: Path) -> Connection:
     folder = tmp_path / "queue"
     folder.mkdir()
-    options = {"data_folder_in": str(folder), "data_folder_out": str(folder), "store_processed": False}
+    options = {
+        "data_folder_in": str(folder),
+        "data_folder_out": str(folder),
+        "control_folder": str(tmp_path / "control"),  # kombu's default is ./control
+        "store_processed": False,
+    }
     with Connection("filesystem://", transport=Transport, transport_options=options) as conn:
         yield conn
 

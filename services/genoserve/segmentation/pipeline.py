@@ -1,0 +1,97 @@
+"""One image through the family: prepare (select channels, normalise, rescale, tile), then
+finish (stitched network output -> flows and probability at full size -> masks -> stats).
+
+The network itself is called by the caller (online: the batcher; bulk: the loaded session), so
+the same code serves both paths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from genoserve.core.errors import InvalidArgument
+from genoserve.segmentation import tiling
+from genoserve.segmentation.contract import SegmentationContract
+from genoserve.segmentation.dynamics import FollowFn, MaskParams, compute_masks
+from genoserve.segmentation.normalize import percentile_normalize, resize, scaled_shape
+from genoserve.segmentation.stats import CellStats, cell_stats
+
+Array = np.ndarray[Any, Any]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A normalised (and rescaled) image float32 [C, h, w] and how to get back to [H, W]."""
+
+    network_input: Array
+    shape: tuple[int, int]
+    intensity: Array  # float32 [H, W]: mean of the selected raw channels, for per-cell stats
+
+
+@dataclass(frozen=True)
+class Segmented:
+    masks: Array  # int32 [H, W], labels 1..n
+    flows: Array  # float32 [2, H, W] (dY, dX)
+    cellprob: Array  # float32 [H, W] logits
+    stats: CellStats
+
+    @property
+    def n_cells(self) -> int:
+        return int(self.stats.label.size)
+
+
+def check_params(diameter: float, params: MaskParams) -> None:
+    """Raise InvalidArgument naming the request field for out-of-range parameters."""
+    if not np.isfinite(diameter) or diameter < 0:
+        raise InvalidArgument.field("diameter", f"must be >= 0 (0: the model's own), got {diameter}")
+    if diameter and not 2.0 <= diameter <= 1000.0:
+        raise InvalidArgument.field("diameter", f"must be between 2 and 1000 pixels, got {diameter}")
+    if not 0 < params.niter <= 10000:
+        raise InvalidArgument.field("niter", f"must be in 1..10000, got {params.niter}")
+    if not np.isfinite(params.cellprob_threshold) or abs(params.cellprob_threshold) > 50:
+        value = params.cellprob_threshold
+        raise InvalidArgument.field("cellprob_threshold", f"must be a logit in [-50, 50], got {value}")
+    if not np.isfinite(params.flow_threshold) or params.flow_threshold < 0:
+        value = params.flow_threshold
+        raise InvalidArgument.field("flow_threshold", f"must be >= 0 (0 turns the check off), got {value}")
+    if params.min_size < 0:
+        raise InvalidArgument.field("min_size", f"must be >= 0, got {params.min_size}")
+
+
+def prepare(channels_first: Array, contract: SegmentationContract, diameter: float) -> Prepared:
+    """channels_first: float32 [C, H, W] (channels already selected) -> ``Prepared``."""
+    shape = (int(channels_first.shape[1]), int(channels_first.shape[2]))
+    normalised = percentile_normalize(channels_first)
+    if diameter > 0:
+        target = scaled_shape(shape, contract.diameter / diameter)
+        normalised = resize(normalised, target)
+    return Prepared(normalised, shape, channels_first.mean(axis=0))
+
+
+def finish(prepared: Prepared, stitched: Array, params: MaskParams, follow: FollowFn | None = None) -> Segmented:
+    """stitched: float32 [3, h, w] network output on ``prepared.network_input``; ``follow``:
+    see ``dynamics.compute_masks``."""
+    full = resize(stitched, prepared.shape) if stitched.shape[1:] != prepared.shape else stitched
+    flows = np.ascontiguousarray(full[:2])
+    cellprob = np.ascontiguousarray(full[2])
+    masks = compute_masks(flows, cellprob, params, follow)
+    return Segmented(masks, flows, cellprob, cell_stats(masks, prepared.intensity))
+
+
+def segment_sync(
+    channels_first: Array,
+    contract: SegmentationContract,
+    forward: Callable[[Array], Array],
+    diameter: float = 0.0,
+    params: MaskParams | None = None,
+    batch: int = 8,
+) -> Segmented:
+    """The whole path with a synchronous ``forward`` ([B, C, t, t] -> [B, 3, t, t])."""
+    params = params or MaskParams()
+    prepared = prepare(channels_first, contract, diameter)
+    stitched = tiling.run_tiled(prepared.network_input, contract.tile, contract.overlap, batch, forward)
+    return finish(prepared, stitched, params)

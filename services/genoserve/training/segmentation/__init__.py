@@ -1,0 +1,1 @@
+"""Cellpose-style nuclei model: simulator, compact U-Net, training and ONNX export."""
