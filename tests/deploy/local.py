@@ -2,12 +2,13 @@
 
 What is taken from the manifests (never re-typed here): command, args, env (values, Secret and
 ConfigMap references), container ports, volume mounts, probes. What is taken from the image
-(deploy/docker/Dockerfile): ENTRYPOINT and ENV. What is changed, and only this, to run on one
-machine: every container port gets a free loopback port (the args naming it are rewritten),
-``0.0.0.0`` becomes ``127.0.0.1``, Service host names become ``127.0.0.1``, and every mounted path
-(or image path) becomes a local folder: a PersistentVolumeClaim or ConfigMap is one folder shared
-by every pod that mounts it, an emptyDir one folder per pod, the image's models folder the
-repository's models/.
+(deploy/docker/Dockerfile): ENTRYPOINT, ENV and WORKDIR. What is changed, and only this, to run
+on one machine: every container port gets a free loopback port (the args naming it are
+rewritten), ``0.0.0.0`` becomes ``127.0.0.1`` (and Redis gets ``--bind 127.0.0.1``), Service host
+names become ``127.0.0.1``, and every mounted path (or image path) becomes a local folder: a
+PersistentVolumeClaim or ConfigMap is one folder shared by every pod that mounts it, an emptyDir
+one folder per pod, the image's models folder the repository's models/, the image's WORKDIR (also
+HOME) an empty folder that must stay empty (the root filesystem is read-only in the pods).
 """
 
 from __future__ import annotations
@@ -167,6 +168,8 @@ class LocalCluster:
             argv.append(self.localise_text(arg, mounts, ports))
             previous = arg
         genoserve = self._is_genoserve(container)
+        if argv[0].endswith("redis-server"):
+            argv += ["--bind", "127.0.0.1"]  # its image listens on every interface; here loopback only
         env = self._environment(container, mounts, image_stage if genoserve else None)
         image_workdir = dockerfile_stage(image_stage).workdir if genoserve else "/"
         workdir = self.root / "rootfs" / name / image_workdir.lstrip("/")

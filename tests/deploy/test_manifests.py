@@ -24,6 +24,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from genoserve.cli.main import cli
 from genoserve.core import metrics
 from genoserve.jobs.celery_app import FAMILY_QUEUES
+from genoserve.runtime import gpu_metrics
 from tests.deploy.manifests import (
     CRD_KINDS,
     DEPLOY,
@@ -377,7 +378,7 @@ def exported_names() -> set[str]:
         for family_ in value.describe():
             for suffix in {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(family_.type, [""]):
                 names.add(family_.name + suffix)
-    return names
+    return names | set(gpu_metrics.METRIC_NAMES)
 
 
 def test_alerts_and_dashboard_read_only_exported_metrics() -> None:
@@ -386,7 +387,8 @@ def test_alerts_and_dashboard_read_only_exported_metrics() -> None:
     used |= {name for _, expr in dashboard_targets() for name in metric_names_in(expr)}
     assert used, "no genoserve metric used"
     assert used <= exported, f"not exported by genoserve: {sorted(used - exported)}"
-    for needed in ("genoserve_job_queue_oldest_age_seconds", "genoserve_worker_consumers", "genoserve_model_ready"):
+    for needed in ("genoserve_job_queue_oldest_age_seconds", "genoserve_worker_consumers", "genoserve_model_ready",
+                   "genoserve_gpu_memory_used_bytes"):  # fmt: skip
         assert needed in used
 
 

@@ -67,6 +67,10 @@ def serve(config: Path | None, **flags: Any) -> None:
     settings = build_settings(config, overrides)
     configure_logging(settings.logging)
     or_exit(lambda: start_metrics_endpoint(settings.server.metrics_port, settings.server.host))
+    if settings.server.metrics_port:
+        from genoserve.runtime.gpu_metrics import register_gpu_metrics
+
+        register_gpu_metrics(settings.runtime)
     worker = _spawn_worker(config) if flags["with_worker"] else None
     try:
         or_exit(lambda: asyncio.run(run_server(settings)))

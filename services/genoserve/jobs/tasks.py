@@ -57,8 +57,11 @@ def start_worker_metrics(settings: Settings) -> None:
         return
     from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
+    from genoserve.runtime.gpu_metrics import register_gpu_metrics
+
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    register_gpu_metrics(settings.runtime, registry)
     start_http_server(settings.worker.metrics_port, registry=registry)
 
 
