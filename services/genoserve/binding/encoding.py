@@ -54,6 +54,17 @@ def _codes(bases: str) -> Array:
 def check(sequences: Sequence[NamedSequence], length: int, crop: bool, field: str = "sequences") -> list[str]:
     """Validate every sequence; return them fitted to ``length``. One InvalidArgument lists all
     problems, each naming ``field[i]``, the sequence id and the position of a bad character."""
+    joined = "".join(seq.bases for seq in sequences)
+    # One vectorised look-up for the whole batch; only a batch with a bad character pays for the
+    # per-sequence search that names it.
+    if joined.isascii() and not (_codes(joined) < 0).any():
+        fitted = [fit_length(seq.bases, length, crop) if seq.bases else None for seq in sequences]
+        if all(f is not None for f in fitted):
+            return fitted  # type: ignore[return-value]
+    return _check_each(sequences, length, crop, field)
+
+
+def _check_each(sequences: Sequence[NamedSequence], length: int, crop: bool, field: str) -> list[str]:
     violations: list[FieldViolation] = []
     fitted: list[str] = []
     for i, seq in enumerate(sequences):

@@ -173,21 +173,24 @@ class ScoreFasta(_TableKind):
         path = ctx.inputs[ctx.input_index]
         contract = BindingContract.of(ctx.spec)
         crop = ctx.params.get("crop", "false").lower() == "true"
-        ids, fitted = [], []
         try:
             # Line numbers count from the shard's first record; made absolute only for an error.
-            for record in read_fasta(path, ctx.start, ctx.stop, ctx.offset, 1):
-                try:
-                    [seq] = encoding.check([NamedSequence(record.id, record.bases)], contract.length, crop)
-                except InvalidArgument as exc:
-                    line = _line_base(path, ctx.offset) + record.line
-                    where = f"{record.index} ({record.id!r}, line {line})"
-                    raise InputRecordError(str(path), where, exc.violations[0].description) from exc
-                ids.append(record.id)
-                fitted.append(seq)
+            records = list(read_fasta(path, ctx.start, ctx.stop, ctx.offset, 1))
         except FastaFormatError as exc:
             line = _line_base(path, ctx.offset) + exc.line
             raise InputRecordError(str(path), f"at line {line}", exc.rule) from exc
+        ids = [record.id for record in records]
+        try:
+            fitted = encoding.check([NamedSequence(r.id, r.bases) for r in records], contract.length, crop)
+        except InvalidArgument as exc:  # name the first bad record, with its line
+            for record in records:
+                try:
+                    encoding.check([NamedSequence(record.id, record.bases)], contract.length, crop)
+                except InvalidArgument as bad:
+                    line = _line_base(path, ctx.offset) + record.line
+                    where = f"{record.index} ({record.id!r}, line {line})"
+                    raise InputRecordError(str(path), where, bad.violations[0].description) from bad
+            raise AssertionError("a batch failed its check but no record did") from exc
         logits, scores = score_sequences(ctx, fitted)
         _write_part(self.shard_result(ctx.output_stem), {"id": pa.array(ids, pa.string()),
                                                          **_task_columns(contract, logits, scores)})  # fmt: skip
