@@ -6,6 +6,7 @@ Pure Python; each yields ``(record index, line number, ...)`` so that errors nam
 from __future__ import annotations
 
 import gzip
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,8 +56,8 @@ class FastaFormatError(ValueError):
 
 
 def _fasta_id(raw: bytes) -> str:
-    fields = raw[1:].decode("utf-8", errors="replace").split(maxsplit=1)
-    return fields[0] if fields else ""
+    fields = raw[1:].split(maxsplit=1)
+    return fields[0].decode("utf-8", errors="replace") if fields else ""
 
 
 def read_fasta(path: Path, start: int, stop: int, offset: int, first_line: int) -> Iterator[FastaRecord]:
@@ -87,6 +88,32 @@ def read_fasta(path: Path, start: int, stop: int, offset: int, first_line: int) 
                 raise FastaFormatError(line, "sequence data before the first '>' header")
         if current is not None and start <= current[0] < stop:
             yield FastaRecord(current[0], current[1], current[2], "".join(chunks))
+
+
+def read_fasta_block(path: Path, start: int, stop: int, offset: int, first_line: int) -> list[FastaRecord]:
+    """``list(read_fasta(...))``, fast for the common layout of a plain file: one header line and
+    one sequence line per record. Those lines are taken in C (``islice`` over the file) and
+    checked; anything else (wrapped sequences, blank lines, gzip) goes through ``read_fasta``."""
+    count = stop - start
+    if count <= 0 or is_gzip(path):
+        return list(read_fasta(path, start, stop, offset, first_line))
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        lines = list(itertools.islice(fh, 2 * count))
+        after = fh.readline()  # must start the next record (or be the end): else the last one wraps
+    heads, seqs = lines[0::2], lines[1::2]
+    simple = (
+        len(lines) == 2 * count
+        and (not after or after[:1] == b">")
+        and all(h[:1] == b">" for h in heads)
+        and not any(q[:1] in (b">", b"\n", b"\r") for q in seqs)
+    )
+    if not simple:
+        return list(read_fasta(path, start, stop, offset, first_line))
+    return [
+        FastaRecord(start + i, first_line + 2 * i, _fasta_id(h), q.decode("latin-1").strip())
+        for i, (h, q) in enumerate(zip(heads, seqs, strict=True))
+    ]
 
 
 def line_offsets(path: Path, every: int) -> tuple[int, list[tuple[int, int]]]:

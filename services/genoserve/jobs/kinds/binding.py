@@ -20,7 +20,7 @@ from genoserve.binding.readers import (
     fasta_offsets,
     is_gzip,
     line_offsets,
-    read_fasta,
+    read_fasta_block,
     read_lines,
 )
 from genoserve.binding.strands import StrandMode
@@ -175,7 +175,7 @@ class ScoreFasta(_TableKind):
         crop = ctx.params.get("crop", "false").lower() == "true"
         try:
             # Line numbers count from the shard's first record; made absolute only for an error.
-            records = list(read_fasta(path, ctx.start, ctx.stop, ctx.offset, 1))
+            records = read_fasta_block(path, ctx.start, ctx.stop, ctx.offset, 1)
         except FastaFormatError as exc:
             line = _line_base(path, ctx.offset) + exc.line
             raise InputRecordError(str(path), f"at line {line}", exc.rule) from exc
