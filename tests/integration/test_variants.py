@@ -190,6 +190,9 @@ def test_call_bam_and_call_examples_jobs(rig: Rig) -> None:
 def test_jobs_fail_naming_file_and_contig_or_record(rig: Rig) -> None:
     unindexed = rig.root / "noindex.bam"
     shutil.copy(BAM, unindexed)
+    truncated = rig.root / "truncated.bam"
+    truncated.write_bytes(BAM.read_bytes()[:2_000_000])
+    shutil.copy(f"{BAM}.bai", f"{truncated}.bai")
     corrupt = rig.root / "corrupt.tfrecord"
     raw = bytearray(b"".join(_framed(r) for r in list(read_records(GOLDEN))[:3]))
     raw[-10] ^= 0xFF
@@ -202,6 +205,8 @@ def test_jobs_fail_naming_file_and_contig_or_record(rig: Rig) -> None:
             client.submit_job("variants.call_bam", [str(rig.root / BAM.name)], str(rig.root / "f2"),
                               {**params, "regions": "20:10000001-10001000"}),
             client.submit_job("variants.call_examples", [str(corrupt)], str(rig.root / "f3"), params),
+            client.submit_job("variants.call_bam", [str(truncated)], str(rig.root / "f4"),
+                              {**params, "regions": "chr20:10090001-10095000"}),
         ]  # fmt: skip
         done = [wait_for_job(client, j.id, timeout=120) for j in jobs]
     assert all(j.state == jobs_pb2.JOB_STATE_FAILED for j in done), [j.error for j in done]
@@ -209,6 +214,8 @@ def test_jobs_fail_naming_file_and_contig_or_record(rig: Rig) -> None:
     assert "index" in done[0].error
     assert "'20'" in done[1].error
     assert "chr20" in done[1].error
+    assert "truncated.bam" in done[3].error
+    assert "truncated" in done[3].error.split("truncated.bam", 1)[1]
     assert "corrupt.tfrecord" in done[2].error
     assert "record 2" in done[2].error
     assert "CRC" in done[2].error

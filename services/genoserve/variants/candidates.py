@@ -117,6 +117,8 @@ class AlleleCounts:
 
     reference_name: str
     by_position: dict[int, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))
+    #: Positions where some read shows a non-reference allele (the only possible candidates).
+    non_ref: set[int] = field(default_factory=set)
 
 
 def count_alleles(
@@ -127,6 +129,8 @@ def count_alleles(
     for read in reads:
         for pos, allele in read_alleles(read, ref, ref_offset, min_base_quality).items():
             counts.by_position[pos][read.key] = allele
+            if allele != "=":
+                counts.non_ref.add(pos)
     return counts
 
 
@@ -145,7 +149,7 @@ def find_candidates(
     """Candidate sites with start in ``[start, end)``, sorted by position."""
     thresholds = thresholds or CandidateThresholds()
     out: list[Candidate] = []
-    for pos in sorted(p for p in counts.by_position if start <= p < end):
+    for pos in sorted(p for p in counts.non_ref if start <= p < end):
         by_read = counts.by_position[pos]
         ref_base = ref[pos - ref_offset]
         if ref_base not in CANONICAL:

@@ -6,6 +6,7 @@ as aligned in the BAM, so sites whose reads DeepVariant realigns (mostly near in
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +82,28 @@ def open_reference(path: str | Path, field: str = "reference") -> pysam.FastaFil
         raise InvalidArgument.field(field, f"{path}: cannot open indexed FASTA: {exc}") from exc
 
 
+#: Reads spanning at most this much reference are found by bisection; longer ones are always checked.
+_MAX_SPAN = 2000
+
+
+class _SortedReads(list[Read]):
+    """Reads sorted by start, with the starts kept for bisection (long reads kept apart)."""
+
+    def __init__(self, reads: list[Read]) -> None:
+        super().__init__(sorted(reads, key=lambda r: r.start))
+        self.starts = [r.start for r in self]
+        self.long = [r for r in self if r.end - r.start > _MAX_SPAN]
+
+
+def _near(reads: list[Read], position: int) -> list[Read]:
+    """The reads that can overlap ``position`` (all of them unless ``reads`` is a _SortedReads)."""
+    if not isinstance(reads, _SortedReads):
+        return reads
+    lo = bisect.bisect_left(reads.starts, position - _MAX_SPAN)
+    hi = bisect.bisect_right(reads.starts, position + _MAX_SPAN)
+    return [*reads[lo:hi], *(r for r in reads.long if not lo <= reads.index(r) < hi)] if reads.long else reads[lo:hi]
+
+
 def examples_for_candidate(
     candidate: Candidate,
     reads: list[Read],
@@ -94,7 +117,11 @@ def examples_for_candidate(
     """
     # Reads overlapping the candidate +- read_overlap_buffer_bp (5), as make_examples queries them.
     buffer = READ_OVERLAP_BUFFER_BP
-    overlapping = [r for r in reads if r.start < candidate.end + buffer and r.end > candidate.start - buffer]
+    overlapping = [
+        r
+        for r in _near(reads, candidate.start)
+        if r.start < candidate.end + buffer and r.end > candidate.start - buffer
+    ]
     info = CallInfo(candidate.depth, candidate.allele_depths, candidate.allele_fractions)
     out: list[PileupExample] = []
     rng = np.random.default_rng(candidate.start)
@@ -143,7 +170,7 @@ def make_examples(
         reads = fetch_reads(bam, region.contig, region.start - pad, region.end + pad, ReadFilter(), str(bam_path))
         ref_start = max(0, region.start - 2 * pad)
         ref = reference_window(fasta, region.contig, ref_start, region.end + 2 * pad - ref_start)
-        reads = [unclip(r, ref, ref_start) for r in reads]
+        reads = _SortedReads([unclip(r, ref, ref_start) for r in reads])
         counts = count_alleles(reads, region.contig, ref, ref_start, thresholds.min_base_quality)
         candidates = find_candidates(counts, ref, ref_start, region.start, region.end, thresholds)
         encoder = PileupEncoder(options)

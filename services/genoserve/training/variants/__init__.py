@@ -1,0 +1,1 @@
+"""Variant-calling model: read simulator, labelled pileups, a compact CNN, ONNX export."""
