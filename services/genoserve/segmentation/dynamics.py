@@ -19,12 +19,15 @@ Steps, with Cellpose's parameters and defaults:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, sparse
+from scipy.sparse import csgraph
 
 from genoserve.segmentation.flows import masks_to_flows
 
@@ -49,16 +52,32 @@ class MaskParams:
     max_size_fraction: float = 0.4
 
 
-def follow_flows(flows: Array, ys: Array, xs: Array, niter: int) -> Array:
+#: Points per thread below which flow following stays on one thread.
+CHUNK = 65536
+
+
+def follow_flows(flows: Array, ys: Array, xs: Array, niter: int, threads: int | None = None) -> Array:
     """Euler-integrate points through a flow field with bilinear interpolation.
 
     flows: float32 [2, H, W] (dY, dX, pixels per step); ys, xs: start coordinates [N].
     Returns float32 [2, N] end coordinates, clipped to the image at every step. All points move
     together: per step, 8 gathers from the flattened flow planes and a few array operations.
+    Points are independent, so large sets are split over ``threads`` threads (default: up to
+    the CPU count, at least ``CHUNK`` points each); numpy releases the GIL in these loops.
     """
     h, w = flows.shape[1:]
     fy = np.ascontiguousarray(flows[0], dtype=np.float32).ravel()
     fx = np.ascontiguousarray(flows[1], dtype=np.float32).ravel()
+    workers = max(1, min(threads or os.cpu_count() or 1, ys.size // CHUNK))
+    if workers == 1:
+        return _follow(fy, fx, h, w, ys, xs, niter)
+    parts = np.array_split(np.arange(ys.size), workers)
+    with ThreadPoolExecutor(workers) as pool:
+        ends = list(pool.map(lambda idx: _follow(fy, fx, h, w, ys[idx], xs[idx], niter), parts))
+    return np.concatenate(ends, axis=1)
+
+
+def _follow(fy: Array, fx: Array, h: int, w: int, ys: Array, xs: Array, niter: int) -> Array:
     py = ys.astype(np.float32)
     px = xs.astype(np.float32)
     ymax, xmax = np.float32(h - 1), np.float32(w - 1)
@@ -82,22 +101,83 @@ def follow_flows(flows: Array, ys: Array, xs: Array, niter: int) -> Array:
     return np.stack([py, px])
 
 
-def masks_from_endpoints(ends: Array, ys: Array, xs: Array, shape: tuple[int, int]) -> Array:
-    """Cluster end points [2, N] of the pixels (ys, xs) into a label image int32 [H, W]."""
+_NEIGHBOURS_3 = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
+_WINDOW_5 = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)]
+
+
+def _neighbour_index(flat: Array, shape: tuple[int, int], offsets: list[tuple[int, int]]) -> Array:
+    """For sorted flat pixel indexes [K]: the flat index of each offset neighbour, -1 outside the
+    image; int64 [len(offsets), K]."""
     h, w = shape
+    y, x = np.divmod(flat, w)
+    out = np.empty((len(offsets), flat.size), dtype=np.int64)
+    for k, (dy, dx) in enumerate(offsets):
+        yy, xx = y + dy, x + dx
+        inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+        out[k] = np.where(inside, yy * w + xx, -1)
+    return out
+
+
+def _lookup(sorted_keys: Array, queries: Array) -> Array:
+    """Position of each query in ``sorted_keys``, -1 where absent."""
+    pos = np.searchsorted(sorted_keys, queries)
+    pos = np.minimum(pos, max(sorted_keys.size - 1, 0))
+    found = (queries >= 0) & (sorted_keys.size > 0) & (sorted_keys[pos] == queries)
+    return np.where(found, pos, -1)
+
+
+def masks_from_endpoints(ends: Array, ys: Array, xs: Array, shape: tuple[int, int]) -> Array:
+    """Cluster end points [2, N] of the pixels (ys, xs) into a label image int32 [H, W].
+
+    Works on the occupied histogram bins only (a few per cell), never on the whole image: seeds
+    are bins holding more than SEED_MIN_COUNT end points and the most of their 5x5 window;
+    8-connected seed bins form one seed (labelled in raster order); each seed grows GROW_STEPS
+    times into neighbouring bins holding more than GROW_MIN_COUNT end points (a bin reached by
+    two seeds at once takes the larger label).
+    """
+    w = shape[1]
     masks = np.zeros(shape, dtype=np.int32)
     if ys.size == 0:
         return masks
     ey = np.rint(ends[0]).astype(np.int64)
     ex = np.rint(ends[1]).astype(np.int64)
-    hist = np.bincount(ey * w + ex, minlength=h * w).reshape(h, w)
-    peaks = (hist == ndimage.maximum_filter(hist, size=5, mode="constant")) & (hist > SEED_MIN_COUNT)
-    seeds, _ = ndimage.label(peaks, structure=np.ones((3, 3)))
-    grow_ok = hist > GROW_MIN_COUNT
+    bins, bin_of_pixel, counts = np.unique(ey * w + ex, return_inverse=True, return_counts=True)
+    # Seeds: local maxima of the histogram over 5x5 (outside the image counts as 0).
+    candidates = np.nonzero(counts > SEED_MIN_COUNT)[0]
+    window = _neighbour_index(bins[candidates], shape, _WINDOW_5)
+    found = _lookup(bins, window)
+    window_max = np.where(found >= 0, counts[np.maximum(found, 0)], 0).max(axis=0)
+    peaks = candidates[counts[candidates] >= window_max]
+    # Only bins above GROW_MIN_COUNT take part from here on (peaks are among them).
+    grow = np.nonzero(counts > GROW_MIN_COUNT)[0]
+    keys = bins[grow]
+    near = _lookup(keys, _neighbour_index(keys, shape, _NEIGHBOURS_3))  # [8, G], -1: not a grow bin
+    label = np.zeros(grow.size + 1, dtype=np.int64)  # slot G: "no neighbour", always 0
+    near = np.where(near >= 0, near, grow.size)
+    peak_pos = np.searchsorted(grow, peaks)
+    if peaks.size:
+        # 8-connected peak bins are one seed: union over peak-to-peak neighbour links.
+        is_peak = np.zeros(grow.size + 1, dtype=bool)
+        is_peak[peak_pos] = True
+        rows = np.repeat(peak_pos[None, :], 8, axis=0)
+        link = is_peak[near[:, peak_pos]]
+        graph = sparse.coo_matrix(
+            (np.ones(int(link.sum())), (rows[link], near[:, peak_pos][link])), shape=(grow.size, grow.size)
+        )
+        _, component = csgraph.connected_components(graph, directed=False)
+        seed_components = component[peak_pos]
+        # Number seeds in raster order of their first bin (as ndimage.label would).
+        _, first = np.unique(seed_components, return_index=True)
+        order = np.argsort(first)
+        rank = np.empty(order.size, dtype=np.int64)
+        rank[order] = np.arange(1, order.size + 1)
+        label[peak_pos] = rank[np.searchsorted(np.unique(seed_components), seed_components)]
     for _ in range(GROW_STEPS):
-        grown = ndimage.maximum_filter(seeds, size=3, mode="constant")
-        seeds = np.where((seeds == 0) & grow_ok, grown, seeds)
-    masks[ys, xs] = seeds[ey, ex]
+        grown = label[near].max(axis=0)
+        label[:-1] = np.where(label[:-1] == 0, grown, label[:-1])
+    bin_label = np.zeros(bins.size, dtype=np.int64)
+    bin_label[grow] = label[:-1]
+    masks[ys, xs] = bin_label[bin_of_pixel]
     return masks
 
 
@@ -132,7 +212,8 @@ def remove_bad_flows(masks: Array, flows: Array, threshold: float) -> Array:
 
 
 def fill_holes(masks: Array) -> Array:
-    """Fill background regions enclosed by exactly one mask (4-connected holes)."""
+    """Fill background regions (4-connected, not touching the image border) that touch exactly
+    one mask (8-neighbourhood). Only the hole pixels are visited after labelling the background."""
     background, n = ndimage.label(masks == 0)
     if n == 0:
         return masks
@@ -142,14 +223,22 @@ def fill_holes(masks: Array) -> Array:
     is_hole[0] = False
     if not is_hole.any():
         return masks
-    holes = np.where(is_hole[background], background, 0)
-    # Mask pixels touching each hole: the hole's id spread by one pixel onto the masks around it.
-    ring = np.where(masks > 0, ndimage.maximum_filter(holes, size=3, mode="constant"), 0)
-    ids = np.arange(n + 1)
-    lo = np.asarray(ndimage.minimum(masks, labels=ring, index=ids))
-    hi = np.asarray(ndimage.maximum(masks, labels=ring, index=ids))
-    fill = np.where(is_hole & (lo == hi) & (lo > 0), lo, 0).astype(masks.dtype)
-    return np.where(holes > 0, fill[holes], masks)
+    flat_bg = background.ravel()
+    hole_pixels = np.nonzero(is_hole[flat_bg])[0]
+    hole_id = flat_bg[hole_pixels]
+    around = _neighbour_index(hole_pixels, masks.shape, _NEIGHBOURS_3)
+    labels = np.where(around >= 0, masks.ravel()[np.maximum(around, 0)], 0)  # [8, P]
+    big = np.iinfo(np.int64).max
+    lo = np.full(n + 1, big, dtype=np.int64)
+    hi = np.zeros(n + 1, dtype=np.int64)
+    ids = np.broadcast_to(hole_id, labels.shape)
+    touching = labels > 0
+    np.minimum.at(lo, ids[touching], labels[touching])
+    np.maximum.at(hi, ids[touching], labels[touching])
+    fill = np.where(is_hole & (lo == hi), hi, 0)
+    out = masks.copy()
+    out.ravel()[hole_pixels] = fill[hole_id].astype(masks.dtype)
+    return out
 
 
 def renumber(masks: Array, min_size: int = 0) -> Array:
