@@ -140,3 +140,28 @@ def test_committed_model_on_real_na12878(channels: int) -> None:
     assert result.snp.fp == recorded["na12878_snp_fp"]
     assert result.indel.tp == recorded["na12878_indel_tp"]
     assert result.indel.fp == recorded["na12878_indel_fp"]
+
+
+@pytest.mark.parametrize(("channels", "snp_tp"), [(7, 42), (6, 43)])
+def test_committed_model_calls_deepvariants_own_examples(channels: int, snp_tp: int) -> None:
+    """DeepVariant's golden make_examples output (realigned reads) called by our model."""
+    from genoserve.variants.examples import read_examples
+
+    examples = list(read_examples(DATA / "golden.calling_examples.tfrecord.gz"))
+    for example in examples:
+        example.image = example.image[..., :channels]
+    calls = call_examples(examples, _session_predict(channels))
+    sites = [
+        GenotypedSite("chr20", c.start, (c.reference_bases, *c.alternate_bases), c.genotype, c.filters == ["PASS"])
+        for c in calls
+    ]
+    with pysam.FastaFile(str(REF)) as fasta:
+        result = evaluate(
+            sites,
+            read_vcf_sites(DATA / "test_nist.b37_chr20_100kbp_at_10mb.vcf.gz"),
+            lambda c, s, e: fasta.fetch(c, s, e),
+            read_bed(DATA / "test_nist.b37_chr20_100kbp_at_10mb.bed"),
+            {"chr20": [(9_999_999, 10_010_000)]},
+        )
+    assert (result.snp.tp, result.snp.fp) == (snp_tp, 0)
+    assert (result.indel.tp, result.indel.fp) == (4, 0)
