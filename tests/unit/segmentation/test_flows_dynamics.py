@@ -140,3 +140,28 @@ def test_empty_probability_gives_no_cells() -> None:
 @pytest.mark.parametrize("niter", [None, 5])
 def test_flows_on_empty_masks_are_zero(niter: int | None) -> None:
     assert not flows.masks_to_flows(np.zeros((8, 8), np.int32), niter).any()
+
+
+def test_end_point_clusters_become_one_mask_each() -> None:
+    """Pixels ending in one tight cluster share a label; a plateau of two equal peaks is one
+    seed; a cluster of too few end points (<= 10) seeds nothing."""
+    ys = np.arange(40)
+    xs = np.zeros(40, dtype=np.int64)
+    ends = np.zeros((2, 40), np.float32)
+    ends[:, :15] = [[5.0], [5.0]]  # cluster A: 15 points in one bin
+    ends[:, 15:21] = [[5.0], [6.0]]  # 6 points right beside A: grown into A
+    ends[:, 21:33] = [[30.0], [30.0]]  # cluster B: two equal peaks side by side ...
+    ends[:, 33:] = [[30.0], [31.0]]  # ... (12 and 7 points; only the 12 is a peak)
+    masks = dynamics.masks_from_endpoints(ends, ys, xs, (40, 40))
+    a, b = masks[ys[:21], 0], masks[ys[21:], 0]
+    assert len(set(a.tolist())) == 1
+    assert len(set(b.tolist())) == 1
+    assert a[0] != b[0]
+    assert a[0] > 0
+    plateau = np.zeros((2, 24), np.float32)
+    plateau[:, :12] = [[10.0], [10.0]]
+    plateau[:, 12:] = [[10.0], [11.0]]
+    one = dynamics.masks_from_endpoints(plateau, np.arange(24), np.zeros(24, np.int64), (30, 30))
+    assert set(one[:24, 0].tolist()) == {1}
+    few = dynamics.masks_from_endpoints(plateau[:, :8], np.arange(8), np.zeros(8, np.int64), (30, 30))
+    assert not few.any()

@@ -95,8 +95,10 @@ def _recorded(channels: int) -> dict[str, float]:
 @pytest.mark.parametrize("channels", [7, 6])
 def test_committed_model_metrics_hold_on_fresh_held_out_simulation(channels: int) -> None:
     recorded = _recorded(channels)
-    start = 59_960_000  # after the recorded held-out region; a seed never used in training
-    sample = simulate("chr20", _reference(start, start + 30_000), start, seed=424242)
+    # Sequence used neither for training (10.1-10.7 Mb) nor for the recorded held-out figures
+    # (59.80-59.95 Mb), with a seed never used by the trainer; 60 kb holds ~240 SNPs.
+    start = 10_800_000
+    sample = simulate("chr20", _reference(start, start + 60_000), start, seed=424242)
     data = build(sample, channels=channels)
     calls = call_examples(data.examples, _session_predict(channels))
     sites = [
@@ -108,11 +110,12 @@ def test_committed_model_metrics_hold_on_fresh_held_out_simulation(channels: int
         sites,
         truth,
         lambda c, s, e: sample.reference[s - start : e - start],
-        regions={"chr20": [(start + 300, start + 29_700)]},
+        regions={"chr20": [(start + 300, start + 59_700)]},
     )
-    assert result.snp.tp + result.snp.fn >= 80
-    assert result.snp.f1 >= min(0.99, recorded["heldout_snp_f1"] - 0.02)
-    assert result.indel.f1 >= recorded["heldout_indel_f1"] - 0.15
+    assert result.snp.tp + result.snp.fn >= 150
+    # A few errors in ~240 SNPs move F1 by ~0.01: allow that much sampling noise.
+    assert result.snp.f1 >= recorded["heldout_snp_f1"] - 0.02
+    assert result.indel.f1 >= recorded["heldout_indel_f1"] - 0.1
 
 
 @pytest.mark.parametrize("channels", [7, 6])
@@ -137,3 +140,28 @@ def test_committed_model_on_real_na12878(channels: int) -> None:
     assert result.snp.fp == recorded["na12878_snp_fp"]
     assert result.indel.tp == recorded["na12878_indel_tp"]
     assert result.indel.fp == recorded["na12878_indel_fp"]
+
+
+@pytest.mark.parametrize(("channels", "snp_tp"), [(7, 42), (6, 43)])
+def test_committed_model_calls_deepvariants_own_examples(channels: int, snp_tp: int) -> None:
+    """DeepVariant's golden make_examples output (realigned reads) called by our model."""
+    from genoserve.variants.examples import read_examples
+
+    examples = list(read_examples(DATA / "golden.calling_examples.tfrecord.gz"))
+    for example in examples:
+        example.image = example.image[..., :channels]
+    calls = call_examples(examples, _session_predict(channels))
+    sites = [
+        GenotypedSite("chr20", c.start, (c.reference_bases, *c.alternate_bases), c.genotype, c.filters == ["PASS"])
+        for c in calls
+    ]
+    with pysam.FastaFile(str(REF)) as fasta:
+        result = evaluate(
+            sites,
+            read_vcf_sites(DATA / "test_nist.b37_chr20_100kbp_at_10mb.vcf.gz"),
+            lambda c, s, e: fasta.fetch(c, s, e),
+            read_bed(DATA / "test_nist.b37_chr20_100kbp_at_10mb.bed"),
+            {"chr20": [(9_999_999, 10_010_000)]},
+        )
+    assert (result.snp.tp, result.snp.fp) == (snp_tp, 0)
+    assert (result.indel.tp, result.indel.fp) == (4, 0)

@@ -1,6 +1,6 @@
 """Paired-end Illumina-like reads simulated over a real reference with planted variants.
 
-A diploid genome is made from a reference stretch by planting SNVs and short indels (het or
+A diploid genome is made from a reference stretch by planting SNVs and 1-12 bp indels (het or
 hom-alt). Fragments (length ~ N(300, 40)) are drawn from either haplotype, read 101 bp from both
 ends (read 1 forward, read 2 reverse), and given:
 
@@ -16,7 +16,7 @@ reference-looking reads, as in real data without realignment).
 
 Hard negatives: "paralog" sites where 15-35% extra reads with a non-genome allele and low mapping
 quality (0..25) pile up, as mismapped reads do, and systematic-error sites with 8-20% such reads
-at normal mapping quality; such candidates are hom-ref (label 0).
+with ordinary mapping qualities and insert sizes; such candidates are hom-ref (label 0).
 Coverage is drawn per chunk between ``min_coverage`` and ``max_coverage``.
 """
 
@@ -74,7 +74,7 @@ class SimulatedSample:
 def plant_variants(
     reference: str, offset: int, rng: np.random.Generator, config: SimulationConfig
 ) -> list[TruthVariant]:
-    """Non-overlapping SNVs and indels (1-8 bp), at least 12 bp apart, away from N bases."""
+    """Non-overlapping SNVs and indels (1-12 bp), with at least 12 bp between them, away from N bases."""
     variants: list[TruthVariant] = []
     length = len(reference)
     n = rng.binomial(length, config.snv_rate + config.indel_rate)
@@ -84,7 +84,7 @@ def plant_variants(
         if pos - last < 12:
             continue
         ref_base = reference[pos]
-        if ref_base not in BASES or "N" in reference[pos : pos + 12]:
+        if ref_base not in BASES or "N" in reference[pos : pos + 16]:
             continue
         hom = rng.random() < config.hom_fraction
         genotype = (1, 1) if hom else ((1, 0) if rng.random() < 0.5 else (0, 1))
@@ -92,13 +92,13 @@ def plant_variants(
             alt = BASES[(BASES.index(ref_base) + int(rng.integers(1, 4))) % 4]
             variants.append(TruthVariant(offset + pos, ref_base, alt, genotype))
         else:
-            size = int(rng.integers(1, 9))
+            size = int(rng.integers(1, 13))
             if rng.random() < 0.5:
                 inserted = "".join(rng.choice(list(BASES), size=size).tolist())
                 variants.append(TruthVariant(offset + pos, ref_base, ref_base + inserted, genotype))
             else:
                 variants.append(TruthVariant(offset + pos, reference[pos : pos + size + 1], ref_base, genotype))
-        last = pos + 10
+        last = pos + 14
     return variants
 
 
@@ -291,7 +291,8 @@ def _paralog_reads(
 ) -> list[int]:
     """Add reads carrying a non-genome SNV at random sites; return those sites. Two thirds are
     mismapped-paralog sites (15-35% extra reads, MAPQ 0..25), one third systematic-error sites
-    (8-20% extra reads at normal MAPQ); both are hom-ref."""
+    (8-20% extra reads with the usual MAPQ mix); both are hom-ref. Their reads look like properly paired
+    ones (normal insert sizes), so only allele fraction, mapping quality and context tell."""
     taken = {v.start for v in truth}
     sites: list[int] = []
     n_sites = rng.binomial(len(reference), config.paralog_rate)
@@ -310,8 +311,13 @@ def _paralog_reads(
             seq = seq[: pos - start] + alt + seq[pos - start + 1 :]
             coords = np.arange(offset + start, offset + start + READ_LENGTH, dtype=np.int64)
             name = f"paralog:{k}:{j}"
-            mapq = int(rng.integers(40, 61)) if systematic else int(rng.integers(0, 26))
-            read = _make_read(name, 0, seq, coords, bool(rng.random() < 0.5), mapq, 0, rng)
+            if systematic:  # mapping qualities like any other read: only the allele fraction tells
+                mapq = int(rng.integers(20, 60)) if rng.random() < config.low_mq_fraction else 60
+            else:
+                mapq = int(rng.integers(0, 26))
+            reverse = bool(rng.random() < 0.5)
+            tlen = int(np.clip(rng.normal(config.fragment_mean, config.fragment_sd), 2 * READ_LENGTH, 600))
+            read = _make_read(name, 0, seq, coords, reverse, mapq, -tlen if reverse else tlen, rng)
             if read is not None:
                 reads.append(read)
     return sites
