@@ -87,11 +87,12 @@ _MAX_SPAN = 2000
 
 
 class _SortedReads(list[Read]):
-    """Reads sorted by start, with the starts kept for bisection (long reads kept apart)."""
+    """All reads sorted by start; those spanning at most ``_MAX_SPAN`` are also indexed by start."""
 
     def __init__(self, reads: list[Read]) -> None:
         super().__init__(sorted(reads, key=lambda r: r.start))
-        self.starts = [r.start for r in self]
+        self.short = [r for r in self if r.end - r.start <= _MAX_SPAN]
+        self.starts = [r.start for r in self.short]
         self.long = [r for r in self if r.end - r.start > _MAX_SPAN]
 
 
@@ -101,7 +102,7 @@ def _near(reads: list[Read], position: int) -> list[Read]:
         return reads
     lo = bisect.bisect_left(reads.starts, position - _MAX_SPAN)
     hi = bisect.bisect_right(reads.starts, position + _MAX_SPAN)
-    return [*reads[lo:hi], *(r for r in reads.long if not lo <= reads.index(r) < hi)] if reads.long else reads[lo:hi]
+    return reads.short[lo:hi] + reads.long
 
 
 def examples_for_candidate(
