@@ -16,6 +16,7 @@ from genoserve.api.auth import TokenTable
 from genoserve.api.health import DrainingHealthServicer, HealthReporter
 from genoserve.api.interceptors import BearerAuth, ErrorsAndMetrics
 from genoserve.api.servicers.binding import SequenceBindingServicer
+from genoserve.api.servicers.embedding import CellEmbeddingServicer
 from genoserve.api.servicers.jobs import JobsServicer
 from genoserve.api.servicers.models import ModelsServicer
 from genoserve.binding.variants import ReferenceGenome
@@ -24,7 +25,7 @@ from genoserve.jobs.celery_app import make_celery
 from genoserve.jobs.service import JobService
 from genoserve.jobs.store import open_store
 from genoserve.runtime.repository import ModelRepository
-from genoserve.v1 import binding_pb2_grpc, jobs_pb2_grpc, models_pb2_grpc
+from genoserve.v1 import binding_pb2_grpc, embedding_pb2_grpc, jobs_pb2_grpc, models_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,11 @@ class GenoserveServer:
                 SequenceBindingServicer(self.repository, self.references, self.settings.binding.resolved_default),
                 binding_pb2_grpc.add_SequenceBindingServicer_to_server,
                 "binding",
+            ),
+            (
+                CellEmbeddingServicer(self.repository),
+                embedding_pb2_grpc.add_CellEmbeddingServicer_to_server,
+                "embedding",
             ),
         ]
 

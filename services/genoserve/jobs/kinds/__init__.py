@@ -9,9 +9,12 @@ from genoserve.core.errors import InvalidArgument
 from genoserve.jobs.kinds.base import JobKind
 from genoserve.jobs.kinds.binding import ScoreBed, ScoreFasta
 from genoserve.jobs.kinds.binding_vcf import ScoreVcf
+from genoserve.jobs.kinds.embedding import EmbedH5ad
 from genoserve.jobs.kinds.score_rows import ScoreRows
 
-KINDS: dict[str, JobKind] = {kind.name: kind for kind in (ScoreRows(), ScoreFasta(), ScoreBed(), ScoreVcf())}
+KINDS: dict[str, JobKind] = {
+    kind.name: kind for kind in (ScoreRows(), ScoreFasta(), ScoreBed(), ScoreVcf(), EmbedH5ad())
+}
 
 
 def get_kind(name: str) -> JobKind:
