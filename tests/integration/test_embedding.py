@@ -322,11 +322,35 @@ def test_embed_h5ad_job_rules(rig: Rig, pbmc: ad.AnnData) -> None:
         with pytest.raises(InvalidArgument, match="no layer 'raw'"):
             client.submit_job("embedding.embed_h5ad", [str(PBMC)], str(rig.root / "o"),
                               {"model": "scvi-pbmc", "layer": "raw"})  # fmt: skip
-        with pytest.raises(InvalidArgument, match="needs each cell's batch"):
-            client.submit_job("embedding.embed_h5ad", [str(PBMC)], str(rig.root / "o"), {"model": "scvi-sim-batch",
-                              "min_gene_overlap": "0.0001"})  # fmt: skip
+        with pytest.raises(InvalidArgument, match=r"inputs\[0\]: gene names: gene overlap 0.016 \(12 of"):
+            client.submit_job("embedding.embed_h5ad", [str(TENX)], str(rig.root / "o"), {"model": "scvi-pbmc"})
     assert done.state == jobs_pb2.JOB_STATE_FAILED
     assert str(path) in done.error
     assert "cell 260" in done.error
     assert "whole numbers" in done.error
     assert not (rig.root / "bad-out" / "fractional.embedded.h5ad").exists()
+
+
+def test_embed_h5ad_job_with_batch_covariate(rig: Rig) -> None:
+    genes, counts, batches = sim_cells(500, 5)
+    adata = ad.AnnData(sp.csr_matrix(counts))
+    adata.var_names = genes
+    adata.obs["batch"] = batches
+    path = rig.root / "sim.h5ad"
+    adata.write_h5ad(path)
+    categories = yaml.safe_load((MODELS / "scvi-sim-batch" / "model.yaml").read_text())["inputs"][1]["labels"]
+    one_hot = (batches[:, None] == np.array(categories)[None, :]).astype(np.float32)
+    with Client(rig.server.address) as client:
+        with pytest.raises(InvalidArgument, match="obs has no column 'nope'"):
+            client.submit_job("embedding.embed_h5ad", [str(path)], str(rig.root / "o"),
+                              {"model": "scvi-sim-batch", "batch_key": "nope"})  # fmt: skip
+        with pytest.raises(InvalidArgument, match="unknown batch label 'lab9'"):
+            client.submit_job("embedding.embed_h5ad", [str(path)], str(rig.root / "o"),
+                              {"model": "scvi-sim-batch", "batch": "lab9"})  # fmt: skip
+    with Client(rig.server.address) as client:
+        job = client.submit_job("embedding.embed_h5ad", [str(path)], str(rig.root / "sim-out"),
+                                {"model": "scvi-sim-batch", "shard_size": "200"})  # fmt: skip
+        done = wait_for_job(client, job.id, timeout=180)
+    assert done.state == jobs_pb2.JOB_STATE_SUCCEEDED, (done.error, rig.worker.log())
+    written = ad.read_h5ad(rig.root / "sim-out" / "sim.embedded.h5ad")
+    np.testing.assert_allclose(written.obsm["X_scVI"], onnx_latent("scvi-sim-batch", counts, one_hot), atol=1e-5)

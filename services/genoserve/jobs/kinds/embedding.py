@@ -91,7 +91,7 @@ class EmbedH5ad(JobKind):
         for index, path in enumerate(inputs):
             try:
                 with open_counts(path, params.get("layer", "")) as counts:
-                    align(counts.genes, model.genes, _min_overlap(params), field=f"inputs[{index}] genes")
+                    align(counts.genes, model.genes, _min_overlap(params), field="gene names")
                     self._check_batch(model, params, counts, path)
                     n = counts.n_cells
             except InvalidArgument as exc:

@@ -44,7 +44,9 @@ class SimData:
     batch_names: list[str]
 
 
-def simulate(config: SimConfig, seed: int) -> SimData:
+def simulate(config: SimConfig, seed: int, cell_seed: int | None = None) -> SimData:
+    """Genes, cell types and batch effects from ``seed``; the cells from ``cell_seed`` when given
+    (fresh cells of the same biology, e.g. to re-check a trained model), else from ``seed`` too."""
     rng = np.random.default_rng(seed)
     g = config.n_genes
     base = rng.normal(0.0, 1.2, size=g)
@@ -56,6 +58,8 @@ def simulate(config: SimConfig, seed: int) -> SimData:
     batch_lfc = rng.normal(0.0, config.batch_lfc_sd, size=(config.n_batches, g))
     batch_library = rng.normal(0.0, config.batch_library_sd, size=config.n_batches)
     theta = rng.gamma(2.0, 2.0, size=g) + 0.5
+    if cell_seed is not None:
+        rng = np.random.default_rng([seed, cell_seed])
 
     batches = rng.integers(0, config.n_batches, size=config.n_cells)
     # Cell-type proportions differ between batches (as in real data).

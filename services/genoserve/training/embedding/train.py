@@ -76,8 +76,8 @@ def pbmc_dataset(seed: int, path: Path = PBMC) -> Dataset:
     return Dataset(genes, Split(counts[train], labels[train]), Split(counts[test], labels[test]), [])
 
 
-def sim_dataset(seed: int, config: SimConfig) -> Dataset:
-    data = simulate(config, seed)
+def sim_dataset(seed: int, config: SimConfig, cell_seed: int | None = None) -> Dataset:
+    data = simulate(config, seed, cell_seed)
     train, test = stratified_split(np.char.add(data.cell_types, data.batches), 0.25, seed)
     return Dataset(
         data.genes,
