@@ -154,11 +154,19 @@ def aligned_dense(counts: Counts, alignment: GeneAlignment) -> Array:
     if isinstance(counts, CsrCounts):
         n = counts.n_cells
         out = np.zeros((n, width), dtype=np.float32)
-        columns = alignment.column_map[counts.indices]
-        keep = columns >= 0
         rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(counts.indptr))
-        flat = rows[keep] * width + columns[keep]
-        np.add.at(out.reshape(-1), flat, counts.data[keep].astype(np.float32, copy=False))
+        source = rows * counts.n_genes + counts.indices
+        canonical = source.size < 2 or bool((source[1:] > source[:-1]).all())  # sorted, no repeated gene
+        if alignment.identity:
+            flat, values = source, counts.data
+        else:
+            columns = alignment.column_map[counts.indices]
+            keep = columns >= 0
+            flat, values = rows[keep] * width + columns[keep], counts.data[keep]
+        if canonical:
+            out.reshape(-1)[flat] = values  # a plain scatter
+        else:
+            np.add.at(out.reshape(-1), flat, values.astype(np.float32, copy=False))  # sums repeats, as scipy
         return out
     if alignment.identity:
         return np.ascontiguousarray(counts, dtype=np.float32)
