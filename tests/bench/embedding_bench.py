@@ -11,7 +11,8 @@ Model: ``models/scvi-pbmc`` (765 genes -> 10-d latent). Cells: PBMC counts
 * raw ONNX Runtime: one in-process session (CPU provider, default options) over the dense
   counts in the model's gene order, batches of 4096 cells: cells/s.
 * Embed: a real ``genoserve serve`` on loopback; the Python client sends CSR requests of 4096
-  cells, one at a time and then two in flight (threads on one channel) (gene names with every request, aligned by name on the server): cells/s,
+  cells, one at a time and then two in flight (threads on one channel), gene names with every
+  request, aligned by name on the server: cells/s,
   and the ratio to raw ONNX Runtime measured right before it.
 * Bulk job: ``--job-cells`` cells written (in chunks) to a CSR .h5ad, embedded by a real server +
   one ``genoserve worker`` (embedded broker); cells/s end to end (submit to SUCCEEDED, including
@@ -191,8 +192,8 @@ def main() -> None:
         "",
         "| path | cells/s | raw ONNX Runtime cells/s | ratio |",
         "|---|---|---|---|",
-        *[f"| Embed (gRPC, CSR, {BATCH}/request, {r['in_flight']} in flight) | {r['embed_cells_s']:,.0f} | {r['raw_cells_s']:,.0f} | "
-          f"{r['ratio']:.2f} |" for r in online],
+        *[f"| Embed (gRPC, CSR, {BATCH}/request, {r['in_flight']} in flight) | {r['embed_cells_s']:,.0f} | "
+          f"{r['raw_cells_s']:,.0f} | {r['ratio']:.2f} |" for r in online],
         f"| embedding.embed_h5ad, {j['cells']:,} cells, {j['file_mb']:.0f} MB .h5ad, e2e | {j['cells_s']:,.0f} | "
         f"{j['raw_cells_s']:,.0f} | {j['ratio']:.2f} |",
         "",
