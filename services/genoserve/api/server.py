@@ -16,6 +16,7 @@ from genoserve.api.auth import TokenTable
 from genoserve.api.health import DrainingHealthServicer, HealthReporter
 from genoserve.api.interceptors import BearerAuth, ErrorsAndMetrics
 from genoserve.api.servicers.binding import SequenceBindingServicer
+from genoserve.api.servicers.embedding import CellEmbeddingServicer
 from genoserve.api.servicers.jobs import JobsServicer
 from genoserve.api.servicers.models import ModelsServicer
 from genoserve.api.servicers.segmentation import SegmentationServicer
@@ -28,6 +29,7 @@ from genoserve.jobs.store import open_store
 from genoserve.runtime.repository import ModelRepository
 from genoserve.v1 import (
     binding_pb2_grpc,
+    embedding_pb2_grpc,
     jobs_pb2_grpc,
     models_pb2_grpc,
     segmentation_pb2_grpc,
@@ -108,6 +110,11 @@ class GenoserveServer:
                 SegmentationServicer(self.repository, self.settings.segmentation, self.settings.runtime),
                 segmentation_pb2_grpc.add_SegmentationServicer_to_server,
                 "segmentation",
+            ),
+            (
+                CellEmbeddingServicer(self.repository),
+                embedding_pb2_grpc.add_CellEmbeddingServicer_to_server,
+                "embedding",
             ),
         ]
 

@@ -245,3 +245,76 @@ def segmentation(model: str, image_path: Path, output: Path, overlay: Path | Non
                 for c in response.cells]  # fmt: skip
         write_cells_csv(cells_path, rows)
     click.echo(f"{image_path}: {response.n_cells} cells -> {output}")
+
+
+@predict.command("embedding")
+@click.option("--model", default="scvi-pbmc", show_default=True, help="An embedding model.")
+@click.option("--h5ad", "source", required=True, type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Counts: an .h5ad (X or --layer) or a 10x Cell Ranger .h5.")  # fmt: skip
+@click.option("--output", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="Writes an .h5ad: the input plus obsm['X_scVI'] and uns['genoserve'] provenance.")  # fmt: skip
+@click.option("--layer", default="", help="Read counts from this layer instead of X.")
+@click.option("--batch-key", default="", help="obs column with each cell's batch (models with a batch covariate).")
+@click.option("--umap", "picture", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also write a PNG of the embedding (first two principal components of the latent).")  # fmt: skip
+@click.option("--color-by", default="", help="obs column that colours the PNG.")
+@click.option("--min-gene-overlap", type=float, default=0.0, help="Default 0.8.")
+@click.option("--not-raw-counts", is_flag=True, help="Allow non-integer values.")
+@click.option("--chunk", type=int, default=4096, show_default=True, help="Cells per message.")
+@client_options
+def embedding(model: str, source: Path, output: Path, layer: str, batch_key: str, picture: Path | None, color_by: str,
+              min_gene_overlap: float, not_raw_counts: bool, chunk: int, **conn: Any) -> None:  # fmt: skip
+    """Embed every cell of a file through CellEmbedding.EmbedStream, reading and writing in chunks."""
+    from genoserve.embedding.plot import embedding_png
+
+    if output.resolve() == source.resolve():
+        raise click.UsageError("--output must differ from --h5ad")
+    with make_client(**conn) as client:
+        summary = or_exit(functools.partial(_embed_file, client, model, source, output, layer, batch_key,
+                                            min_gene_overlap, not_raw_counts, chunk))  # fmt: skip
+    click.echo(summary)
+    if picture is not None:
+        embedding_png(output, picture, color_by=color_by)
+        click.echo(f"wrote {picture}")
+
+
+def _embed_file(client: Any, model: str, source: Path, output: Path, layer: str, batch_key: str,
+                min_gene_overlap: float, not_raw_counts: bool, chunk: int) -> str:  # fmt: skip
+    from genoserve.api.codecs.tensor import to_numpy
+    from genoserve.client.client import embed_request
+    from genoserve.embedding.h5io import EmbeddingWriter, open_counts, read_obs_column
+
+    with open_counts(source, layer) as counts:
+
+        def requests() -> Iterator[Any]:
+            for start in range(0, counts.n_cells, chunk):
+                stop = min(start + chunk, counts.n_cells)
+                matrix = counts.read(start, stop)
+                labels = read_obs_column(source, batch_key, start, stop) if batch_key else []
+                genes = counts.genes if start == 0 else []
+                yield embed_request(model if start == 0 else "", genes, matrix, counts.cell_ids(start, stop), labels,
+                                    min_gene_overlap, not_raw_counts)  # fmt: skip
+
+        writer: EmbeddingWriter | None = None
+        last: Any = None
+        try:
+            for response in client.embed_stream(requests()):
+                latent = to_numpy(response.latent, "latent")
+                if writer is None:
+                    writer = EmbeddingWriter(counts, output, latent.shape[1])
+                writer.write(latent)
+                last = response
+            if writer is None or last is None:
+                raise click.ClickException(f"{source}: no cells")
+            overlap = last.gene_overlap
+            writer.finish({
+                "model": last.model, "version": last.version, "gene_overlap": float(overlap.fraction),
+                "genes_matched": int(overlap.matched), "model_genes": int(overlap.model_genes),
+                "source": str(source), "layer": layer or "X", "written_by": "genoserve predict embedding",
+            })  # fmt: skip
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+    return (f"wrote {output}: {counts.n_cells} cells, obsm['X_scVI'] from {last.model} v{last.version}, "
+            f"gene overlap {overlap.fraction:.3f} ({overlap.matched}/{overlap.model_genes})")  # fmt: skip

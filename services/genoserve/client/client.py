@@ -25,6 +25,8 @@ from genoserve.core import errors
 from genoserve.v1 import (
     binding_pb2,
     binding_pb2_grpc,
+    embedding_pb2,
+    embedding_pb2_grpc,
     jobs_pb2,
     jobs_pb2_grpc,
     models_pb2,
@@ -196,6 +198,25 @@ def _infer_outputs(response: models_pb2.InferResponse) -> dict[str, Array]:
     return {name: tensor_codec.to_numpy(t, f"outputs[{name}]") for name, t in response.outputs.items()}
 
 
+def embed_request(model: str, gene_names: Sequence[str], counts: Any, cell_ids: Sequence[str] = (),
+                  batch_labels: Sequence[str] = (), min_gene_overlap: float = 0.0, not_raw_counts: bool = False,
+                  return_variances: bool = False, version: str = "") -> embedding_pb2.EmbedRequest:  # fmt: skip
+    """An EmbedRequest for a CSR matrix (``indptr``/``indices``/``data`` attributes) or a dense array."""
+    matrix = embedding_pb2.CountMatrix(gene_names=list(gene_names), cell_ids=list(cell_ids))
+    if all(hasattr(counts, a) for a in ("indptr", "indices", "data")):
+        matrix.csr.CopyFrom(embedding_pb2.CsrMatrix(
+            indptr=tensor_codec.from_numpy(np.asarray(counts.indptr)),
+            indices=tensor_codec.from_numpy(np.asarray(counts.indices)),
+            data=tensor_codec.from_numpy(np.asarray(counts.data)),
+        ))  # fmt: skip
+    else:
+        matrix.dense.CopyFrom(tensor_codec.from_numpy(np.asarray(counts)))
+    return embedding_pb2.EmbedRequest(
+        model=model, version=version, counts=matrix, batch_labels=list(batch_labels),
+        min_gene_overlap=min_gene_overlap, not_raw_counts=not_raw_counts, return_variances=return_variances,
+    )  # fmt: skip
+
+
 class Client:
     """Blocking client. Reuse one instance: it holds one channel. Use as a context manager."""
 
@@ -212,6 +233,7 @@ class Client:
         self.binding = binding_pb2_grpc.SequenceBindingStub(self.channel)
         self.variants = variants_pb2_grpc.VariantCallingStub(self.channel)
         self.segmentation = segmentation_pb2_grpc.SegmentationStub(self.channel)
+        self.embedding = embedding_pb2_grpc.CellEmbeddingStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
     def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
@@ -283,6 +305,29 @@ class Client:
         request = segment_request(model, image, **options)
         response: segmentation_pb2.SegmentResponse = self._call(self.segmentation.Segment, request, timeout)
         return response
+
+    # -- single-cell embedding --------------------------------------------------------------------
+
+    def embed(self, model: str, gene_names: Sequence[str], counts: Any, cell_ids: Sequence[str] = (),
+              batch_labels: Sequence[str] = (), min_gene_overlap: float = 0.0, not_raw_counts: bool = False,
+              return_variances: bool = False, version: str = "", timeout: float | None = None
+              ) -> embedding_pb2.EmbedResponse:  # fmt: skip
+        """Embed a cells x genes matrix: a CSR matrix (anything with ``indptr``, ``indices``,
+        ``data``, e.g. ``scipy.sparse.csr_matrix``) or a dense array. Genes are matched by name.
+        ``tensor_codec.to_numpy(response.latent, "latent")`` gives float32 [n_cells, n_latent]."""
+        request = embed_request(model, gene_names, counts, cell_ids, batch_labels, min_gene_overlap,
+                                not_raw_counts, return_variances, version)  # fmt: skip
+        response: embedding_pb2.EmbedResponse = self._call(self.embedding.Embed, request, timeout)
+        return response
+
+    def embed_stream(self, requests: Iterable[embedding_pb2.EmbedRequest], timeout: float | None = None
+                     ) -> Iterator[embedding_pb2.EmbedResponse]:  # fmt: skip
+        """EmbedStream: one response per request (row chunk), in order; build requests with
+        ``embed_request`` (later ones may leave model and gene names empty)."""
+        try:
+            yield from self.embedding.EmbedStream(iter(requests), timeout=timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise translate(exc) from exc
 
     # -- jobs -----------------------------------------------------------------------------------
 
@@ -393,6 +438,7 @@ class AsyncClient:
         self.models = models_pb2_grpc.ModelsStub(self.channel)
         self.variants = variants_pb2_grpc.VariantCallingStub(self.channel)
         self.segmentation = segmentation_pb2_grpc.SegmentationStub(self.channel)
+        self.embedding = embedding_pb2_grpc.CellEmbeddingStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
     async def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
@@ -416,6 +462,16 @@ class AsyncClient:
     ) -> dict[str, Array]:
         response = await self._call(self.models.Infer, _infer_request(model, inputs, version), timeout)
         return _infer_outputs(response)
+
+    async def embed(self, model: str, gene_names: Sequence[str], counts: Any, cell_ids: Sequence[str] = (),
+                    batch_labels: Sequence[str] = (), min_gene_overlap: float = 0.0, not_raw_counts: bool = False,
+                    return_variances: bool = False, version: str = "", timeout: float | None = None
+                    ) -> embedding_pb2.EmbedResponse:  # fmt: skip
+        """As ``Client.embed``."""
+        request = embed_request(model, gene_names, counts, cell_ids, batch_labels, min_gene_overlap,
+                                not_raw_counts, return_variances, version)  # fmt: skip
+        response: embedding_pb2.EmbedResponse = await self._call(self.embedding.Embed, request, timeout)
+        return response
 
     async def health(self, service: str = "", timeout: float | None = None) -> str:
         response = await self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)

@@ -78,43 +78,61 @@ def check_csr(matrix: CsrCounts, field: str = "counts.csr") -> None:
             )
 
 
-def check_values(values: Array, allow_non_integer: bool, field: str, n_cols: int | None = None) -> None:
+def check_values(
+    values: Array,
+    allow_non_integer: bool,
+    field: str,
+    n_cols: int | None = None,
+    indptr: Array | None = None,
+    first_cell: int = 0,
+) -> None:
     """Values must be finite and >= 0, and whole numbers unless ``allow_non_integer``.
 
-    ``n_cols`` (dense only) turns a flat position into "cell i, gene j" in the message.
+    The message names the first bad cell (numbered from ``first_cell``): dense arrays give
+    ``n_cols``, CSR values their ``indptr``.
     """
+    where = _Where(n_cols, indptr, first_cell)
     if values.dtype.kind in "iu":
         if values.dtype.kind == "i" and values.size and int(values.min()) < 0:
-            raise InvalidArgument.field(field, f"counts must be >= 0; {_where(values < 0, n_cols)}")
+            raise InvalidArgument.field(field, f"counts must be >= 0; {where(values < 0)}")
         return
     finite = np.isfinite(values)
     if not finite.all():
-        raise InvalidArgument.field(field, f"counts must be finite (no NaN or inf); {_where(~finite, n_cols)}")
+        raise InvalidArgument.field(field, f"counts must be finite (no NaN or inf); {where(~finite)}")
     if values.size and float(values.min()) < 0:
-        raise InvalidArgument.field(field, f"counts must be >= 0; {_where(values < 0, n_cols)}")
+        raise InvalidArgument.field(field, f"counts must be >= 0; {where(values < 0)}")
     if not allow_non_integer:
         fractional = values != np.floor(values)
         if fractional.any():
             raise InvalidArgument.field(
                 field,
-                f"raw counts must be whole numbers; {_where(fractional, n_cols)} (set not_raw_counts "
+                f"raw counts must be whole numbers; {where(fractional)} (set not_raw_counts "
                 "for normalised data, though the model was trained on raw counts)",
             )
 
 
-def _where(mask: Array, n_cols: int | None) -> str:
-    flat = int(np.argmax(mask.ravel()))
-    count = int(mask.sum())
-    if n_cols:
-        return f"{count} bad value(s), first at cell {flat // n_cols}, gene column {flat % n_cols}"
-    return f"{count} bad value(s), first at value index {flat}"
+class _Where:
+    def __init__(self, n_cols: int | None, indptr: Array | None, first_cell: int) -> None:
+        self.n_cols, self.indptr, self.first_cell = n_cols, indptr, first_cell
+
+    def __call__(self, mask: Array) -> str:
+        flat = int(np.argmax(mask.ravel()))
+        count = int(mask.sum())
+        if self.n_cols:
+            cell, column = divmod(flat, self.n_cols)
+            return f"{count} bad value(s), first at cell {self.first_cell + cell}, gene column {column}"
+        if self.indptr is not None:
+            cell = int(np.searchsorted(self.indptr, flat, side="right")) - 1
+            return f"{count} bad value(s), first at cell {self.first_cell + cell} (value index {flat})"
+        return f"{count} bad value(s), first at value index {flat}"
 
 
-def check(counts: Counts, n_genes: int, allow_non_integer: bool, field: str = "counts") -> int:
-    """Validate a CSR or dense [n_cells, n_genes] matrix; returns n_cells."""
+def check(counts: Counts, n_genes: int, allow_non_integer: bool, field: str = "counts", first_cell: int = 0) -> int:
+    """Validate a CSR or dense [n_cells, n_genes] matrix; returns n_cells. Cells in messages are
+    numbered from ``first_cell``."""
     if isinstance(counts, CsrCounts):
         check_csr(counts, f"{field}.csr")
-        check_values(counts.data, allow_non_integer, f"{field}.csr.data")
+        check_values(counts.data, allow_non_integer, f"{field}.csr.data", indptr=counts.indptr, first_cell=first_cell)
         return counts.n_cells
     if counts.ndim != 2 or counts.dtype.kind not in "biuf":
         raise InvalidArgument.field(
@@ -126,7 +144,7 @@ def check(counts: Counts, n_genes: int, allow_non_integer: bool, field: str = "c
         )
     if counts.shape[0] < 1:
         raise InvalidArgument.field(f"{field}.dense", "needs at least one cell")
-    check_values(counts, allow_non_integer, f"{field}.dense", counts.shape[1])
+    check_values(counts, allow_non_integer, f"{field}.dense", counts.shape[1], first_cell=first_cell)
     return int(counts.shape[0])
 
 
@@ -136,11 +154,19 @@ def aligned_dense(counts: Counts, alignment: GeneAlignment) -> Array:
     if isinstance(counts, CsrCounts):
         n = counts.n_cells
         out = np.zeros((n, width), dtype=np.float32)
-        columns = alignment.column_map[counts.indices]
-        keep = columns >= 0
         rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(counts.indptr))
-        flat = rows[keep] * width + columns[keep]
-        np.add.at(out.reshape(-1), flat, counts.data[keep].astype(np.float32, copy=False))
+        source = rows * counts.n_genes + counts.indices
+        canonical = source.size < 2 or bool((source[1:] > source[:-1]).all())  # sorted, no repeated gene
+        if alignment.identity:
+            flat, values = source, counts.data
+        else:
+            columns = alignment.column_map[counts.indices]
+            keep = columns >= 0
+            flat, values = rows[keep] * width + columns[keep], counts.data[keep]
+        if canonical:
+            out.reshape(-1)[flat] = values  # a plain scatter
+        else:
+            np.add.at(out.reshape(-1), flat, values.astype(np.float32, copy=False))  # sums repeats, as scipy
         return out
     if alignment.identity:
         return np.ascontiguousarray(counts, dtype=np.float32)

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 
 Array = np.ndarray[Any, Any]
+#: One label per cell (strings or integers).
+Labels = Sequence[Any] | Array
 
 
 def _sq_distances(a: Array, b: Array) -> Array:
@@ -28,7 +30,7 @@ def _sq_distances(a: Array, b: Array) -> Array:
     return out
 
 
-def _codes(labels: Sequence[Any] | Array) -> tuple[Array, int]:
+def _codes(labels: Labels) -> tuple[Array, int]:
     _, codes = np.unique(np.asarray(labels), return_inverse=True)
     return codes.astype(np.int64), int(codes.max()) + 1 if len(codes) else 0
 
@@ -47,9 +49,7 @@ def neighbours(query: Array, reference: Array, k: int, exclude_self: bool = Fals
     return out
 
 
-def knn_accuracy(
-    reference: Array, reference_labels: Sequence[Any], query: Array, query_labels: Sequence[Any], k: int = 15
-) -> float:
+def knn_accuracy(reference: Array, reference_labels: Labels, query: Array, query_labels: Labels, k: int = 15) -> float:
     """Fraction of ``query`` cells whose k nearest ``reference`` cells' majority label is right."""
     every, codes = np.unique(np.concatenate([np.asarray(reference_labels), np.asarray(query_labels)]),
                              return_inverse=True)  # fmt: skip
@@ -60,7 +60,7 @@ def knn_accuracy(
     return float((votes.argmax(1) == query_codes).mean())
 
 
-def silhouette(embedding: Array, labels: Sequence[Any]) -> float:
+def silhouette(embedding: Array, labels: Labels) -> float:
     """Mean silhouette width over cells, in [-1, 1]; a cell alone in its label counts 0."""
     codes, n_labels = _codes(labels)
     if n_labels < 2:
@@ -80,12 +80,12 @@ def silhouette(embedding: Array, labels: Sequence[Any]) -> float:
     return float(s.mean())
 
 
-def scaled_silhouette(embedding: Array, labels: Sequence[Any]) -> float:
+def scaled_silhouette(embedding: Array, labels: Labels) -> float:
     """(silhouette + 1) / 2, in [0, 1]; higher = labels better separated."""
     return (silhouette(embedding, labels) + 1.0) / 2.0
 
 
-def batch_mixing(embedding: Array, batches: Sequence[Any], k: int = 15) -> float:
+def batch_mixing(embedding: Array, batches: Labels, k: int = 15) -> float:
     """Mean normalised entropy of batch labels among each cell's k nearest neighbours, in [0, 1]."""
     codes, n_batches = _codes(batches)
     if n_batches < 2:

@@ -9,13 +9,23 @@ from genoserve.core.errors import InvalidArgument
 from genoserve.jobs.kinds.base import JobKind
 from genoserve.jobs.kinds.binding import ScoreBed, ScoreFasta
 from genoserve.jobs.kinds.binding_vcf import ScoreVcf
+from genoserve.jobs.kinds.embedding import EmbedH5ad
 from genoserve.jobs.kinds.score_rows import ScoreRows
 from genoserve.jobs.kinds.segmentation import SegmentImages
 from genoserve.jobs.kinds.variants import CallBam, CallExamples
 
 KINDS: dict[str, JobKind] = {
     kind.name: kind
-    for kind in (ScoreRows(), ScoreFasta(), ScoreBed(), ScoreVcf(), CallBam(), CallExamples(), SegmentImages())
+    for kind in (
+        ScoreRows(),
+        ScoreFasta(),
+        ScoreBed(),
+        ScoreVcf(),
+        CallBam(),
+        CallExamples(),
+        SegmentImages(),
+        EmbedH5ad(),
+    )
 }
 
 

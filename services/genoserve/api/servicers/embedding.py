@@ -1,0 +1,68 @@
+"""genoserve.v1.CellEmbedding: thin servicer over the embedding family code and the batcher."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+
+from genoserve.api.codecs import embedding as codec
+from genoserve.api.deadlines import deadline_of
+from genoserve.core.errors import InvalidArgument
+from genoserve.embedding import contract
+from genoserve.embedding.contract import EmbeddingContract
+from genoserve.embedding.request import prepare
+from genoserve.runtime.model import ServedModel
+from genoserve.runtime.repository import ModelRepository
+from genoserve.v1 import embedding_pb2, embedding_pb2_grpc
+
+
+class CellEmbeddingServicer(embedding_pb2_grpc.CellEmbeddingServicer):
+    SERVICE_NAME = "genoserve.v1.CellEmbedding"
+    FAMILY = "embedding"
+
+    def __init__(self, repository: ModelRepository) -> None:
+        self.repository = repository
+
+    def _model(self, name: str, version: str) -> tuple[ServedModel, EmbeddingContract]:
+        if not name:
+            raise InvalidArgument.field("model", "is required")
+        model = self.repository.get(name, version)
+        return model, EmbeddingContract.of(model.spec)
+
+    async def _embed(
+        self, request: embedding_pb2.EmbedRequest, context: grpc.aio.ServicerContext, first_cell: int = 0
+    ) -> embedding_pb2.EmbedResponse:
+        model, model_contract = self._model(request.model, request.version)
+        matrix = codec.counts(request.counts)
+        prepared = await asyncio.to_thread(
+            prepare, model_contract, list(request.counts.gene_names), matrix, list(request.counts.cell_ids),
+            list(request.batch_labels), request.min_gene_overlap, request.not_raw_counts, first_cell,
+        )  # fmt: skip
+        outputs = await model.infer(prepared.inputs, deadline_of(context))
+        variances = outputs[contract.VAR] if request.return_variances else None
+        return codec.embed_response(model.name, model.version, prepared.cell_ids, outputs[contract.MEAN], variances,
+                                    prepared.alignment)  # fmt: skip
+
+    async def Embed(
+        self, request: embedding_pb2.EmbedRequest, context: grpc.aio.ServicerContext
+    ) -> embedding_pb2.EmbedResponse:
+        return await self._embed(request, context)
+
+    async def EmbedStream(
+        self, request_iterator: AsyncIterator[embedding_pb2.EmbedRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[embedding_pb2.EmbedResponse]:
+        first: embedding_pb2.EmbedRequest | None = None
+        number = cells = 0
+        async for request in request_iterator:
+            if first is None:
+                first = request
+            effective = codec.inherit(first, request)
+            try:
+                response = await self._embed(effective, context, cells)
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"message {number}: {exc.message}", exc.violations) from exc
+            cells += len(response.cell_ids)
+            number += 1
+            yield response

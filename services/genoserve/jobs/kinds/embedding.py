@@ -1,0 +1,199 @@
+"""Bulk job kind of the embedding family: ``embedding.embed_h5ad``.
+
+Each input (.h5ad with counts in X or a named layer, or a 10x Cell Ranger .h5) becomes
+``<stem>.embedded.h5ad``: the input (a 10x file converted) plus ``obsm["X_scVI"]`` and
+provenance in ``uns["genoserve"]``; optionally ``<stem>.embedding.png``. Shards are cell ranges;
+each writes its latent block as .npy (atomically); the merge streams them into the output in
+order. Memory is bounded by the shard and batch sizes, not by the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from genoserve.core.errors import InvalidArgument
+from genoserve.core.settings import Settings
+from genoserve.embedding import contract as names
+from genoserve.embedding.contract import EmbeddingContract
+from genoserve.embedding.genes import DEFAULT_MIN_OVERLAP, align
+from genoserve.embedding.h5io import EmbeddingWriter, H5adCounts, open_counts, read_obs_column
+from genoserve.embedding.plot import embedding_png
+from genoserve.embedding.request import prepare
+from genoserve.jobs.kinds.base import InputRecordError, JobKind, PlannedShard, ShardContext
+from genoserve.jobs.paths import temporary_name, write_atomically
+from genoserve.runtime.spec import ModelSpec
+
+Array = np.ndarray[Any, Any]
+KEY = "X_scVI"
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for ext in (".h5ad", ".h5", ".hdf5"):
+        name = name.removesuffix(ext)
+    return name
+
+
+def _positive(params: Mapping[str, str], name: str) -> int:
+    try:
+        value = int(params[name])
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise InvalidArgument.field(f"params[{name}]", f"must be a positive integer, got {params[name]!r}")
+    return value
+
+
+def _flag(params: Mapping[str, str], name: str) -> bool:
+    value = params.get(name, "false").lower()
+    if value not in ("true", "false"):
+        raise InvalidArgument.field(f"params[{name}]", f"must be true or false, got {params[name]!r}")
+    return value == "true"
+
+
+def _min_overlap(params: Mapping[str, str]) -> float:
+    try:
+        value = float(params.get("min_gene_overlap") or DEFAULT_MIN_OVERLAP)
+    except ValueError as exc:
+        raise InvalidArgument.field(
+            "params[min_gene_overlap]", f"must be a number, got {params['min_gene_overlap']!r}"
+        ) from exc
+    return value
+
+
+class EmbedH5ad(JobKind):
+    name = "embedding.embed_h5ad"
+    queue = "embedding"
+    defaults: ClassVar[Mapping[str, str]] = {
+        "model": "", "version": "", "layer": "", "batch_key": "", "batch": "", "shard_size": "50000",
+        "min_gene_overlap": "", "not_raw_counts": "false", "plot": "false", "color_by": "", "overwrite": "false",
+    }  # fmt: skip
+
+    def model(self, params: Mapping[str, str]) -> tuple[str, str]:
+        if not params.get("model"):
+            raise InvalidArgument.field("params[model]", "is required (an embedding model, e.g. scvi-pbmc)")
+        return params["model"], params.get("version", "")
+
+    def plan(self, inputs: list[Path], params: Mapping[str, str], spec: ModelSpec,
+             settings: Settings) -> list[PlannedShard]:  # fmt: skip
+        model = EmbeddingContract.of(spec)
+        size = _positive(params, "shard_size")
+        _flag(params, "not_raw_counts")
+        _flag(params, "plot")
+        shards: list[PlannedShard] = []
+        for index, path in enumerate(inputs):
+            try:
+                with open_counts(path, params.get("layer", "")) as counts:
+                    align(counts.genes, model.genes, _min_overlap(params), field="gene names")
+                    self._check_batch(model, params, counts, path)
+                    n = counts.n_cells
+            except InvalidArgument as exc:
+                raise InvalidArgument.field(f"inputs[{index}]", exc.message) from exc
+            if n == 0:
+                raise InvalidArgument.field(f"inputs[{index}]", f"{path}: no cells")
+            shards += [PlannedShard(index, s, min(s + size, n), min(s + size, n) - s) for s in range(0, n, size)]
+        return shards
+
+    @staticmethod
+    def _batch_key(model: EmbeddingContract, params: Mapping[str, str]) -> str:
+        return params.get("batch_key") or model.batch_key
+
+    def _check_batch(self, model: EmbeddingContract, params: Mapping[str, str], counts: Any, path: Path) -> None:
+        if not model.takes_batch:
+            if params.get("batch") or params.get("batch_key"):
+                raise InvalidArgument.field("params[batch_key]", "this model takes no batch covariate")
+            return
+        if params.get("batch"):
+            if params["batch"] not in model.batches:
+                raise InvalidArgument.field(
+                    "params[batch]", f"unknown batch label {params['batch']!r}; known batches: {list(model.batches)}"
+                )
+            return
+        key = self._batch_key(model, params)
+        if not isinstance(counts, H5adCounts) or not key:
+            raise InvalidArgument.field(
+                "params[batch_key]",
+                f"{path}: this model needs each cell's batch: give params batch_key (an obs "
+                f"column of an .h5ad) or batch (one label for all); known batches: {list(model.batches)}",
+            )
+        read_obs_column(path, key, 0, 1)  # the column exists
+
+    def outputs(self, inputs: list[Path], output_dir: Path, params: Mapping[str, str]) -> list[Path]:
+        out = [output_dir / f"{_stem(p)}.embedded.h5ad" for p in inputs]
+        if params.get("plot", "false").lower() == "true":
+            out += [output_dir / f"{_stem(p)}.embedding.png" for p in inputs]
+        return out
+
+    def shard_result(self, output_stem: Path) -> Path:
+        return output_stem.with_suffix(".npy")
+
+    def run_shard(self, ctx: ShardContext) -> int:
+        path = ctx.inputs[ctx.input_index]
+        model = EmbeddingContract.of(ctx.spec)
+        params = ctx.params
+        key = self._batch_key(model, params) if model.takes_batch and not params.get("batch") else ""
+        blocks: list[Array] = []
+        with open_counts(path, params.get("layer", "")) as counts:
+            alignment = align(counts.genes, model.genes, _min_overlap(params))
+            for start in range(ctx.start, ctx.stop, ctx.batch_size):
+                ctx.check()
+                stop = min(start + ctx.batch_size, ctx.stop)
+                labels = (
+                    read_obs_column(path, key, start, stop) if key else ([params["batch"]] if model.takes_batch else [])
+                )
+                try:
+                    prepared = prepare(model, counts.genes, counts.read(start, stop), ["_"] * (stop - start), labels,
+                                       not_raw_counts=_flag(params, "not_raw_counts"), first_cell=start,
+                                       alignment=alignment)  # fmt: skip
+                except InvalidArgument as exc:
+                    rule = exc.violations[0].description if exc.violations else exc.message
+                    raise InputRecordError(str(path), f"in cells {start}-{stop - 1}", rule) from exc
+                blocks.append(ctx.infer(prepared.inputs)[names.MEAN])
+        version = int(params["version"]) if params.get("version") else max(v.version for v in ctx.spec.versions)
+        about = {
+            "model": ctx.spec.name, "version": str(version), "model_sha256": ctx.spec.version(version).sha256,
+            "gene_overlap": alignment.overlap, "genes_matched": alignment.matched, "model_genes": len(model.genes),
+            "genes_missing": len(alignment.missing), "genes_dropped": alignment.extra,
+        }  # fmt: skip
+        write_atomically(ctx.output_stem.with_suffix(".json"), json.dumps(about).encode())
+        target = self.shard_result(ctx.output_stem)
+        tmp = temporary_name(target)
+        with open(tmp, "wb") as fh:
+            np.save(fh, np.concatenate(blocks).astype(np.float32, copy=False))
+        os.replace(tmp, target)
+        return ctx.stop - ctx.start
+
+    def merge(self, inputs: list[Path], shards: list[tuple[PlannedShard, Path]], output_dir: Path,
+              params: Mapping[str, str]) -> list[Path]:  # fmt: skip
+        finals: list[Path] = []
+        for index, path in enumerate(inputs):
+            parts = [p for s, p in shards if s.input_index == index]
+            target = output_dir / f"{_stem(path)}.embedded.h5ad"
+            first = np.load(parts[0], mmap_mode="r")
+            with open_counts(path, params.get("layer", "")) as counts:
+                writer = EmbeddingWriter(counts, target, int(first.shape[1]))
+                try:
+                    for part in parts:
+                        writer.write(np.load(part, mmap_mode="r"))
+                    writer.finish(self._provenance(params, parts[0], path))
+                except BaseException:
+                    writer.abort()
+                    raise
+            finals.append(target)
+        if _flag(params, "plot"):
+            for path, h5ad in zip(inputs, list(finals), strict=True):
+                finals.append(embedding_png(h5ad, output_dir / f"{_stem(path)}.embedding.png",
+                                            color_by=params.get("color_by", "")))  # fmt: skip
+        return finals
+
+    def _provenance(self, params: Mapping[str, str], part: Path, path: Path) -> dict[str, str | float | int]:
+        about: dict[str, str | float | int] = json.loads(part.with_suffix(".json").read_text())
+        return {**about, "source": str(path), "layer": params.get("layer") or "X", "key": KEY,
+                "written_by": self.name, "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip

@@ -1,0 +1,210 @@
+"""Single-cell embedding benchmark: CellEmbedding.Embed vs raw ONNX Runtime, and the bulk job
+``embedding.embed_h5ad`` over a large simulated sparse .h5ad vs raw ONNX Runtime, as ratios.
+
+Run from the repository root::
+
+    .venv/bin/python -m tests.bench.embedding_bench [--cells 20000] [--job-cells 200000] [--repeats 3]
+
+Model: ``models/scvi-pbmc`` (765 genes -> 10-d latent). Cells: PBMC counts
+(tests/data/embedding) resampled with replacement, so sparsity and library sizes are real.
+
+* raw ONNX Runtime: one in-process session (CPU provider, default options) over the dense
+  counts in the model's gene order, batches of 4096 cells: cells/s.
+* Embed: a real ``genoserve serve`` on loopback; the Python client sends CSR requests of 4096
+  cells, one at a time and then two in flight (threads on one channel), gene names with every
+  request, aligned by name on the server: cells/s,
+  and the ratio to raw ONNX Runtime measured right before it.
+* Bulk job: ``--job-cells`` cells written (in chunks) to a CSR .h5ad, embedded by a real server +
+  one ``genoserve worker`` (embedded broker); cells/s end to end (submit to SUCCEEDED, including
+  reading and writing the .h5ad) and the ratio to raw ONNX Runtime on the same number of cells in
+  memory; the worker's peak resident memory (VmHWM of its processes) next to the file size.
+
+Outputs ``tests/bench/results/embedding.json`` and ``.md`` (also printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import onnxruntime as ort
+import scipy.sparse as sp
+import yaml
+
+from genoserve.client import Client
+from genoserve.client.client import FINAL_JOB_STATES
+from tests.support.jobs import WorkerProcess
+from tests.support.server import REPO, ServerProcess
+
+MODEL = "scvi-pbmc"
+PBMC = REPO / "tests" / "data" / "embedding" / "pbmc68k_reduced_counts_700x765.h5ad"
+RESULTS = REPO / "tests" / "bench" / "results"
+BATCH = 4096
+
+
+def pbmc_csr() -> tuple[sp.csr_matrix, list[str]]:
+    with h5py.File(PBMC) as f:
+        x = f["X"]
+        matrix = sp.csr_matrix((x["data"][:], x["indices"][:], x["indptr"][:]), shape=tuple(x.attrs["shape"]))
+        genes = [g.decode() if isinstance(g, bytes) else g for g in f["var/index"][:]]
+    return matrix, genes
+
+
+def resample(matrix: sp.csr_matrix, n: int, seed: int) -> sp.csr_matrix:
+    return matrix[np.random.default_rng(seed).integers(0, matrix.shape[0], n)]
+
+
+def raw_rate(dense: np.ndarray) -> float:
+    session = ort.InferenceSession(
+        str(REPO / "models" / MODEL / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    session.run(None, {"counts": dense[:BATCH]})
+    started = time.perf_counter()
+    for i in range(0, len(dense), BATCH):
+        session.run(["latent_mean"], {"counts": dense[i : i + BATCH]})
+    rate = len(dense) / (time.perf_counter() - started)
+    del session
+    return rate
+
+
+def embed_rate(address: str, matrix: sp.csr_matrix, genes: list[str], in_flight: int) -> float:
+    """Cells/s of Embed with ``in_flight`` requests outstanding (threads sharing one channel)."""
+    chunks = [matrix[i : i + BATCH] for i in range(0, matrix.shape[0], BATCH)]
+    with Client(address, timeout=120) as client, ThreadPoolExecutor(in_flight) as pool:
+        client.embed(MODEL, genes, chunks[0])
+        started = time.perf_counter()
+        list(pool.map(lambda chunk: client.embed(MODEL, genes, chunk), chunks))
+        return matrix.shape[0] / (time.perf_counter() - started)
+
+
+def write_h5ad(path: Path, source: sp.csr_matrix, genes: list[str], n: int, chunk: int = 50_000) -> None:
+    """A CSR .h5ad of ``n`` resampled cells, written chunk by chunk (AnnData on-disk format)."""
+    string = h5py.string_dtype()
+    with h5py.File(path, "w") as f:
+        f.attrs["encoding-type"], f.attrs["encoding-version"] = "anndata", "0.1.0"
+        x = f.create_group("X")
+        x.attrs["encoding-type"], x.attrs["encoding-version"] = "csr_matrix", "0.1.0"
+        x.attrs["shape"] = np.array([n, len(genes)])
+        data = x.create_dataset("data", shape=(0,), maxshape=(None,), dtype="f4", chunks=(1 << 18,))
+        indices = x.create_dataset("indices", shape=(0,), maxshape=(None,), dtype="i4", chunks=(1 << 18,))
+        indptr = [np.zeros(1, np.int64)]
+        for start in range(0, n, chunk):
+            block = resample(source, min(chunk, n - start), start)
+            old = data.shape[0]
+            data.resize((old + block.nnz,))
+            indices.resize((old + block.nnz,))
+            data[old:] = block.data
+            indices[old:] = block.indices
+            indptr.append(block.indptr[1:].astype(np.int64) + old)
+        x.create_dataset("indptr", data=np.concatenate(indptr))
+        for name, index in (("obs", [f"c{i}" for i in range(n)]), ("var", genes)):
+            frame = f.create_group(name)
+            frame.attrs.update({"encoding-type": "dataframe", "encoding-version": "0.2.0", "_index": "_index"})
+            frame.attrs["column-order"] = np.array([], dtype=float)
+            ds = frame.create_dataset("_index", data=np.array(index, dtype=object), dtype=string)
+            ds.attrs.update({"encoding-type": "string-array", "encoding-version": "0.2.0"})
+        for name in ("layers", "obsm", "obsp", "varm", "varp", "uns"):
+            group = f.create_group(name)
+            group.attrs.update({"encoding-type": "dict", "encoding-version": "0.1.0"})
+
+
+def peak_rss_mb(pgid: int) -> float:
+    out = subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True).stdout.split()
+    peak = 0
+    for pid in out:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]))
+        except OSError:
+            continue
+    return peak / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cells", type=int, default=20_000)
+    parser.add_argument("--job-cells", type=int, default=200_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--scratch", type=Path, default=Path("/tmp/genoserve-embedding-bench"))
+    args = parser.parse_args()
+    args.scratch.mkdir(parents=True, exist_ok=True)
+    source, genes = pbmc_csr()
+    cells = resample(source, args.cells, 1)
+    dense = cells.toarray().astype(np.float32)
+    report: dict[str, Any] = {"model": MODEL, "cells": args.cells, "online": [], "nproc": os.cpu_count()}
+    config = args.scratch / "genoserve.yaml"
+    config.write_text(yaml.safe_dump({
+        "runtime": {"model_dir": str(REPO / "models")},
+        "jobs": {"data_dir": str(args.scratch / "data"), "input_roots": [str(args.scratch)],
+                 "output_roots": [str(args.scratch)]},
+        "worker": {"metrics_dir": str(args.scratch / "data" / "metrics"), "batch_size": BATCH},
+    }))  # fmt: skip
+    with ServerProcess("--config", str(config), log_path=args.scratch / "server.log") as server:
+        for _ in range(args.repeats):
+            raw = raw_rate(dense)
+            for in_flight in (1, 2):
+                served = embed_rate(server.address, cells, genes, in_flight)
+                report["online"].append({"in_flight": in_flight, "raw_cells_s": raw, "embed_cells_s": served,
+                                         "ratio": served / raw})  # fmt: skip
+                print(f"raw ORT {raw:,.0f} cells/s   Embed ({in_flight} in flight) {served:,.0f} cells/s   "
+                      f"ratio {served / raw:.2f}", flush=True)  # fmt: skip
+        path = args.scratch / "large.h5ad"
+        write_h5ad(path, source, genes, args.job_cells)
+        with h5py.File(path) as f:
+            nnz = f["X/data"].shape[0]
+        big_raw = raw_rate(resample(source, min(args.job_cells, 50_000), 2).toarray().astype(np.float32))
+        worker = WorkerProcess(config, args.scratch / "worker.log", "--queues", "embedding").start()
+        try:
+            with Client(server.address, timeout=60) as client:
+                out = args.scratch / "out"
+                started = time.time()
+                job = client.submit_job("embedding.embed_h5ad", [str(path)], str(out),
+                                        {"model": MODEL, "overwrite": "true"})  # fmt: skip
+                while (job := client.get_job(job.id)).state not in FINAL_JOB_STATES:
+                    time.sleep(0.2)
+                seconds = time.time() - started
+            assert worker.proc is not None
+            rss = peak_rss_mb(worker.proc.pid)
+        finally:
+            worker.stop()
+        if job.error:
+            raise SystemExit(f"job failed: {job.error}")
+        rate = args.job_cells / seconds
+        report["job"] = {
+            "cells": args.job_cells, "nnz": int(nnz), "file_mb": path.stat().st_size / 1e6, "seconds": seconds,
+            "cells_s": rate, "raw_cells_s": big_raw, "ratio": rate / big_raw, "worker_peak_rss_mb": rss,
+        }  # fmt: skip
+    online = report["online"]
+    best = max(online, key=lambda r: r["ratio"])
+    median = sorted(r["ratio"] for r in online if r["in_flight"] == 2)[args.repeats // 2]
+    j = report["job"]
+    lines = [
+        f"# Embedding benchmark ({MODEL}, {os.cpu_count()} cores)",
+        "",
+        "| path | cells/s | raw ONNX Runtime cells/s | ratio |",
+        "|---|---|---|---|",
+        *[f"| Embed (gRPC, CSR, {BATCH}/request, {r['in_flight']} in flight) | {r['embed_cells_s']:,.0f} | "
+          f"{r['raw_cells_s']:,.0f} | {r['ratio']:.2f} |" for r in online],
+        f"| embedding.embed_h5ad, {j['cells']:,} cells, {j['file_mb']:.0f} MB .h5ad, e2e | {j['cells_s']:,.0f} | "
+        f"{j['raw_cells_s']:,.0f} | {j['ratio']:.2f} |",
+        "",
+        f"Embed ratio (2 in flight): median {median:.2f}; best of all {best['ratio']:.2f}. Job worker peak RSS "
+        f"{j['worker_peak_rss_mb']:.0f} MB for a {j['file_mb']:.0f} MB file.",
+    ]  # fmt: skip
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "embedding.json").write_text(json.dumps(report, indent=2))
+    (RESULTS / "embedding.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
