@@ -3,7 +3,8 @@
 Each image: a random number of cells (sparse to crowded), each an ellipse or an irregular blob
 (radius modulated by a few random harmonics) of random size and orientation, placed so that
 neighbours may touch and overlap a little (later cells occlude earlier ones; the mask is what is
-visible). Intensity: a per-cell brightness, a dome profile, multiplicative texture; then optical
+visible). Intensity: a per-cell brightness (some cells dim), faint cell bodies around some
+nuclei (signal outside the masks), a dome profile, multiplicative texture; then optical
 blur, a background level with a linear gradient, shot and read noise, and a random gain. The
 masks are exact by construction. Deterministic from the generator passed in.
 """
@@ -22,8 +23,12 @@ Array = np.ndarray[Any, Any]
 @dataclass(frozen=True)
 class SimConfig:
     size: tuple[int, int] = (128, 128)
-    #: cell diameter range in pixels (the real nuclei image has ~6-13 px)
-    diameter: tuple[float, float] = (6.0, 22.0)
+    #: cell diameter range in pixels (the real nuclei image has ~5-13 px)
+    diameter: tuple[float, float] = (5.0, 22.0)
+    #: fraction of dim cells (4-25 % of the brightest), like the faint nuclei of real images
+    dim_fraction: float = 0.15
+    #: fraction of cells with a faint cell body around the nucleus (not part of the mask)
+    cytoplasm_fraction: float = 0.5
     #: fraction of the image area covered by cells (before occlusion)
     coverage: tuple[float, float] = (0.05, 0.45)
     max_overlap: float = 0.25
@@ -45,6 +50,30 @@ def _cell_shape(rng: np.random.Generator, radius: float) -> tuple[Array, int]:
         for k in (2, 3, 4, 5):
             modulation += rng.normal(0, 0.06 if k > 2 else 0.1) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
     return rho <= radius * modulation, half
+
+
+def _cytoplasm(rng: np.random.Generator, masks: Array, fraction: float) -> Array:
+    """Faint, smooth cell bodies around some nuclei, outside every mask: float64 [H, W]."""
+    h, w = masks.shape
+    bodies = np.zeros((h, w), dtype=np.float64)
+    n = int(masks.max())
+    if n == 0 or fraction <= 0:
+        return bodies
+    ys, xs = np.nonzero(masks)
+    lab = masks[ys, xs]
+    count = np.bincount(lab, minlength=n + 1)
+    cy = np.bincount(lab, weights=ys, minlength=n + 1) / np.maximum(count, 1)
+    cx = np.bincount(lab, weights=xs, minlength=n + 1) / np.maximum(count, 1)
+    yy, xx = np.mgrid[0:h, 0:w]
+    for label in np.nonzero(count)[0]:
+        if label == 0 or rng.random() > fraction:
+            continue
+        radius = np.sqrt(count[label] / np.pi) * rng.uniform(1.5, 3.0)
+        oy, ox = rng.normal(0, radius / 3, 2)
+        d2 = ((yy - cy[label] - oy) ** 2 + (xx - cx[label] - ox) ** 2) / radius**2
+        bodies += rng.uniform(0.02, 0.12) * np.exp(-d2 * rng.uniform(1.0, 3.0))
+    bodies = ndimage.gaussian_filter(bodies * (1 + 0.5 * rng.normal(0, 1, (h, w))), 1.0)
+    return np.where(masks > 0, 0.0, np.clip(bodies, 0, None))
 
 
 def simulate(rng: np.random.Generator, config: SimConfig = SimConfig()) -> tuple[Array, Array]:
@@ -90,12 +119,13 @@ def simulate(rng: np.random.Generator, config: SimConfig = SimConfig()) -> tuple
         masks[ys, xs][piece] = label
         yy, xx = np.nonzero(piece)
         dist = np.hypot(yy - (cy - ys.start), xx - (cx - xs.start)) / max(radius, 1.0)
-        brightness = rng.uniform(0.25, 1.0)
+        brightness = rng.uniform(0.06, 0.25) if rng.random() < config.dim_fraction else rng.uniform(0.25, 1.0)
         dome = 1.0 - rng.uniform(0.0, 0.4) * np.clip(dist, 0, 1) ** 2
         region_signal = signal[ys, xs]
         region_signal[yy, xx] = brightness * dome
         signal[ys, xs] = region_signal
         covered += piece.sum()
+    signal += _cytoplasm(rng, masks, config.cytoplasm_fraction)
     texture = ndimage.gaussian_filter(rng.normal(0, 1, (h, w)), rng.uniform(0.7, 2.0))
     texture /= max(texture.std(), 1e-9)
     signal *= np.clip(1.0 + rng.uniform(0.0, 0.35) * texture, 0.2, None)

@@ -137,10 +137,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("models"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--version", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=700)
+    parser.add_argument("--steps", type=int, default=900)
     parser.add_argument("--quick", action="store_true", help="a few steps on a small pool (export path only)")
     args = parser.parse_args(argv)
-    steps, pool_size, batch = (5, 16, 4) if args.quick else (args.steps, 400, 8)
+    steps, pool_size, batch = (5, 16, 4) if args.quick else (args.steps, 600, 8)
     started = time.monotonic()
     net = train(args.seed, steps, pool_size, batch, crop=96, log=not args.quick)
     seconds = time.monotonic() - started
