@@ -74,3 +74,15 @@ def test_output_into_a_missing_folder_is_refused_before_any_work(server: ServerP
     assert not missing.exists()
     assert not (tmp_path / "m.tif").exists()
 
+
+def test_binding_vcf_without_a_registered_reference_says_how_to_register_one(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    vcf = tmp_path / "calls.vcf"
+    vcf.write_text(
+        "##fileformat=VCFv4.2\n##contig=<ID=chr20,length=63025520>\n"
+        "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\nchr20\t10000100\tv0\tT\tA\t.\t.\t.\n"
+    )
+    for extra in ([], ["--reference", "hg19"]):
+        result = genoserve(server, "predict", "binding", "--model", "deepbind-ctcf", "--vcf", str(vcf), *extra)
+        assert_clean_error(result, "reference: no reference genome is registered on the server", "binding.references")
