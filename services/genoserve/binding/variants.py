@@ -8,6 +8,7 @@ reference downstream of REF. Beyond a contig's ends the window is padded with N.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,20 @@ from genoserve.core.errors import FailedPrecondition
 BASES = set("ACGTN")
 #: Largest REF or ALT allele scored ("small indels").
 MAX_ALLELE = 50
+
+
+def unknown_reference(name: str, registered: Iterable[str]) -> str:
+    """The rule broken when a request names no registered reference (or none, and there is no default)."""
+    names = sorted(registered)
+    if not names:
+        return (
+            f"no reference genome is registered on the server{f' (asked for {name!r})' if name else ''}; "
+            "register FASTAs in the setting binding.references (name: path), "
+            """e.g. GENOSERVE_BINDING__REFERENCES='{"hg19": "/data/hg19.fa"}'"""
+        )
+    if not name:
+        return f"no reference named and binding.default_reference is not set; name one of {names}"
+    return f"unknown reference {name!r}; registered: {names}"
 
 
 @dataclass(frozen=True)

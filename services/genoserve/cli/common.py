@@ -35,6 +35,13 @@ def or_exit(call: Callable[[], T]) -> T:
         sys.exit(2)
 
 
+def output_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """Click callback: an output file whose folder exists, checked before any work is done."""
+    if value is not None and not value.absolute().parent.is_dir():
+        raise click.BadParameter(f"folder {str(value.parent)!r} does not exist", ctx=ctx, param=param)
+    return value
+
+
 def client_options(func: Any) -> Any:
     options = [
         click.option("--address", envvar="GENOSERVE_ADDRESS", default="localhost:50051", show_default=True),

@@ -160,8 +160,8 @@ def list_cmd(state: str | None, limit: int, **conn: Any) -> None:
     value = jobs_pb2.JobState.Value(f"JOB_STATE_{state}") if state else 0
     with make_client(**conn) as client:
         found = or_exit(lambda: client.list_jobs(value, limit))
+    width = max((len(job.kind) for job in found), default=0)
     for job in found:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.created_at.seconds))
-        click.echo(
-            f"{job.id}  {job.kind:24s} {state_name(job.state):10s} {job.shards_done}/{job.shards_total}  {created}"
-        )
+        shards = f"{job.shards_done}/{job.shards_total}"
+        click.echo(f"{job.id}  {job.kind:{width}s}  {state_name(job.state):10s} {shards}  {created}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import re
 import sys
 from collections.abc import Iterator
 from itertools import islice
@@ -12,7 +13,8 @@ from typing import Any, TypeVar
 
 import click
 
-from genoserve.cli.common import client_options, make_client, or_exit
+from genoserve.cli.common import client_options, make_client, or_exit, output_file
+from genoserve.core.errors import GenoserveError
 
 T = TypeVar("T")
 
@@ -93,7 +95,9 @@ def binding(model: str, fasta: Path | None, sequences: tuple[str, ...], vcf: Pat
 def _regions(texts: tuple[str, ...], bed: Path | None) -> list[Any]:
     from genoserve.variants.make_examples import Region
 
-    regions = [Region.parse(part) for text in texts for part in text.split(",") if part.strip()]
+    # Split at commas that start a new CONTIG:..., not at digit-grouping commas (10,000,000).
+    parts = [part for text in texts for part in re.split(r",(?=[^,:]+:)", text) if part.strip()]
+    regions = [or_exit(functools.partial(Region.parse, part)) for part in parts]
     if bed is not None:
         from genoserve.variants.evaluate import read_bed
 
@@ -137,7 +141,13 @@ def _example_batches(
     multiple=True,
     help="DeepVariant make_examples TFRecord(s) to call instead of a BAM.",
 )
-@click.option("--output", type=click.Path(path_type=Path), required=True, help="VCF (.vcf or bgzipped .vcf.gz).")
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    callback=output_file,
+    help="VCF (.vcf or bgzipped .vcf.gz).",
+)
 @click.option("--model", default="", help="A variants model (default: the server's one for the channel count).")
 @click.option("--channels", type=click.Choice(["6", "7"]), default="7", show_default=True)
 @click.option("--sample", default="", help="Sample name (default: the BAM read group's SM).")
@@ -170,9 +180,26 @@ def variants(bam: Path | None, reference: Path | None, regions: tuple[str, ...],
         sample = first.sample_name if first else ""
     calls: list[Any] = []
     problems = 0
+    failures: list[GenoserveError] = []
+
+    def guarded(batches: Iterator[list[Any]]) -> Iterator[list[Any]]:
+        """gRPC reports an error raised inside a request iterator only as UNKNOWN; keep ours."""
+        try:
+            yield from batches
+        except GenoserveError as exc:
+            failures.append(exc)
+
+    def fail_on_local_error() -> None:
+        if failures:
+            raise failures[0]
+
     with make_client(**conn) as client:
-        batches = _example_batches(bam, reference, wanted, examples, int(channels), batch)
-        for response in or_exit(lambda: list(client.call_variants_stream(batches, model, "", sample))):
+        batches = guarded(_example_batches(bam, reference, wanted, examples, int(channels), batch))
+        try:
+            responses = or_exit(lambda: list(client.call_variants_stream(batches, model, "", sample)))
+        finally:
+            or_exit(fail_on_local_error)
+        for response in responses:
             calls.extend(to_variant_call(c) for c in response.calls)
             for result in response.results:
                 if result.HasField("error"):
@@ -207,12 +234,22 @@ def variants(bam: Path | None, reference: Path | None, regions: tuple[str, ...],
     "--output",
     required=True,
     type=click.Path(path_type=Path, dir_okay=False),
+    callback=output_file,
     help="Write the label mask here (TIFF, uint16/uint32).",
 )
 @click.option(
-    "--overlay", type=click.Path(path_type=Path, dir_okay=False), help="Also write outlines on the image (PNG)."
+    "--overlay",
+    type=click.Path(path_type=Path, dir_okay=False),
+    callback=output_file,
+    help="Also write outlines on the image (PNG).",
 )
-@click.option("--cells", "cells_path", type=click.Path(path_type=Path, dir_okay=False), help="Per-cell stats (CSV).")
+@click.option(
+    "--cells",
+    "cells_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    callback=output_file,
+    help="Per-cell stats (CSV).",
+)
 @click.option("--channel", "channels", type=int, multiple=True, help="Channel index fed to the model (repeatable).")
 @click.option("--diameter", type=float, default=0.0, show_default=True, help="Mean cell diameter (px); 0: no rescale.")
 @click.option("--cellprob-threshold", type=float, default=None, help="Logit threshold (default 0).")

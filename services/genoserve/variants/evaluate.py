@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pysam
 
-from genoserve.core.errors import InvalidArgument
+from genoserve.core.errors import GenoserveError, InvalidArgument
 
 Fetch = Callable[[str, int, int], str]
 
@@ -91,8 +91,9 @@ class Evaluation:
         return {
             "SNP": self.snp.summary(),
             "INDEL": self.indel.summary(),
-            "false_positives": [asdict(a) for a in self.false_positives],
-            "false_negatives": [asdict(a) for a in self.false_negatives],
+            # Positions as in a VCF (1-based POS of the normalised, anchored allele).
+            "false_positives": [{**asdict(a), "pos": a.pos + 1} for a in self.false_positives],
+            "false_negatives": [{**asdict(a), "pos": a.pos + 1} for a in self.false_negatives],
         }
 
 
@@ -198,8 +199,6 @@ def read_bed(path: str | Path) -> dict[str, list[tuple[int, int]]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from genoserve.variants.make_examples import Region
-
     parser = argparse.ArgumentParser(description="Compare a VCF of calls with a truth VCF (hap.py-like).")
     parser.add_argument("--calls", required=True)
     parser.add_argument("--truth", required=True)
@@ -207,6 +206,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--confident", help="BED of confident regions")
     parser.add_argument("--regions", nargs="*", default=[], help="restrict to these regions (CONTIG:START-END)")
     args = parser.parse_args(argv)
+    try:
+        result = _evaluate_files(args)
+    except GenoserveError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    json.dump(result.summary(), sys.stdout, indent=2)
+    print()
+    return 0
+
+
+def _evaluate_files(args: argparse.Namespace) -> Evaluation:
+    from genoserve.variants.make_examples import Region
+
+    for name in ("calls", "truth", "reference", "confident"):
+        path = getattr(args, name)
+        if path is not None and not Path(path).is_file():
+            raise InvalidArgument.field(name, f"--{name} {path}: no such file")
     regions: dict[str, list[tuple[int, int]]] | None = None
     if args.regions:
         regions = {}
@@ -214,16 +230,13 @@ def main(argv: list[str] | None = None) -> int:
             region = Region.parse(text)
             regions.setdefault(region.contig, []).append((region.start, region.end))
     with pysam.FastaFile(args.reference) as fasta:
-        result = evaluate(
+        return evaluate(
             read_vcf_sites(args.calls),
             read_vcf_sites(args.truth),
             lambda c, s, e: fasta.fetch(c, s, e),
             read_bed(args.confident) if args.confident else None,
             regions,
         )
-    json.dump(result.summary(), sys.stdout, indent=2)
-    print()
-    return 0
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from genoserve.api.deadlines import deadline_of
 from genoserve.binding import encoding, mutagenesis, strands
 from genoserve.binding.contract import BindingContract
 from genoserve.binding.strands import StrandMode
-from genoserve.binding.variants import ReferenceGenome, VariantSpec, check_variant, windows
+from genoserve.binding.variants import ReferenceGenome, VariantSpec, check_variant, unknown_reference, windows
 from genoserve.core.errors import InvalidArgument
 from genoserve.runtime.model import ServedModel
 from genoserve.runtime.repository import ModelRepository
@@ -78,9 +78,7 @@ class SequenceBindingServicer(binding_pb2_grpc.SequenceBindingServicer):
         name = request.reference or self.default_reference
         reference = self.references.get(name)
         if reference is None:
-            raise InvalidArgument.field(
-                "reference", f"unknown reference {name!r}; registered: {sorted(self.references)}"
-            )
+            raise InvalidArgument.field("reference", unknown_reference(name, self.references))
         variants = codec.variants(request.variants)
         if not variants:
             raise InvalidArgument.field("variants", "at least one variant is required")

@@ -24,7 +24,7 @@ from genoserve.binding.readers import (
     read_lines,
 )
 from genoserve.binding.strands import StrandMode
-from genoserve.binding.variants import ReferenceGenome
+from genoserve.binding.variants import ReferenceGenome, unknown_reference
 from genoserve.core.errors import InvalidArgument
 from genoserve.core.settings import Settings
 from genoserve.jobs.kinds.base import InputRecordError, JobKind, PlannedShard, ShardContext
@@ -41,9 +41,7 @@ def reference_for(settings: Settings, name: str, field: str = "params[reference]
     name = name or settings.binding.resolved_default
     path = settings.binding.references.get(name)
     if path is None:
-        raise InvalidArgument.field(
-            field, f"unknown reference {name!r}; registered: {sorted(settings.binding.references)}"
-        )
+        raise InvalidArgument.field(field, unknown_reference(name, settings.binding.references))
     key = (name, str(path))
     if key not in _references:
         _references[key] = ReferenceGenome(name, path)

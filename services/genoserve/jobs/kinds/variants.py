@@ -69,6 +69,13 @@ def resolve_reference(settings: Settings, raw: str, required: bool = True) -> Pa
         return None
     if raw in settings.binding.references:
         return Path(settings.binding.references[raw])
+    registered = sorted(settings.binding.references)
+    if not Path(raw).exists() and "/" not in raw and not raw.endswith((".fa", ".fasta", ".gz")):
+        raise InvalidArgument.field(
+            "params[reference]",
+            f"{raw!r} is neither a registered reference (registered: {registered}; setting binding.references) "
+            "nor a FASTA file",
+        )
     path = confine(raw, list(settings.jobs.input_roots), "params[reference]", must_exist=True)
     if not Path(f"{path}.fai").exists():
         raise InvalidArgument.field("params[reference]", f"{raw}: no .fai index beside the FASTA (samtools faidx)")

@@ -1,0 +1,88 @@
+"""The README's `genoserve predict` commands given obviously wrong input: a one-line error naming
+the option or field and the rule, exit code 2, no traceback, no work done first."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pysam
+
+from tests.support.server import ServerProcess
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+BAM = DATA / "deepvariant" / "NA12878_S1.chr20.10_10p1mb.bam"
+REF = DATA / "deepvariant" / "ucsc.hg19.chr20.unittest.fasta.gz"
+IMAGE = DATA / "segmentation" / "stardist_tests_img2d_256.tif"
+
+
+def genoserve(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "genoserve.cli.main", *args, "--address", server.address],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def assert_clean_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    for needle in needles:
+        assert needle in result.stderr, result.stderr
+
+
+def test_predict_variants_malformed_or_unknown_region(server: ServerProcess, tmp_path: Path) -> None:
+    out = tmp_path / "out.vcf"
+    common = ("predict", "variants", "--bam", str(BAM), "--reference", str(REF), "--output", str(out))
+    result = genoserve(server, *common, "--regions", "chr20:10000000")
+    assert_clean_error(result, "regions: 'chr20:10000000': expected CONTIG:START-END")
+    # A contig the reference names differently: raised while streaming, still reported as itself.
+    result = genoserve(server, *common, "--regions", "20:10000000-10001000")
+    assert_clean_error(result, "contig '20' not in the reference")
+    assert "Exception iterating requests" not in result.stderr
+    assert not out.exists()
+
+
+def test_predict_variants_region_with_digit_grouping_commas(server: ServerProcess, tmp_path: Path) -> None:
+    out = tmp_path / "out.vcf"
+    result = genoserve(
+        server, "predict", "variants", "--bam", str(BAM), "--reference", str(REF), "--output", str(out),
+        "--regions", "chr20:10,000,000-10,002,000,chr20:10003001-10004000",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    with pysam.VariantFile(str(out)) as vcf:
+        positions = [record.pos for record in vcf]
+    assert positions
+    assert all(10_000_000 <= p <= 10_002_000 or 10_003_001 <= p <= 10_004_000 for p in positions)
+    assert any(p > 10_003_000 for p in positions)
+
+
+def test_output_into_a_missing_folder_is_refused_before_any_work(server: ServerProcess, tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-folder"
+    result = genoserve(
+        server, "predict", "variants", "--bam", str(BAM), "--reference", str(REF),
+        "--regions", "chr20:10000000-10001000", "--output", str(missing / "out.vcf.gz"),
+    )  # fmt: skip
+    assert_clean_error(result, "--output", "does not exist")
+    for option in ("--output", "--overlay", "--cells"):
+        args = {"--output": str(tmp_path / "m.tif"), option: str(missing / "file")}
+        flat = [item for pair in args.items() for item in pair]
+        result = genoserve(server, "predict", "segmentation", "--image", str(IMAGE), *flat)
+        assert_clean_error(result, option, "does not exist")
+    assert not missing.exists()
+    assert not (tmp_path / "m.tif").exists()
+
+
+def test_binding_vcf_without_a_registered_reference_says_how_to_register_one(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    vcf = tmp_path / "calls.vcf"
+    vcf.write_text(
+        "##fileformat=VCFv4.2\n##contig=<ID=chr20,length=63025520>\n"
+        "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\nchr20\t10000100\tv0\tT\tA\t.\t.\t.\n"
+    )
+    for extra in ([], ["--reference", "hg19"]):
+        result = genoserve(server, "predict", "binding", "--model", "deepbind-ctcf", "--vcf", str(vcf), *extra)
+        assert_clean_error(result, "reference: no reference genome is registered on the server", "binding.references")
