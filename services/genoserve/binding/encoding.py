@@ -54,6 +54,11 @@ def _codes(bases: str) -> Array:
 def check(sequences: Sequence[NamedSequence], length: int, crop: bool, field: str = "sequences") -> list[str]:
     """Validate every sequence; return them fitted to ``length``. One InvalidArgument lists all
     problems, each naming ``field[i]``, the sequence id and the position of a bad character."""
+    bases = [seq.bases for seq in sequences]
+    # Fast path (the usual request): every sequence ASCII and exactly ``length`` long -> one
+    # vectorised character check over all of them instead of one numpy call per sequence.
+    if all(len(b) == length and b.isascii() for b in bases) and not (_codes("".join(bases)) < 0).any():
+        return bases
     violations: list[FieldViolation] = []
     fitted: list[str] = []
     for i, seq in enumerate(sequences):
@@ -92,7 +97,7 @@ def one_hot(sequences: Sequence[str]) -> Array:
     if not sequences:
         return np.zeros((0, 0, 4), dtype=np.float32)
     codes = _codes("".join(sequences)).reshape(len(sequences), -1)
-    return _ROWS[codes]
+    return np.take(_ROWS, codes, axis=0)  # ~10x faster than _ROWS[codes] (fancy indexing)
 
 
 def reverse_complement(batch: Array) -> Array:
