@@ -67,17 +67,37 @@ async def abort_with(context: grpc.aio.ServicerContext, error: GenoserveError) -
 
 
 class ErrorsAndMetrics(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Maps exceptions to status codes and records request count and duration per method."""
+    """Maps exceptions to status codes and records request count and duration per method.
+
+    The wrapped handler is built once per method (and per handler the rest of the chain returns),
+    not per call, with its metric children looked up once: this runs on every request.
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
         if handler is None:
             return None
-        service, method = _split(details.method)
+        cached = self._wrapped.get(details.method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(details.method, handler)
+        self._wrapped[details.method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        service, method = _split(full_method)
+        duration = metrics.REQUEST_DURATION.labels(service, method)
+        counters: dict[str, Any] = {}
 
         def finish(code: str, started: float) -> None:
-            metrics.REQUESTS.labels(service, method, code).inc()
-            metrics.REQUEST_DURATION.labels(service, method).observe(time.perf_counter() - started)
+            counter = counters.get(code)
+            if counter is None:
+                counter = counters[code] = metrics.REQUESTS.labels(service, method, code)
+            counter.inc()
+            duration.observe(time.perf_counter() - started)
 
         async def handle(exc: BaseException, context: grpc.aio.ServicerContext) -> str:
             if isinstance(exc, GenoserveError):
@@ -158,27 +178,37 @@ class BearerAuth(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def __init__(self, tokens: TokenTable) -> None:
         self.tokens = tokens
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
         if handler is None or details.method.startswith(PUBLIC_PREFIXES):
             return handler
-        header = dict(details.invocation_metadata or ()).get("authorization")
-        tokens = self.tokens
+        cached = self._wrapped.get(details.method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = _rewrap(handler, self._unary, self._stream)
+        self._wrapped[details.method] = (handler, wrapped)
+        return wrapped
 
-        def unary(behavior: UnaryBehavior) -> UnaryBehavior:
-            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                current_tenant.set(tokens.authenticate(header))
-                return await behavior(request, context)
+    def _authenticate(self, context: grpc.aio.ServicerContext) -> None:
+        header = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                header = value
+        current_tenant.set(self.tokens.authenticate(header))
 
-            return wrapped
+    def _unary(self, behavior: UnaryBehavior) -> UnaryBehavior:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            self._authenticate(context)
+            return await behavior(request, context)
 
-        def stream(behavior: StreamBehavior) -> StreamBehavior:
-            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                current_tenant.set(tokens.authenticate(header))
-                async for item in _responses(behavior(request, context)):
-                    yield item
+        return wrapped
 
-            return wrapped
+    def _stream(self, behavior: StreamBehavior) -> StreamBehavior:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            self._authenticate(context)
+            async for item in _responses(behavior(request, context)):
+                yield item
 
-        return _rewrap(handler, unary, stream)
+        return wrapped
