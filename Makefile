@@ -65,12 +65,16 @@ models: setup
 	$(PY) -m genoserve.training.platform_model --out models --seed 0
 	$(PY) -m genoserve.training.binding.train --out models --seed 0
 	$(PY) -m genoserve.training.variants.train --out models --seed 0
+	$(PY) -m genoserve.training.segmentation.train --out models --seed 0
+	$(PY) -m genoserve.training.embedding.train --out models --seed 0
 
 bench: setup
 	$(PY) -m tests.bench.platform_bench
 	$(PY) -m tests.bench.jobs_bench
 	$(PY) -m tests.bench.binding_bench
 	$(PY) -m tests.bench.variants_bench
+	$(PY) -m tests.bench.segmentation_bench
+	$(PY) -m tests.bench.embedding_bench
 
 # Everything under deploy/, offline (also part of `make test`): hadolint, kustomize build of every
 # overlay, strict Kubernetes and CRD schema validation, policy checks, promtool check/test rules,
