@@ -15,7 +15,9 @@ variant and point the median over rounds is reported, with the ratio candidate /
 * deepbind-ctcf ``Predict`` p50 for 256 x 101 bp, strand max (512 rows through the model);
 * deepbind-ctcf 64 concurrent one-sequence ``Predict`` clients: sequences/s and mean formed batch.
 
-The 1-minute load average is recorded per round: this is a shared machine, compare ratios only.
+Each point also records the server process's CPU time per request (user + system, all threads, from
+/proc): on a loaded machine it is much steadier than throughput. The 1-minute load average is
+recorded per round: this is a shared machine, compare ratios only.
 """
 
 from __future__ import annotations
