@@ -15,7 +15,9 @@ variant and point the median over rounds is reported, with the ratio candidate /
 * deepbind-ctcf ``Predict`` p50 for 256 x 101 bp, strand max (512 rows through the model);
 * deepbind-ctcf 64 concurrent one-sequence ``Predict`` clients: sequences/s and mean formed batch.
 
-The 1-minute load average is recorded per round: this is a shared machine, compare ratios only.
+Each point also records the server process's CPU time per request (user + system, all threads, from
+/proc): on a loaded machine it is much steadier than throughput. The 1-minute load average is
+recorded per round: this is a shared machine, compare ratios only.
 """
 
 from __future__ import annotations
@@ -42,16 +44,25 @@ Array = np.ndarray[Any, Any]
 CLIENTS = 64
 
 
-def p50_ms(call: Any, duration: float) -> float:
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all threads), from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def p50_ms(call: Any, duration: float, pid: int) -> tuple[float, float]:
+    """(p50 ms of ``call`` made back to back, server CPU µs per call)."""
     for _ in range(20):
         call()
     times: list[float] = []
+    cpu0 = proc_cpu_s(pid)
     end = time.perf_counter() + duration
     while time.perf_counter() < end:
         t0 = time.perf_counter()
         call()
         times.append(time.perf_counter() - t0)
-    return float(np.percentile(times, 50) * 1e3)
+    cpu = proc_cpu_s(pid) - cpu0
+    return float(np.percentile(times, 50) * 1e3), cpu / len(times) * 1e6
 
 
 def batch_stats(url: str, model: str) -> tuple[float, float]:
@@ -63,8 +74,8 @@ def batch_stats(url: str, model: str) -> tuple[float, float]:
     return out[0], out[1]
 
 
-async def _concurrent(address: str, url: str, kind: str, duration: float) -> tuple[float, float]:
-    """(requests/s, mean formed batch) with CLIENTS asyncio clients sending one item each."""
+async def _concurrent(address: str, url: str, kind: str, duration: float, pid: int) -> tuple[float, float, float]:
+    """(requests/s, mean formed batch, server CPU µs per request), CLIENTS clients sending one item each."""
     phase = {"measuring": False, "stop": False}
     counts = [0] * CLIENTS
     rng = np.random.default_rng(1)
@@ -90,14 +101,17 @@ async def _concurrent(address: str, url: str, kind: str, duration: float) -> tup
         model = "platform-mlp" if kind == "platform" else "deepbind-ctcf"
         before = batch_stats(url, model)
         t0 = time.perf_counter()
+        cpu0 = proc_cpu_s(pid)
         phase["measuring"] = True
         await asyncio.sleep(duration)
         phase["stop"] = True
         elapsed = time.perf_counter() - t0
+        cpu = proc_cpu_s(pid) - cpu0
         after = batch_stats(url, model)
         await asyncio.gather(*tasks)
     calls = after[1] - before[1]
-    return sum(counts) / elapsed, (after[0] - before[0]) / calls if calls else float("nan")
+    done = sum(counts)
+    return done / elapsed, (after[0] - before[0]) / calls if calls else float("nan"), cpu / done * 1e6
 
 
 def measure(src: Path | None, duration: float) -> dict[str, float]:
@@ -109,16 +123,21 @@ def measure(src: Path | None, duration: float) -> dict[str, float]:
     out: dict[str, float] = {"load_1m": os.getloadavg()[0]}
     with ServerProcess(env=env) as srv:
         url = f"http://127.0.0.1:{srv.metrics_port}/metrics"
+        assert srv.proc is not None
+        pid = srv.proc.pid
+        calls = {
+            "platform b1": lambda: client.infer("platform-mlp", {"x": x1}),
+            "platform b256": lambda: client.infer("platform-mlp", {"x": x256}),
+            "binding 256x101 max": lambda: client.predict_sequences("deepbind-ctcf", seqs),
+        }
         with Client(srv.address, max_attempts=1) as client:
-            out["platform b1 p50 ms"] = p50_ms(lambda: client.infer("platform-mlp", {"x": x1}), duration)
-            out["platform b256 p50 ms"] = p50_ms(lambda: client.infer("platform-mlp", {"x": x256}), duration)
-            out["binding 256x101 max p50 ms"] = p50_ms(
-                lambda: client.predict_sequences("deepbind-ctcf", seqs), duration
-            )
-        rps, formed = asyncio.run(_concurrent(srv.address, url, "platform", duration))
-        out["platform 64 clients req/s"], out["platform 64 clients formed batch"] = rps, formed
-        rps, formed = asyncio.run(_concurrent(srv.address, url, "binding", duration))
-        out["binding 64 clients seq/s"], out["binding 64 clients formed batch"] = rps, formed
+            for name, call in calls.items():
+                out[f"{name} p50 ms"], out[f"{name} server CPU us/req"] = p50_ms(call, duration, pid)
+        for kind in ("platform", "binding"):
+            rps, formed, cpu = asyncio.run(_concurrent(srv.address, url, kind, duration, pid))
+            out[f"{kind} 64 clients req/s"] = rps
+            out[f"{kind} 64 clients formed batch"] = formed
+            out[f"{kind} 64 clients server CPU us/req"] = cpu
     return out
 
 

@@ -243,3 +243,18 @@ def test_tls_server_answers_probes_on_a_plaintext_health_only_port(certs: TlsFil
             with pytest.raises(grpc.RpcError) as info:
                 models_pb2_grpc.ModelsStub(channel).ListModels(models_pb2.ListModelsRequest(), timeout=5)
             assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_token_is_checked_on_every_call_not_once_per_method(auth_server: ServerProcess) -> None:
+    """The server wraps each method's handler once; the header must still be read per call."""
+    good = sorted(TOKENS)[0]
+    with grpc.insecure_channel(auth_server.address) as channel:
+        stub = models_pb2_grpc.ModelsStub(channel)
+        for header in [f"Bearer {good}", "Bearer wrong-token", f"Bearer {good}", None, f"Bearer {good}"]:
+            metadata = [("authorization", header)] if header else None
+            if header == f"Bearer {good}":
+                stub.ListModels(models_pb2.ListModelsRequest(), metadata=metadata, timeout=10.0)
+                continue
+            with pytest.raises(grpc.RpcError) as info:
+                stub.ListModels(models_pb2.ListModelsRequest(), metadata=metadata, timeout=10.0)
+            assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED

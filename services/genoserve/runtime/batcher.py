@@ -144,12 +144,6 @@ class DynamicBatcher:
         self._queue.extend(pending)
         self._m_depth.set(len(self._queue))
         self._wakeup.set()
-        if len(pending) == 1:  # the usual case: await the one future, no gather bookkeeping
-            future = pending[0].future
-            try:
-                return await future
-            finally:
-                future.cancel()  # no-op once done; if the caller was cancelled, the batcher skips it
         try:
             results = await asyncio.gather(*(p.future for p in pending))
         finally:

@@ -73,3 +73,23 @@ def test_strand_modes_combine_forward_and_reverse_logits() -> None:
     np.testing.assert_array_equal(strands.combine(logits, "mean"), [[2.0], [1.0]])
     assert strands.with_reverse(batch, "forward") is batch
     np.testing.assert_allclose(strands.sigmoid(np.array([0.0, 2.0])), [0.5, 0.8807971], rtol=1e-6)
+
+
+def test_sequences_of_exactly_the_model_length_are_checked_together() -> None:
+    """The vectorised path (all sequences already the model's length) keeps per-sequence errors."""
+    good = [NamedSequence(f"s{i}", "ACGTN"[i % 5] * 6) for i in range(5)]
+    assert encoding.check(good, 6, crop=False) == [s.bases for s in good]
+    with pytest.raises(InvalidArgument) as info:
+        encoding.check([*good, NamedSequence("bad", "ACGUAC")], 6, crop=False)
+    [violation] = info.value.violations
+    assert violation.field == "sequences[5].bases"
+    assert "'bad': invalid character 'U' at position 3" in violation.description
+
+
+def test_one_hot_rows_for_every_code() -> None:
+    batch = encoding.one_hot(["ACGTN", "acgtn"])
+    expected = np.vstack([np.eye(4, dtype=np.float32), np.full((1, 4), 0.25, dtype=np.float32)])
+    assert batch.dtype == np.float32
+    assert batch.shape == (2, 5, 4)
+    np.testing.assert_array_equal(batch[0], expected)
+    np.testing.assert_array_equal(batch[1], expected)
