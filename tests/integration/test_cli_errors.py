@@ -86,3 +86,19 @@ def test_binding_vcf_without_a_registered_reference_says_how_to_register_one(
     for extra in ([], ["--reference", "hg19"]):
         result = genoserve(server, "predict", "binding", "--model", "deepbind-ctcf", "--vcf", str(vcf), *extra)
         assert_clean_error(result, "reference: no reference genome is registered on the server", "binding.references")
+
+
+def test_serve_refuses_a_selection_that_serves_nothing_and_a_busy_port(server: ServerProcess, tmp_path: Path) -> None:
+    def serve(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "genoserve.cli.main", "serve", "--host", "127.0.0.1", "--metrics-port", "0", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    assert_clean_error(serve("--port", "0", "--model-dir", str(tmp_path / "none")), "model directory", "does not exist")
+    assert_clean_error(serve("--port", "0", "--model", "deepbind-nosuch"), "['deepbind-nosuch'] not in", "platform-mlp")
+    assert_clean_error(serve("--port", "0", "--family", "bindings"), "unknown families ['bindings']")
+    busy = serve("--port", str(server.port), "--model", "platform-mlp")
+    assert_clean_error(busy, f"cannot listen on 127.0.0.1:{server.port}")
