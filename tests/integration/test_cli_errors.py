@@ -102,3 +102,18 @@ def test_serve_refuses_a_selection_that_serves_nothing_and_a_busy_port(server: S
     assert_clean_error(serve("--port", "0", "--family", "bindings"), "unknown families ['bindings']")
     busy = serve("--port", str(server.port), "--model", "platform-mlp")
     assert_clean_error(busy, f"cannot listen on 127.0.0.1:{server.port}")
+
+
+def test_worker_refuses_unknown_queues_and_a_busy_metrics_port(server: ServerProcess, tmp_path: Path) -> None:
+    def worker(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "genoserve.cli.main", "worker", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,  # its own .genoserve/ (the metrics folder is emptied at start)
+        )
+
+    assert_clean_error(worker("--queues", "binding,bindings"), "worker.queues: unknown ['bindings']")
+    busy = worker("--queues", "platform", "--metrics-port", str(server.metrics_port))
+    assert_clean_error(busy, f"cannot serve the worker's /metrics on port {server.metrics_port}")

@@ -199,13 +199,24 @@ def worker(config: Path | None, **flags: Any) -> None:
         "logging.level": flags["log_level"],
     }
     settings = build_settings(config, overrides)
+    from genoserve.jobs.celery_app import FAMILY_QUEUES
+
+    unknown = [q for q in settings.worker.queues if q not in FAMILY_QUEUES]
+    if unknown:
+        or_exit(
+            lambda: _raise(InvalidArgument.field("worker.queues", f"unknown {unknown}; known: {list(FAMILY_QUEUES)}"))
+        )
     configure_logging(settings.logging)
     from genoserve.core.multiprocess import prepare_metrics_dir
 
     prepare_metrics_dir(settings.worker.metrics_dir)  # before prometheus_client is first imported
     from genoserve.jobs.tasks import run_worker
 
-    run_worker(settings)
+    or_exit(lambda: run_worker(settings))
+
+
+def _raise(error: Exception) -> None:
+    raise error
 
 
 cli.add_command(jobs)
