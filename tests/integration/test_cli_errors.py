@@ -117,3 +117,21 @@ def test_worker_refuses_unknown_queues_and_a_busy_metrics_port(server: ServerPro
     assert_clean_error(worker("--queues", "binding,bindings"), "worker.queues: unknown ['bindings']")
     busy = worker("--queues", "platform", "--metrics-port", str(server.metrics_port))
     assert_clean_error(busy, f"cannot serve the worker's /metrics on port {server.metrics_port}")
+
+
+def test_predict_unreadable_inputs_and_zero_batch(server: ServerProcess, tmp_path: Path) -> None:
+    headless = tmp_path / "headless.fa"
+    headless.write_text("ACGT\n")
+    result = genoserve(server, "predict", "binding", "--model", "deepbind-ctcf", "--fasta", str(headless))
+    assert_clean_error(result, "'--fasta'", "line 1: sequence data before the first '>' header")
+    result = genoserve(server, "predict", "binding", "--model", "deepbind-ctcf", "--vcf", str(headless))
+    assert_clean_error(result, "'--vcf'", "not a readable VCF")
+    result = genoserve(server, "predict", "binding", "--model", "deepbind-ctcf", "--sequence", "ACGT", "--batch", "0")
+    assert_clean_error(result, "'--batch'")
+    bed = tmp_path / "bad.bed"
+    bed.write_text("chr20\t10000000\t10001000\nchr20\tabc\t10\n")
+    result = genoserve(
+        server, "predict", "variants", "--bam", str(BAM), "--reference", str(REF), "--bed", str(bed),
+        "--output", str(tmp_path / "o.vcf"),
+    )  # fmt: skip
+    assert_clean_error(result, f"--bed: {bed}: line 2: expected CONTIG START END")
