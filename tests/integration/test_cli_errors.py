@@ -135,3 +135,23 @@ def test_predict_unreadable_inputs_and_zero_batch(server: ServerProcess, tmp_pat
         "--output", str(tmp_path / "o.vcf"),
     )  # fmt: skip
     assert_clean_error(result, f"--bed: {bed}: line 2: expected CONTIG START END")
+
+
+def test_models_list_gives_a_broken_model_its_reason_in_the_last_column(tmp_path: Path) -> None:
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "models" / "platform-mlp", models / "platform-mlp")
+    shutil.copytree(models / "platform-mlp", models / "broken-mlp")
+    spec = models / "broken-mlp" / "model.yaml"
+    spec.write_text(spec.read_text().replace("name: platform-mlp", "name: broken-mlp"))
+    with open(models / "broken-mlp" / "1" / "model.onnx", "ab") as onnx:
+        onnx.write(b"x")
+    with ServerProcess(model_dir=models, log_path=tmp_path / "server.log") as server:
+        result = genoserve(server, "models", "list")
+    assert result.returncode == 0, result.stderr
+    header, broken, good = result.stdout.splitlines()
+    assert header.split() == ["MODEL", "FAMILY", "VERSION", "READY", "INPUTS", "OUTPUTS", "REASON"]
+    assert broken.split()[:6] == ["broken-mlp", "platform", "1", "no", "x:float32[?,128]", "y:float32[?,16]"]
+    assert "sha256" in broken.split("y:float32[?,16]", 1)[1]
+    assert good.split() == ["platform-mlp", "platform", "1", "yes", "x:float32[?,128]", "y:float32[?,16]"]

@@ -146,9 +146,10 @@ def models_list(family: str, as_json: bool, **conn: Any) -> None:
         for info in infos:
             click.echo(json.dumps(json_format.MessageToDict(info, preserving_proto_field_name=True)))
         return
-    rows = [("MODEL", "FAMILY", "VERSION", "READY", "INPUTS", "OUTPUTS")]
+    # The reason a model is not ready comes last: it can be long (a sha256 mismatch names both).
+    rows: list[tuple[str, ...]] = [("MODEL", "FAMILY", "VERSION", "READY", "INPUTS", "OUTPUTS", "REASON")]
     for info in infos:
-        ready = "yes" if info.ready else f"no ({info.reason or 'loading'})"
+        ready = "yes" if info.ready else ("no" if info.reason else "loading")
         rows.append(
             (
                 info.name,
@@ -157,11 +158,14 @@ def models_list(family: str, as_json: bool, **conn: Any) -> None:
                 ready,
                 _ports(info.inputs, dtype_from_proto),
                 _ports(info.outputs, dtype_from_proto),
+                "" if info.ready else info.reason,
             )
         )
+    if all(not row[-1] for row in rows[1:]):
+        rows = [row[:-1] for row in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
+        click.echo(("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1]).rstrip())
 
 
 @models.command("show")
