@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import yaml
 
 from genoserve.api.codecs.tensor import to_numpy
 from genoserve.client import Client
+from genoserve.core import errors
 from genoserve.v1 import binding_pb2, binding_pb2_grpc, jobs_pb2
 from tests.support.binding_models import random_dna, write_match_model, write_reference
 from tests.support.jobs import WorkerProcess, wait_for_job
@@ -229,6 +231,23 @@ def test_bad_fasta_record_fails_the_job_naming_file_record_and_line(rig: Rig) ->
     )  # fmt: skip
     assert result.returncode == 1
     assert f"{fasta}: record 1 ('oops', line 3): sequence 'oops': invalid character 'Q' at position 4" in result.stderr
+
+
+def test_bad_strand_or_crop_param_is_refused_at_submit(rig: Rig) -> None:
+    fasta = rig.root / "one.fa"
+    fasta.write_text(">a\nACGT\n")
+    vcf = rig.root / "one.vcf"
+    vcf.write_text("##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n")
+    cases = [
+        ("binding.score_fasta", fasta, {"strand": "both"}, "params[strand]: must be forward, max or mean, got 'both'"),
+        ("binding.score_fasta", fasta, {"crop": "yes"}, "params[crop]: must be true or false, got 'yes'"),
+        ("binding.score_vcf", vcf, {"strand": "both"}, "params[strand]: must be forward, max or mean, got 'both'"),
+    ]
+    with Client(rig.server.address) as client:
+        for kind, path, extra, message in cases:
+            with pytest.raises(errors.InvalidArgument, match=re.escape(message)):
+                client.submit_job(kind, [str(path)], str(rig.root / "never"), {"model": "match-test", **extra})
+    assert not (rig.root / "never").exists()
 
 
 def test_cli_predict_binding_fasta_and_vcf(rig: Rig) -> None:

@@ -86,3 +86,72 @@ def test_binding_vcf_without_a_registered_reference_says_how_to_register_one(
     for extra in ([], ["--reference", "hg19"]):
         result = genoserve(server, "predict", "binding", "--model", "deepbind-ctcf", "--vcf", str(vcf), *extra)
         assert_clean_error(result, "reference: no reference genome is registered on the server", "binding.references")
+
+
+def test_serve_refuses_a_selection_that_serves_nothing_and_a_busy_port(server: ServerProcess, tmp_path: Path) -> None:
+    def serve(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "genoserve.cli.main", "serve", "--host", "127.0.0.1", "--metrics-port", "0", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    assert_clean_error(serve("--port", "0", "--model-dir", str(tmp_path / "none")), "model directory", "does not exist")
+    assert_clean_error(serve("--port", "0", "--model", "deepbind-nosuch"), "['deepbind-nosuch'] not in", "platform-mlp")
+    assert_clean_error(serve("--port", "0", "--family", "bindings"), "unknown families ['bindings']")
+    busy = serve("--port", str(server.port), "--model", "platform-mlp")
+    assert_clean_error(busy, f"cannot listen on 127.0.0.1:{server.port}")
+
+
+def test_worker_refuses_unknown_queues_and_a_busy_metrics_port(server: ServerProcess, tmp_path: Path) -> None:
+    def worker(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "genoserve.cli.main", "worker", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,  # its own .genoserve/ (the metrics folder is emptied at start)
+        )
+
+    assert_clean_error(worker("--queues", "binding,bindings"), "worker.queues: unknown ['bindings']")
+    busy = worker("--queues", "platform", "--metrics-port", str(server.metrics_port))
+    assert_clean_error(busy, f"cannot serve the worker's /metrics on port {server.metrics_port}")
+
+
+def test_predict_unreadable_inputs_and_zero_batch(server: ServerProcess, tmp_path: Path) -> None:
+    headless = tmp_path / "headless.fa"
+    headless.write_text("ACGT\n")
+    result = genoserve(server, "predict", "binding", "--model", "deepbind-ctcf", "--fasta", str(headless))
+    assert_clean_error(result, "'--fasta'", "line 1: sequence data before the first '>' header")
+    result = genoserve(server, "predict", "binding", "--model", "deepbind-ctcf", "--vcf", str(headless))
+    assert_clean_error(result, "'--vcf'", "not a readable VCF")
+    result = genoserve(server, "predict", "binding", "--model", "deepbind-ctcf", "--sequence", "ACGT", "--batch", "0")
+    assert_clean_error(result, "'--batch'")
+    bed = tmp_path / "bad.bed"
+    bed.write_text("chr20\t10000000\t10001000\nchr20\tabc\t10\n")
+    result = genoserve(
+        server, "predict", "variants", "--bam", str(BAM), "--reference", str(REF), "--bed", str(bed),
+        "--output", str(tmp_path / "o.vcf"),
+    )  # fmt: skip
+    assert_clean_error(result, f"--bed: {bed}: line 2: expected CONTIG START END")
+
+
+def test_models_list_gives_a_broken_model_its_reason_in_the_last_column(tmp_path: Path) -> None:
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "models" / "platform-mlp", models / "platform-mlp")
+    shutil.copytree(models / "platform-mlp", models / "broken-mlp")
+    spec = models / "broken-mlp" / "model.yaml"
+    spec.write_text(spec.read_text().replace("name: platform-mlp", "name: broken-mlp"))
+    with open(models / "broken-mlp" / "1" / "model.onnx", "ab") as onnx:
+        onnx.write(b"x")
+    with ServerProcess(model_dir=models, log_path=tmp_path / "server.log") as server:
+        result = genoserve(server, "models", "list")
+    assert result.returncode == 0, result.stderr
+    header, broken, good = result.stdout.splitlines()
+    assert header.split() == ["MODEL", "FAMILY", "VERSION", "READY", "INPUTS", "OUTPUTS", "REASON"]
+    assert broken.split()[:6] == ["broken-mlp", "platform", "1", "no", "x:float32[?,128]", "y:float32[?,16]"]
+    assert "sha256" in broken.split("y:float32[?,16]", 1)[1]
+    assert good.split() == ["platform-mlp", "platform", "1", "yes", "x:float32[?,128]", "y:float32[?,16]"]

@@ -159,6 +159,9 @@ def test_bad_submissions_are_refused_with_the_field(rig: Rig, tmp_path: Path) ->
             assert rule in info.value.violations[0].description
         with pytest.raises(InvalidArgument, match="unknown parameter"):
             client.submit_job("platform.score_rows", [good], str(rig.root / "o"), {"shard": "1"})
+        # A version the model does not have: refused at once, not retried in every shard.
+        with pytest.raises(InvalidArgument, match=r"params\[version\]: model platform-mlp has no version '7'"):
+            client.submit_job("platform.score_rows", [good], str(rig.root / "o"), {"version": "7"})
         with pytest.raises(NotFound):
             client.get_job("j0000000000000000")
 

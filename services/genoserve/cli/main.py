@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from google.protobuf import json_format
 from genoserve.cli.common import build_settings, client_options, make_client, or_exit
 from genoserve.cli.jobs import jobs
 from genoserve.cli.predict import predict
+from genoserve.core.errors import InvalidArgument, Unavailable
+from genoserve.core.settings import RuntimeSettings, Settings
 
 
 @click.group()
@@ -65,6 +68,7 @@ def serve(config: Path | None, **flags: Any) -> None:
         "logging.level": flags["log_level"],
     }
     settings = build_settings(config, overrides)
+    or_exit(lambda: _check_selection(settings.runtime))
     configure_logging(settings.logging)
     or_exit(lambda: start_metrics_endpoint(settings.server.metrics_port, settings.server.host))
     if settings.server.metrics_port:
@@ -73,11 +77,38 @@ def serve(config: Path | None, **flags: Any) -> None:
         register_gpu_metrics(settings.runtime)
     worker = _spawn_worker(config) if flags["with_worker"] else None
     try:
-        or_exit(lambda: asyncio.run(run_server(settings)))
+        or_exit(lambda: _run_or_explain(run_server, settings))
     finally:
         if worker is not None:
             worker.terminate()
             worker.wait(timeout=settings.server.grace_period_s + 30)
+
+
+def _check_selection(runtime: RuntimeSettings) -> None:
+    """Refuse a model folder that does not exist and --model/--family names that select nothing."""
+    from genoserve.jobs.celery_app import FAMILY_QUEUES
+
+    folder = runtime.model_dir
+    if not folder.is_dir():
+        raise InvalidArgument.field("runtime.model_dir", f"model directory {str(folder)!r} does not exist")
+    present = sorted(p.parent.name for p in folder.glob("*/model.yaml"))
+    unknown = [name for name in runtime.models if name not in present]
+    if unknown:
+        raise InvalidArgument.field("runtime.models", f"{unknown} not in {str(folder)!r}; its models: {present}")
+    families = [name for name in runtime.families if name not in FAMILY_QUEUES]
+    if families:
+        raise InvalidArgument.field("runtime.families", f"unknown families {families}; known: {list(FAMILY_QUEUES)}")
+
+
+def _run_or_explain(run_server: Callable[[Settings], Coroutine[Any, Any, None]], settings: Settings) -> None:
+    """Run the server; a port that cannot be bound is a one-line error, not a traceback."""
+    try:
+        asyncio.run(run_server(settings))
+    except RuntimeError as exc:
+        if "Failed to bind" not in str(exc):
+            raise
+        where = f"{settings.server.host}:{settings.server.port}"
+        raise Unavailable(f"cannot listen on {where}: in use or not bindable (another server running?)") from exc
 
 
 def _spawn_worker(config: Path | None) -> subprocess.Popen[bytes]:
@@ -115,9 +146,10 @@ def models_list(family: str, as_json: bool, **conn: Any) -> None:
         for info in infos:
             click.echo(json.dumps(json_format.MessageToDict(info, preserving_proto_field_name=True)))
         return
-    rows = [("MODEL", "FAMILY", "VERSION", "READY", "INPUTS", "OUTPUTS")]
+    # The reason a model is not ready comes last: it can be long (a sha256 mismatch names both).
+    rows: list[tuple[str, ...]] = [("MODEL", "FAMILY", "VERSION", "READY", "INPUTS", "OUTPUTS", "REASON")]
     for info in infos:
-        ready = "yes" if info.ready else f"no ({info.reason or 'loading'})"
+        ready = "yes" if info.ready else ("no" if info.reason else "loading")
         rows.append(
             (
                 info.name,
@@ -126,11 +158,14 @@ def models_list(family: str, as_json: bool, **conn: Any) -> None:
                 ready,
                 _ports(info.inputs, dtype_from_proto),
                 _ports(info.outputs, dtype_from_proto),
+                "" if info.ready else info.reason,
             )
         )
+    if all(not row[-1] for row in rows[1:]):
+        rows = [row[:-1] for row in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
+        click.echo(("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1]).rstrip())
 
 
 @models.command("show")
@@ -168,13 +203,24 @@ def worker(config: Path | None, **flags: Any) -> None:
         "logging.level": flags["log_level"],
     }
     settings = build_settings(config, overrides)
+    from genoserve.jobs.celery_app import FAMILY_QUEUES
+
+    unknown = [q for q in settings.worker.queues if q not in FAMILY_QUEUES]
+    if unknown:
+        or_exit(
+            lambda: _raise(InvalidArgument.field("worker.queues", f"unknown {unknown}; known: {list(FAMILY_QUEUES)}"))
+        )
     configure_logging(settings.logging)
     from genoserve.core.multiprocess import prepare_metrics_dir
 
     prepare_metrics_dir(settings.worker.metrics_dir)  # before prometheus_client is first imported
     from genoserve.jobs.tasks import run_worker
 
-    run_worker(settings)
+    or_exit(lambda: run_worker(settings))
+
+
+def _raise(error: Exception) -> None:
+    raise error
 
 
 cli.add_command(jobs)

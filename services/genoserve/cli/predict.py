@@ -32,8 +32,11 @@ def predict() -> None:
 def _fasta(path: Path) -> Iterator[tuple[str, str]]:
     from genoserve.binding.readers import read_fasta
 
-    for record in read_fasta(path, 0, sys.maxsize, 0, 1):
-        yield record.id, record.bases
+    try:
+        for record in read_fasta(path, 0, sys.maxsize, 0, 1):
+            yield record.id, record.bases
+    except (OSError, ValueError) as exc:  # FastaFormatError names the line
+        raise click.BadParameter(f"{path}: {exc}", param_hint="'--fasta'") from exc
 
 
 def _vcf_variants(path: Path) -> Iterator[Any]:
@@ -41,11 +44,16 @@ def _vcf_variants(path: Path) -> Iterator[Any]:
 
     from genoserve.v1 import binding_pb2
 
-    with pysam.VariantFile(str(path)) as vcf:
-        for record in vcf:
-            for alt in record.alts or ():
-                label = record.id or f"{record.chrom}:{record.pos}"
-                yield binding_pb2.Variant(id=label, chrom=record.chrom, pos=record.pos, ref=record.ref or "", alt=alt)
+    try:
+        with pysam.VariantFile(str(path)) as vcf:
+            for record in vcf:
+                for alt in record.alts or ():
+                    label = record.id or f"{record.chrom}:{record.pos}"
+                    yield binding_pb2.Variant(
+                        id=label, chrom=record.chrom, pos=record.pos, ref=record.ref or "", alt=alt
+                    )
+    except (OSError, ValueError) as exc:
+        raise click.BadParameter(f"{path}: not a readable VCF ({exc})", param_hint="'--vcf'") from exc
 
 
 @predict.command("binding")
@@ -56,7 +64,7 @@ def _vcf_variants(path: Path) -> Iterator[Any]:
 @click.option("--reference", default="", help="With --vcf: a reference registered on the server.")
 @click.option("--strand", type=click.Choice(["forward", "max", "mean"]), default=None)
 @click.option("--crop", is_flag=True, help="Centre-crop sequences longer than the model's length.")
-@click.option("--batch", type=int, default=256, show_default=True, help="Items per request.")
+@click.option("--batch", type=click.IntRange(min=1), default=256, show_default=True, help="Items per request.")
 @client_options
 def binding(model: str, fasta: Path | None, sequences: tuple[str, ...], vcf: Path | None, reference: str,
             strand: str | None, crop: bool, batch: int, **conn: Any) -> None:  # fmt: skip
@@ -101,7 +109,7 @@ def _regions(texts: tuple[str, ...], bed: Path | None) -> list[Any]:
     if bed is not None:
         from genoserve.variants.evaluate import read_bed
 
-        for contig, intervals in read_bed(bed).items():
+        for contig, intervals in or_exit(functools.partial(read_bed, bed, "--bed")).items():
             regions += [Region(contig, start, end) for start, end in intervals]
     return regions
 
@@ -151,7 +159,7 @@ def _example_batches(
 @click.option("--model", default="", help="A variants model (default: the server's one for the channel count).")
 @click.option("--channels", type=click.Choice(["6", "7"]), default="7", show_default=True)
 @click.option("--sample", default="", help="Sample name (default: the BAM read group's SM).")
-@click.option("--batch", type=int, default=64, show_default=True, help="Examples per request.")
+@click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True, help="Examples per request.")
 @client_options
 def variants(bam: Path | None, reference: Path | None, regions: tuple[str, ...], bed: Path | None,
              examples: tuple[Path, ...], output: Path, model: str, channels: str, sample: str, batch: int,

@@ -56,11 +56,16 @@ class JobService:
         jobs = self.settings.jobs
         kind = get_kind(kind_name)
         parsed = kind.parse_params(params)
-        model_name, _ = kind.model(parsed)
+        model_name, version = kind.model(parsed)
         try:
             spec = read_spec(self.settings.runtime.model_dir / model_name)
         except ValueError as exc:
             raise InvalidArgument.field("params[model]", f"model {model_name!r} is not usable: {exc}") from exc
+        known = [str(v.version) for v in spec.versions]
+        if version and version not in known:
+            raise InvalidArgument.field(
+                "params[version]", f"model {model_name} has no version {version!r}; it has {known}"
+            )
         if not inputs:
             raise InvalidArgument.field("inputs", "at least one input is required")
         paths = [confine(raw, jobs.input_roots, f"inputs[{i}]", must_exist=True) for i, raw in enumerate(inputs)]

@@ -62,7 +62,13 @@ def start_worker_metrics(settings: Settings) -> None:
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     register_gpu_metrics(settings.runtime, registry)
-    start_http_server(settings.worker.metrics_port, registry=registry)
+    try:
+        start_http_server(settings.worker.metrics_port, registry=registry)
+    except OSError as exc:
+        raise Unavailable(
+            f"cannot serve the worker's /metrics on port {settings.worker.metrics_port}: {exc.strerror} "
+            "(another worker on this host? give each its own --metrics-port, or 0 for none)"
+        ) from exc
 
 
 def advertise_consumers(settings: Settings, consuming: bool = True) -> None:

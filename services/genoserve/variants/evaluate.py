@@ -188,13 +188,26 @@ def read_vcf_sites(path: str | Path, sample: int = 0) -> list[GenotypedSite]:
         raise InvalidArgument.field("vcf", f"{path}: unreadable VCF: {exc}") from exc
 
 
-def read_bed(path: str | Path) -> dict[str, list[tuple[int, int]]]:
+def read_bed(path: str | Path, field: str = "bed") -> dict[str, list[tuple[int, int]]]:
+    """CONTIG START END [...] lines (0-based, half-open; tabs or spaces) -> intervals per contig."""
     intervals: dict[str, list[tuple[int, int]]] = {}
-    for line in Path(path).read_text().splitlines():
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidArgument.field(field, f"{path}: unreadable BED: {exc}") from exc
+    for number, line in enumerate(lines, 1):
         if not line.strip() or line.startswith(("#", "track", "browser")):
             continue
-        contig, start, end, *_ = line.split("\t")
-        intervals.setdefault(contig, []).append((int(start), int(end)))
+        parts = line.split("\t") if "\t" in line else line.split()
+        try:
+            contig, start, end = parts[0], int(parts[1]), int(parts[2])
+        except (IndexError, ValueError):
+            contig, start, end = "", 0, 0
+        if not contig or start < 0 or end <= start:
+            raise InvalidArgument.field(
+                field, f"{path}: line {number}: expected CONTIG START END with 0 <= START < END, got {line!r}"
+            )
+        intervals.setdefault(contig, []).append((start, end))
     return intervals
 
 
@@ -234,7 +247,7 @@ def _evaluate_files(args: argparse.Namespace) -> Evaluation:
             read_vcf_sites(args.calls),
             read_vcf_sites(args.truth),
             lambda c, s, e: fasta.fetch(c, s, e),
-            read_bed(args.confident) if args.confident else None,
+            read_bed(args.confident, "confident") if args.confident else None,
             regions,
         )
 

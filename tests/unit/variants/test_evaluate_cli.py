@@ -52,3 +52,15 @@ def test_bad_arguments_are_one_line_errors(
     err = capsys.readouterr().err
     assert message in err
     assert err.count("\n") == 1
+
+
+def test_bed_with_spaces_is_read_and_a_bad_line_is_named(tmp_path: Path) -> None:
+    from genoserve.core.errors import InvalidArgument
+    from genoserve.variants.evaluate import read_bed
+
+    bed = tmp_path / "regions.bed"
+    bed.write_text("track name=x\nchr20 10 20\nchr20\t30\t40\tname\n")
+    assert read_bed(bed) == {"chr20": [(10, 20), (30, 40)]}
+    bed.write_text("chr20\t10\t20\nchr20\t40\t30\n")
+    with pytest.raises(InvalidArgument, match="line 2: expected CONTIG START END with 0 <= START < END"):
+        read_bed(bed, "params[bed]")

@@ -55,6 +55,13 @@ def _strand(params: Mapping[str, str], contract: BindingContract) -> StrandMode:
     return mode  # type: ignore[return-value]
 
 
+def check_strand_and_crop(params: Mapping[str, str], contract: BindingContract) -> None:
+    """At submit time, so that a bad value is refused at once, not retried in every shard."""
+    _strand(params, contract)
+    if params.get("crop", "false").lower() not in ("true", "false"):
+        raise InvalidArgument.field("params[crop]", f"must be true or false, got {params['crop']!r}")
+
+
 def score_sequences(ctx: ShardContext, sequences: list[str]) -> tuple[Array, Array]:
     """Fitted sequences -> (logits [n, T], scores [n, T]), ``ctx.batch_size`` sequences per call."""
     contract = BindingContract.of(ctx.spec)
@@ -111,7 +118,7 @@ class _TableKind(JobKind):
         return params["model"], params.get("version", "")
 
     def _check_common(self, params: Mapping[str, str], spec: ModelSpec) -> int:
-        BindingContract.of(spec)
+        check_strand_and_crop(params, BindingContract.of(spec))
         if params.get("format", "parquet") not in ("parquet", "tsv"):
             raise InvalidArgument.field("params[format]", f"must be parquet or tsv, got {params['format']!r}")
         try:

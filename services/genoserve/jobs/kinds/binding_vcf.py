@@ -25,7 +25,7 @@ from genoserve.binding.variants import VariantSpec, check_variant, windows
 from genoserve.core.errors import InvalidArgument
 from genoserve.core.settings import Settings
 from genoserve.jobs.kinds.base import InputRecordError, JobKind, PlannedShard, ShardContext
-from genoserve.jobs.kinds.binding import reference_for, score_sequences
+from genoserve.jobs.kinds.binding import check_strand_and_crop, reference_for, score_sequences
 from genoserve.jobs.paths import temporary_name
 from genoserve.runtime.spec import ModelSpec
 
@@ -61,7 +61,7 @@ class ScoreVcf(JobKind):
 
     def plan(self, inputs: list[Path], params: Mapping[str, str], spec: ModelSpec,
              settings: Settings) -> list[PlannedShard]:  # fmt: skip
-        BindingContract.of(spec)
+        check_strand_and_crop(params, BindingContract.of(spec))
         reference_for(settings, params.get("reference", ""))
         try:
             size = int(params["shard_size"])

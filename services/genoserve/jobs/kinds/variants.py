@@ -127,7 +127,7 @@ class CallBam(_VariantsKind):
         regions = [Region.parse(r, "params[regions]") for r in params.get("regions", "").split(",") if r.strip()]
         if params.get("bed"):
             bed = confine(params["bed"], list(settings.jobs.input_roots), "params[bed]", must_exist=True)
-            regions += [Region(c, s, e) for c, spans in read_bed(bed).items() for s, e in spans]
+            regions += [Region(c, s, e) for c, spans in read_bed(bed, "params[bed]").items() for s, e in spans]
         if not regions:  # every contig of the BAM
             try:
                 with pysam.AlignmentFile(str(path), "rb") as bam:
