@@ -124,6 +124,11 @@ def test_predict_unreadable_inputs_and_zero_batch(server: ServerProcess, tmp_pat
     headless.write_text("ACGT\n")
     result = genoserve(server, "predict", "binding", "--model", "deepbind-ctcf", "--fasta", str(headless))
     assert_clean_error(result, "'--fasta'", "line 1: sequence data before the first '>' header")
+    empty = tmp_path / "empty.fa"
+    empty.write_text("")
+    result = genoserve(server, "predict", "binding", "--model", "deepbind-ctcf", "--fasta", str(empty))
+    assert_clean_error(result, "'--fasta'", "no FASTA records")
+    assert not result.stdout
     result = genoserve(server, "predict", "binding", "--model", "deepbind-ctcf", "--vcf", str(headless))
     assert_clean_error(result, "'--vcf'", "not a readable VCF")
     result = genoserve(server, "predict", "binding", "--model", "deepbind-ctcf", "--sequence", "ACGT", "--batch", "0")

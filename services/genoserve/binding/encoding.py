@@ -54,14 +54,21 @@ def _codes(bases: str) -> Array:
 def check(sequences: Sequence[NamedSequence], length: int, crop: bool, field: str = "sequences") -> list[str]:
     """Validate every sequence; return them fitted to ``length``. One InvalidArgument lists all
     problems, each naming ``field[i]``, the sequence id and the position of a bad character."""
-    joined = "".join(seq.bases for seq in sequences)
-    # One vectorised look-up for the whole batch; only a batch with a bad character pays for the
-    # per-sequence search that names it.
-    if joined.isascii() and not (_codes(joined) < 0).any():
-        fitted = [fit_length(seq.bases, length, crop) if seq.bases else None for seq in sequences]
-        if all(f is not None for f in fitted):
-            return fitted  # type: ignore[return-value]
-    return _check_each(sequences, length, crop, field)
+    fitted = fit_all([seq.bases for seq in sequences], length, crop)
+    return fitted if fitted is not None else _check_each(sequences, length, crop, field)
+
+
+def fit_all(bases: Sequence[str], length: int, crop: bool) -> list[str] | None:
+    """Every sequence fitted to ``length``, or None if any is empty, has a character other than
+    ACGTN, or is too long without ``crop`` (``check`` then names it). One vectorised look-up for
+    the whole batch: only a batch with a problem pays for the per-sequence search."""
+    joined = "".join(bases)
+    if not joined.isascii() or (_codes(joined) < 0).any():
+        return None
+    if all(len(b) == length for b in bases):
+        return list(bases)
+    fitted = [fit_length(b, length, crop) if b else None for b in bases]
+    return fitted if all(f is not None for f in fitted) else None  # type: ignore[return-value]
 
 
 def _check_each(sequences: Sequence[NamedSequence], length: int, crop: bool, field: str) -> list[str]:

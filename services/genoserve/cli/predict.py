@@ -98,6 +98,8 @@ def binding(model: str, fasta: Path | None, sequences: tuple[str, ...], vcf: Pat
             for result in response.results:
                 values = [f"{v:.6g}" for s, lg in zip(result.scores, result.logits, strict=True) for v in (s, lg)]
                 click.echo("\t".join([result.id, *values]))
+        if not header and fasta is not None:  # nothing was scored: say so rather than print nothing
+            raise click.BadParameter(f"{fasta}: no FASTA records ('>' headers)", param_hint="'--fasta'")
 
 
 def _regions(texts: tuple[str, ...], bed: Path | None) -> list[Any]:

@@ -38,7 +38,7 @@ def broker_options(settings: JobsSettings) -> tuple[str, str | None, dict[str, A
                 "processed_folder": str(folder / "processed"),
                 "control_folder": str(folder / "control"),
                 "store_processed": False,
-                "polling_interval": 0.05,
+                "polling_interval": 0.01,  # a listdir per 10 ms: idle cost is negligible, shard gaps shrink
             },
         )
     return url, None, {"visibility_timeout": settings.visibility_timeout_s}

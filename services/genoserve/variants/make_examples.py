@@ -39,7 +39,7 @@ class Region:
 
     @classmethod
     def parse(cls, text: str, field: str = "regions") -> Region:
-        """``chr20:10000001-10010000`` (1-based inclusive, commas allowed) or a bare contig name."""
+        """``chr20:10000001-10010000`` (1-based inclusive, digit-grouping commas allowed)."""
         text = text.strip().replace(",", "")
         if ":" not in text:
             raise InvalidArgument.field(field, f"{text!r}: expected CONTIG:START-END (1-based, inclusive)")

@@ -29,5 +29,5 @@ def test_block_reader_matches_the_general_reader(tmp_path: Path, text: str, ever
     for first, offset, line in marks:
         stop = min(first + every, count)
         expected = list(read_fasta(path, first, stop, offset, line))
-        assert read_fasta_block(path, first, stop, offset, line) == expected
+        assert read_fasta_block(path, first, stop, offset, line).records() == expected
         assert [r.index for r in expected] == list(range(first, stop))

@@ -180,22 +180,21 @@ class ScoreFasta(_TableKind):
         crop = ctx.params.get("crop", "false").lower() == "true"
         try:
             # Line numbers count from the shard's first record; made absolute only for an error.
-            records = read_fasta_block(path, ctx.start, ctx.stop, ctx.offset, 1)
+            block = read_fasta_block(path, ctx.start, ctx.stop, ctx.offset, 1)
         except FastaFormatError as exc:
             line = _line_base(path, ctx.offset) + exc.line
             raise InputRecordError(str(path), f"at line {line}", exc.rule) from exc
-        ids = [record.id for record in records]
-        try:
-            fitted = encoding.check([NamedSequence(r.id, r.bases) for r in records], contract.length, crop)
-        except InvalidArgument as exc:  # name the first bad record, with its line
-            for record in records:
+        ids = block.ids
+        fitted = encoding.fit_all(block.bases, contract.length, crop)
+        if fitted is None:  # name the first bad record, with its line
+            for record in block.records():
                 try:
                     encoding.check([NamedSequence(record.id, record.bases)], contract.length, crop)
                 except InvalidArgument as bad:
                     line = _line_base(path, ctx.offset) + record.line
                     where = f"{record.index} ({record.id!r}, line {line})"
                     raise InputRecordError(str(path), where, bad.violations[0].description) from bad
-            raise AssertionError("a batch failed its check but no record did") from exc
+            raise AssertionError("a batch failed its check but no record did")
         logits, scores = score_sequences(ctx, fitted)
         _write_part(self.shard_result(ctx.output_stem), {"id": pa.array(ids, pa.string()),
                                                          **_task_columns(contract, logits, scores)})  # fmt: skip
