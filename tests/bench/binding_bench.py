@@ -41,12 +41,10 @@ import datetime as dt
 import json
 import os
 import platform
-import re
 import shutil
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +57,7 @@ import yaml
 from genoserve.binding import encoding, strands
 from genoserve.client import Client
 from genoserve.v1 import binding_pb2, binding_pb2_grpc, jobs_pb2
-from tests.bench.platform_bench import run_for, summarize
+from tests.bench.platform_bench import batcher_stats, run_for, summarize
 from tests.support.jobs import WorkerProcess, wait_for_job, write_config
 from tests.support.server import REPO, ServerProcess
 
@@ -118,15 +116,6 @@ def latency(call: Any, duration: float, warmup: float) -> dict[str, float]:
             return {**summarize(times), "loadavg_1m": os.getloadavg()[0]}
 
 
-def batcher_stats(metrics_url: str) -> tuple[float, float]:
-    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
-    found = {}
-    for kind in ("sum", "count"):
-        match = re.search(rf'^genoserve_batch_size_{kind}\{{model="{MODEL}"\}} (\S+)$', text, re.MULTILINE)
-        found[kind] = float(match.group(1)) if match else 0.0
-    return found["sum"], found["count"]
-
-
 async def _concurrent(
     address: str, sequences: list[str], duration: float, warmup: float, metrics_url: str
 ) -> dict[str, Any]:
@@ -149,14 +138,14 @@ async def _concurrent(
 
         tasks = [asyncio.create_task(client(i)) for i in range(CLIENTS)]
         await asyncio.sleep(warmup)
-        before = batcher_stats(metrics_url)
+        before = batcher_stats(metrics_url, MODEL)
         load = os.getloadavg()[0]
         t0 = time.perf_counter()
         phase["measuring"] = True
         await asyncio.sleep(duration)
         phase["stop"] = True
         elapsed = time.perf_counter() - t0
-        after = batcher_stats(metrics_url)
+        after = batcher_stats(metrics_url, MODEL)
         await asyncio.gather(*tasks)
     calls = after[1] - before[1]
     return {

@@ -136,12 +136,12 @@ class CpuMeter:
             self.result["other_cores"] = max(0.0, others)
 
 
-def batcher_stats(metrics_url: str) -> tuple[float, float]:
-    """(sum, count) of ``genoserve_batch_size`` for the benchmark model, from the server's /metrics."""
+def batcher_stats(metrics_url: str, model: str = MODEL) -> tuple[float, float]:
+    """(sum, count) of ``genoserve_batch_size`` for ``model``, from the server's /metrics."""
     text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
     found: dict[str, float] = {}
     for kind in ("sum", "count"):
-        match = re.search(rf'^genoserve_batch_size_{kind}\{{model="{MODEL}"\}} (\S+)$', text, re.MULTILINE)
+        match = re.search(rf'^genoserve_batch_size_{kind}\{{model="{model}"\}} (\S+)$', text, re.MULTILINE)
         found[kind] = float(match.group(1)) if match else 0.0
     return found["sum"], found["count"]
 

@@ -18,6 +18,17 @@ Array = np.ndarray[Any, Any]
 InferFn = Callable[[Mapping[str, Array]], dict[str, Array]]
 
 
+def positive_int(params: Mapping[str, str], name: str) -> int:
+    """``params[name]`` as an integer >= 1, else INVALID_ARGUMENT naming ``params[<name>]``."""
+    try:
+        value = int(params[name])
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise InvalidArgument.field(f"params[{name}]", f"must be a positive integer, got {params[name]!r}")
+    return value
+
+
 class InputRecordError(GenoserveError):
     """A record of an input file breaks a rule: the job fails at once, naming file and record."""
 

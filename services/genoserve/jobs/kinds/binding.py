@@ -27,7 +27,7 @@ from genoserve.binding.strands import StrandMode
 from genoserve.binding.variants import ReferenceGenome, unknown_reference
 from genoserve.core.errors import InvalidArgument
 from genoserve.core.settings import Settings
-from genoserve.jobs.kinds.base import InputRecordError, JobKind, PlannedShard, ShardContext
+from genoserve.jobs.kinds.base import InputRecordError, JobKind, PlannedShard, ShardContext, positive_int
 from genoserve.jobs.paths import temporary_name
 from genoserve.runtime.spec import ModelSpec
 
@@ -121,15 +121,7 @@ class _TableKind(JobKind):
         check_strand_and_crop(params, BindingContract.of(spec))
         if params.get("format", "parquet") not in ("parquet", "tsv"):
             raise InvalidArgument.field("params[format]", f"must be parquet or tsv, got {params['format']!r}")
-        try:
-            size = int(params["shard_size"])
-        except ValueError:
-            size = 0
-        if size < 1:
-            raise InvalidArgument.field(
-                "params[shard_size]", f"must be a positive integer, got {params['shard_size']!r}"
-            )
-        return size
+        return positive_int(params, "shard_size")
 
     def outputs(self, inputs: list[Path], output_dir: Path, params: Mapping[str, str]) -> list[Path]:
         ext = ".tsv" if params.get("format") == "tsv" else ".parquet"

@@ -24,7 +24,7 @@ from genoserve.binding.contract import BindingContract
 from genoserve.binding.variants import VariantSpec, check_variant, windows
 from genoserve.core.errors import InvalidArgument
 from genoserve.core.settings import Settings
-from genoserve.jobs.kinds.base import InputRecordError, JobKind, PlannedShard, ShardContext
+from genoserve.jobs.kinds.base import InputRecordError, JobKind, PlannedShard, ShardContext, positive_int
 from genoserve.jobs.kinds.binding import check_strand_and_crop, reference_for, score_sequences
 from genoserve.jobs.paths import temporary_name
 from genoserve.runtime.spec import ModelSpec
@@ -63,14 +63,7 @@ class ScoreVcf(JobKind):
              settings: Settings) -> list[PlannedShard]:  # fmt: skip
         check_strand_and_crop(params, BindingContract.of(spec))
         reference_for(settings, params.get("reference", ""))
-        try:
-            size = int(params["shard_size"])
-        except ValueError:
-            size = 0
-        if size < 1:
-            raise InvalidArgument.field(
-                "params[shard_size]", f"must be a positive integer, got {params['shard_size']!r}"
-            )
+        size = positive_int(params, "shard_size")
         shards: list[PlannedShard] = []
         for index, path in enumerate(inputs):
             try:

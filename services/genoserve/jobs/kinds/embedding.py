@@ -26,7 +26,7 @@ from genoserve.embedding.genes import DEFAULT_MIN_OVERLAP, align
 from genoserve.embedding.h5io import EmbeddingWriter, H5adCounts, open_counts, read_obs_column
 from genoserve.embedding.plot import embedding_png
 from genoserve.embedding.request import prepare
-from genoserve.jobs.kinds.base import InputRecordError, JobKind, PlannedShard, ShardContext
+from genoserve.jobs.kinds.base import InputRecordError, JobKind, PlannedShard, ShardContext, positive_int
 from genoserve.jobs.paths import temporary_name, write_atomically
 from genoserve.runtime.spec import ModelSpec
 
@@ -39,16 +39,6 @@ def _stem(path: Path) -> str:
     for ext in (".h5ad", ".h5", ".hdf5"):
         name = name.removesuffix(ext)
     return name
-
-
-def _positive(params: Mapping[str, str], name: str) -> int:
-    try:
-        value = int(params[name])
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise InvalidArgument.field(f"params[{name}]", f"must be a positive integer, got {params[name]!r}")
-    return value
 
 
 def _flag(params: Mapping[str, str], name: str) -> bool:
@@ -84,7 +74,7 @@ class EmbedH5ad(JobKind):
     def plan(self, inputs: list[Path], params: Mapping[str, str], spec: ModelSpec,
              settings: Settings) -> list[PlannedShard]:  # fmt: skip
         model = EmbeddingContract.of(spec)
-        size = _positive(params, "shard_size")
+        size = positive_int(params, "shard_size")
         _flag(params, "not_raw_counts")
         _flag(params, "plot")
         shards: list[PlannedShard] = []

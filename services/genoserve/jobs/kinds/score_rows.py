@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from genoserve.core.errors import InvalidArgument
 from genoserve.core.settings import Settings
-from genoserve.jobs.kinds.base import InputRecordError, JobKind, PlannedShard, ShardContext
+from genoserve.jobs.kinds.base import InputRecordError, JobKind, PlannedShard, ShardContext, positive_int
 from genoserve.jobs.paths import temporary_name
 from genoserve.runtime.spec import ModelSpec
 
@@ -62,24 +62,13 @@ class ScoreRows(JobKind):
     def model(self, params: Mapping[str, str]) -> tuple[str, str]:
         return params["model"], params["version"]
 
-    def _shard_size(self, params: Mapping[str, str]) -> int:
-        try:
-            size = int(params["shard_size"])
-        except ValueError:
-            size = 0
-        if size < 1:
-            raise InvalidArgument.field(
-                "params[shard_size]", f"must be a positive integer, got {params['shard_size']!r}"
-            )
-        return size
-
     def plan(
         self, inputs: list[Path], params: Mapping[str, str], spec: ModelSpec, settings: Settings
     ) -> list[PlannedShard]:
         if len(spec.inputs) != 1 or len(spec.inputs[0].shape) != 2:
             raise InvalidArgument.field("params[model]", f"{spec.name} does not take one 2-D input")
         width = spec.inputs[0].shape[1]
-        size = self._shard_size(params)
+        size = positive_int(params, "shard_size")
         shards: list[PlannedShard] = []
         for index, path in enumerate(inputs):
             if path.suffix not in SUFFIXES or not path.is_file():

@@ -23,7 +23,7 @@ import tifffile
 
 from genoserve.core.errors import GenoserveError, InvalidArgument
 from genoserve.core.settings import Settings
-from genoserve.jobs.kinds.base import InputRecordError, JobKind, PlannedShard, ShardContext
+from genoserve.jobs.kinds.base import InputRecordError, JobKind, PlannedShard, ShardContext, positive_int
 from genoserve.jobs.paths import temporary_name
 from genoserve.runtime.spec import ModelSpec
 from genoserve.segmentation import images
@@ -132,9 +132,7 @@ class SegmentImages(JobKind):
         mask_params(params)
         _channels(params)
         self._overlays(params)
-        size = _int(params, "shard_size")
-        if size < 1:
-            raise InvalidArgument.field("params[shard_size]", f"must be a positive integer, got {size}")
+        size = positive_int(params, "shard_size")
         shards: list[PlannedShard] = []
         for index, path in enumerate(inputs):
             items = list_items(path, params["pattern"])
