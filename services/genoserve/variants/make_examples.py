@@ -1,7 +1,9 @@
 """BAM + reference + region -> candidates -> DeepVariant-layout ``PileupExample`` objects.
 
-The calling-mode half of DeepVariant's make_examples without the local realigner: reads are used
-as aligned in the BAM, so sites whose reads DeepVariant realigns (mostly near indels) differ.
+The calling-mode half of DeepVariant's make_examples: the region is cut into 1000 bp partitions
+(``partition_size``); each partition's reads (those overlapping it) are realigned locally
+(``genoserve.variants.realign``, on by default as in DeepVariant), counted for candidates inside
+the partition, and drawn into the pileups of those candidates.
 """
 
 from __future__ import annotations
@@ -23,10 +25,13 @@ from genoserve.variants.candidates import (
 )
 from genoserve.variants.examples import CallInfo, PileupExample
 from genoserve.variants.pileup import PileupEncoder, PileupOptions
-from genoserve.variants.reads import Read, ReadFilter, fetch_reads, open_alignments, unclip
+from genoserve.variants.reads import Read, ReadFilter, fetch_reads, open_alignments
+from genoserve.variants.realign import REFERENCE_PAD, RealignerOptions, realign_region
 
 #: make_examples' ``read_overlap_buffer_bp``: a pileup shows reads within this many bp of the candidate.
 READ_OVERLAP_BUFFER_BP = 5
+#: make_examples' ``partition_size``: reads are fetched, realigned and counted per partition.
+PARTITION_SIZE = 1000
 
 
 @dataclass(frozen=True)
@@ -155,11 +160,17 @@ def make_examples(
     *,
     channels: int = 7,
     thresholds: CandidateThresholds | None = None,
+    realign: bool = True,
+    realigner: RealignerOptions | None = None,
 ) -> tuple[list[Candidate], list[PileupExample]]:
-    """Candidates in ``region`` and their pileup examples (``channels`` 6 or 7), in position order."""
+    """Candidates in ``region`` and their pileup examples (``channels`` 6 or 7), in position order.
+
+    ``realign`` (default on, as DeepVariant) realigns reads locally before counting and drawing.
+    """
     if channels not in (6, 7):
         raise InvalidArgument.field("channels", f"must be 6 or 7, got {channels}")
     thresholds = thresholds or CandidateThresholds()
+    realigner = realigner or RealignerOptions(enabled=realign)
     bam = open_alignments(bam_path)
     fasta = open_reference(reference_path)
     try:
@@ -167,20 +178,25 @@ def make_examples(
             raise InvalidArgument.field("regions", f"{reference_path}: contig {region.contig!r} not in the reference")
         sample = sample_name(bam)
         options = PileupOptions(channels=channels)
-        pad = options.width
-        reads = fetch_reads(bam, region.contig, region.start - pad, region.end + pad, ReadFilter(), str(bam_path))
-        ref_start = max(0, region.start - 2 * pad)
-        ref = reference_window(fasta, region.contig, ref_start, region.end + 2 * pad - ref_start)
-        reads = _SortedReads([unclip(r, ref, ref_start) for r in reads])
-        counts = count_alleles(reads, region.contig, ref, ref_start, thresholds.min_base_quality)
-        candidates = find_candidates(counts, ref, ref_start, region.start, region.end, thresholds)
+        contig_length = fasta.get_reference_length(region.contig)
         encoder = PileupEncoder(options)
-        examples: list[PileupExample] = []
         half = options.width // 2
-        for candidate in candidates:
-            window = reference_window(fasta, region.contig, candidate.start - half, options.width)
-            examples.extend(examples_for_candidate(candidate, reads, window, encoder, sample))
-        return candidates, examples
+        all_candidates: list[Candidate] = []
+        examples: list[PileupExample] = []
+        for start in range(region.start, region.end, PARTITION_SIZE):
+            end = min(start + PARTITION_SIZE, region.end)
+            reads = fetch_reads(bam, region.contig, start, end, ReadFilter(), str(bam_path))
+            ref_start = max(0, start - REFERENCE_PAD)
+            ref = reference_window(fasta, region.contig, ref_start, end + REFERENCE_PAD - ref_start)
+            reads = realign_region(reads, ref, ref_start, contig_length, start, end, realigner)
+            sorted_reads = _SortedReads(reads)
+            counts = count_alleles(sorted_reads, region.contig, ref, ref_start, thresholds.min_base_quality)
+            candidates = find_candidates(counts, ref, ref_start, start, end, thresholds)
+            for candidate in candidates:
+                window = reference_window(fasta, region.contig, candidate.start - half, options.width)
+                examples.extend(examples_for_candidate(candidate, sorted_reads, window, encoder, sample))
+            all_candidates.extend(candidates)
+        return all_candidates, examples
     finally:
         bam.close()
         fasta.close()

@@ -120,6 +120,28 @@ def fetch_reads(
         raise InvalidArgument.field("bam", f"{path}: unreadable around {contig}:{start + 1}-{end}: {exc}") from exc
 
 
+def reference_length(cigar: list[tuple[int, int]]) -> int:
+    """Reference bases an alignment spans (M, D, N, =, X)."""
+    return sum(n for op, n in cigar if op in (*MATCH_OPS, OP_D, OP_N))
+
+
+def with_alignment(read: Read, start: int, cigar: list[tuple[int, int]]) -> Read:
+    """``read`` placed at ``start`` with ``cigar`` (everything else unchanged)."""
+    return Read(
+        key=read.key,
+        name=read.name,
+        read_number=read.read_number,
+        start=start,
+        end=start + reference_length(cigar),
+        cigar=cigar,
+        seq=read.seq,
+        quals=read.quals,
+        mapping_quality=read.mapping_quality,
+        reverse=read.reverse,
+        fragment_length=read.fragment_length,
+    )
+
+
 def unclip(read: Read, ref: str, ref_offset: int, max_mismatches: int = 4) -> Read:
     """``read`` with its soft clips turned into aligned bases when the whole read then matches the
     reference with at most ``max_mismatches`` mismatches (ungapped reads only).

@@ -1,0 +1,317 @@
+"""Aligning reads to candidate haplotypes and projecting them back onto the reference.
+
+The steps of DeepVariant's FastPassAligner (deepvariant/realigner/fast_pass_aligner.cc, r1.9),
+written here from its description:
+
+1. every read longer than ``kmer_size`` (32) is indexed by its 32-mers; each haplotype is scanned
+   for them, and a read placed ungapped where it differs from the haplotype at most
+   ``max_num_of_mismatches`` (2) times (N matches anything) scores ``4 * matches - 6 * mismatches``;
+   a non-reference haplotype with a position (outside the reference flanks) no placed read
+   covers is dropped;
+2. reads placed on no haplotype are aligned to every supported haplotype by Smith-Waterman
+   (``genoserve.variants.realign_sw``); haplotypes are aligned to the reference the same way;
+3. each read takes its best haplotype (haplotypes ordered by total read score, fewest first; a
+   tie goes to a non-reference haplotype), and its read->haplotype and haplotype->reference
+   CIGARs are merged into a read->reference alignment. An alignment whose indels could shift
+   left is not normalised and the read keeps its original alignment.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from genoserve.variants.reads import OP_D, OP_I, OP_M, OP_S, Read, with_alignment
+from genoserve.variants.realign_sw import Cigar, Scoring, local_align
+
+KMER_SIZE = 32
+MAX_MISMATCHES = 2
+NOT_ALIGNED = -1
+
+
+@dataclass
+class _Placement:
+    score: int = 0
+    position: int = NOT_ALIGNED
+    cigar: Cigar = field(default_factory=list)
+
+
+@dataclass
+class _Haplotype:
+    index: int
+    score: int
+    reads: list[_Placement]
+    is_reference: bool = False
+    ref_pos: int = 0
+    cigar: Cigar = field(default_factory=list)
+    to_ref_shift: list[int] = field(default_factory=list)
+
+
+def _fast_score(hap: str, read: str) -> tuple[int, int]:
+    """(score, mismatches) of an ungapped placement; mismatches stop counting at MAX + 1."""
+    matches = mismatches = 0
+    for a, b in zip(hap, read, strict=True):
+        if a != b and a != "N" and b != "N":
+            mismatches += 1
+            if mismatches == MAX_MISMATCHES + 1:
+                return 0, mismatches
+        else:
+            matches += 1
+    return matches * 4 - mismatches * 6, mismatches
+
+
+def _index(reads: list[str]) -> dict[str, list[tuple[int, int]]]:
+    index: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for read_id, seq in enumerate(reads):
+        if len(seq) <= KMER_SIZE:
+            continue
+        for pos in range(len(seq) - KMER_SIZE + 1):
+            index[seq[pos : pos + KMER_SIZE]].append((read_id, pos))
+    return index
+
+
+def _fast_align(
+    hap: str, is_ref: bool, reads: list[str], index: dict[str, list[tuple[int, int]]], prefix: int, suffix: int
+) -> tuple[int, list[_Placement]]:
+    placements = [_Placement() for _ in reads]
+    coverage = [0] * len(hap)
+    score = 0
+    tried: dict[tuple[int, int], tuple[int, int]] = {}
+    for i in range(len(hap) - KMER_SIZE + 1):
+        for read_id, read_pos in index.get(hap[i : i + KMER_SIZE], ()):
+            start = max(0, i - read_pos)
+            size = len(reads[read_id])
+            if start + size > len(hap):
+                continue
+            placement = placements[read_id]
+            if placement.position != NOT_ALIGNED and placement.position == start:
+                continue
+            key = (read_id, start)
+            result = tried.get(key)
+            if result is None:
+                result = _fast_score(hap[start : start + size], reads[read_id])
+                tried[key] = result
+            new_score, mismatches = result
+            if mismatches <= MAX_MISMATCHES:
+                for pos in range(start, start + size):
+                    coverage[pos] += 1
+                if placement.score < new_score:
+                    score += new_score - placement.score
+                    placement.score = new_score
+                    placement.position = start
+                    placement.cigar = [(OP_M, size)]
+        if coverage[i] == 0 and prefix <= i < len(hap) - suffix and not is_ref:
+            return 0, [_Placement() for _ in reads]
+    return score, placements
+
+
+def _shift_map(size: int, cigar: Cigar) -> list[int]:
+    """Per haplotype position, the offset to add to reach its reference position."""
+    shifts = [0] * size
+    shift = 0
+    pos = 0
+    for op, length in cigar:
+        if op == OP_M:
+            shifts[pos : pos + length] = [shift] * length
+            pos += length
+        elif op == OP_S:
+            shift -= length
+            shifts[pos : pos + length] = [shift] * length
+            pos += length
+        elif op == OP_D:
+            shift += length
+        elif op == OP_I:
+            for _ in range(length):
+                shifts[pos] = shift
+                shift -= 1
+                pos += 1
+    return shifts
+
+
+def _aligned_length(cigar: Cigar) -> int:
+    return sum(n for op, n in cigar if op != OP_D)
+
+
+def _merge(op: int, length: int, read_len: int, cigar: list[list[int]]) -> None:
+    """Append ``op`` to ``cigar`` (FastPassAligner's MergeCigarOp); an I after a D (or a D after
+    an I) cancels one base of each into a match."""
+    last = cigar[-1][0] if cigar else None
+    before = sum(n for o, n in cigar if o != OP_D)
+    new_length = length if op == OP_D else min(length, read_len - before)
+    if new_length <= 0 or before == read_len:
+        return
+    if (op == OP_I and last == OP_D) or (op == OP_D and last == OP_I):
+        prev = len(cigar) - 2 if len(cigar) > 1 else len(cigar) - 1
+        if cigar[prev][0] != OP_M:
+            cigar.insert(len(cigar) - 1, [OP_M, 1])
+        else:
+            cigar[prev][1] += 1
+        if cigar[-1][1] == 1:
+            cigar.pop()
+        else:
+            cigar[-1][1] -= 1
+    elif op == last:
+        cigar[-1][1] += new_length
+    else:
+        cigar.append([op, new_length])
+
+
+def _left_trim(hap_cigar: Cigar, position: int) -> list[list[int]]:
+    ops = [[op, n] for op, n in hap_cigar]
+    cur = 0
+    while cur != position:
+        op, n = ops.pop(0)
+        if op in (OP_M, OP_S, OP_I):
+            if n + cur > position:
+                ops.insert(0, [op, n - (position - cur)])
+            cur = min(n + cur, position)
+    if ops and ops[0][0] == OP_D:
+        ops.pop(0)
+    return ops
+
+
+_PRIORITY = (OP_S, OP_D, OP_I, OP_M)
+
+
+def read_to_reference_cigar(read_len: int, placement: _Placement, hap_cigar: Cigar) -> Cigar:
+    """Compose read->haplotype and haplotype->reference alignments (CalculateReadToRefAlignment)."""
+    read_ops = [[op, n] for op, n in placement.cigar]
+    hap_ops = _left_trim(hap_cigar, placement.position)
+    out: list[list[int]] = []
+    if read_ops and read_ops[0][0] == OP_S:
+        _merge(OP_S, read_ops[0][1], read_len, out)
+        read_ops.pop(0)
+    cur_r = [0, 0]
+    cur_h = [0, 0]
+    while (read_ops or hap_ops) and _aligned_length([(o, n) for o, n in out]) < read_len:
+        if read_ops and not hap_ops and cur_h[1] == 0:
+            op, n = read_ops.pop(0)
+            _merge(op, n, read_len, out)
+            continue
+        if not read_ops and cur_r[1] == 0 and hap_ops:
+            break
+        if cur_r[1] == 0:
+            cur_r = read_ops.pop(0)
+        if cur_h[1] == 0:
+            cur_h = hap_ops.pop(0)
+        while cur_r[1] > 0 and cur_h[1] > 0:
+            if (cur_r[0] == OP_D and cur_h[0] == OP_I) or (cur_r[0] == OP_I and cur_h[0] == OP_D):
+                cur_h[1] -= 1
+                cur_r[1] -= 1
+                if cur_h[0] == OP_D:
+                    hap_ops.insert(0, [OP_M, 1])
+                    read_ops.insert(0, [OP_M, 1])
+                continue
+            for op in _PRIORITY:
+                if cur_r[0] == op or cur_h[0] == op:
+                    _merge(op, 1, read_len, out)
+                    break
+            if cur_r[0] == OP_I:
+                cur_r[1] -= 1
+            elif cur_h[0] == OP_D:
+                cur_h[1] -= 1
+            else:
+                cur_h[1] -= 1
+                cur_r[1] -= 1
+    return [(op, n) for op, n in out]
+
+
+def is_normalized(cigar: Cigar, ref_offset: int, reference: str, read_seq: str) -> bool:
+    """False when an indel's last base equals the base before it (it could shift left)."""
+    if ref_offset < 0:
+        return True
+    ref_i, read_i = ref_offset, 0
+    for op, n in cigar:
+        if op == OP_S:
+            read_i += n
+            continue
+        if op != OP_M:
+            if op == OP_D:
+                if ref_i + n > len(reference):
+                    return False
+                seq = reference[ref_i : ref_i + n]
+                if read_i > 0 and seq[-1] == read_seq[read_i - 1]:
+                    return False
+            else:
+                seq = read_seq[read_i : read_i + n]
+                if ref_i > 0 and seq[-1] == reference[ref_i - 1]:
+                    return False
+        if op != OP_I:
+            ref_i += n
+        if op != OP_D:
+            read_i += n
+    return True
+
+
+@dataclass(frozen=True)
+class AlignTask:
+    """One assembled region: the reference around it and its haplotypes (with the same flanks)."""
+
+    reference: str  # prefix + window reference + suffix
+    ref_start: int  # contig position of reference[0]
+    prefix_len: int
+    suffix_len: int
+    haplotypes: list[str]
+
+
+def align_reads(task: AlignTask, reads: list[Read], scoring: Scoring | None = None) -> list[Read]:
+    """``reads`` realigned to their best haplotype of ``task`` (a read that aligns nowhere keeps its
+    alignment). Order is kept."""
+    scoring = scoring or Scoring()
+    seqs = [r.seq.upper() for r in reads]
+    read_size = len(seqs[0]) if seqs else 0
+    # Score threshold for SW placements (CalculateSswAlignmentScoreThreshold); 1 with the defaults.
+    similarity = 0.16934
+    threshold = scoring.match * read_size * similarity - scoring.mismatch * read_size * (1 - similarity)
+    threshold = threshold if threshold >= 0 else 1
+    index = _index(seqs)
+    haps: list[_Haplotype] = []
+    for i, hap in enumerate(task.haplotypes):
+        score, placements = _fast_align(
+            hap, hap == task.reference, seqs, index, task.prefix_len, task.suffix_len
+        )
+        haps.append(_Haplotype(i, score, placements))
+    for h in haps:
+        hap = task.haplotypes[h.index]
+        if hap == task.reference:
+            h.is_reference, h.cigar, h.ref_pos = True, [(OP_M, len(hap))], 0
+        else:
+            aln = local_align(hap, task.reference, scoring)
+            if aln.score > 0:
+                h.cigar, h.ref_pos = aln.cigar, aln.target_begin
+                h.is_reference = aln.cigar == [(OP_M, len(hap))] and hap == task.reference[
+                    aln.target_begin : aln.target_begin + len(hap)
+                ]
+        h.to_ref_shift = _shift_map(len(hap), h.cigar)
+    for r, seq in enumerate(seqs):
+        if any(h.reads[r].score > 0 for h in haps):
+            continue
+        for h in haps:
+            if h.score == 0:
+                continue
+            aln = local_align(seq, task.haplotypes[h.index], scoring)
+            if aln.score > 0 and aln.score >= threshold:
+                h.reads[r] = _Placement(aln.score, aln.target_begin, aln.cigar)
+    ordered = sorted(haps, key=lambda h: h.score)
+    out: list[Read] = []
+    for r, read in enumerate(reads):
+        best: _Haplotype | None = None
+        best_score = 0
+        for h in ordered:
+            s = h.reads[r].score
+            if s > best_score or (best_score > 0 and s == best_score and not h.is_reference):
+                best, best_score = h, s
+        if best is None or not best.cigar:
+            out.append(read)
+            continue
+        placement = best.reads[r]
+        if placement.position >= len(best.to_ref_shift):
+            out.append(read)
+            continue
+        offset = best.ref_pos + placement.position + best.to_ref_shift[placement.position]
+        cigar = read_to_reference_cigar(len(seqs[r]), placement, best.cigar)
+        if not cigar or not is_normalized(cigar, offset, task.reference, seqs[r]):
+            out.append(read)
+            continue
+        out.append(with_alignment(read, task.ref_start + offset, cigar))
+    return out

@@ -1,0 +1,158 @@
+"""Smith-Waterman alignment with affine gaps (numpy, one row at a time), as the realigner uses it.
+
+Scores follow DeepVariant's realigner defaults (``aln_match`` 4, ``aln_mismatch`` 6,
+``aln_gap_open`` 8, ``aln_gap_extend`` 2; a gap of length g costs ``8 + (g - 1) * 2``; an N
+scores 0 against anything, as in the Striped Smith-Waterman library's default matrix).
+
+``local_align`` reports what the SSW library reports: the best score, where the alignment begins
+on the target, and a CIGAR with the unaligned query ends soft-clipped. Ties are broken as SSW
+does: the best cell with the smallest target end (then the smallest query end); the begin is the
+shortest alignment reaching that score; the path is traced back preferring the diagonal, so gaps
+in repeats end up left-aligned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from genoserve.variants.reads import OP_D, OP_I, OP_M, OP_S
+
+Cigar = list[tuple[int, int]]
+_NEG = np.int32(-(10**8))
+
+
+@dataclass(frozen=True)
+class Scoring:
+    match: int = 4
+    mismatch: int = 6
+    gap_open: int = 8
+    gap_extend: int = 2
+
+
+@dataclass
+class LocalAlignment:
+    score: int
+    target_begin: int
+    cigar: Cigar  # pysam op codes; M for both matches and mismatches
+
+
+def _codes(seq: str) -> npt.NDArray[np.uint8]:
+    return np.frombuffer(seq.encode(), dtype=np.uint8)
+
+
+def _substitution(query: str, target: str, scoring: Scoring) -> npt.NDArray[np.int32]:
+    """``(len(query), len(target))`` scores: match, -mismatch, 0 where either base is N."""
+    q = _codes(query)[:, None]
+    t = _codes(target)[None, :]
+    s = np.where(q == t, scoring.match, -scoring.mismatch).astype(np.int32)
+    n = ord("N")
+    s[(q == n) | (t == n)] = 0
+    return s
+
+
+def _fill(
+    sub: npt.NDArray[np.int32], scoring: Scoring, local: bool
+) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int32], npt.NDArray[np.int32]]:
+    """H, E (gap consuming target), F (gap consuming query), each ``(m + 1, n + 1)``."""
+    m, n = sub.shape
+    go, ge = scoring.gap_open, scoring.gap_extend
+    h = np.zeros((m + 1, n + 1), dtype=np.int32)
+    e = np.full((m + 1, n + 1), _NEG, dtype=np.int32)
+    f = np.full((m + 1, n + 1), _NEG, dtype=np.int32)
+    if not local:
+        steps = np.arange(1, n + 1, dtype=np.int32)
+        h[0, 1:] = -(go + (steps - 1) * ge)
+        e[0, 1:] = h[0, 1:]
+        rows = np.arange(1, m + 1, dtype=np.int32)
+        h[1:, 0] = -(go + (rows - 1) * ge)
+        f[1:, 0] = h[1:, 0]
+    ramp = np.arange(n + 1, dtype=np.int64) * ge
+    for i in range(1, m + 1):
+        f[i, 1:] = np.maximum(h[i - 1, 1:] - go, f[i - 1, 1:] - ge)
+        g = np.maximum(h[i - 1, :-1] + sub[i - 1], f[i, 1:])
+        if local:
+            g = np.maximum(g, 0)
+        # E[j] = max_{k<j} (H[k] + ge*k) - go - ge*(j-1); opening from an E cell never beats extending it.
+        origin = np.empty(n + 1, dtype=np.int64)
+        origin[0] = int(h[i, 0])
+        origin[1:] = g
+        best = np.maximum.accumulate(origin + ramp)[:-1]
+        e_row = best - go - ramp[:-1]
+        e[i, 1:] = np.maximum(e_row, _NEG).astype(np.int32)
+        h[i, 1:] = np.maximum(g, e[i, 1:])
+    return h, e, f
+
+
+def _traceback(
+    sub: npt.NDArray[np.int32],
+    h: npt.NDArray[np.int32],
+    e: npt.NDArray[np.int32],
+    f: npt.NDArray[np.int32],
+    scoring: Scoring,
+) -> Cigar:
+    """Global path from ``(m, n)`` to ``(0, 0)``: diagonal first; a gap is extended on a tie."""
+    ge = scoring.gap_extend
+    i, j = sub.shape
+    state = 0  # 0: H, 1: E (D op, consumes target), 2: F (I op, consumes query)
+    ops: list[int] = []
+    while i > 0 or j > 0:
+        if state == 0:
+            if i > 0 and j > 0 and h[i, j] == h[i - 1, j - 1] + sub[i - 1, j - 1]:
+                ops.append(OP_M)
+                i -= 1
+                j -= 1
+                continue
+            state = 1 if j > 0 and (h[i, j] == e[i, j] or i == 0) else 2
+        if state == 1:
+            ops.append(OP_D)
+            state = 1 if e[i, j] == e[i, j - 1] - ge else 0
+            j -= 1
+        else:
+            ops.append(OP_I)
+            state = 2 if f[i, j] == f[i - 1, j] - ge else 0
+            i -= 1
+    cigar: Cigar = []
+    for op in reversed(ops):
+        if cigar and cigar[-1][0] == op:
+            cigar[-1] = (op, cigar[-1][1] + 1)
+        else:
+            cigar.append((op, 1))
+    return cigar
+
+
+def _first_best(h: npt.NDArray[np.int32], score: int) -> tuple[int, int]:
+    """The cell (row, column) holding ``score`` with the smallest column, then the smallest row."""
+    cols = np.flatnonzero((h == score).any(axis=0))
+    col = int(cols[0])
+    row = int(np.flatnonzero(h[:, col] == score)[0])
+    return row, col
+
+
+def local_align(query: str, target: str, scoring: Scoring | None = None) -> LocalAlignment:
+    """Best local alignment of ``query`` inside ``target`` (score 0 and empty CIGAR when none)."""
+    scoring = scoring or Scoring()
+    if not query or not target:
+        return LocalAlignment(0, 0, [])
+    sub = _substitution(query, target, scoring)
+    h, _, _ = _fill(sub, scoring, local=True)
+    score = int(h.max())
+    if score <= 0:
+        return LocalAlignment(0, 0, [])
+    q_end, t_end = _first_best(h, score)  # 1-based ends (exclusive in 0-based terms)
+    # The begin: the shortest alignment ending there, from the reversed prefixes.
+    rq, rt = query[:q_end][::-1], target[:t_end][::-1]
+    rsub = _substitution(rq, rt, scoring)
+    rh, _, _ = _fill(rsub, scoring, local=True)
+    q_len, t_len = _first_best(rh, score)
+    q_begin, t_begin = q_end - q_len, t_end - t_len
+    gsub = sub[q_begin:q_end, t_begin:t_end]
+    gh, ge_, gf = _fill(gsub, scoring, local=False)
+    cigar = _traceback(gsub, gh, ge_, gf, scoring)
+    if q_begin:
+        cigar.insert(0, (OP_S, q_begin))
+    if q_end < len(query):
+        cigar.append((OP_S, len(query) - q_end))
+    return LocalAlignment(score, t_begin, cigar)
