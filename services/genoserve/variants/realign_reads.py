@@ -267,9 +267,7 @@ def align_reads(task: AlignTask, reads: list[Read], scoring: Scoring | None = No
     index = _index(seqs)
     haps: list[_Haplotype] = []
     for i, hap in enumerate(task.haplotypes):
-        score, placements = _fast_align(
-            hap, hap == task.reference, seqs, index, task.prefix_len, task.suffix_len
-        )
+        score, placements = _fast_align(hap, hap == task.reference, seqs, index, task.prefix_len, task.suffix_len)
         haps.append(_Haplotype(i, score, placements))
     for h in haps:
         hap = task.haplotypes[h.index]
@@ -279,9 +277,10 @@ def align_reads(task: AlignTask, reads: list[Read], scoring: Scoring | None = No
             aln = local_align(hap, task.reference, scoring)
             if aln.score > 0:
                 h.cigar, h.ref_pos = aln.cigar, aln.target_begin
-                h.is_reference = aln.cigar == [(OP_M, len(hap))] and hap == task.reference[
-                    aln.target_begin : aln.target_begin + len(hap)
-                ]
+                h.is_reference = (
+                    aln.cigar == [(OP_M, len(hap))]
+                    and hap == task.reference[aln.target_begin : aln.target_begin + len(hap)]
+                )
         h.to_ref_shift = _shift_map(len(hap), h.cigar)
     for r, seq in enumerate(seqs):
         if any(h.reads[r].score > 0 for h in haps):

@@ -119,15 +119,16 @@ def test_contig_naming_mismatch_is_named() -> None:
 def test_golden_pileup_agreement() -> None:
     """Measured against DeepVariant 1.9's own calling examples for chr20:10,000,000-10,010,000.
 
-    genoserve has no local realigner, so reads DeepVariant realigns (around indels and clipped
-    reads) are drawn where the BAM puts them; these figures are what the approximation achieves.
+    With the local realigner (on by default, as in make_examples) 63 of the 84 images are pixel
+    for pixel DeepVariant's (31 without it, by an earlier approximation); the rest differ in a
+    few reads of repeat regions, where Smith-Waterman ties and assembly details decide.
     """
     report = compat.run(BAM, REF, GOLDEN, Region.parse("chr20:10000000-10010000"))
     assert report.golden_examples == 84
-    assert report.matched_examples >= 73  # same site, alleles and alt indices
-    assert report.identical_examples >= 31  # pixel-identical images
-    assert report.pixel_agreement >= 0.97
-    assert min(report.channel_agreement.values()) >= 0.94
+    assert report.matched_examples >= 80  # same site, alleles and alt indices
+    assert report.identical_examples >= 63  # pixel-identical images
+    assert report.pixel_agreement >= 0.997
+    assert min(report.channel_agreement.values()) >= 0.995
     first = report.sites[0]
     assert first.locus == "chr20:10000117-10000117"
     assert first.identical

@@ -1,0 +1,100 @@
+"""The local realigner: alignment scoring, window selection, haplotype assembly, read realignment."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from genoserve.variants.reads import OP_D, OP_I, OP_M, OP_S, Read
+from genoserve.variants.realign import RealignerOptions, realign_region
+from genoserve.variants.realign_graph import candidate_haplotypes
+from genoserve.variants.realign_reads import read_to_reference_cigar
+from genoserve.variants.realign_sw import local_align
+from genoserve.variants.realign_windows import WindowOptions, select_windows
+
+RNG = np.random.default_rng(7)
+REF = "".join(RNG.choice(list("ACGT"), 1200))
+OFFSET = 5000  # contig position of REF[0]
+
+
+def _read(name: str, start: int, seq: str, cigar: list[tuple[int, int]], mq: int = 60) -> Read:
+    span = sum(n for op, n in cigar if op in (OP_M, OP_D))
+    return Read(f"{name}/0", name, 0, start, start + span, cigar, seq, np.full(len(seq), 35, np.uint8), mq, False, 300)
+
+
+def test_local_alignment_scores_clips_and_left_aligns() -> None:
+    flank_l, flank_r = "ACCTGATTCAGGCTTAAC", "TTGCAAGCTGCCATTG"
+    # A 2-bp deletion inside a GA repeat is placed at its leftmost position.
+    aln = local_align(flank_l + "CAGAGAT" + flank_r, flank_l + "CAGAGAGAT" + flank_r)
+    assert aln.cigar == [(OP_M, 19), (OP_D, 2), (OP_M, 22)]
+    assert aln.score == 4 * 41 - (8 + 2)  # a gap of length g costs 8 + (g - 1) * 2
+    # Mismatching read ends are soft-clipped (a mismatch costs 6, a match gains 4).
+    aln = local_align("TTTACGTAC", "GGGACGTACGGG")
+    assert (aln.target_begin, aln.cigar, aln.score) == (3, [(OP_S, 3), (OP_M, 6)], 24)
+
+
+def test_windows_surround_variant_evidence() -> None:
+    ref = REF
+    alt = ref[:600] + ("A" if ref[600] != "A" else "C") + ref[601:]
+    reads = [_read(f"r{i}", OFFSET + 550 + i, alt[550 + i : 650 + i], [(OP_M, 100)]) for i in range(3)]
+    reads += [_read("ref", OFFSET + 550, ref[550:650], [(OP_M, 100)])]
+    windows = select_windows(reads, ref, OFFSET, OFFSET + 500, OFFSET + 700, OFFSET + 10_000)
+    assert windows == [(OFFSET + 600 - 80, OFFSET + 600 + 80)]
+    # One supporting read is not enough (ws_min_num_supporting_reads = 2).
+    assert select_windows(reads[2:], ref, OFFSET, OFFSET + 500, OFFSET + 700, OFFSET + 10_000) == []
+    # Candidates closer than 2 * 80 bp share a window.
+    far = WindowOptions(min_windows_distance=10)
+    assert len(select_windows(reads, ref, OFFSET, OFFSET + 500, OFFSET + 700, OFFSET + 10_000, far)) == 1
+
+
+def test_graph_finds_the_alt_haplotype_and_prunes_single_errors() -> None:
+    window = REF[100:300]
+    alt = window[:100] + "TTTT" + window[100:]  # a 4-bp insertion
+    reads = [_read(f"a{i}", 0, alt[10 + 5 * i : 110 + 5 * i], [(OP_M, 100)]) for i in range(4)]
+    error = window[:60] + ("G" if window[60] != "G" else "T") + window[61:]
+    reads.append(_read("e", 0, error[20:120], [(OP_M, 100)]))  # a one-read error: pruned
+    assert candidate_haplotypes(window, reads) == sorted([window, alt])
+    # Low mapping quality reads are not assembled.
+    assert candidate_haplotypes(window, [_read(r.name, 0, r.seq, r.cigar, mq=10) for r in reads]) == [window]
+
+
+def test_clipped_insertion_reads_are_realigned_with_the_insertion() -> None:
+    ins = "GATTACAGAT"
+    alt = REF[:600] + ins + REF[600:]
+    reads: list[Read] = []
+    for i in range(8):
+        s = 520 + 7 * i
+        seq = alt[s : s + 100]
+        # What a mapper often reports: the read aligned up to the insertion and clipped after it.
+        aligned = 600 - s
+        reads.append(_read(f"r{i}", OFFSET + s, seq, [(OP_M, aligned), (OP_S, 100 - aligned)]))
+    # Reads the mapper got right cover the rest of the window (an uncovered stretch of a haplotype
+    # discards it, as in DeepVariant).
+    for i in range(6):
+        s = 515 + 7 * i
+        reads.append(_read(f"ok{i}", OFFSET + s, alt[s : s + 100], [(OP_M, 600 - s), (OP_I, 10), (OP_M, s - 510)]))
+        reads.append(_read(f"before{i}", OFFSET + 440 + 10 * i, REF[440 + 10 * i : 540 + 10 * i], [(OP_M, 100)]))
+        reads.append(_read(f"after{i}", OFFSET + 640 + 10 * i, REF[640 + 10 * i : 740 + 10 * i], [(OP_M, 100)]))
+    reads.append(_read("plain", OFFSET + 300, REF[300:400], [(OP_M, 100)]))
+    out = {r.key: r for r in realign_region(reads, REF, OFFSET, OFFSET + 10_000, OFFSET, OFFSET + 1000)}
+    assert out["plain/0"].cigar == [(OP_M, 100)]
+    assert out["plain/0"].start == OFFSET + 300
+    for i in range(8):
+        s = 520 + 7 * i
+        read = out[f"r{i}/0"]
+        assert read.start == OFFSET + s
+        assert read.cigar == [(OP_M, 600 - s), (OP_I, len(ins)), (OP_M, 100 - len(ins) - (600 - s))]
+    # Switched off, reads keep the mapper's alignment.
+    same = realign_region(reads, REF, OFFSET, OFFSET + 10_000, OFFSET, OFFSET + 1000, RealignerOptions(enabled=False))
+    assert [r.cigar for r in same] == [r.cigar for r in reads]
+
+
+def test_read_to_reference_composition_through_a_haplotype_deletion() -> None:
+    from genoserve.variants.realign_reads import _Placement
+
+    # Haplotype = reference with 3 bases deleted after 50; the read covers hap[20:120] ungapped.
+    hap_cigar = [(OP_M, 50), (OP_D, 3), (OP_M, 150)]
+    cigar = read_to_reference_cigar(100, _Placement(400, 20, [(OP_M, 100)]), hap_cigar)
+    assert cigar == [(OP_M, 30), (OP_D, 3), (OP_M, 70)]
+    # An insertion in the haplotype becomes an insertion in the read.
+    cigar = read_to_reference_cigar(100, _Placement(400, 40, [(OP_M, 100)]), [(OP_M, 50), (OP_I, 4), (OP_M, 150)])
+    assert cigar == [(OP_M, 10), (OP_I, 4), (OP_M, 86)]
