@@ -117,7 +117,13 @@ def _regions(texts: tuple[str, ...], bed: Path | None) -> list[Any]:
 
 
 def _example_batches(
-    bam: Path | None, reference: Path | None, regions: list[Any], examples: tuple[Path, ...], channels: int, size: int
+    bam: Path | None,
+    reference: Path | None,
+    regions: list[Any],
+    examples: tuple[Path, ...],
+    channels: int,
+    size: int,
+    realign: bool = True,
 ) -> Iterator[list[Any]]:
     """Request batches: pileups built here from the BAM, or tf.Examples passed through unchanged."""
     from genoserve.api.codecs.variants import pileup_example
@@ -129,7 +135,7 @@ def _example_batches(
 
         assert reference is not None
         for region in regions:
-            _, made = make_examples(bam, reference, region, channels=channels)
+            _, made = make_examples(bam, reference, region, channels=channels, realign=realign)
             yield from batched(iter([pileup_example(e) for e in made]), size)
         return
     for path in examples:
@@ -162,10 +168,16 @@ def _example_batches(
 @click.option("--channels", type=click.Choice(["6", "7"]), default="7", show_default=True)
 @click.option("--sample", default="", help="Sample name (default: the BAM read group's SM).")
 @click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True, help="Examples per request.")
+@click.option(
+    "--realign/--no-realign",
+    default=True,
+    show_default=True,
+    help="Realign reads locally before building pileups (DeepVariant's default).",
+)
 @client_options
 def variants(bam: Path | None, reference: Path | None, regions: tuple[str, ...], bed: Path | None,
              examples: tuple[Path, ...], output: Path, model: str, channels: str, sample: str, batch: int,
-             **conn: Any) -> None:  # fmt: skip
+             realign: bool, **conn: Any) -> None:  # fmt: skip
     """Call variants through the server: BAM + reference + regions (pileups built here) or
     make_examples TFRecords -> VCF (bgzipped and tabix-indexed for .vcf.gz)."""
     from genoserve.api.codecs.variants import to_variant_call
@@ -204,7 +216,7 @@ def variants(bam: Path | None, reference: Path | None, regions: tuple[str, ...],
             raise failures[0]
 
     with make_client(**conn) as client:
-        batches = guarded(_example_batches(bam, reference, wanted, examples, int(channels), batch))
+        batches = guarded(_example_batches(bam, reference, wanted, examples, int(channels), batch, realign))
         try:
             responses = or_exit(lambda: list(client.call_variants_stream(batches, model, "", sample)))
         finally:

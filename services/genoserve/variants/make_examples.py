@@ -179,7 +179,6 @@ def make_examples(
         sample = sample_name(bam)
         options = PileupOptions(channels=channels)
         contig_length = fasta.get_reference_length(region.contig)
-        encoder = PileupEncoder(options)
         half = options.width // 2
         all_candidates: list[Candidate] = []
         examples: list[PileupExample] = []
@@ -190,6 +189,7 @@ def make_examples(
             ref = reference_window(fasta, region.contig, ref_start, end + REFERENCE_PAD - ref_start)
             reads = realign_region(reads, ref, ref_start, contig_length, start, end, realigner)
             sorted_reads = _SortedReads(reads)
+            encoder = PileupEncoder(options)  # its per-read cache lives as long as the partition's reads
             counts = count_alleles(sorted_reads, region.contig, ref, ref_start, thresholds.min_base_quality)
             candidates = find_candidates(counts, ref, ref_start, start, end, thresholds)
             for candidate in candidates:

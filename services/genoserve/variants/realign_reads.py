@@ -21,8 +21,11 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+import numpy as np
+import numpy.typing as npt
+
 from genoserve.variants.reads import OP_D, OP_I, OP_M, OP_S, Read, with_alignment
-from genoserve.variants.realign_sw import Cigar, Scoring, local_align
+from genoserve.variants.realign_sw import Cigar, Scoring, align_similar, local_align, local_scores
 
 KMER_SIZE = 32
 MAX_MISMATCHES = 2
@@ -60,49 +63,67 @@ def _fast_score(hap: str, read: str) -> tuple[int, int]:
     return matches * 4 - mismatches * 6, mismatches
 
 
-def _index(reads: list[str]) -> dict[str, list[tuple[int, int]]]:
-    index: dict[str, list[tuple[int, int]]] = defaultdict(list)
+def _index(reads: list[str]) -> dict[str, npt.NDArray[np.int64]]:
+    """32-mer -> ``(n, 2)`` array of (read id, offset in read), by read then offset."""
+    lists: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for read_id, seq in enumerate(reads):
         if len(seq) <= KMER_SIZE:
             continue
         for pos in range(len(seq) - KMER_SIZE + 1):
-            index[seq[pos : pos + KMER_SIZE]].append((read_id, pos))
-    return index
+            lists[seq[pos : pos + KMER_SIZE]].append((read_id, pos))
+    return {k: np.asarray(v, dtype=np.int64) for k, v in lists.items()}
 
 
 def _fast_align(
-    hap: str, is_ref: bool, reads: list[str], index: dict[str, list[tuple[int, int]]], prefix: int, suffix: int
+    hap: str, is_ref: bool, reads: list[str], index: dict[str, npt.NDArray[np.int64]], prefix: int, suffix: int
 ) -> tuple[int, list[_Placement]]:
+    """Ungapped placements of ``reads`` on ``hap`` found through shared 32-mers.
+
+    Equivalent to scanning the haplotype's k-mers in order (FastAlignReadsToHaplotype): a read
+    keeps its best-scoring placement (the first found among equals), and a non-reference haplotype
+    with a position in ``[prefix, len - suffix)`` that no accepted placement found so far covers
+    is discarded (score 0). A placement found at k-mer ``i`` covers ``[i, start + size)``.
+    """
     placements = [_Placement() for _ in reads]
-    coverage = [0] * len(hap)
-    score = 0
-    tried: dict[tuple[int, int], tuple[int, int]] = {}
+    hits = []
     for i in range(len(hap) - KMER_SIZE + 1):
-        for read_id, read_pos in index.get(hap[i : i + KMER_SIZE], ()):
-            start = max(0, i - read_pos)
-            size = len(reads[read_id])
-            if start + size > len(hap):
-                continue
-            placement = placements[read_id]
-            if placement.position != NOT_ALIGNED and placement.position == start:
-                continue
-            key = (read_id, start)
-            result = tried.get(key)
-            if result is None:
-                result = _fast_score(hap[start : start + size], reads[read_id])
-                tried[key] = result
-            new_score, mismatches = result
-            if mismatches <= MAX_MISMATCHES:
-                for pos in range(start, start + size):
-                    coverage[pos] += 1
-                if placement.score < new_score:
-                    score += new_score - placement.score
-                    placement.score = new_score
-                    placement.position = start
-                    placement.cigar = [(OP_M, size)]
-        if coverage[i] == 0 and prefix <= i < len(hap) - suffix and not is_ref:
-            return 0, [_Placement() for _ in reads]
-    return score, placements
+        occ = index.get(hap[i : i + KMER_SIZE])
+        if occ is not None:
+            hits.append(np.column_stack([np.full(len(occ), i, dtype=np.int64), occ]))
+    if not hits:
+        return 0, placements
+    found = np.concatenate(hits)  # rows (i, read id, offset) in scan order
+    sizes = np.asarray([len(r) for r in reads], dtype=np.int64)
+    starts = np.maximum(0, found[:, 0] - found[:, 2])
+    fits = starts + sizes[found[:, 1]] <= len(hap)
+    found, starts = found[fits], starts[fits]
+    keys = found[:, 1] * (len(hap) + 1) + starts
+    _, first = np.unique(keys, return_index=True)
+    first.sort()  # discovery order
+    covered = np.zeros(len(hap) + 1, dtype=np.int64)
+    accepted: list[tuple[int, int, int]] = []  # (read id, start, score) in discovery order
+    for row in first.tolist():
+        i, read_id = int(found[row, 0]), int(found[row, 1])
+        start = int(starts[row])
+        size = len(reads[read_id])
+        score, mismatches = _fast_score(hap[start : start + size], reads[read_id])
+        if mismatches <= MAX_MISMATCHES:
+            accepted.append((read_id, start, score))
+            covered[i] += 1
+            covered[start + size] -= 1
+    if not is_ref:
+        coverage = np.cumsum(covered)[: len(hap) - KMER_SIZE + 1]
+        lo, hi = prefix, min(len(coverage), len(hap) - suffix)
+        if hi > lo and (coverage[lo:hi] == 0).any():
+            return 0, placements
+    total = 0
+    for read_id, start, score in accepted:
+        placement = placements[read_id]
+        if placement.score < score:
+            total += score - placement.score
+            placement.score, placement.position = score, start
+            placement.cigar = [(OP_M, len(reads[read_id]))]
+    return total, placements
 
 
 def _shift_map(size: int, cigar: Cigar) -> list[int]:
@@ -274,7 +295,7 @@ def align_reads(task: AlignTask, reads: list[Read], scoring: Scoring | None = No
         if hap == task.reference:
             h.is_reference, h.cigar, h.ref_pos = True, [(OP_M, len(hap))], 0
         else:
-            aln = local_align(hap, task.reference, scoring)
+            aln = align_similar(hap, task.reference, scoring)
             if aln.score > 0:
                 h.cigar, h.ref_pos = aln.cigar, aln.target_begin
                 h.is_reference = (
@@ -282,27 +303,31 @@ def align_reads(task: AlignTask, reads: list[Read], scoring: Scoring | None = No
                     and hap == task.reference[aln.target_begin : aln.target_begin + len(hap)]
                 )
         h.to_ref_shift = _shift_map(len(hap), h.cigar)
+    # Reads placed on no haplotype: Smith-Waterman against every supported haplotype. Only the
+    # scores decide which haplotype a read takes, so all are scored in one batch and the full
+    # alignment is computed for the winner alone.
+    supported = [h for h in haps if h.score != 0]
+    sw_scores: dict[int, dict[int, int]] = {}
     for r, seq in enumerate(seqs):
-        if any(h.reads[r].score > 0 for h in haps):
+        if any(h.reads[r].score > 0 for h in haps) or not supported:
             continue
-        for h in haps:
-            if h.score == 0:
-                continue
-            aln = local_align(seq, task.haplotypes[h.index], scoring)
-            if aln.score > 0 and aln.score >= threshold:
-                h.reads[r] = _Placement(aln.score, aln.target_begin, aln.cigar)
+        scores = local_scores(seq, [task.haplotypes[h.index] for h in supported], scoring)
+        sw_scores[r] = {h.index: s for h, s in zip(supported, scores, strict=True) if s > 0 and s >= threshold}
     ordered = sorted(haps, key=lambda h: h.score)
     out: list[Read] = []
     for r, read in enumerate(reads):
         best: _Haplotype | None = None
         best_score = 0
         for h in ordered:
-            s = h.reads[r].score
+            s = sw_scores[r].get(h.index, 0) if r in sw_scores else h.reads[r].score
             if s > best_score or (best_score > 0 and s == best_score and not h.is_reference):
                 best, best_score = h, s
         if best is None or not best.cigar:
             out.append(read)
             continue
+        if r in sw_scores:
+            aln = local_align(seqs[r], task.haplotypes[best.index], scoring)
+            best.reads[r] = _Placement(aln.score, aln.target_begin, aln.cigar)
         placement = best.reads[r]
         if placement.position >= len(best.to_ref_shift):
             out.append(read)

@@ -156,3 +156,77 @@ def local_align(query: str, target: str, scoring: Scoring | None = None) -> Loca
     if q_end < len(query):
         cigar.append((OP_S, len(query) - q_end))
     return LocalAlignment(score, t_begin, cigar)
+
+
+def local_scores(query: str, targets: list[str], scoring: Scoring | None = None) -> list[int]:
+    """The best local alignment score of ``query`` against each of ``targets`` (one batched fill)."""
+    scoring = scoring or Scoring()
+    if not query or not targets:
+        return [0] * len(targets)
+    n = max(len(t) for t in targets)
+    pad = ord("#")  # never matches: scores -mismatch, so no best cell lies in the padding
+    codes = np.full((len(targets), n), pad, dtype=np.uint8)
+    for b, t in enumerate(targets):
+        codes[b, : len(t)] = _codes(t)
+    q = _codes(query)
+    nn = ord("N")
+    go, ge = scoring.gap_open, scoring.gap_extend
+    width = n + 1
+    h_prev = np.zeros((len(targets), width), dtype=np.int64)
+    f = np.full((len(targets), n), -(10**8), dtype=np.int64)
+    ramp = np.arange(width, dtype=np.int64) * ge
+    best = np.zeros(len(targets), dtype=np.int64)
+    n_target = codes == nn
+    for i in range(len(q)):
+        base = q[i]
+        sub = np.where(codes == base, scoring.match, -scoring.mismatch)
+        if base == nn:
+            sub[:] = 0
+        else:
+            sub[n_target] = 0
+        f = np.maximum(h_prev[:, 1:] - go, f - ge)
+        g = np.maximum(np.maximum(h_prev[:, :-1] + sub, f), 0)
+        origin = np.zeros((len(targets), width), dtype=np.int64)
+        origin[:, 1:] = g
+        e = np.maximum.accumulate(origin + ramp, axis=1)[:, :-1] - go - ramp[:-1]
+        h = np.zeros((len(targets), width), dtype=np.int64)
+        h[:, 1:] = np.maximum(g, e)
+        best = np.maximum(best, h.max(axis=1))
+        h_prev = h
+    return [int(s) for s in best]
+
+
+def align_similar(query: str, target: str, scoring: Scoring | None = None, margin: int = 10) -> LocalAlignment:
+    """``local_align`` for two sequences sharing long identical ends (a haplotype and its reference):
+    the identical prefix and suffix (not overlapping each other) are matched directly and only the
+    middle, with ``margin`` bases either side, is aligned. Falls back to the full alignment when the
+    middle alignment does not reach both ends."""
+    scoring = scoring or Scoring()
+    shortest = min(len(query), len(target))
+    prefix = 0
+    while prefix < shortest and query[prefix] == target[prefix]:
+        prefix += 1
+    suffix = 0
+    while suffix < shortest - prefix and query[-1 - suffix] == target[-1 - suffix]:
+        suffix += 1
+    lo = max(0, prefix - margin)
+    tail = max(0, suffix - margin)
+    # Between identical ends the best local alignment is the best global one of the middle.
+    sub = _substitution(query[lo : len(query) - tail], target[lo : len(target) - tail], scoring)
+    if sub.size == 0:
+        return local_align(query, target, scoring)
+    h, e, f = _fill(sub, scoring, local=False)
+    mid_cigar = _traceback(sub, h, e, f, scoring)
+    if mid_cigar[0][0] != OP_M or mid_cigar[-1][0] != OP_M or lo + tail < 2 * margin:
+        return local_align(query, target, scoring)
+    mid = LocalAlignment(int(h[-1, -1]), 0, mid_cigar)
+    cigar: Cigar = []
+    for op, length in [(OP_M, lo), *mid.cigar, (OP_M, tail)]:
+        if length == 0:
+            continue
+        if cigar and cigar[-1][0] == op:
+            cigar[-1] = (op, cigar[-1][1] + length)
+        else:
+            cigar.append((op, length))
+    score = mid.score + scoring.match * (lo + tail)
+    return LocalAlignment(score, 0, cigar)

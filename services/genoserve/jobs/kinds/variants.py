@@ -48,6 +48,14 @@ def _channels(spec: ModelSpec) -> int:
     return channels
 
 
+def _realign(params: Mapping[str, str]) -> bool:
+    """``params[realign]``: local realignment of reads before pileups (default true, as DeepVariant)."""
+    raw = params.get("realign", "true").strip().lower()
+    if raw not in ("true", "false", "1", "0", "yes", "no"):
+        raise InvalidArgument.field("params[realign]", f"must be true or false, got {params['realign']!r}")
+    return raw in ("true", "1", "yes")
+
+
 def _predict(ctx: ShardContext) -> Predict:
     name_in, name_out = ctx.spec.inputs[0].name, ctx.spec.outputs[0].name
 
@@ -154,6 +162,7 @@ class CallBam(_VariantsKind):
     def plan(self, inputs: list[Path], params: Mapping[str, str], spec: ModelSpec,
              settings: Settings) -> list[PlannedShard]:  # fmt: skip
         _channels(spec)
+        _realign(params)
         resolve_reference(settings, params.get("reference", ""))
         shards = []
         for index, path in enumerate(inputs):
@@ -170,7 +179,9 @@ class CallBam(_VariantsKind):
         assert reference is not None
         region = self._chunks(path, ctx.params, ctx.settings)[ctx.start]
         try:
-            _, examples = make_examples(path, reference, region, channels=_channels(ctx.spec))
+            _, examples = make_examples(
+                path, reference, region, channels=_channels(ctx.spec), realign=_realign(ctx.params)
+            )
         except InvalidArgument as exc:
             raise InputRecordError(str(path), f"region {region}", exc.message) from exc
         calls = call_examples(examples, _predict(ctx))
