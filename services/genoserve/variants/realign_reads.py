@@ -50,17 +50,28 @@ class _Haplotype:
     to_ref_shift: list[int] = field(default_factory=list)
 
 
-def _fast_score(hap: str, read: str) -> tuple[int, int]:
-    """(score, mismatches) of an ungapped placement; mismatches stop counting at MAX + 1."""
-    matches = mismatches = 0
-    for a, b in zip(hap, read, strict=True):
-        if a != b and a != "N" and b != "N":
-            mismatches += 1
-            if mismatches == MAX_MISMATCHES + 1:
-                return 0, mismatches
-        else:
-            matches += 1
-    return matches * 4 - mismatches * 6, mismatches
+def _fast_scores(
+    hap: str, reads: list[str], read_ids: npt.NDArray[np.int64], starts: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Scores ``4 * matches - 6 * mismatches`` (0 beyond MAX_MISMATCHES) and mismatch counts of
+    ungapped placements of ``reads[read_ids]`` at ``starts`` of ``hap``; N matches anything."""
+    n_code = ord("N")
+    hap_codes = np.frombuffer(hap.encode(), dtype=np.uint8)
+    scores = np.zeros(len(read_ids), dtype=np.int64)
+    mismatches = np.zeros(len(read_ids), dtype=np.int64)
+    by_size: dict[int, list[int]] = defaultdict(list)
+    for row, read_id in enumerate(read_ids.tolist()):
+        by_size[len(reads[read_id])].append(row)
+    for size, rows_list in by_size.items():
+        rows = np.asarray(rows_list, dtype=np.int64)
+        ids = read_ids[rows]
+        read_codes = np.stack([np.frombuffer(reads[i].encode(), dtype=np.uint8) for i in ids.tolist()])
+        windows = hap_codes[starts[rows][:, None] + np.arange(size)]
+        differ = (windows != read_codes) & (windows != n_code) & (read_codes != n_code)
+        miss = differ.sum(axis=1)
+        mismatches[rows] = miss
+        scores[rows] = np.where(miss <= MAX_MISMATCHES, (size - miss) * 4 - miss * 6, 0)
+    return scores, mismatches
 
 
 def _index(reads: list[str]) -> dict[str, npt.NDArray[np.int64]]:
@@ -85,32 +96,31 @@ def _fast_align(
     is discarded (score 0). A placement found at k-mer ``i`` covers ``[i, start + size)``.
     """
     placements = [_Placement() for _ in reads]
-    hits = []
+    at: list[int] = []
+    occurrences: list[npt.NDArray[np.int64]] = []
     for i in range(len(hap) - KMER_SIZE + 1):
         occ = index.get(hap[i : i + KMER_SIZE])
         if occ is not None:
-            hits.append(np.column_stack([np.full(len(occ), i, dtype=np.int64), occ]))
-    if not hits:
+            at.append(i)
+            occurrences.append(occ)
+    if not occurrences:
         return 0, placements
-    found = np.concatenate(hits)  # rows (i, read id, offset) in scan order
+    occ_all = np.concatenate(occurrences)
+    found_i = np.repeat(np.asarray(at, dtype=np.int64), [len(o) for o in occurrences])  # scan order
+    read_ids, offsets = occ_all[:, 0], occ_all[:, 1]
     sizes = np.asarray([len(r) for r in reads], dtype=np.int64)
-    starts = np.maximum(0, found[:, 0] - found[:, 2])
-    fits = starts + sizes[found[:, 1]] <= len(hap)
-    found, starts = found[fits], starts[fits]
-    keys = found[:, 1] * (len(hap) + 1) + starts
-    _, first = np.unique(keys, return_index=True)
+    starts = np.maximum(0, found_i - offsets)
+    fits = starts + sizes[read_ids] <= len(hap)
+    found_i, read_ids, starts = found_i[fits], read_ids[fits], starts[fits]
+    _, first = np.unique(read_ids * (len(hap) + 1) + starts, return_index=True)
     first.sort()  # discovery order
+    found_i, read_ids, starts = found_i[first], read_ids[first], starts[first]
+    scores, mismatches = _fast_scores(hap, reads, read_ids, starts)
+    ok = mismatches <= MAX_MISMATCHES
     covered = np.zeros(len(hap) + 1, dtype=np.int64)
-    accepted: list[tuple[int, int, int]] = []  # (read id, start, score) in discovery order
-    for row in first.tolist():
-        i, read_id = int(found[row, 0]), int(found[row, 1])
-        start = int(starts[row])
-        size = len(reads[read_id])
-        score, mismatches = _fast_score(hap[start : start + size], reads[read_id])
-        if mismatches <= MAX_MISMATCHES:
-            accepted.append((read_id, start, score))
-            covered[i] += 1
-            covered[start + size] -= 1
+    np.add.at(covered, found_i[ok], 1)
+    np.add.at(covered, starts[ok] + sizes[read_ids[ok]], -1)
+    accepted = list(zip(read_ids[ok].tolist(), starts[ok].tolist(), scores[ok].tolist(), strict=True))
     if not is_ref:
         coverage = np.cumsum(covered)[: len(hap) - KMER_SIZE + 1]
         lo, hi = prefix, min(len(coverage), len(hap) - suffix)
@@ -308,11 +318,13 @@ def align_reads(task: AlignTask, reads: list[Read], scoring: Scoring | None = No
     # alignment is computed for the winner alone.
     supported = [h for h in haps if h.score != 0]
     sw_scores: dict[int, dict[int, int]] = {}
+    sw_ends: dict[int, dict[int, int]] = {}
     for r, seq in enumerate(seqs):
         if any(h.reads[r].score > 0 for h in haps) or not supported:
             continue
         scores = local_scores(seq, [task.haplotypes[h.index] for h in supported], scoring)
-        sw_scores[r] = {h.index: s for h, s in zip(supported, scores, strict=True) if s > 0 and s >= threshold}
+        sw_scores[r] = {h.index: s for h, (s, _) in zip(supported, scores, strict=True) if s > 0 and s >= threshold}
+        sw_ends[r] = {h.index: end for h, (_, end) in zip(supported, scores, strict=True)}
     ordered = sorted(haps, key=lambda h: h.score)
     out: list[Read] = []
     for r, read in enumerate(reads):
@@ -326,8 +338,12 @@ def align_reads(task: AlignTask, reads: list[Read], scoring: Scoring | None = No
             out.append(read)
             continue
         if r in sw_scores:
-            aln = local_align(seqs[r], task.haplotypes[best.index], scoring)
-            best.reads[r] = _Placement(aln.score, aln.target_begin, aln.cigar)
+            # The alignment ends at the column found while scoring; it cannot span more than
+            # 3 read lengths of haplotype (gaps cost more than matches gain).
+            end = sw_ends[r][best.index]
+            lo = max(0, end - 3 * len(seqs[r]))
+            aln = local_align(seqs[r], task.haplotypes[best.index][lo:end], scoring)
+            best.reads[r] = _Placement(aln.score, aln.target_begin + lo, aln.cigar)
         placement = best.reads[r]
         if placement.position >= len(best.to_ref_shift):
             out.append(read)

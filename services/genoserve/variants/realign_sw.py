@@ -158,11 +158,13 @@ def local_align(query: str, target: str, scoring: Scoring | None = None) -> Loca
     return LocalAlignment(score, t_begin, cigar)
 
 
-def local_scores(query: str, targets: list[str], scoring: Scoring | None = None) -> list[int]:
-    """The best local alignment score of ``query`` against each of ``targets`` (one batched fill)."""
+def local_scores(query: str, targets: list[str], scoring: Scoring | None = None) -> list[tuple[int, int]]:
+    """(best local alignment score, smallest target end column holding it) of ``query`` against
+    each of ``targets``, in one batched fill. The end (exclusive) lets ``local_align`` work on
+    ``target[end - 3 * len(query) : end]`` only."""
     scoring = scoring or Scoring()
     if not query or not targets:
-        return [0] * len(targets)
+        return [(0, 0)] * len(targets)
     n = max(len(t) for t in targets)
     pad = ord("#")  # never matches: scores -mismatch, so no best cell lies in the padding
     codes = np.full((len(targets), n), pad, dtype=np.uint8)
@@ -176,6 +178,7 @@ def local_scores(query: str, targets: list[str], scoring: Scoring | None = None)
     f = np.full((len(targets), n), -(10**8), dtype=np.int64)
     ramp = np.arange(width, dtype=np.int64) * ge
     best = np.zeros(len(targets), dtype=np.int64)
+    best_col = np.zeros(len(targets), dtype=np.int64)
     n_target = codes == nn
     for i in range(len(q)):
         base = q[i]
@@ -191,9 +194,14 @@ def local_scores(query: str, targets: list[str], scoring: Scoring | None = None)
         e = np.maximum.accumulate(origin + ramp, axis=1)[:, :-1] - go - ramp[:-1]
         h = np.zeros((len(targets), width), dtype=np.int64)
         h[:, 1:] = np.maximum(g, e)
-        best = np.maximum(best, h.max(axis=1))
+        row_best = h.max(axis=1)
+        row_col = h.argmax(axis=1)
+        better = row_best > best
+        tie = (row_best == best) & (row_best > 0)
+        best_col = np.where(better, row_col, np.where(tie, np.minimum(best_col, row_col), best_col))
+        best = np.maximum(best, row_best)
         h_prev = h
-    return [int(s) for s in best]
+    return [(int(s), int(c)) for s, c in zip(best, best_col, strict=True)]
 
 
 def align_similar(query: str, target: str, scoring: Scoring | None = None, margin: int = 10) -> LocalAlignment:
