@@ -30,6 +30,13 @@ class SiteAgreement:
     rows_golden: int = 0
     rows_ours: int = 0
     downsampled: bool = False
+    #: Read rows (whole rows compared, order ignored) only in DeepVariant's image / only in ours:
+    #: a read drawn elsewhere (realigned differently), missing or extra.
+    rows_only_golden: int = 0
+    rows_only_ours: int = 0
+    #: Same rows, different order (e.g. a realigned read moved its start).
+    rows_reordered: bool = False
+    channels_differing: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -53,6 +60,28 @@ def _rows(image: npt.NDArray[np.uint8], band: int = 5) -> int:
     return int((image[band:].reshape(image.shape[0] - band, -1).max(axis=1) > 0).sum())
 
 
+def _row_set(image: npt.NDArray[np.uint8], band: int = 5) -> list[bytes]:
+    return [image[i].tobytes() for i in range(band, image.shape[0]) if image[i].any()]
+
+
+def _explain(site: SiteAgreement, golden: npt.NDArray[np.uint8], mine: npt.NDArray[np.uint8], names: list[str]) -> None:
+    """Which rows and channels make two images differ."""
+    g_rows, o_rows = _row_set(golden), _row_set(mine)
+    g_count: dict[bytes, int] = {}
+    for row in g_rows:
+        g_count[row] = g_count.get(row, 0) + 1
+    common = 0
+    for row in o_rows:
+        if g_count.get(row, 0) > 0:
+            g_count[row] -= 1
+            common += 1
+    site.rows_only_golden = len(g_rows) - common
+    site.rows_only_ours = len(o_rows) - common
+    site.rows_reordered = site.rows_only_golden == site.rows_only_ours == 0 and g_rows != o_rows
+    differ = (golden != mine).any(axis=(0, 1))
+    site.channels_differing = [n for n, d in zip(names, differ.tolist(), strict=True) if d]
+
+
 def compare(golden: list[PileupExample], ours: list[PileupExample]) -> CompatReport:
     """Agreement of ``ours`` with ``golden`` (matched by position, alleles and alt indices)."""
     by_key = {_key(e): e for e in ours}
@@ -72,6 +101,8 @@ def compare(golden: list[PileupExample], ours: list[PileupExample]) -> CompatRep
             site.identical = bool(equal.all())
             site.pixel_agreement = float(equal.mean())
             site.rows_ours = _rows(mine.image)
+            if not site.identical:
+                _explain(site, g.image, mine.image, list(channels))
         site.downsampled = site.rows_golden >= 95 or max(site.rows_ours, mine.call.dp if mine else 0) > 95
         sites.append(site)
     plain = [s for s in sites if not s.downsampled]
@@ -88,11 +119,13 @@ def compare(golden: list[PileupExample], ours: list[PileupExample]) -> CompatRep
     )
 
 
-def run(bam: str | Path, reference: str | Path, examples: str | Path, region: Region) -> CompatReport:
+def run(
+    bam: str | Path, reference: str | Path, examples: str | Path, region: Region, realign: bool = True
+) -> CompatReport:
     """Build pileups for ``region`` and compare them with the make_examples file ``examples``."""
     golden = list(read_examples(examples))
     channels = golden[0].image.shape[2] if golden else 7
-    _, ours = make_examples(bam, reference, region, channels=channels)
+    _, ours = make_examples(bam, reference, region, channels=channels, realign=realign)
     return compare(golden, ours)
 
 
@@ -102,9 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference", required=True)
     parser.add_argument("--examples", required=True, help="DeepVariant make_examples TFRecord (calling mode)")
     parser.add_argument("--region", required=True, help="the region make_examples ran on, e.g. chr20:10000000-10010000")
-    parser.add_argument("--per-site", action="store_true")
+    parser.add_argument("--per-site", action="store_true", help="every site, with the rows and channels that differ")
+    parser.add_argument("--no-realign", action="store_true", help="use the BAM's alignments as they are")
     args = parser.parse_args(argv)
-    report = run(args.bam, args.reference, args.examples, Region.parse(args.region))
+    report = run(args.bam, args.reference, args.examples, Region.parse(args.region), realign=not args.no_realign)
     out = asdict(report)
     if not args.per_site:
         out.pop("sites")
