@@ -3,11 +3,12 @@ fraction at the centre column) and DeepVariant's real data (NA12878 BAM, golden 
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
@@ -17,10 +18,11 @@ import pytest
 import yaml
 
 from genoserve.api.codecs.variants import pileup_example
-from genoserve.client import Client
+from genoserve.client import AsyncClient, Client
+from genoserve.client.client import variants_request
 from genoserve.core import errors
 from genoserve.v1 import jobs_pb2, variants_pb2, variants_pb2_grpc
-from genoserve.variants.examples import read_examples
+from genoserve.variants.examples import PileupExample, read_examples
 from genoserve.variants.make_examples import Region, make_examples
 from genoserve.variants.pipeline import to_example_calls
 from genoserve.variants.postprocess import postprocess
@@ -134,6 +136,67 @@ def test_one_bad_example_gets_its_own_error(rig: Rig) -> None:
     assert response.results[1].error.field == "examples[1].alt_allele_indices"
     assert len(response.results[0].probabilities) == 3
     assert [c.pos for c in response.calls] == [examples[0].start + 1, examples[2].start + 1]
+
+
+def test_numpy_examples_go_as_one_batched_tensor_with_the_same_results(rig: Rig) -> None:
+    golden = list(read_examples(GOLDEN))
+    request = variants_request(golden)
+    assert request.HasField("pileups")
+    assert list(request.pileups.shape) == [84, 100, 221, 7]
+    assert not any(m.HasField("pileup") for m in request.examples)
+    messages = [pileup_example(e) for e in golden]
+    with Client(rig.server.address) as client:
+        batched = client.call_variants(golden, sample_name="NA12878")
+        per_example = client.call_variants(messages, sample_name="NA12878")
+    assert [r.id for r in batched.results] == [m.id for m in messages]
+    assert [list(r.probabilities) for r in batched.results] == [list(r.probabilities) for r in per_example.results]
+    assert list(batched.calls) == list(per_example.calls)
+    assert len(batched.calls) == 78
+    # One example with bad alleles: its own error; the others are called from their rows.
+    bad = [*golden[:3]]
+    bad[1] = replace(bad[1], alt_allele_indices=(5,))
+    with Client(rig.server.address) as client:
+        response = client.call_variants(bad)
+    assert response.results[1].error.field == "examples[1].alt_allele_indices"
+    assert [list(r.probabilities) for r in (response.results[0], response.results[2])] == [
+        list(batched.results[0].probabilities),
+        list(batched.results[2].probabilities),
+    ]
+
+
+def test_batched_tensor_layout_errors_name_the_field(rig: Rig) -> None:
+    golden = list(read_examples(GOLDEN))[:2]
+    short = variants_request(golden)
+    short.pileups.shape[0] = 1
+    short.pileups.data = short.pileups.data[: 100 * 221 * 7]
+    both = variants_request(golden)
+    both.examples[1].pileup.CopyFrom(pileup_example(golden[1]).pileup)
+    with Client(rig.server.address) as client:
+        with pytest.raises(errors.InvalidArgument, match=r"examples\[0\]\.pileup.*is required"):
+            client.call_variants(list(short.examples))  # no pileups at all
+        with pytest.raises(errors.InvalidArgument) as info:
+            client._call(client.variants.CallVariants, short, 10)
+        assert "pileups: expected uint8 [2, 100, 221, 6 or 7]" in info.value.message
+        assert "got uint8 [1, 100, 221, 7]" in info.value.message
+        with pytest.raises(errors.InvalidArgument, match=r"examples\[1\]\.pileup: must be unset"):
+            client._call(client.variants.CallVariants, both, 10)
+
+
+def test_async_client_streams_numpy_examples(rig: Rig) -> None:
+    golden = list(read_examples(GOLDEN))
+
+    async def run() -> list[variants_pb2.CallVariantsResponse]:
+        async def batches() -> AsyncIterator[list[PileupExample]]:
+            for start in range(0, 84, 10):  # multi-allelic sites split across batches
+                yield golden[start : start + 10]
+
+        async with AsyncClient(rig.server.address) as client:
+            return [r async for r in client.call_variants_stream(batches(), sample_name="NA12878")]
+
+    responses = asyncio.run(run())
+    assert len(responses) == 9
+    assert sum(len(r.calls) for r in responses) == 78
+    assert not any(r.site_errors for r in responses)
 
 
 def test_cli_predict_variants_writes_an_indexed_vcf(rig: Rig) -> None:

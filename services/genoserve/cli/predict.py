@@ -119,8 +119,8 @@ def _regions(texts: tuple[str, ...], bed: Path | None) -> list[Any]:
 def _example_batches(
     bam: Path | None, reference: Path | None, regions: list[Any], examples: tuple[Path, ...], channels: int, size: int
 ) -> Iterator[list[Any]]:
-    """Request batches: pileups built here from the BAM, or tf.Examples passed through unchanged."""
-    from genoserve.api.codecs.variants import pileup_example
+    """Request batches: pileups built here from the BAM (sent as one batched tensor per request),
+    or tf.Examples passed through unchanged."""
     from genoserve.v1 import variants_pb2
     from genoserve.variants.tfrecord import read_records
 
@@ -130,7 +130,7 @@ def _example_batches(
         assert reference is not None
         for region in regions:
             _, made = make_examples(bam, reference, region, channels=channels)
-            yield from batched(iter([pileup_example(e) for e in made]), size)
+            yield from batched(iter(made), size)
         return
     for path in examples:
         items = (

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import grpc
-import numpy as np
 
 from genoserve.api.codecs import variants as codec
 from genoserve.api.deadlines import deadline_of
@@ -50,32 +49,33 @@ class VariantCallingServicer(variants_pb2_grpc.VariantCallingServicer):
     ) -> variants_pb2.CallVariantsResponse:
         if not request.examples:
             raise InvalidArgument.field("examples", "at least one example is required")
-        decoded = codec.examples(request.examples, request.sample_name)
-        usable = [(d, d.image, d.call) for d in decoded if d.image is not None and d.call is not None]
+        decoded = codec.examples(
+            request.examples, request.sample_name, request.pileups if request.HasField("pileups") else None
+        )
+        usable = decoded.usable
         if not usable:
-            first = decoded[0].error
+            first = decoded.items[0].error
             field = first.field if first else "examples"
             raise InvalidArgument.field(field, first.message if first else "no usable examples")
-        channels = int(usable[0][1].shape[2])
+        channels = int(decoded.images.shape[3])
         model = self._model(request.model, request.version, channels)
-        batch = np.stack([image for _, image, _ in usable])
-        outputs = await model.infer({model.spec.inputs[0].name: batch}, deadline_of(context))
+        outputs = await model.infer({model.spec.inputs[0].name: decoded.images}, deadline_of(context))
         probabilities = outputs[model.spec.outputs[0].name]
-        row = {id(d): i for i, (d, _, _) in enumerate(usable)}
-        results = []
-        for d in decoded:
-            if d.error is not None:
-                results.append(variants_pb2.ExampleResult(id=d.id, error=d.error))
-            else:
-                results.append(codec.example_result(d.id, probabilities[row[id(d)]]))
+        results = [
+            variants_pb2.ExampleResult(id=d.id, error=d.error)
+            if d.row is None
+            else codec.example_result(d.id, probabilities[d.row])
+            for d in decoded.items
+        ]
         local = buffer if buffer is not None else SiteBuffer()
         calls: list[variants_pb2.VariantCall] = []
         site_errors = []
         completed: list[list[tuple[str, ExampleCall]]] = []
-        for (d, _, call), p in zip(usable, probabilities, strict=True):
-            call.probabilities = (float(p[0]), float(p[1]), float(p[2]))
+        for d, p in zip(usable, probabilities.tolist(), strict=True):
+            assert d.call is not None  # usable examples have their call
+            d.call.probabilities = (p[0], p[1], p[2])
             try:
-                completed.extend(local.add(d.id, call))
+                completed.extend(local.add(d.id, d.call))
             except InvalidArgument as exc:
                 site_errors.append(codec.site_error(exc.violations[0].field, exc.message))
         made = []
