@@ -214,14 +214,17 @@ def test_cli_predict_variants_writes_an_indexed_vcf(rig: Rig) -> None:
     assert records
     assert records[0].pos == 10000117
     from_examples = rig.root / "cli-examples.vcf"
+    fai = rig.root / "contigs.fai"
+    fai.write_text("chr19\t59128983\nchr20\t63025520\t10\t60\t61\n")
     result = subprocess.run(
         [sys.executable, "-m", "genoserve.cli.main", "predict", "variants", "--examples", str(GOLDEN),
-         "--output", str(from_examples), "--address", rig.server.address],
+         "--contigs", str(fai), "--output", str(from_examples), "--address", rig.server.address],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     with pysam.VariantFile(str(from_examples)) as vcf:
         assert list(vcf.header.samples) == ["NA12878"]
+        assert [(c.name, c.length) for c in vcf.header.contigs.values()] == [("chr19", 59128983), ("chr20", 63025520)]
         assert len(list(vcf)) == 78
 
 
@@ -235,11 +238,26 @@ def test_call_bam_and_call_examples_jobs(rig: Rig) -> None:
              "shard_size": "2000"},
         )  # fmt: skip
         by_examples = client.submit_job(
-            "variants.call_examples", [str(golden)], str(rig.root / "ex-out"), {"model": "fraction-7ch"}
-        )
-        done = [wait_for_job(client, j.id, timeout=180) for j in (by_bam, by_examples)]
+            "variants.call_examples", [str(golden)], str(rig.root / "ex-out"),
+            {"model": "fraction-7ch", "reference": "hg19chr20"},
+        )  # fmt: skip
+        (rig.root / "lengths.tsv").write_text("# name\tlength\nchr20\t63025520\n")
+        with_contigs = client.submit_job(
+            "variants.call_examples", [str(golden)], str(rig.root / "ex-contigs"),
+            {"model": "fraction-7ch", "contigs": str(rig.root / "lengths.tsv")},
+        )  # fmt: skip
+        (rig.root / "bad.fai").write_text("chr20\t63025520\nchr21 many\n")
+        with pytest.raises(errors.InvalidArgument, match=r"params\[contigs\]: .*bad.fai: line 2: expected NAME"):
+            client.submit_job(
+                "variants.call_examples", [str(golden)], str(rig.root / "ex-bad"),
+                {"model": "fraction-7ch", "contigs": str(rig.root / "bad.fai")},
+            )  # fmt: skip
+        done = [wait_for_job(client, j.id, timeout=180) for j in (by_bam, by_examples, with_contigs)]
     for job in done:
         assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED, (job.error, rig.worker.log())
+    with pysam.VariantFile(str(rig.root / "ex-contigs" / "calls.vcf.gz")) as vcf:
+        assert [(c.name, c.length) for c in vcf.header.contigs.values()] == [("chr20", 63025520)]
+        assert len(list(vcf)) == 78
     with pysam.VariantFile(str(rig.root / "bam-out" / "NA12878_S1.chr20.10_10p1mb.vcf.gz")) as vcf:
         positions = [r.pos for r in vcf.fetch("chr20", 10_000_000, 10_006_000)]
     # Sharded by 2 kb chunks, merged in order, nothing duplicated at the chunk edges.
@@ -248,6 +266,7 @@ def test_call_bam_and_call_examples_jobs(rig: Rig) -> None:
     with pysam.VariantFile(str(rig.root / "ex-out" / "calls.vcf.gz")) as vcf:
         assert len(list(vcf)) == 78
         assert list(vcf.header.samples) == ["NA12878"]
+        assert vcf.header.contigs["chr20"].length == 63025520  # from the registered reference's .fai
 
 
 def test_jobs_fail_naming_file_and_contig_or_record(rig: Rig) -> None:
