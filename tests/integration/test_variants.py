@@ -17,9 +17,8 @@ import pysam
 import pytest
 import yaml
 
-from genoserve.api.codecs.variants import pileup_example
+from genoserve.api.codecs.variants import call_request, pileup_example
 from genoserve.client import AsyncClient, Client
-from genoserve.client.client import variants_request
 from genoserve.core import errors
 from genoserve.v1 import jobs_pb2, variants_pb2, variants_pb2_grpc
 from genoserve.variants.examples import PileupExample, read_examples
@@ -140,7 +139,7 @@ def test_one_bad_example_gets_its_own_error(rig: Rig) -> None:
 
 def test_numpy_examples_go_as_one_batched_tensor_with_the_same_results(rig: Rig) -> None:
     golden = list(read_examples(GOLDEN))
-    request = variants_request(golden)
+    request = call_request(golden)
     assert request.HasField("pileups")
     assert list(request.pileups.shape) == [84, 100, 221, 7]
     assert not any(m.HasField("pileup") for m in request.examples)
@@ -166,10 +165,10 @@ def test_numpy_examples_go_as_one_batched_tensor_with_the_same_results(rig: Rig)
 
 def test_batched_tensor_layout_errors_name_the_field(rig: Rig) -> None:
     golden = list(read_examples(GOLDEN))[:2]
-    short = variants_request(golden)
+    short = call_request(golden)
     short.pileups.shape[0] = 1
     short.pileups.data = short.pileups.data[: 100 * 221 * 7]
-    both = variants_request(golden)
+    both = call_request(golden)
     both.examples[1].pileup.CopyFrom(pileup_example(golden[1]).pileup)
     with Client(rig.server.address) as client:
         with pytest.raises(errors.InvalidArgument, match=r"examples\[0\]\.pileup.*is required"):

@@ -225,21 +225,30 @@ def variants_request(
     model: str = "",
     version: str = "",
     sample_name: str = "",
-) -> variants_pb2.CallVariantsRequest:
-    """A CallVariantsRequest for messages (as given) or family ``PileupExample`` objects (all
-    pileups in the request's one batched ``pileups`` tensor)."""
+) -> bytes:
+    """A serialized CallVariantsRequest: messages as given, or family ``PileupExample`` objects with
+    all pileups in the request's one batched ``pileups`` tensor (pixels copied once)."""
     messages = [e for e in examples if isinstance(e, variants_pb2.PileupExample)]
     if len(messages) == len(examples):
-        return variants_pb2.CallVariantsRequest(
+        request = variants_pb2.CallVariantsRequest(
             model=model, version=version, examples=messages, sample_name=sample_name
         )
-    from genoserve.api.codecs.variants import call_request
+        return request.SerializeToString()
+    from genoserve.api.codecs.variants import encode_call_request
     from genoserve.variants.examples import PileupExample as FamilyExample
 
     family = [e for e in examples if isinstance(e, FamilyExample)]
     if len(family) != len(examples):
         raise TypeError("examples must be all variants_pb2.PileupExample messages or all family PileupExamples")
-    return call_request(family, model, version, sample_name)
+    return encode_call_request(family, model, version, sample_name)
+
+
+def _as_is(data: bytes) -> bytes:
+    return data
+
+
+_CALL_VARIANTS = "/genoserve.v1.VariantCalling/CallVariants"
+_CALL_VARIANTS_STREAM = "/genoserve.v1.VariantCalling/CallVariantsStream"
 
 
 class Client:
@@ -257,6 +266,17 @@ class Client:
         self.jobs = jobs_pb2_grpc.JobsStub(self.channel)
         self.binding = binding_pb2_grpc.SequenceBindingStub(self.channel)
         self.variants = variants_pb2_grpc.VariantCallingStub(self.channel)
+        # Requests serialized by ``variants_request`` (pixels copied once, not by protobuf).
+        self._call_variants = self.channel.unary_unary(
+            _CALL_VARIANTS,
+            request_serializer=_as_is,
+            response_deserializer=variants_pb2.CallVariantsResponse.FromString,
+        )
+        self._call_variants_stream = self.channel.stream_stream(
+            _CALL_VARIANTS_STREAM,
+            request_serializer=_as_is,
+            response_deserializer=variants_pb2.CallVariantsResponse.FromString,
+        )
         self.segmentation = segmentation_pb2_grpc.SegmentationStub(self.channel)
         self.embedding = embedding_pb2_grpc.CellEmbeddingStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
@@ -373,7 +393,7 @@ class Client:
         channel count.
         """
         request = variants_request(examples, model, version, sample_name)
-        response: variants_pb2.CallVariantsResponse = self._call(self.variants.CallVariants, request, timeout)
+        response: variants_pb2.CallVariantsResponse = self._call(self._call_variants, request, timeout)
         return response
 
     def call_variants_stream(
@@ -388,7 +408,7 @@ class Client:
         as ``call_variants``' ``examples``."""
         requests = (variants_request(b, model, version, sample_name) for b in batches)
         try:
-            yield from self.variants.CallVariantsStream(requests, timeout=timeout, metadata=self._metadata)
+            yield from self._call_variants_stream(requests, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise translate(exc) from exc
 
@@ -461,6 +481,17 @@ class AsyncClient:
         self._metadata = _metadata(self.config)
         self.models = models_pb2_grpc.ModelsStub(self.channel)
         self.variants = variants_pb2_grpc.VariantCallingStub(self.channel)
+        # Requests serialized by ``variants_request`` (pixels copied once, not by protobuf).
+        self._call_variants = self.channel.unary_unary(
+            _CALL_VARIANTS,
+            request_serializer=_as_is,
+            response_deserializer=variants_pb2.CallVariantsResponse.FromString,
+        )
+        self._call_variants_stream = self.channel.stream_stream(
+            _CALL_VARIANTS_STREAM,
+            request_serializer=_as_is,
+            response_deserializer=variants_pb2.CallVariantsResponse.FromString,
+        )
         self.segmentation = segmentation_pb2_grpc.SegmentationStub(self.channel)
         self.embedding = embedding_pb2_grpc.CellEmbeddingStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
@@ -511,7 +542,7 @@ class AsyncClient:
     ) -> variants_pb2.CallVariantsResponse:
         """As ``Client.call_variants``, awaited."""
         request = variants_request(examples, model, version, sample_name)
-        response: variants_pb2.CallVariantsResponse = await self._call(self.variants.CallVariants, request, timeout)
+        response: variants_pb2.CallVariantsResponse = await self._call(self._call_variants, request, timeout)
         return response
 
     async def call_variants_stream(
@@ -526,7 +557,7 @@ class AsyncClient:
         """As ``Client.call_variants_stream``: an async iterator of responses, one per batch, in
         order. ``batches`` may be a plain or an async iterable."""
 
-        async def requests() -> AsyncIterator[variants_pb2.CallVariantsRequest]:
+        async def requests() -> AsyncIterator[bytes]:
             if isinstance(batches, AsyncIterable):
                 async for batch in batches:
                     yield variants_request(batch, model, version, sample_name)
@@ -534,9 +565,7 @@ class AsyncClient:
                 for batch in batches:
                     yield variants_request(batch, model, version, sample_name)
 
-        call = self.variants.CallVariantsStream(
-            requests(), timeout=timeout or self.config.timeout, metadata=self._metadata
-        )
+        call = self._call_variants_stream(requests(), timeout=timeout or self.config.timeout, metadata=self._metadata)
         try:
             async for response in call:
                 yield response

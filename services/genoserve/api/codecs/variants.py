@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from genoserve.api.codecs import wire
 from genoserve.api.codecs.tensor import from_numpy, to_numpy
 from genoserve.core.errors import InvalidArgument
 from genoserve.v1 import common_pb2, tensor_pb2, variants_pb2
@@ -16,6 +18,9 @@ from genoserve.variants.postprocess import ExampleCall, VariantCall
 from genoserve.variants.sites import check_pileup, check_pileups
 
 _BASES = frozenset("ACGTN")
+#: Field numbers (protos/genoserve/v1): CallVariantsRequest.pileups and Tensor.data.
+_REQUEST_PILEUPS = variants_pb2.CallVariantsRequest.PILEUPS_FIELD_NUMBER
+_TENSOR_DATA = tensor_pb2.Tensor.DATA_FIELD_NUMBER
 _FILTERS = {
     "PASS": variants_pb2.FILTER_PASS,
     "RefCall": variants_pb2.FILTER_REF_CALL,
@@ -94,15 +99,17 @@ def examples(
     messages: Sequence[variants_pb2.PileupExample],
     sample_name: str,
     pileups: tensor_pb2.Tensor | None = None,
+    pileups_data: Any = None,
 ) -> DecodedExamples:
     """Decode every example. Site and allele problems become that example's error; a pileup with
     the wrong layout (or mixed channel counts) fails the whole request with INVALID_ARGUMENT.
 
-    ``pileups`` (the request's batched tensor, when set) holds every example's pileup: it is used
-    as the batch without a copy when every example is usable.
+    ``pileups`` (the request's batched tensor, when set; its bytes in ``pileups_data`` when kept
+    out of the message) holds every example's pileup: it is used as the batch without a copy
+    when every example is usable.
     """
     if pileups is not None:
-        return _with_batch(messages, sample_name, pileups)
+        return _with_batch(messages, sample_name, pileups, pileups_data)
     items: list[DecodedExample] = []
     images: list[npt.NDArray[np.uint8]] = []
     channels: int | None = None
@@ -137,9 +144,9 @@ def examples(
 
 
 def _with_batch(
-    messages: Sequence[variants_pb2.PileupExample], sample_name: str, pileups: tensor_pb2.Tensor
+    messages: Sequence[variants_pb2.PileupExample], sample_name: str, pileups: tensor_pb2.Tensor, data: Any
 ) -> DecodedExamples:
-    batch = to_numpy(pileups, "pileups")
+    batch = to_numpy(pileups, "pileups", data)
     check_pileups(batch, len(messages), "pileups")
     items: list[DecodedExample] = []
     rows: list[int] = []
@@ -162,19 +169,13 @@ def _with_batch(
     return DecodedExamples(items, images)
 
 
-def call_request(
-    examples: Sequence[PileupExample],
-    model: str = "",
-    version: str = "",
-    sample_name: str = "",
-    ids: Sequence[str] | None = None,
+def _request_head(
+    examples: Sequence[PileupExample], model: str, version: str, sample_name: str, ids: Sequence[str] | None
 ) -> variants_pb2.CallVariantsRequest:
-    """A request for family ``PileupExample`` objects with all pileups in one batched tensor
-    (``CallVariantsRequest.pileups``): one copy of the pixels instead of one message per image.
-    ``ids`` default to ``pileup_example``'s (locus and alt indices)."""
-    request = variants_pb2.CallVariantsRequest(model=model, version=version, sample_name=sample_name)
+    """The request without pixels: every example's locus, alleles and depths."""
     if ids is not None and len(ids) != len(examples):
         raise ValueError(f"{len(ids)} ids for {len(examples)} examples")
+    request = variants_pb2.CallVariantsRequest(model=model, version=version, sample_name=sample_name)
     for index, example in enumerate(examples):
         request.examples.add(
             id=ids[index] if ids is not None else _default_id(example),
@@ -182,16 +183,76 @@ def call_request(
             alts=example.alternate_bases, alt_allele_indices=example.alt_allele_indices,
             depth=example.call.dp, allele_depths=example.call.ad,
         )  # fmt: skip
-    if examples:
-        images = [np.ascontiguousarray(e.image, dtype=np.uint8) for e in examples]
-        shapes = {i.shape for i in images}
-        if len(shapes) != 1:
-            raise ValueError(f"examples have different pileup shapes: {sorted(shapes)}")
-        request.pileups.dtype = tensor_pb2.DATA_TYPE_UINT8
-        request.pileups.shape[:] = [len(images), *images[0].shape]
-        # One copy of the pixels (no intermediate stack, no per-image bytes).
-        request.pileups.data = b"".join(i.data for i in images)
     return request
+
+
+def encode_call_request(
+    examples: Sequence[PileupExample],
+    model: str = "",
+    version: str = "",
+    sample_name: str = "",
+    ids: Sequence[str] | None = None,
+) -> bytes:
+    """A serialized CallVariantsRequest for family ``PileupExample`` objects, all pileups in its
+    one batched ``pileups`` tensor, built with a single copy of the pixels (see
+    ``genoserve.api.codecs.wire``). ``ids`` default to ``pileup_example``'s (locus, alt indices)."""
+    head = _request_head(examples, model, version, sample_name, ids).SerializeToString()
+    if not examples:
+        return head
+    images = [np.ascontiguousarray(e.image, dtype=np.uint8) for e in examples]
+    shapes = {i.shape for i in images}
+    if len(shapes) != 1:
+        raise ValueError(f"examples have different pileup shapes: {sorted(shapes)}")
+    size = sum(i.nbytes for i in images)
+    tensor_head = tensor_pb2.Tensor(
+        dtype=tensor_pb2.DATA_TYPE_UINT8, shape=[len(images), *images[0].shape]
+    ).SerializeToString()
+    data_header = wire.field_header(_TENSOR_DATA, size)
+    return wire.join_fields(
+        head + wire.field_header(_REQUEST_PILEUPS, len(tensor_head) + len(data_header) + size) + tensor_head,
+        _TENSOR_DATA,
+        [i.data for i in images],
+        size,
+    )
+
+
+def call_request(
+    examples: Sequence[PileupExample],
+    model: str = "",
+    version: str = "",
+    sample_name: str = "",
+    ids: Sequence[str] | None = None,
+) -> variants_pb2.CallVariantsRequest:
+    """``encode_call_request`` as a message (for code that wants one; sending the bytes of
+    ``encode_call_request`` saves the copies protobuf makes of the pixels)."""
+    return variants_pb2.CallVariantsRequest.FromString(encode_call_request(examples, model, version, sample_name, ids))
+
+
+@dataclass
+class ParsedCallRequest:
+    """A CallVariantsRequest as the server parses it: the message without the pixels of its
+    ``pileups`` tensor, which stay in the received bytes (``pileups_data``, zero-copy)."""
+
+    message: variants_pb2.CallVariantsRequest
+    pileups: tensor_pb2.Tensor | None = None
+    pileups_data: memoryview | None = None
+
+
+def parse_call_request(data: bytes) -> ParsedCallRequest:
+    """The gRPC request deserializer for CallVariants(Stream): ``pileups.data`` is not copied."""
+    split = wire.split_field(data, _REQUEST_PILEUPS)
+    if split is None:  # not plain: protobuf parses it (and reports what is wrong)
+        message = variants_pb2.CallVariantsRequest.FromString(data)
+        return ParsedCallRequest(message, message.pileups if message.HasField("pileups") else None)
+    rest, payload = split
+    message = variants_pb2.CallVariantsRequest.FromString(rest)
+    if payload is None:
+        return ParsedCallRequest(message)
+    tensor_split = wire.split_field(payload, _TENSOR_DATA)
+    if tensor_split is None:
+        return ParsedCallRequest(message, tensor_pb2.Tensor.FromString(bytes(payload)))
+    tensor_head, pixels = tensor_split
+    return ParsedCallRequest(message, tensor_pb2.Tensor.FromString(tensor_head), pixels or memoryview(b""))
 
 
 def _default_id(example: PileupExample) -> str:

@@ -11,12 +11,15 @@ from genoserve.api.deadlines import deadline_of
 from genoserve.core.errors import InvalidArgument
 from genoserve.runtime.model import ServedModel
 from genoserve.runtime.repository import ModelRepository
-from genoserve.v1 import variants_pb2, variants_pb2_grpc
+from genoserve.v1 import variants_pb2
 from genoserve.variants.postprocess import ExampleCall, call_site
 from genoserve.variants.sites import SiteBuffer, describe, expected_layout
 
 
-class VariantCallingServicer(variants_pb2_grpc.VariantCallingServicer):
+class VariantCallingServicer:
+    """genoserve.v1.VariantCalling. Not the generated base class: its requests are
+    ``codec.ParsedCallRequest`` (see ``add_to_server``), not ``CallVariantsRequest`` messages."""
+
     SERVICE_NAME = "genoserve.v1.VariantCalling"
     FAMILY = "variants"
 
@@ -45,13 +48,12 @@ class VariantCallingServicer(variants_pb2_grpc.VariantCallingServicer):
         return model
 
     async def _call(
-        self, request: variants_pb2.CallVariantsRequest, context: grpc.aio.ServicerContext, buffer: SiteBuffer | None
+        self, parsed: codec.ParsedCallRequest, context: grpc.aio.ServicerContext, buffer: SiteBuffer | None
     ) -> variants_pb2.CallVariantsResponse:
+        request = parsed.message
         if not request.examples:
             raise InvalidArgument.field("examples", "at least one example is required")
-        decoded = codec.examples(
-            request.examples, request.sample_name, request.pileups if request.HasField("pileups") else None
-        )
+        decoded = codec.examples(request.examples, request.sample_name, parsed.pileups, parsed.pileups_data)
         usable = decoded.usable
         if not usable:
             first = decoded.items[0].error
@@ -101,12 +103,12 @@ class VariantCallingServicer(variants_pb2_grpc.VariantCallingServicer):
         )
 
     async def CallVariants(
-        self, request: variants_pb2.CallVariantsRequest, context: grpc.aio.ServicerContext
+        self, request: codec.ParsedCallRequest, context: grpc.aio.ServicerContext
     ) -> variants_pb2.CallVariantsResponse:
         return await self._call(request, context, None)
 
     async def CallVariantsStream(
-        self, request_iterator: AsyncIterator[variants_pb2.CallVariantsRequest], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[codec.ParsedCallRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[variants_pb2.CallVariantsResponse]:
         buffer = SiteBuffer()
         number = 0
@@ -130,3 +132,22 @@ class VariantCallingServicer(variants_pb2_grpc.VariantCallingServicer):
                     for key, ids in leftovers
                 ],
             )
+
+
+def add_to_server(servicer: VariantCallingServicer, server: grpc.aio.Server) -> None:
+    """As the generated ``add_VariantCallingServicer_to_server``, with the request deserializer that
+    leaves the pileup pixels in the received bytes (``codec.parse_call_request``)."""
+    handlers = {
+        "CallVariants": grpc.unary_unary_rpc_method_handler(
+            servicer.CallVariants,
+            request_deserializer=codec.parse_call_request,
+            response_serializer=variants_pb2.CallVariantsResponse.SerializeToString,
+        ),
+        "CallVariantsStream": grpc.stream_stream_rpc_method_handler(
+            servicer.CallVariantsStream,
+            request_deserializer=codec.parse_call_request,
+            response_serializer=variants_pb2.CallVariantsResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(servicer.SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(servicer.SERVICE_NAME, handlers)
