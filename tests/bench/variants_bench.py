@@ -14,7 +14,12 @@ Measures, with the committed model (uint8 [batch, 100, 221, 7] -> float32 [batch
   ``session.run`` on the same 84 tensors in a loop (1, 2 and 4 threads, before and after the
   served runs); the ratio best served / best raw is compared with the goal >= 0.9, and the ratio
   at equal thread counts is reported too; also, for reference, the per-example message path
-  (one ``PileupExample.pileup`` tensor per example, messages built once) at concurrency 4;
+  (one ``PileupExample.pileup`` tensor per example, messages built once) at concurrency 4.
+  On a loaded machine the served figure profits from having more runnable threads than the raw
+  loop, so also:
+* **CPU per example**, which load distorts less than examples/s: raw ONNX Runtime (1 thread) vs
+  the served path (server process CPU, all threads, with 1 intra-op thread, plus the client
+  process CPU), from /proc;
 * **pileup construction** (candidates/s and examples/s) over the whole NA12878 region
   chr20:10,000,000-10,100,000 on one core (``taskset`` where available, else noted);
 * **BAM -> VCF wall time** for that 100 kb region, in process: make_examples, ONNX Runtime,
@@ -89,6 +94,56 @@ async def served_throughput(address: str, payload: list[Any], model: str, concur
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         return done / (time.perf_counter() - start)
+
+
+def _process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` (all its threads), from /proc; None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_example(onnx: Path, batch: np.ndarray, golden: list[Any], model: str, requests: int) -> dict[str, Any]:  # type: ignore[type-arg]
+    """CPU milliseconds per example (load-independent, unlike examples/s on a shared machine):
+    raw ONNX Runtime (1 thread) vs served (server process with 1 intra-op thread + this client
+    process, ``requests`` requests of the 84 examples at concurrency 2)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(onnx), options, providers=["CPUExecutionProvider"])
+    session.run(None, {"pileup": batch})
+    start = time.process_time()
+    for _ in range(requests):
+        session.run(None, {"pileup": batch})
+    raw = (time.process_time() - start) / (requests * len(batch)) * 1e3
+
+    async def send(address: str) -> None:
+        async with AsyncClient(address, timeout=120) as client:
+
+            async def worker() -> None:
+                for _ in range(requests // 2):
+                    await client.call_variants(golden, model=model)
+
+            await asyncio.gather(worker(), worker())
+
+    with ServerProcess("--family", "variants", "--intra-op-threads", "1", model_dir=REPO / "models") as server:
+        assert server.proc is not None
+        asyncio.run(send(server.address))  # warm
+        server_before, client_before = _process_cpu_s(server.proc.pid), time.process_time()
+        asyncio.run(send(server.address))
+        server_after, client_after = _process_cpu_s(server.proc.pid), time.process_time()
+    n = (requests // 2) * 2 * len(golden)
+    client_ms = (client_after - client_before) / n * 1e3
+    if server_before is None or server_after is None:
+        return {"raw_ms": raw, "client_ms": client_ms, "server_ms": None, "raw_over_served": None}
+    server_ms = (server_after - server_before) / n * 1e3
+    return {
+        "raw_ms": raw,
+        "server_ms": server_ms,
+        "client_ms": client_ms,
+        "raw_over_served": raw / (server_ms + client_ms),
+    }
 
 
 def load() -> list[float]:
@@ -169,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     loads["after_served"] = load()
     raw_after = raw_throughput(onnx, batch, args.duration)
     loads["after_raw"] = load()
+    cpu = cpu_per_example(onnx, batch, golden, args.model, 20)
     best_raw = max(*raw_before.values(), *raw_after.values())
     best_served = max(v for by_conc in served.values() for v in by_conc.values())
     matched = {key: max(served[key].values()) / max(raw_before[key], raw_after[key]) for key in served}
@@ -188,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         "served_over_raw": best_served / best_raw,
         "served_over_raw_same_threads": matched,
         "goal_served_over_raw": 0.9,
+        "cpu_ms_per_example": cpu,
         "pileups": pileups,
         "bam_to_vcf": whole,
     }
@@ -217,6 +274,13 @@ def main(argv: list[str] | None = None) -> int:
         ],
         f"| served / raw, best of each | {result['served_over_raw']:.2f} (goal >= 0.90) |",
         *[f"| served / raw, {k.replace('_', ' ')} each | {v:.2f} |" for k, v in matched.items()],
+        f"| CPU per example: raw 1 thread / served (server + client) (ms) | {cpu['raw_ms']:.2f} / "
+        + (
+            f"{cpu['server_ms'] + cpu['client_ms']:.2f} ({cpu['server_ms']:.2f} + {cpu['client_ms']:.2f}); "
+            f"raw/served {cpu['raw_over_served']:.2f} |"
+            if cpu["server_ms"] is not None
+            else f"? (client {cpu['client_ms']:.2f}; no /proc) |"
+        ),
         f"| load average 1/5/15 min (start, after served, after raw, end) | {loads['start']}, "
         f"{loads['after_served']}, {loads['after_raw']}, {loads['end']} |",
         f"| pileups: candidates/s ({'one core' if p['one_core'] else 'unpinned'}) | {p['candidates_per_s']:.0f} |",
