@@ -82,7 +82,7 @@ def split_field(data: Any, number: int) -> tuple[bytes, memoryview | None] | Non
     if pos != len(view):
         return None
     if found is None:
-        return bytes(view), None
+        return (data if isinstance(data, bytes) else bytes(view)), None  # no copy of a bytes message
     start, begin, end = found
     return bytes(view[:start]) + bytes(view[end:]), view[begin:end]
 
