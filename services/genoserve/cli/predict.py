@@ -119,8 +119,8 @@ def _regions(texts: tuple[str, ...], bed: Path | None) -> list[Any]:
 def _example_batches(
     bam: Path | None, reference: Path | None, regions: list[Any], examples: tuple[Path, ...], channels: int, size: int
 ) -> Iterator[list[Any]]:
-    """Request batches: pileups built here from the BAM, or tf.Examples passed through unchanged."""
-    from genoserve.api.codecs.variants import pileup_example
+    """Request batches: pileups built here from the BAM (sent as one batched tensor per request),
+    or tf.Examples passed through unchanged."""
     from genoserve.v1 import variants_pb2
     from genoserve.variants.tfrecord import read_records
 
@@ -130,7 +130,7 @@ def _example_batches(
         assert reference is not None
         for region in regions:
             _, made = make_examples(bam, reference, region, channels=channels)
-            yield from batched(iter([pileup_example(e) for e in made]), size)
+            yield from batched(iter(made), size)
         return
     for path in examples:
         items = (
@@ -158,18 +158,24 @@ def _example_batches(
     callback=output_file,
     help="VCF (.vcf or bgzipped .vcf.gz).",
 )
+@click.option(
+    "--contigs",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Contig lengths for the VCF header with --examples: a .fai (NAME<TAB>LENGTH lines); "
+    "--reference also gives them.",
+)
 @click.option("--model", default="", help="A variants model (default: the server's one for the channel count).")
 @click.option("--channels", type=click.Choice(["6", "7"]), default="7", show_default=True)
 @click.option("--sample", default="", help="Sample name (default: the BAM read group's SM).")
 @click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True, help="Examples per request.")
 @client_options
 def variants(bam: Path | None, reference: Path | None, regions: tuple[str, ...], bed: Path | None,
-             examples: tuple[Path, ...], output: Path, model: str, channels: str, sample: str, batch: int,
-             **conn: Any) -> None:  # fmt: skip
+             examples: tuple[Path, ...], output: Path, contigs: Path | None, model: str, channels: str, sample: str,
+             batch: int, **conn: Any) -> None:  # fmt: skip
     """Call variants through the server: BAM + reference + regions (pileups built here) or
     make_examples TFRecords -> VCF (bgzipped and tabix-indexed for .vcf.gz)."""
     from genoserve.api.codecs.variants import to_variant_call
-    from genoserve.variants.vcf import reference_contigs, write_vcf
+    from genoserve.variants.vcf import read_contigs, reference_contigs, write_vcf
 
     if (bam is None) == (not examples):
         raise click.UsageError("give either --bam (with --reference and --regions/--bed) or --examples")
@@ -218,13 +224,18 @@ def variants(bam: Path | None, reference: Path | None, regions: tuple[str, ...],
             for error in response.site_errors:
                 problems += 1
                 click.echo(f"{error.field}: {error.message}", err=True)
-    if reference is not None:
-        contigs = reference_contigs(reference)
-    else:
-        contigs = [(name, 0) for name in dict.fromkeys(c.reference_name for c in calls)]
-    order = {name: i for i, (name, _) in enumerate(contigs)}
+    if contigs is not None:
+        path = contigs
+        known = or_exit(lambda: read_contigs(path, "--contigs"))
+    elif reference is not None:
+        known = reference_contigs(reference)
+    else:  # tf.Examples carry no contig lengths: the header lists the contigs without one
+        known = []
+    named = {name for name, _ in known}
+    known += [(name, 0) for name in dict.fromkeys(c.reference_name for c in calls) if name not in named]
+    order = {name: i for i, (name, _) in enumerate(known)}
     calls.sort(key=lambda c: (order.get(c.reference_name, len(order)), c.start, c.end))
-    write_vcf(output, calls, contigs, sample or "SAMPLE")
+    write_vcf(output, calls, known, sample or "SAMPLE")
     passing = sum(c.filters == ["PASS"] for c in calls)
     click.echo(f"{len(calls)} sites ({passing} PASS) written to {output}", err=True)
     if problems:

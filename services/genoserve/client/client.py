@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
@@ -36,6 +36,9 @@ from genoserve.v1 import (
     variants_pb2,
     variants_pb2_grpc,
 )
+
+if TYPE_CHECKING:
+    from genoserve.variants.examples import PileupExample
 
 Array = np.ndarray[Any, Any]
 
@@ -217,6 +220,37 @@ def embed_request(model: str, gene_names: Sequence[str], counts: Any, cell_ids: 
     )  # fmt: skip
 
 
+def variants_request(
+    examples: Sequence[variants_pb2.PileupExample] | Sequence[PileupExample],
+    model: str = "",
+    version: str = "",
+    sample_name: str = "",
+) -> bytes:
+    """A serialized CallVariantsRequest: messages as given, or family ``PileupExample`` objects with
+    all pileups in the request's one batched ``pileups`` tensor (pixels copied once)."""
+    messages = [e for e in examples if isinstance(e, variants_pb2.PileupExample)]
+    if len(messages) == len(examples):
+        request = variants_pb2.CallVariantsRequest(
+            model=model, version=version, examples=messages, sample_name=sample_name
+        )
+        return request.SerializeToString()
+    from genoserve.api.codecs.variants import encode_call_request
+    from genoserve.variants.examples import PileupExample as FamilyExample
+
+    family = [e for e in examples if isinstance(e, FamilyExample)]
+    if len(family) != len(examples):
+        raise TypeError("examples must be all variants_pb2.PileupExample messages or all family PileupExamples")
+    return encode_call_request(family, model, version, sample_name)
+
+
+def _as_is(data: bytes) -> bytes:
+    return data
+
+
+_CALL_VARIANTS = "/genoserve.v1.VariantCalling/CallVariants"
+_CALL_VARIANTS_STREAM = "/genoserve.v1.VariantCalling/CallVariantsStream"
+
+
 class Client:
     """Blocking client. Reuse one instance: it holds one channel. Use as a context manager."""
 
@@ -232,6 +266,17 @@ class Client:
         self.jobs = jobs_pb2_grpc.JobsStub(self.channel)
         self.binding = binding_pb2_grpc.SequenceBindingStub(self.channel)
         self.variants = variants_pb2_grpc.VariantCallingStub(self.channel)
+        # Requests serialized by ``variants_request`` (pixels copied once, not by protobuf).
+        self._call_variants = self.channel.unary_unary(
+            _CALL_VARIANTS,
+            request_serializer=_as_is,
+            response_deserializer=variants_pb2.CallVariantsResponse.FromString,
+        )
+        self._call_variants_stream = self.channel.stream_stream(
+            _CALL_VARIANTS_STREAM,
+            request_serializer=_as_is,
+            response_deserializer=variants_pb2.CallVariantsResponse.FromString,
+        )
         self.segmentation = segmentation_pb2_grpc.SegmentationStub(self.channel)
         self.embedding = embedding_pb2_grpc.CellEmbeddingStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
@@ -333,7 +378,7 @@ class Client:
 
     def call_variants(
         self,
-        examples: Sequence[variants_pb2.PileupExample],
+        examples: Sequence[variants_pb2.PileupExample] | Sequence[PileupExample],
         model: str = "",
         version: str = "",
         sample_name: str = "",
@@ -341,30 +386,29 @@ class Client:
     ) -> variants_pb2.CallVariantsResponse:
         """Genotype probabilities per pileup example and the calls of complete sites.
 
-        ``model`` "" picks the server's variants model for the examples' channel count. Build
-        examples with ``genoserve.api.codecs.variants.pileup_example`` or pass ``tf_example`` bytes.
+        ``examples``: the family's ``PileupExample`` objects (numpy pileups, e.g. from
+        ``make_examples`` or ``read_examples``; sent as one batched tensor, the fast path), or
+        ``variants_pb2.PileupExample`` messages (``genoserve.api.codecs.variants.pileup_example``,
+        or ``tf_example`` bytes). ``model`` "" picks the server's variants model for the examples'
+        channel count.
         """
-        request = variants_pb2.CallVariantsRequest(
-            model=model, version=version, examples=examples, sample_name=sample_name
-        )
-        response: variants_pb2.CallVariantsResponse = self._call(self.variants.CallVariants, request, timeout)
+        request = variants_request(examples, model, version, sample_name)
+        response: variants_pb2.CallVariantsResponse = self._call(self._call_variants, request, timeout)
         return response
 
     def call_variants_stream(
         self,
-        batches: Iterable[Sequence[variants_pb2.PileupExample]],
+        batches: Iterable[Sequence[variants_pb2.PileupExample] | Sequence[PileupExample]],
         model: str = "",
         version: str = "",
         sample_name: str = "",
         timeout: float | None = None,
     ) -> Iterator[variants_pb2.CallVariantsResponse]:
-        """One response per batch, in order (multi-allelic sites may span batches)."""
-        requests = (
-            variants_pb2.CallVariantsRequest(model=model, version=version, examples=b, sample_name=sample_name)
-            for b in batches
-        )
+        """One response per batch, in order (multi-allelic sites may span batches). Batches are
+        as ``call_variants``' ``examples``."""
+        requests = (variants_request(b, model, version, sample_name) for b in batches)
         try:
-            yield from self.variants.CallVariantsStream(requests, timeout=timeout, metadata=self._metadata)
+            yield from self._call_variants_stream(requests, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise translate(exc) from exc
 
@@ -437,6 +481,17 @@ class AsyncClient:
         self._metadata = _metadata(self.config)
         self.models = models_pb2_grpc.ModelsStub(self.channel)
         self.variants = variants_pb2_grpc.VariantCallingStub(self.channel)
+        # Requests serialized by ``variants_request`` (pixels copied once, not by protobuf).
+        self._call_variants = self.channel.unary_unary(
+            _CALL_VARIANTS,
+            request_serializer=_as_is,
+            response_deserializer=variants_pb2.CallVariantsResponse.FromString,
+        )
+        self._call_variants_stream = self.channel.stream_stream(
+            _CALL_VARIANTS_STREAM,
+            request_serializer=_as_is,
+            response_deserializer=variants_pb2.CallVariantsResponse.FromString,
+        )
         self.segmentation = segmentation_pb2_grpc.SegmentationStub(self.channel)
         self.embedding = embedding_pb2_grpc.CellEmbeddingStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
@@ -479,17 +534,43 @@ class AsyncClient:
 
     async def call_variants(
         self,
-        examples: Sequence[variants_pb2.PileupExample],
+        examples: Sequence[variants_pb2.PileupExample] | Sequence[PileupExample],
         model: str = "",
         version: str = "",
         sample_name: str = "",
         timeout: float | None = None,
     ) -> variants_pb2.CallVariantsResponse:
-        request = variants_pb2.CallVariantsRequest(
-            model=model, version=version, examples=examples, sample_name=sample_name
-        )
-        response: variants_pb2.CallVariantsResponse = await self._call(self.variants.CallVariants, request, timeout)
+        """As ``Client.call_variants``, awaited."""
+        request = variants_request(examples, model, version, sample_name)
+        response: variants_pb2.CallVariantsResponse = await self._call(self._call_variants, request, timeout)
         return response
+
+    async def call_variants_stream(
+        self,
+        batches: Iterable[Sequence[variants_pb2.PileupExample] | Sequence[PileupExample]]
+        | AsyncIterable[Sequence[variants_pb2.PileupExample] | Sequence[PileupExample]],
+        model: str = "",
+        version: str = "",
+        sample_name: str = "",
+        timeout: float | None = None,
+    ) -> AsyncIterator[variants_pb2.CallVariantsResponse]:
+        """As ``Client.call_variants_stream``: an async iterator of responses, one per batch, in
+        order. ``batches`` may be a plain or an async iterable."""
+
+        async def requests() -> AsyncIterator[bytes]:
+            if isinstance(batches, AsyncIterable):
+                async for batch in batches:
+                    yield variants_request(batch, model, version, sample_name)
+            else:
+                for batch in batches:
+                    yield variants_request(batch, model, version, sample_name)
+
+        call = self._call_variants_stream(requests(), timeout=timeout or self.config.timeout, metadata=self._metadata)
+        try:
+            async for response in call:
+                yield response
+        except grpc.RpcError as exc:
+            raise translate(exc) from exc
 
     async def segment(self, model: str, image: Array | bytes, timeout: float | None = None,
                       **options: Any) -> segmentation_pb2.SegmentResponse:  # fmt: skip
