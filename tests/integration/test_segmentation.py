@@ -59,7 +59,9 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     config = root / "genoserve.yaml"
     config.write_text(yaml.safe_dump({
         "runtime": {"model_dir": str(models)},
-        "segmentation": {"max_pixels": MAX_PIXELS},
+        # Small reconstruction blocks, so that every served image is reconstructed in blocks and
+        # the tests comparing with the local (whole-image) pipeline check the block seams too.
+        "segmentation": {"max_pixels": MAX_PIXELS, "reconstruction_block": 128},
         "jobs": {"data_dir": str(root / "data"), "input_roots": [str(root)], "output_roots": [str(root)],
                  "shard_lease_s": 5.0, "sweep_interval_s": 0.5},
         "worker": {"metrics_dir": str(root / "data" / "metrics")},
@@ -146,6 +148,7 @@ def test_large_rgb_image_is_tiled_and_channels_select(rig: Rig) -> None:
     masks = masks_of(response)
     assert masks.shape == (700, 500)
     local = segment_sync(big.astype(np.float32)[None], rig.contract, rig.local)
+    # Served: 24 reconstruction blocks of 128 px (plus halo); local: the whole image at once.
     np.testing.assert_array_equal(masks, local.masks)
     assert response.n_cells > 65 * 2
 
