@@ -3,9 +3,9 @@
     python -m genoserve.training.segmentation.train --out models --seed 0
 
 Targets as in Cellpose: unit flows from the masks by heat diffusion (x FLOW_SCALE) and the
-foreground; loss = MSE(flows) / 2 + BCE(cell probability). Reproducible from the seed on the CPU
-(fixed steps, one thread: about 20 min on a shared 2-core machine). ``--quick`` trains a few
-steps only (for tests of the export path).
+foreground; loss = MSE(flows) / 2 + BCE(cell probability), Cellpose's loss. Reproducible from the
+seed on the CPU (fixed steps, one thread: 43 min on 2 cores shared at load 5-7, about 15 min at
+load 1). ``--quick`` trains a few steps only (for tests of the export path).
 """
 
 from __future__ import annotations
