@@ -249,27 +249,27 @@ def variants(bam: Path | None, reference: Path | None, regions: tuple[str, ...],
     "image_path",
     required=True,
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
-    help="A TIFF or PNG image (single page; use `genoserve jobs submit` for stacks and folders).",
+    help="A TIFF or PNG image; each page of a multi-page TIFF is segmented as its own image.",
 )
 @click.option(
     "--output",
     required=True,
     type=click.Path(path_type=Path, dir_okay=False),
     callback=output_file,
-    help="Write the label mask here (TIFF, uint16/uint32).",
+    help="Write the label mask here (TIFF, uint16/uint32; a multi-page TIFF in gives one label page per page).",
 )
 @click.option(
     "--overlay",
     type=click.Path(path_type=Path, dir_okay=False),
     callback=output_file,
-    help="Also write outlines on the image (PNG).",
+    help="Also write outlines on the image (PNG; for a multi-page TIFF one PNG per page, <name>_p0000.png, ...).",
 )
 @click.option(
     "--cells",
     "cells_path",
     type=click.Path(path_type=Path, dir_okay=False),
     callback=output_file,
-    help="Per-cell stats (CSV).",
+    help="Per-cell stats (CSV; image column as in the bulk job: the file's stem, <stem>_p0000 for pages).",
 )
 @click.option("--channel", "channels", type=int, multiple=True, help="Channel index fed to the model (repeatable).")
 @click.option("--diameter", type=float, default=0.0, show_default=True, help="Mean cell diameter (px); 0: no rescale.")
@@ -280,29 +280,48 @@ def variants(bam: Path | None, reference: Path | None, regions: tuple[str, ...],
 def segmentation(model: str, image_path: Path, output: Path, overlay: Path | None, cells_path: Path | None,
                  channels: tuple[int, ...], diameter: float, cellprob_threshold: float | None,
                  flow_threshold: float | None, min_size: int | None, **conn: Any) -> None:  # fmt: skip
-    """Segment one image: label TIFF to --output; prints the number of cells."""
+    """Segment one image (or each page of a multi-page TIFF, as the bulk job does): label TIFF to
+    --output; prints the number of cells per image."""
     from genoserve.client import masks_of
+    from genoserve.core.errors import InvalidArgument
     from genoserve.segmentation import images
-    from genoserve.segmentation.csvout import write_cells_csv
+    from genoserve.segmentation.csvout import image_name, write_cells_csv
 
     data = image_path.read_bytes()
+    try:
+        pages = images.read_images(str(image_path)) if data[:4] in images.TIFF_MAGIC else []
+    except InvalidArgument:
+        pages = []  # undecodable: sent as it is, so the server names the rule broken
+    stack = len(pages) > 1
+    # One image: the file's bytes as they are; a stack: each page as a raw array.
+    sources: list[tuple[int | None, Any]] = list(enumerate(pages)) if stack else [(None, data)]
+    masks_per_page: list[Any] = []
+    rows: list[dict[str, Any]] = []
     with make_client(**conn) as client:
-        response = or_exit(functools.partial(
-            client.segment, model, data, channels=channels, diameter=diameter, cellprob_threshold=cellprob_threshold,
-            flow_threshold=flow_threshold, min_size=min_size,
-        ))  # fmt: skip
-    masks = masks_of(response)
-    images.write_labels(str(output), masks)
-    if overlay is not None:
-        picture = images.decode(data, str(image_path))
-        overlay.write_bytes(images.overlay_png(picture, masks))
+        for page, source in sources:
+            response = or_exit(functools.partial(
+                client.segment, model, source, channels=channels, diameter=diameter,
+                cellprob_threshold=cellprob_threshold, flow_threshold=flow_threshold, min_size=min_size,
+            ))  # fmt: skip
+            masks = masks_of(response)
+            masks_per_page.append(masks)
+            name = image_name(image_path, page)
+            rows.extend({"image": name, "label": c.label, "area": c.area, "centroid_y": c.centroid_y,
+                         "centroid_x": c.centroid_x, "bbox_min_y": c.bbox_min_y, "bbox_min_x": c.bbox_min_x,
+                         "bbox_max_y": c.bbox_max_y, "bbox_max_x": c.bbox_max_x, "mean_intensity": c.mean_intensity}
+                        for c in response.cells)  # fmt: skip
+            if overlay is not None:
+                picture = source if page is not None else images.decode(data, str(image_path))
+                target = overlay if page is None else overlay.with_name(f"{overlay.stem}_p{page:04d}{overlay.suffix}")
+                target.write_bytes(images.overlay_png(picture, masks))
+            click.echo(f"{image_path}{'' if page is None else f' page {page}'}: {response.n_cells} cells")
+    if stack:
+        images.write_label_pages(str(output), masks_per_page)
+    else:
+        images.write_labels(str(output), masks_per_page[0])
     if cells_path is not None:
-        rows = [{"image": image_path.name, "label": c.label, "area": c.area, "centroid_y": c.centroid_y,
-                 "centroid_x": c.centroid_x, "bbox_min_y": c.bbox_min_y, "bbox_min_x": c.bbox_min_x,
-                 "bbox_max_y": c.bbox_max_y, "bbox_max_x": c.bbox_max_x, "mean_intensity": c.mean_intensity}
-                for c in response.cells]  # fmt: skip
         write_cells_csv(cells_path, rows)
-    click.echo(f"{image_path}: {response.n_cells} cells -> {output}")
+    click.echo(f"{len(masks_per_page)} image(s), {len(rows)} cells -> {output}")
 
 
 @predict.command("embedding")
