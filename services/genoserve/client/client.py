@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -472,6 +472,22 @@ class AsyncClient:
                                 not_raw_counts, return_variances, version)  # fmt: skip
         response: embedding_pb2.EmbedResponse = await self._call(self.embedding.Embed, request, timeout)
         return response
+
+    async def embed_stream(
+        self,
+        requests: Iterable[embedding_pb2.EmbedRequest] | AsyncIterable[embedding_pb2.EmbedRequest],
+        timeout: float | None = None,
+    ) -> AsyncIterator[embedding_pb2.EmbedResponse]:
+        """As ``Client.embed_stream``: ``async for response in client.embed_stream(requests)``;
+        ``requests`` may be a plain or an async iterable of ``embed_request(...)`` messages."""
+        call = self.embedding.EmbedStream(requests, timeout=timeout, metadata=self._metadata)
+        try:
+            async for response in call:
+                yield response
+        except grpc.RpcError as exc:
+            raise translate(exc) from exc
+        finally:
+            call.cancel()
 
     async def health(self, service: str = "", timeout: float | None = None) -> str:
         response = await self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from genoserve.core.errors import InvalidArgument
 from genoserve.embedding.genes import GeneAlignment
@@ -149,30 +150,36 @@ def check(counts: Counts, n_genes: int, allow_non_integer: bool, field: str = "c
 
 
 def aligned_dense(counts: Counts, alignment: GeneAlignment) -> Array:
-    """Counts laid out as the model's genes: float32 [n_cells, n_model_genes], missing genes 0."""
+    """Counts laid out as the model's genes: float32 [n_cells, n_model_genes], missing genes 0.
+
+    CSR input: columns renamed to the model's (genes the model lacks dropped), then scipy's
+    ``toarray`` (one C++ pass; repeated (cell, gene) entries are summed, as scipy does)."""
     width = alignment.n_model_genes
     if isinstance(counts, CsrCounts):
-        n = counts.n_cells
-        out = np.zeros((n, width), dtype=np.float32)
-        rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(counts.indptr))
-        source = rows * counts.n_genes + counts.indices
-        canonical = source.size < 2 or bool((source[1:] > source[:-1]).all())  # sorted, no repeated gene
+        data = counts.data.astype(np.float32, copy=False)
+        indptr = counts.indptr
         if alignment.identity:
-            flat, values = source, counts.data
+            indices = counts.indices
         else:
             columns = alignment.column_map[counts.indices]
             keep = columns >= 0
-            flat, values = rows[keep] * width + columns[keep], counts.data[keep]
-        if canonical:
-            out.reshape(-1)[flat] = values  # a plain scatter
-        else:
-            np.add.at(out.reshape(-1), flat, values.astype(np.float32, copy=False))  # sums repeats, as scipy
+            if not keep.all():
+                kept = np.zeros(keep.size + 1, dtype=np.int64)
+                np.cumsum(keep, out=kept[1:])
+                indptr, columns, data = kept[indptr], columns[keep], data[keep]
+            indices = columns
+        index_dtype = np.int32 if data.size < 2**31 else np.int64
+        matrix = sp.csr_matrix(
+            (data, indices.astype(index_dtype, copy=False), np.asarray(indptr).astype(index_dtype, copy=False)),
+            shape=(counts.n_cells, width), copy=False,
+        )  # fmt: skip
+        out: Array = matrix.toarray()
         return out
     if alignment.identity:
         return np.ascontiguousarray(counts, dtype=np.float32)
-    out = np.zeros((counts.shape[0], width), dtype=np.float32)
-    out[:, alignment.target] = counts[:, alignment.source]
-    return out
+    dense = np.zeros((counts.shape[0], width), dtype=np.float32)
+    dense[:, alignment.target] = counts[:, alignment.source]
+    return dense
 
 
 def library_sizes(dense: Array) -> Array:

@@ -40,10 +40,25 @@ PBMC_LABELS = "bulk_labels"
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Adam settings, minibatch size and scVI's KL warm-up; optional early stopping.
+
+    ``kl_warmup_epochs``: the KL weight rises linearly from 0 to 1 over this many epochs
+    (scvi-tools' ``n_epochs_kl_warmup``, default 400); ``None`` = over all ``epochs``; it ends at
+    ``max_kl_weight`` (scvi-tools' ``TrainingPlan(max_kl_weight=...)``, default 1.0).
+    ``patience``: when set, ``validation_fraction`` of the TRAINING cells (stratified by label)
+    is held back, the ELBO (full KL weight) on it is computed after every epoch, training stops
+    when it has not improved for ``patience`` epochs, and the best epoch's weights are kept
+    (scvi-tools' ``early_stopping`` monitors ``elbo_validation`` the same way).
+    """
+
     epochs: int
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 1e-6
+    kl_warmup_epochs: int | None = None
+    max_kl_weight: float = 1.0
+    patience: int | None = None
+    validation_fraction: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -93,19 +108,53 @@ def _one_hot(labels: Array | None, names: list[str]) -> torch.Tensor | None:
     return torch.from_numpy((np.asarray(labels)[:, None] == np.array(names)[None, :]).astype(np.float32))
 
 
-def train_vae(data: Dataset, config: VaeConfig, train: TrainConfig, seed: int, log: bool = True) -> Vae:
-    """Adam, minibatches, KL weight ramped linearly from 0 to 1 over all epochs (scVI's warm-up)."""
+def _subset(split: Split, index: Array) -> Split:
+    return Split(split.counts[index], split.labels[index], None if split.batches is None else split.batches[index])
+
+
+@dataclass
+class TrainLog:
+    """What a training run did: epochs run, the epoch whose weights were kept, its validation ELBO."""
+
+    epochs_run: int = 0
+    best_epoch: int = -1
+    best_validation_elbo: float = float("nan")
+
+
+def _validation_elbo(vae: Vae, counts: torch.Tensor, batch: torch.Tensor | None) -> float:
+    """-ELBO per cell (reconstruction + full KL), eval mode (BatchNorm running stats, no dropout)."""
+    vae.eval()
+    with torch.no_grad():
+        loss, _, _ = vae.loss(counts, batch, 1.0)
+    return float(loss)
+
+
+def train_vae(data: Dataset, config: VaeConfig, train: TrainConfig, seed: int, log: bool = True,
+              record: TrainLog | None = None) -> Vae:  # fmt: skip
+    """Adam (eps 0.01 as scvi-tools), minibatches, KL weight ramped linearly from 0 to 1 over
+    ``kl_warmup_epochs`` (scVI's warm-up), optional early stopping on a validation part of
+    ``data.train`` (never ``data.test``)."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
+    record = record if record is not None else TrainLog()
+    fit = data.train
+    validation: Split | None = None
+    if train.patience is not None:
+        keep, held = stratified_split(np.asarray(fit.labels), train.validation_fraction, seed + 1)
+        fit, validation = _subset(fit, keep), _subset(fit, held)
     vae = Vae(config)
     optimiser = torch.optim.Adam(vae.parameters(), lr=train.lr, weight_decay=train.weight_decay, eps=0.01)
-    counts = torch.from_numpy(data.train.counts)
-    batch = _one_hot(data.train.batches, data.batch_names)
+    counts = torch.from_numpy(fit.counts)
+    batch = _one_hot(fit.batches, data.batch_names)
+    if validation is not None:
+        val_counts, val_batch = torch.from_numpy(validation.counts), _one_hot(validation.batches, data.batch_names)
+    warmup = train.kl_warmup_epochs if train.kl_warmup_epochs is not None else max(1, train.epochs - 1)
     n = counts.shape[0]
+    best_state: dict[str, torch.Tensor] | None = None
     started = time.perf_counter()
     for epoch in range(train.epochs):
         vae.train()
-        kl_weight = min(1.0, epoch / max(1, train.epochs - 1))
+        kl_weight = train.max_kl_weight * min(1.0, epoch / max(1, warmup))
         order = torch.randperm(n, generator=generator)
         total = 0.0
         for i in range(0, n, train.batch_size):
@@ -117,9 +166,25 @@ def train_vae(data: Dataset, config: VaeConfig, train: TrainConfig, seed: int, l
             loss.backward()  # type: ignore[no-untyped-call]
             optimiser.step()
             total += float(loss.detach()) * len(index)
-        if log and (epoch % 50 == 0 or epoch == train.epochs - 1):
-            print(f"  epoch {epoch:4d}  loss {total / n:10.2f}  kl_weight {kl_weight:.2f}  "
+        record.epochs_run = epoch + 1
+        message = ""
+        if validation is not None:
+            elbo = _validation_elbo(vae, val_counts, val_batch)
+            message = f"  validation -elbo {elbo:10.2f}"
+            if not elbo >= record.best_validation_elbo:  # nan-safe: the first epoch always counts
+                record.best_epoch, record.best_validation_elbo = epoch, elbo
+                best_state = {k: v.detach().clone() for k, v in vae.state_dict().items()}
+            assert train.patience is not None
+            stop = epoch - record.best_epoch >= train.patience
+        else:
+            record.best_epoch, stop = epoch, False
+        if log and (epoch % 50 == 0 or epoch == train.epochs - 1 or stop):
+            print(f"  epoch {epoch:4d}  loss {total / n:10.2f}  kl_weight {kl_weight:.2f}{message}  "
                   f"{time.perf_counter() - started:6.1f} s", flush=True)  # fmt: skip
+        if stop:
+            break
+    if best_state is not None:
+        vae.load_state_dict(best_state)
     return vae.eval()
 
 
@@ -202,6 +267,7 @@ def build(name: str, data: Dataset, config: VaeConfig, train: TrainConfig, seed:
 
 
 PBMC_VAE = {"n_hidden": 128, "n_latent": 10, "dropout": 0.1, "likelihood": "zinb"}
+PBMC_TRAIN = TrainConfig(epochs=400, kl_warmup_epochs=400)
 SIM_CONFIG = SimConfig()
 
 
