@@ -17,6 +17,7 @@ from genoserve.training.embedding.evaluate import evaluate, onnx_embed
 from genoserve.training.embedding.simulate import SimConfig, simulate
 from genoserve.training.embedding.train import (
     TrainConfig,
+    TrainLog,
     export_encoder,
     main,
     pbmc_dataset,
@@ -55,6 +56,19 @@ def test_onnx_encoder_matches_pytorch(encode_covariates: bool) -> None:
     got = onnx_embed(export_encoder(vae), batches)(data.test.counts, data.test.batches)
     expected, _ = torch_embed(vae, data.test.counts, data.test.batches, data.batch_names)
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_early_stopping_watches_validation_cells_after_the_warm_up() -> None:
+    torch.set_num_threads(1)
+    data = sim_dataset(2, SimConfig(n_cells=200, n_genes=60, n_batches=2))
+    config = VaeConfig(n_genes=60, n_batches=2, n_hidden=32, encode_covariates=True, likelihood="nb")
+    record = TrainLog()
+    train = TrainConfig(epochs=60, batch_size=64, lr=2e-2, kl_warmup_epochs=3, patience=3)
+    train_vae(data, config, train, seed=0, log=False, record=record)
+    assert record.epochs_run < 60  # stopped early
+    assert record.best_epoch >= 3  # never picks a warm-up epoch
+    assert record.epochs_run - 1 - record.best_epoch == 3  # patience epochs without improvement
+    assert np.isfinite(record.best_validation_elbo)
 
 
 def test_simulator_has_types_batches_and_library_variation() -> None:
