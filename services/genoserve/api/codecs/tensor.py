@@ -40,12 +40,13 @@ def to_numpy(tensor: tensor_pb2.Tensor, field: str) -> Array:
         raise InvalidArgument.field(f"{field}.shape", f"dimensions must be >= 0, got {list(shape)}")
     dtype = DTYPES[name][0]
     expected = math.prod(shape) * dtype.itemsize
-    if len(tensor.data) != expected:
+    data = tensor.data  # one access: each one makes a new bytes object (a copy of the payload)
+    if len(data) != expected:
         raise InvalidArgument.field(
             f"{field}.data",
-            f"has {len(tensor.data)} bytes; shape {list(shape)} of {name} needs {expected}",
+            f"has {len(data)} bytes; shape {list(shape)} of {name} needs {expected}",
         )
-    return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
 def from_numpy(array: Array) -> tensor_pb2.Tensor:
