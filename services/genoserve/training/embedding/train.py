@@ -303,7 +303,8 @@ def main(argv: list[str] | None = None) -> None:
               "scVI encoder trained on 491 real PBMCs (pbmc68k_reduced counts, 765 genes); ZINB decoder; "
               "final KL weight 16 (chosen by cross-validation on the training cells).",
               "", {"data": "tests/data/embedding/pbmc68k_reduced_counts_700x765.h5ad", "labels": PBMC_LABELS,
-                       "split": "70/30 stratified by bulk_labels, seed above", "selection": PBMC_SELECTION})  # fmt: skip
+                       "split": "70/30 stratified by bulk_labels, seed above",
+                       "selection": PBMC_SELECTION})  # fmt: skip
     if args.only in (None, "scvi-sim-batch"):
         sim = SimConfig(n_cells=600, n_genes=300) if args.quick else SIM_CONFIG
         data = sim_dataset(args.seed, sim)
