@@ -163,11 +163,13 @@ def aligned_dense(counts: Counts, alignment: GeneAlignment) -> Array:
         if alignment.identity:
             indices = counts.indices
         else:
-            indices = alignment.column_map32[counts.indices]
+            # take(mode="wrap") skips fancy indexing's bounds checks (indices were checked in range).
+            indices = alignment.column_map32.take(counts.indices, mode="wrap")
             dropped = indices < 0
             if dropped.any():
-                data = np.where(dropped, np.float32(0.0), data)
-                indices[dropped] = 0
+                data = data.copy()
+                data[dropped] = 0.0
+                np.maximum(indices, 0, out=indices)
         if data.size < 2**31:  # scipy's index dtype: int32 when it fits (no int64 copies inside)
             indices, indptr = indices.astype(np.int32, copy=False), indptr.astype(np.int32, copy=False)
         matrix = sp.csr_matrix((data, indices, indptr), shape=(counts.n_cells, width), copy=False)
