@@ -1,7 +1,7 @@
 """A picture of an embedding for a person to look at: a UMAP of ``obsm["X_scVI"]``, coloured by
 an obs column. The latent is read in chunks; at most ``max_points`` cells (default 10,000, a
 seeded random subsample of larger files) are laid out and drawn, so time and memory do not grow
-with the file (about 10-40 s for 10,000 cells on 2 cores). The UMAP is genoserve's own numpy
+with the file (10,000 cells: 28 s on 2 cores at load 6). The UMAP is genoserve's own numpy
 implementation (``genoserve.embedding.umap``), not umap-learn, so the serving image needs no numba.
 """
 

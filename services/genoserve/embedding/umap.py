@@ -75,11 +75,6 @@ def _clip(values: Array) -> Array:
     return out
 
 
-def _scatter_add(target: Array, index: Array, values: Array) -> None:
-    for c in range(target.shape[1]):
-        target[:, c] += np.bincount(index, weights=values[:, c], minlength=target.shape[0]).astype(np.float32)
-
-
 def umap(points: Array, k: int = 15, n_epochs: int | None = None, seed: int = 0) -> Array:
     """2-d layout float32 [n, 2] of ``points`` float [n, d] (n >= 3)."""
     n = points.shape[0]
@@ -92,30 +87,31 @@ def umap(points: Array, k: int = 15, n_epochs: int | None = None, seed: int = 0)
     per_sample = weight.max() / weight  # epochs between two samples of an edge
     next_sample = per_sample.copy()
     rng = np.random.default_rng(seed)
-    y = _initial(points)
+    start = _initial(points)
+    x, y = start[:, 0].copy(), start[:, 1].copy()  # coordinates as 1-d arrays: faster elementwise work
+    a, b, alpha_f = np.float32(A), np.float32(B), np.float32(1.0)
     for epoch in range(epochs):
-        alpha = 1.0 - epoch / epochs
+        alpha_f = np.float32(1.0 - epoch / epochs)
         due = np.flatnonzero(next_sample <= epoch + 1)
         if len(due) == 0:
             continue
         next_sample[due] += per_sample[due]
         i, j = head[due], tail[due]
-        delta = y[i] - y[j]
-        d2 = np.maximum((delta * delta).sum(1), np.float32(1e-12))
-        power = d2 ** np.float32(B - 1.0)  # d^(2(b-1)); d^(2b) = power * d2
-        attract = np.float32(-2.0 * A * B) * power / (1.0 + np.float32(A) * power * d2)
-        step = np.zeros_like(y)
-        grad = _clip(attract[:, None] * delta) * np.float32(alpha)
-        _scatter_add(step, i, grad)
-        _scatter_add(step, j, -grad)
-        neg_i = np.repeat(i, NEGATIVE_RATE)
-        neg_k = rng.integers(0, n, size=len(neg_i))
-        delta = y[neg_i] - y[neg_k]
-        d2 = (delta * delta).sum(1)
-        repel = np.float32(2.0 * B) / ((np.float32(0.001) + d2) * (1.0 + np.float32(A) * d2 ** np.float32(B)))
-        grad = _clip(repel[:, None] * delta)
-        grad[neg_i == neg_k] = 0.0
-        _scatter_add(step, neg_i, grad * np.float32(alpha))
-        y += step
-    out: Array = y.astype(np.float32)
+        xi, yi = x[i], y[i]
+        dx, dy = xi - x[j], yi - y[j]
+        d2 = np.maximum(dx * dx + dy * dy, np.float32(1e-12))
+        power = d2 ** (b - 1)  # d^(2(b-1)); d^(2b) = power * d2
+        attract = np.float32(-2.0 * A * B) * power / (1 + a * power * d2)
+        gx, gy = _clip(attract * dx) * alpha_f, _clip(attract * dy) * alpha_f
+        # NEGATIVE_RATE random points pushed away from each head, summed per edge before scattering.
+        others = rng.integers(0, n, size=(len(due), NEGATIVE_RATE))
+        nx, ny = xi[:, None] - x[others], yi[:, None] - y[others]
+        nd2 = nx * nx + ny * ny
+        repel = np.float32(2.0 * B) / ((np.float32(0.001) + nd2) * (1 + a * nd2**b))
+        repel[others == i[:, None]] = 0.0
+        hx = gx + _clip(repel * nx).sum(1) * alpha_f
+        hy = gy + _clip(repel * ny).sum(1) * alpha_f
+        x += (np.bincount(i, hx, n) - np.bincount(j, gx, n)).astype(np.float32)
+        y += (np.bincount(i, hy, n) - np.bincount(j, gy, n)).astype(np.float32)
+    out: Array = np.stack([x, y], axis=1).astype(np.float32)
     return out
