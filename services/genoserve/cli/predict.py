@@ -333,14 +333,16 @@ def segmentation(model: str, image_path: Path, output: Path, overlay: Path | Non
 @click.option("--layer", default="", help="Read counts from this layer instead of X.")
 @click.option("--batch-key", default="", help="obs column with each cell's batch (models with a batch covariate).")
 @click.option("--umap", "picture", type=click.Path(path_type=Path, dir_okay=False),
-              help="Also write a PNG of the embedding (first two principal components of the latent).")  # fmt: skip
+              help="Also write a PNG: UMAP of the latent (at most 10,000 cells, subsampled).")  # fmt: skip
 @click.option("--color-by", default="", help="obs column that colours the PNG.")
+@click.option("--variances", is_flag=True, help="Also write the posterior variances to obsm['X_scVI_var'].")
 @click.option("--min-gene-overlap", type=float, default=0.0, help="Default 0.8.")
 @click.option("--not-raw-counts", is_flag=True, help="Allow non-integer values.")
 @click.option("--chunk", type=int, default=4096, show_default=True, help="Cells per message.")
 @client_options
 def embedding(model: str, source: Path, output: Path, layer: str, batch_key: str, picture: Path | None, color_by: str,
-              min_gene_overlap: float, not_raw_counts: bool, chunk: int, **conn: Any) -> None:  # fmt: skip
+              variances: bool, min_gene_overlap: float, not_raw_counts: bool, chunk: int,
+              **conn: Any) -> None:  # fmt: skip
     """Embed every cell of a file through CellEmbedding.EmbedStream, reading and writing in chunks."""
     from genoserve.embedding.plot import embedding_png
 
@@ -348,7 +350,7 @@ def embedding(model: str, source: Path, output: Path, layer: str, batch_key: str
         raise click.UsageError("--output must differ from --h5ad")
     with make_client(**conn) as client:
         summary = or_exit(functools.partial(_embed_file, client, model, source, output, layer, batch_key,
-                                            min_gene_overlap, not_raw_counts, chunk))  # fmt: skip
+                                            min_gene_overlap, not_raw_counts, chunk, variances))  # fmt: skip
     click.echo(summary)
     if picture is not None:
         embedding_png(output, picture, color_by=color_by)
@@ -356,7 +358,7 @@ def embedding(model: str, source: Path, output: Path, layer: str, batch_key: str
 
 
 def _embed_file(client: Any, model: str, source: Path, output: Path, layer: str, batch_key: str,
-                min_gene_overlap: float, not_raw_counts: bool, chunk: int) -> str:  # fmt: skip
+                min_gene_overlap: float, not_raw_counts: bool, chunk: int, variances: bool = False) -> str:  # fmt: skip
     from genoserve.api.codecs.tensor import to_numpy
     from genoserve.client.client import embed_request
     from genoserve.embedding.h5io import EmbeddingWriter, open_counts, read_obs_column
@@ -370,7 +372,7 @@ def _embed_file(client: Any, model: str, source: Path, output: Path, layer: str,
                 labels = read_obs_column(source, batch_key, start, stop) if batch_key else []
                 genes = counts.genes if start == 0 else []
                 yield embed_request(model if start == 0 else "", genes, matrix, counts.cell_ids(start, stop), labels,
-                                    min_gene_overlap, not_raw_counts)  # fmt: skip
+                                    min_gene_overlap, not_raw_counts, return_variances=variances)  # fmt: skip
 
         writer: EmbeddingWriter | None = None
         last: Any = None
@@ -378,8 +380,9 @@ def _embed_file(client: Any, model: str, source: Path, output: Path, layer: str,
             for response in client.embed_stream(requests()):
                 latent = to_numpy(response.latent, "latent")
                 if writer is None:
-                    writer = EmbeddingWriter(counts, output, latent.shape[1])
-                writer.write(latent)
+                    var_key = "X_scVI_var" if variances else ""
+                    writer = EmbeddingWriter(counts, output, latent.shape[1], variances_key=var_key)
+                writer.write(latent, to_numpy(response.variances, "variances") if variances else None)
                 last = response
             if writer is None or last is None:
                 raise click.ClickException(f"{source}: no cells")
@@ -388,6 +391,7 @@ def _embed_file(client: Any, model: str, source: Path, output: Path, layer: str,
                 "model": last.model, "version": last.version, "gene_overlap": float(overlap.fraction),
                 "genes_matched": int(overlap.matched), "model_genes": int(overlap.model_genes),
                 "source": str(source), "layer": layer or "X", "written_by": "genoserve predict embedding",
+                **({"variances_key": "X_scVI_var"} if variances else {}),
             })  # fmt: skip
         except BaseException:
             if writer is not None:

@@ -204,20 +204,24 @@ def _infer_outputs(response: models_pb2.InferResponse) -> dict[str, Array]:
 def embed_request(model: str, gene_names: Sequence[str], counts: Any, cell_ids: Sequence[str] = (),
                   batch_labels: Sequence[str] = (), min_gene_overlap: float = 0.0, not_raw_counts: bool = False,
                   return_variances: bool = False, version: str = "") -> embedding_pb2.EmbedRequest:  # fmt: skip
-    """An EmbedRequest for a CSR matrix (``indptr``/``indices``/``data`` attributes) or a dense array."""
-    matrix = embedding_pb2.CountMatrix(gene_names=list(gene_names), cell_ids=list(cell_ids))
-    if all(hasattr(counts, a) for a in ("indptr", "indices", "data")):
-        matrix.csr.CopyFrom(embedding_pb2.CsrMatrix(
-            indptr=tensor_codec.from_numpy(np.asarray(counts.indptr)),
-            indices=tensor_codec.from_numpy(np.asarray(counts.indices)),
-            data=tensor_codec.from_numpy(np.asarray(counts.data)),
-        ))  # fmt: skip
-    else:
-        matrix.dense.CopyFrom(tensor_codec.from_numpy(np.asarray(counts)))
-    return embedding_pb2.EmbedRequest(
-        model=model, version=version, counts=matrix, batch_labels=list(batch_labels),
-        min_gene_overlap=min_gene_overlap, not_raw_counts=not_raw_counts, return_variances=return_variances,
+    """An EmbedRequest for a CSR matrix (``indptr``/``indices``/``data`` attributes) or a dense array.
+
+    Arrays are written straight into the nested messages (each payload copied once, not once per
+    enclosing message)."""
+    request = embedding_pb2.EmbedRequest(
+        model=model, version=version, batch_labels=list(batch_labels), min_gene_overlap=min_gene_overlap,
+        not_raw_counts=not_raw_counts, return_variances=return_variances,
     )  # fmt: skip
+    matrix = request.counts
+    matrix.gene_names.extend(gene_names)
+    matrix.cell_ids.extend(cell_ids)
+    if all(hasattr(counts, a) for a in ("indptr", "indices", "data")):
+        tensor_codec.fill(matrix.csr.indptr, np.asarray(counts.indptr))
+        tensor_codec.fill(matrix.csr.indices, np.asarray(counts.indices))
+        tensor_codec.fill(matrix.csr.data, np.asarray(counts.data))
+    else:
+        tensor_codec.fill(matrix.dense, np.asarray(counts))
+    return request
 
 
 def variants_request(
@@ -527,6 +531,22 @@ class AsyncClient:
                                 not_raw_counts, return_variances, version)  # fmt: skip
         response: embedding_pb2.EmbedResponse = await self._call(self.embedding.Embed, request, timeout)
         return response
+
+    async def embed_stream(
+        self,
+        requests: Iterable[embedding_pb2.EmbedRequest] | AsyncIterable[embedding_pb2.EmbedRequest],
+        timeout: float | None = None,
+    ) -> AsyncIterator[embedding_pb2.EmbedResponse]:
+        """As ``Client.embed_stream``: ``async for response in client.embed_stream(requests)``;
+        ``requests`` may be a plain or an async iterable of ``embed_request(...)`` messages."""
+        call = self.embedding.EmbedStream(requests, timeout=timeout, metadata=self._metadata)
+        try:
+            async for response in call:
+                yield response
+        except grpc.RpcError as exc:
+            raise translate(exc) from exc
+        finally:
+            call.cancel()
 
     async def health(self, service: str = "", timeout: float | None = None) -> str:
         response = await self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)

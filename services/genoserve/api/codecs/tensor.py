@@ -62,6 +62,19 @@ def from_numpy(array: Array) -> tensor_pb2.Tensor:
     return tensor_pb2.Tensor(dtype=_TO_PROTO[name], shape=wire.shape, data=wire.tobytes())
 
 
+def fill(tensor: tensor_pb2.Tensor, array: Array) -> tensor_pb2.Tensor:
+    """``from_numpy`` into an existing (e.g. nested) message: building a Tensor and copying it
+    into its parent would copy the payload once more."""
+    name = array.dtype.name
+    if name not in DTYPES:
+        raise TypeError(f"dtype {array.dtype} has no genoserve.v1.DataType")
+    wire = array.astype(DTYPES[name][0], order="C", copy=False)
+    tensor.dtype = _TO_PROTO[name]
+    tensor.shape[:] = wire.shape
+    tensor.data = wire.tobytes()
+    return tensor
+
+
 def map_to_numpy(tensors: Mapping[str, tensor_pb2.Tensor], field: str) -> dict[str, Array]:
     """Decode a ``map<string, Tensor>``, collecting every bad entry into one InvalidArgument."""
     out: dict[str, Array] = {}
