@@ -24,6 +24,11 @@ One run measures, with the committed model ``models/cellpose-nuclei``:
 
   Time ratio and agreement (AP@0.5 of ours against Cellpose's masks); the issue's goal is >= 5x
   faster with agreement >= 0.95.
+* **peak memory on large images** (``tests/bench/segmentation_memory.py``, one process per
+  measurement, peak RSS): blocked vs whole-image mask reconstruction on exact flows of a tiled
+  synthetic image (``--memory-size``, default 4096), blocked reconstruction alone at
+  ``--large-size`` (default 10240, i.e. 10k x 10k), and the whole pipeline with the model at
+  ``--memory-size``; ``--large-size 0`` skips the large run;
 * **Segment latency**: p50 / p90 of ``Client.segment`` on a 512x512 uint16 image against a real
   ``genoserve serve`` on loopback (sequential requests), next to the same work done locally
   (ONNX Runtime forward over the tiles + reconstruction) as the floor, and images/s of each.
@@ -40,6 +45,8 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -113,10 +120,24 @@ def sim_image(size: int, seed: int) -> tuple[Array, Array]:
     return simulate(np.random.default_rng(seed), config)
 
 
+def memory_run(mode: str, size: int) -> dict[str, Any]:
+    """One ``tests.bench.segmentation_memory`` measurement in its own process (its own peak RSS)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.bench.segmentation_memory", "--mode", mode, "--size", str(size)],
+        capture_output=True, text=True, cwd=REPO, env=env, check=True,
+    )  # fmt: skip
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"memory: {result}")
+    return result
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=20)
     parser.add_argument("--cellpose-site", type=Path, default=None, help="folder with cellpose installed (--target)")
+    parser.add_argument("--memory-size", type=int, default=4096, help="side of the blocked/whole memory comparison")
+    parser.add_argument("--large-size", type=int, default=10240, help="side of the large blocked run (0: skip)")
     args = parser.parse_args(argv)
     spec = read_spec(REPO / "models" / MODEL)
     contract = SegmentationContract.of(spec)
@@ -130,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, Any] = {
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
         "machine": platform.processor() or platform.machine(), "model": MODEL,
+        "load_average_start": os.getloadavg(),
     }  # fmt: skip
 
     # -- mask reconstruction, 512x512 ------------------------------------------------------------
@@ -180,6 +202,11 @@ def main(argv: list[str] | None = None) -> None:
             "2048_cells": int(cp_big.max()), "2048_speedup_ours": med["theirs_big"] / med["ours_big"],
             "2048_agreement_ap50": metrics.average_precision(cp_big, big_masks, (0.5,))[0.5][0],
         }  # fmt: skip
+    # -- peak memory on large images (one process each) -----------------------------------------
+    runs = [("whole", args.memory_size), ("blocked", args.memory_size), ("pipeline", args.memory_size)]
+    if args.large_size:
+        runs.append(("blocked", args.large_size))
+    results["memory"] = [memory_run(mode, size) for mode, size in runs]
     # -- Segment latency ---------------------------------------------------------------------------
     request_image = (np.clip(image / max(float(image.max()), 1e-9), 0, 1) * 65535).astype(np.uint16)
     local_times = []
@@ -210,11 +237,13 @@ def main(argv: list[str] | None = None) -> None:
         "served_images_per_s": 1 / served_p50, "local_images_per_s": 1 / local_p50,
         "served_over_local": served_p50 / local_p50,
     }  # fmt: skip
+    results["load_average_end"] = os.getloadavg()
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "segmentation.json").write_text(json.dumps(results, indent=2))
     r5, r2, seg = results["reconstruction_512"], results["reconstruction_2048"], results["segment_512"]
     lines = [
-        f"# Segmentation benchmark ({results['when']}, {results['cpus']} CPUs)", "",
+        f"# Segmentation benchmark ({results['when']}, {results['cpus']} CPUs, load average "
+        f"{results['load_average_start'][0]:.2f} at start, {results['load_average_end'][0]:.2f} at end)", "",
         "| measurement | value |", "|---|---|",
         f"| reconstruction 512x512, ours (median of 5) | {r5['ours_ms']:.1f} ms ({r5['ours_cells']} masks, "
         f"{r5['true_cells']} true cells) |",
@@ -231,6 +260,11 @@ def main(argv: list[str] | None = None) -> None:
         f"({seg['local_images_per_s']:.2f} images/s) |",
         f"| served / local | {seg['served_over_local']:.2f} |",
     ]  # fmt: skip
+    for m in results["memory"]:
+        lines.append(
+            f"| peak RSS, {m['mode']} {m['size']}x{m['size']} | {m['peak_rss_mib']} MiB ({m['added_mib']} MiB over "
+            f"the inputs' {m['inputs_rss_mib']} MiB), {m['seconds']:.0f} s, {m['cells']} cells of {m['true_cells']} |"
+        )
     if "cellpose_compute_masks" in results:
         cp = results["cellpose_compute_masks"]
         lines += [

@@ -3,9 +3,10 @@ committed scVI models, real PBMC counts and a real 10x .h5."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import scipy.sparse as sp
 import yaml
 
 from genoserve.api.codecs.tensor import to_numpy
-from genoserve.client import Client
+from genoserve.client import AsyncClient, Client
 from genoserve.client.client import embed_request
 from genoserve.core.errors import InvalidArgument, NotFound
 from genoserve.v1 import embedding_pb2, jobs_pb2
@@ -63,13 +64,14 @@ def pbmc() -> ad.AnnData:
     return ad.read_h5ad(PBMC)
 
 
-def onnx_latent(model: str, counts: np.ndarray, batch: np.ndarray | None = None) -> np.ndarray:
+def onnx_latent(model: str, counts: np.ndarray, batch: np.ndarray | None = None, output: str = "latent_mean"
+                ) -> np.ndarray:  # fmt: skip
     """The committed encoder run directly in ONNX Runtime on counts already in the model's gene order."""
     session = ort.InferenceSession(str(MODELS / model / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
     feeds = {"counts": counts.astype(np.float32)}
     if batch is not None:
         feeds["batch"] = batch.astype(np.float32)
-    return session.run(["latent_mean"], feeds)[0]
+    return session.run([output], feeds)[0]
 
 
 def model_genes(model: str) -> list[str]:
@@ -247,11 +249,38 @@ def test_embed_stream_chunks_equal_one_embed(rig: Rig, pbmc: ad.AnnData) -> None
         list(client.embed_stream([requests[0], embed_request("", [], broken)]))
 
 
+def test_async_embed_stream_matches_the_blocking_one(rig: Rig, pbmc: ad.AnnData) -> None:
+    genes = list(pbmc.var_names)
+    chunks = [pbmc.X[i : min(i + 100, 250)] for i in range(0, 250, 100)]
+
+    async def requests() -> AsyncIterator[embedding_pb2.EmbedRequest]:
+        for i, chunk in enumerate(chunks):
+            yield embed_request("scvi-pbmc" if i == 0 else "", genes if i == 0 else [], chunk)
+
+    async def run() -> tuple[list[embedding_pb2.EmbedResponse], str]:
+        async with AsyncClient(rig.server.address) as client:
+            parts = [r async for r in client.embed_stream(requests())]
+            broken = pbmc.X[:5].toarray()
+            broken[2, 1] = np.nan
+            try:
+                _ = [r async for r in client.embed_stream([embed_request("scvi-pbmc", genes, broken)])]
+            except InvalidArgument as exc:
+                return parts, str(exc)
+            return parts, ""
+
+    parts, error = asyncio.run(run())
+    assert [len(p.cell_ids) for p in parts] == [100, 100, 50]
+    with Client(rig.server.address) as client:
+        whole = client.embed("scvi-pbmc", genes, pbmc.X[:250])
+    np.testing.assert_allclose(np.concatenate([latent_of(p) for p in parts]), latent_of(whole), atol=1e-6)
+    assert "cell 2" in error
+
+
 def test_cli_predict_embedding_writes_h5ad_and_png(rig: Rig, pbmc: ad.AnnData) -> None:
     out, png = rig.root / "cli.h5ad", rig.root / "cli.png"
     result = subprocess.run(
         [sys.executable, "-m", "genoserve.cli.main", "predict", "embedding", "--h5ad", str(PBMC), "--output", str(out),
-         "--layer", "counts", "--umap", str(png), "--color-by", "bulk_labels", "--chunk", "256",
+         "--layer", "counts", "--umap", str(png), "--color-by", "bulk_labels", "--chunk", "256", "--variances",
          "--address", rig.server.address],
         capture_output=True, text=True, timeout=120, cwd=REPO,
     )  # fmt: skip
@@ -259,6 +288,9 @@ def test_cli_predict_embedding_writes_h5ad_and_png(rig: Rig, pbmc: ad.AnnData) -
     assert "700 cells" in result.stdout
     written = ad.read_h5ad(out)
     np.testing.assert_allclose(written.obsm["X_scVI"], onnx_latent("scvi-pbmc", pbmc.X.toarray()), atol=1e-5)
+    np.testing.assert_allclose(written.obsm["X_scVI_var"], onnx_latent("scvi-pbmc", pbmc.X.toarray(), None,
+                                                                       "latent_var"), rtol=1e-5)  # fmt: skip
+    assert written.uns["genoserve"]["variances_key"] == "X_scVI_var"
     assert written.uns["genoserve"]["model"] == "scvi-pbmc"
     assert written.uns["genoserve"]["gene_overlap"] == 1.0
     assert list(written.obs["bulk_labels"]) == list(pbmc.obs["bulk_labels"])
@@ -282,7 +314,7 @@ def test_embed_h5ad_job_h5ad_and_10x(rig: Rig, pbmc: ad.AnnData) -> None:
     with Client(rig.server.address) as client:
         job = client.submit_job("embedding.embed_h5ad", [str(PBMC)], str(out),
                                 {"model": "scvi-pbmc", "shard_size": "250", "plot": "true",
-                                 "color_by": "bulk_labels"})  # fmt: skip
+                                 "color_by": "bulk_labels", "variances": "true"})  # fmt: skip
         tenx = client.submit_job("embedding.embed_h5ad", [str(TENX)], str(out),
                                  {"model": "scvi-pbmc", "min_gene_overlap": "0.001", "shard_size": "500"})  # fmt: skip
         done = wait_for_job(client, job.id, timeout=180)
@@ -293,11 +325,14 @@ def test_embed_h5ad_job_h5ad_and_10x(rig: Rig, pbmc: ad.AnnData) -> None:
                                                           "pbmc68k_reduced_counts_700x765.embedding.png"]  # fmt: skip
     written = ad.read_h5ad(out / "pbmc68k_reduced_counts_700x765.embedded.h5ad")
     np.testing.assert_allclose(written.obsm["X_scVI"], onnx_latent("scvi-pbmc", pbmc.X.toarray()), atol=1e-5)
+    np.testing.assert_allclose(written.obsm["X_scVI_var"], onnx_latent("scvi-pbmc", pbmc.X.toarray(), None,
+                                                                       "latent_var"), rtol=1e-5)  # fmt: skip
     provenance = written.uns["genoserve"]
     assert (provenance["model"], provenance["version"], provenance["gene_overlap"]) == ("scvi-pbmc", "1", 1.0)
     assert (written.X != pbmc.X).nnz == 0
     tenx_out = ad.read_h5ad(out / "scanpy_tests_10x_v3_filtered_feature_bc_matrix_1107x507.embedded.h5ad")
     assert tenx_out.obsm["X_scVI"].shape == (1107, 10)
+    assert "X_scVI_var" not in tenx_out.obsm  # only on request
     aligned = np.zeros((1107, 765), np.float32)
     position = {g: i for i, g in enumerate(pbmc.var_names)}
     for j, gene in enumerate(tenx_out.var_names):

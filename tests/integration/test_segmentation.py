@@ -59,7 +59,9 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     config = root / "genoserve.yaml"
     config.write_text(yaml.safe_dump({
         "runtime": {"model_dir": str(models)},
-        "segmentation": {"max_pixels": MAX_PIXELS},
+        # Small reconstruction blocks, so that every served image is reconstructed in blocks and
+        # the tests comparing with the local (whole-image) pipeline check the block seams too.
+        "segmentation": {"max_pixels": MAX_PIXELS, "reconstruction_block": 128},
         "jobs": {"data_dir": str(root / "data"), "input_roots": [str(root)], "output_roots": [str(root)],
                  "shard_lease_s": 5.0, "sweep_interval_s": 0.5},
         "worker": {"metrics_dir": str(root / "data" / "metrics")},
@@ -146,6 +148,7 @@ def test_large_rgb_image_is_tiled_and_channels_select(rig: Rig) -> None:
     masks = masks_of(response)
     assert masks.shape == (700, 500)
     local = segment_sync(big.astype(np.float32)[None], rig.contract, rig.local)
+    # Served: 24 reconstruction blocks of 128 px (plus halo); local: the whole image at once.
     np.testing.assert_array_equal(masks, local.masks)
     assert response.n_cells > 65 * 2
 
@@ -228,11 +231,41 @@ def test_cli_writes_labels_overlay_and_cells(rig: Rig) -> None:
         rows = list(csv.DictReader(handle))
     assert len(rows) == masks.max()
     assert int(rows[0]["area"]) == int((masks == 1).sum())
+    assert {r["image"] for r in rows} == {"stardist_tests_img2d_256"}  # the file's stem, as the job writes
     bad = subprocess.run([*command[:-6], "--image", str(rig.root / "genoserve.yaml"), "--output", str(out / "x.tif")],
                          capture_output=True, text=True, timeout=60, cwd=REPO)  # fmt: skip
     assert bad.returncode == 2
     assert "INVALID_ARGUMENT" in bad.stderr
     assert "TIFF or PNG" in bad.stderr
+
+
+def test_cli_segments_each_page_of_a_stack_as_the_job_does(rig: Rig) -> None:
+    out = rig.root / "cli-stack"
+    out.mkdir()
+    pages = [rig.image, np.ascontiguousarray(rig.image.T), np.ascontiguousarray(rig.image[:, ::-1])]
+    tifffile.imwrite(out / "stack.tif", np.stack(pages), photometric="minisblack")
+    command = [
+        sys.executable, "-m", "genoserve.cli.main", "predict", "segmentation", "--address", rig.server.address,
+        "--image", str(out / "stack.tif"), "--output", str(out / "masks.tif"),
+        "--overlay", str(out / "overlay.png"), "--cells", str(out / "cells.csv"),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    with Client(rig.server.address) as client:
+        direct = [masks_of(client.segment(MODEL, page, timeout=60)) for page in pages]
+    # One label page per input page (not the pages read as channels of one image).
+    with tifffile.TiffFile(out / "masks.tif") as tif:
+        written = [page.asarray() for page in tif.pages]
+    assert len(written) == 3
+    for got, want in zip(written, direct, strict=True):
+        np.testing.assert_array_equal(got, want)
+    for k in range(3):
+        assert np.asarray(Image.open(out / f"overlay_p{k:04d}.png")).shape == (256, 256, 3)
+    with open(out / "cells.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    counts = {f"stack_p{k:04d}": int(m.max()) for k, m in enumerate(direct)}
+    assert {n: sum(r["image"] == n for r in rows) for n in counts} == counts  # names as the job's
+    assert f"{sum(counts.values())} cells" in done.stdout
 
 
 def test_job_segments_a_folder_and_a_stack(rig: Rig) -> None:

@@ -3,11 +3,12 @@ fraction at the centre column) and DeepVariant's real data (NA12878 BAM, golden 
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
@@ -16,11 +17,11 @@ import pysam
 import pytest
 import yaml
 
-from genoserve.api.codecs.variants import pileup_example
-from genoserve.client import Client
+from genoserve.api.codecs.variants import call_request, pileup_example
+from genoserve.client import AsyncClient, Client
 from genoserve.core import errors
 from genoserve.v1 import jobs_pb2, variants_pb2, variants_pb2_grpc
-from genoserve.variants.examples import read_examples
+from genoserve.variants.examples import PileupExample, read_examples
 from genoserve.variants.make_examples import Region, make_examples
 from genoserve.variants.pipeline import to_example_calls
 from genoserve.variants.postprocess import postprocess
@@ -136,6 +137,67 @@ def test_one_bad_example_gets_its_own_error(rig: Rig) -> None:
     assert [c.pos for c in response.calls] == [examples[0].start + 1, examples[2].start + 1]
 
 
+def test_numpy_examples_go_as_one_batched_tensor_with_the_same_results(rig: Rig) -> None:
+    golden = list(read_examples(GOLDEN))
+    request = call_request(golden)
+    assert request.HasField("pileups")
+    assert list(request.pileups.shape) == [84, 100, 221, 7]
+    assert not any(m.HasField("pileup") for m in request.examples)
+    messages = [pileup_example(e) for e in golden]
+    with Client(rig.server.address) as client:
+        batched = client.call_variants(golden, sample_name="NA12878")
+        per_example = client.call_variants(messages, sample_name="NA12878")
+    assert [r.id for r in batched.results] == [m.id for m in messages]
+    assert [list(r.probabilities) for r in batched.results] == [list(r.probabilities) for r in per_example.results]
+    assert list(batched.calls) == list(per_example.calls)
+    assert len(batched.calls) == 78
+    # One example with bad alleles: its own error; the others are called from their rows.
+    bad = [*golden[:3]]
+    bad[1] = replace(bad[1], alt_allele_indices=(5,))
+    with Client(rig.server.address) as client:
+        response = client.call_variants(bad)
+    assert response.results[1].error.field == "examples[1].alt_allele_indices"
+    assert [list(r.probabilities) for r in (response.results[0], response.results[2])] == [
+        list(batched.results[0].probabilities),
+        list(batched.results[2].probabilities),
+    ]
+
+
+def test_batched_tensor_layout_errors_name_the_field(rig: Rig) -> None:
+    golden = list(read_examples(GOLDEN))[:2]
+    short = call_request(golden)
+    short.pileups.shape[0] = 1
+    short.pileups.data = short.pileups.data[: 100 * 221 * 7]
+    both = call_request(golden)
+    both.examples[1].pileup.CopyFrom(pileup_example(golden[1]).pileup)
+    with Client(rig.server.address) as client:
+        with pytest.raises(errors.InvalidArgument, match=r"examples\[0\]\.pileup.*is required"):
+            client.call_variants(list(short.examples))  # no pileups at all
+        with pytest.raises(errors.InvalidArgument) as info:
+            client._call(client.variants.CallVariants, short, 10)
+        assert "pileups: expected uint8 [2, 100, 221, 6 or 7]" in info.value.message
+        assert "got uint8 [1, 100, 221, 7]" in info.value.message
+        with pytest.raises(errors.InvalidArgument, match=r"examples\[1\]\.pileup: must be unset"):
+            client._call(client.variants.CallVariants, both, 10)
+
+
+def test_async_client_streams_numpy_examples(rig: Rig) -> None:
+    golden = list(read_examples(GOLDEN))
+
+    async def run() -> list[variants_pb2.CallVariantsResponse]:
+        async def batches() -> AsyncIterator[list[PileupExample]]:
+            for start in range(0, 84, 10):  # multi-allelic sites split across batches
+                yield golden[start : start + 10]
+
+        async with AsyncClient(rig.server.address) as client:
+            return [r async for r in client.call_variants_stream(batches(), sample_name="NA12878")]
+
+    responses = asyncio.run(run())
+    assert len(responses) == 9
+    assert sum(len(r.calls) for r in responses) == 78
+    assert not any(r.site_errors for r in responses)
+
+
 def test_cli_predict_variants_writes_an_indexed_vcf(rig: Rig) -> None:
     out = rig.root / "cli.vcf.gz"
     result = subprocess.run(
@@ -151,14 +213,17 @@ def test_cli_predict_variants_writes_an_indexed_vcf(rig: Rig) -> None:
     assert records
     assert records[0].pos == 10000117
     from_examples = rig.root / "cli-examples.vcf"
+    fai = rig.root / "contigs.fai"
+    fai.write_text("chr19\t59128983\nchr20\t63025520\t10\t60\t61\n")
     result = subprocess.run(
         [sys.executable, "-m", "genoserve.cli.main", "predict", "variants", "--examples", str(GOLDEN),
-         "--output", str(from_examples), "--address", rig.server.address],
+         "--contigs", str(fai), "--output", str(from_examples), "--address", rig.server.address],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     with pysam.VariantFile(str(from_examples)) as vcf:
         assert list(vcf.header.samples) == ["NA12878"]
+        assert [(c.name, c.length) for c in vcf.header.contigs.values()] == [("chr19", 59128983), ("chr20", 63025520)]
         assert len(list(vcf)) == 78
 
 
@@ -172,11 +237,26 @@ def test_call_bam_and_call_examples_jobs(rig: Rig) -> None:
              "shard_size": "2000"},
         )  # fmt: skip
         by_examples = client.submit_job(
-            "variants.call_examples", [str(golden)], str(rig.root / "ex-out"), {"model": "fraction-7ch"}
-        )
-        done = [wait_for_job(client, j.id, timeout=180) for j in (by_bam, by_examples)]
+            "variants.call_examples", [str(golden)], str(rig.root / "ex-out"),
+            {"model": "fraction-7ch", "reference": "hg19chr20"},
+        )  # fmt: skip
+        (rig.root / "lengths.tsv").write_text("# name\tlength\nchr20\t63025520\n")
+        with_contigs = client.submit_job(
+            "variants.call_examples", [str(golden)], str(rig.root / "ex-contigs"),
+            {"model": "fraction-7ch", "contigs": str(rig.root / "lengths.tsv")},
+        )  # fmt: skip
+        (rig.root / "bad.fai").write_text("chr20\t63025520\nchr21 many\n")
+        with pytest.raises(errors.InvalidArgument, match=r"params\[contigs\]: .*bad.fai: line 2: expected NAME"):
+            client.submit_job(
+                "variants.call_examples", [str(golden)], str(rig.root / "ex-bad"),
+                {"model": "fraction-7ch", "contigs": str(rig.root / "bad.fai")},
+            )  # fmt: skip
+        done = [wait_for_job(client, j.id, timeout=180) for j in (by_bam, by_examples, with_contigs)]
     for job in done:
         assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED, (job.error, rig.worker.log())
+    with pysam.VariantFile(str(rig.root / "ex-contigs" / "calls.vcf.gz")) as vcf:
+        assert [(c.name, c.length) for c in vcf.header.contigs.values()] == [("chr20", 63025520)]
+        assert len(list(vcf)) == 78
     with pysam.VariantFile(str(rig.root / "bam-out" / "NA12878_S1.chr20.10_10p1mb.vcf.gz")) as vcf:
         positions = [r.pos for r in vcf.fetch("chr20", 10_000_000, 10_006_000)]
     # Sharded by 2 kb chunks, merged in order, nothing duplicated at the chunk edges.
@@ -185,6 +265,7 @@ def test_call_bam_and_call_examples_jobs(rig: Rig) -> None:
     with pysam.VariantFile(str(rig.root / "ex-out" / "calls.vcf.gz")) as vcf:
         assert len(list(vcf)) == 78
         assert list(vcf.header.samples) == ["NA12878"]
+        assert vcf.header.contigs["chr20"].length == 63025520  # from the registered reference's .fai
 
 
 def test_jobs_fail_naming_file_and_contig_or_record(rig: Rig) -> None:

@@ -21,6 +21,7 @@ from genoserve.api.servicers.jobs import JobsServicer
 from genoserve.api.servicers.models import ModelsServicer
 from genoserve.api.servicers.segmentation import SegmentationServicer
 from genoserve.api.servicers.variants import VariantCallingServicer
+from genoserve.api.servicers.variants import add_to_server as add_variant_calling
 from genoserve.binding.variants import ReferenceGenome
 from genoserve.core.settings import ServerSettings, Settings
 from genoserve.jobs.celery_app import make_celery
@@ -33,7 +34,6 @@ from genoserve.v1 import (
     jobs_pb2_grpc,
     models_pb2_grpc,
     segmentation_pb2_grpc,
-    variants_pb2_grpc,
 )
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ class GenoserveServer:
             ),
             (
                 VariantCallingServicer(self.repository),
-                variants_pb2_grpc.add_VariantCallingServicer_to_server,
+                add_variant_calling,  # its own request deserializer (pileup pixels not copied)
                 "variants",
             ),
             (

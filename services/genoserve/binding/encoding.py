@@ -105,6 +105,20 @@ def _check_each(sequences: Sequence[NamedSequence], length: int, crop: bool, fie
     return fitted
 
 
+def encode(sequences: Sequence[NamedSequence], length: int, crop: bool, field: str = "sequences") -> Array:
+    """Validate, fit and one-hot in one pass: float32 [batch, length, 4]. The common batch (every
+    sequence already ``length`` long, only ACGTN) is looked up once; any other goes through
+    ``check`` (padding, cropping, or one InvalidArgument naming every bad sequence)."""
+    bases = [seq.bases for seq in sequences]
+    if bases and all(len(b) == length for b in bases):
+        joined = "".join(bases)
+        if joined.isascii():
+            codes = _codes(joined)
+            if not (codes < 0).any():
+                return np.take(_ROWS, codes.reshape(len(bases), length), axis=0)
+    return one_hot(check(sequences, length, crop, field))
+
+
 def one_hot(sequences: Sequence[str]) -> Array:
     """Equal-length, already checked sequences -> float32 [batch, length, 4]."""
     if not sequences:

@@ -125,8 +125,8 @@ def _example_batches(
     size: int,
     realign: bool = True,
 ) -> Iterator[list[Any]]:
-    """Request batches: pileups built here from the BAM, or tf.Examples passed through unchanged."""
-    from genoserve.api.codecs.variants import pileup_example
+    """Request batches: pileups built here from the BAM (sent as one batched tensor per request),
+    or tf.Examples passed through unchanged."""
     from genoserve.v1 import variants_pb2
     from genoserve.variants.tfrecord import read_records
 
@@ -136,7 +136,7 @@ def _example_batches(
         assert reference is not None
         for region in regions:
             _, made = make_examples(bam, reference, region, channels=channels, realign=realign)
-            yield from batched(iter([pileup_example(e) for e in made]), size)
+            yield from batched(iter(made), size)
         return
     for path in examples:
         items = (
@@ -164,6 +164,12 @@ def _example_batches(
     callback=output_file,
     help="VCF (.vcf or bgzipped .vcf.gz).",
 )
+@click.option(
+    "--contigs",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Contig lengths for the VCF header with --examples: a .fai (NAME<TAB>LENGTH lines); "
+    "--reference also gives them.",
+)
 @click.option("--model", default="", help="A variants model (default: the server's one for the channel count).")
 @click.option("--channels", type=click.Choice(["6", "7"]), default="7", show_default=True)
 @click.option("--sample", default="", help="Sample name (default: the BAM read group's SM).")
@@ -176,12 +182,12 @@ def _example_batches(
 )
 @client_options
 def variants(bam: Path | None, reference: Path | None, regions: tuple[str, ...], bed: Path | None,
-             examples: tuple[Path, ...], output: Path, model: str, channels: str, sample: str, batch: int,
-             realign: bool, **conn: Any) -> None:  # fmt: skip
+             examples: tuple[Path, ...], output: Path, contigs: Path | None, model: str, channels: str, sample: str,
+             batch: int, realign: bool, **conn: Any) -> None:  # fmt: skip
     """Call variants through the server: BAM + reference + regions (pileups built here) or
     make_examples TFRecords -> VCF (bgzipped and tabix-indexed for .vcf.gz)."""
     from genoserve.api.codecs.variants import to_variant_call
-    from genoserve.variants.vcf import reference_contigs, write_vcf
+    from genoserve.variants.vcf import read_contigs, reference_contigs, write_vcf
 
     if (bam is None) == (not examples):
         raise click.UsageError("give either --bam (with --reference and --regions/--bed) or --examples")
@@ -230,13 +236,18 @@ def variants(bam: Path | None, reference: Path | None, regions: tuple[str, ...],
             for error in response.site_errors:
                 problems += 1
                 click.echo(f"{error.field}: {error.message}", err=True)
-    if reference is not None:
-        contigs = reference_contigs(reference)
-    else:
-        contigs = [(name, 0) for name in dict.fromkeys(c.reference_name for c in calls)]
-    order = {name: i for i, (name, _) in enumerate(contigs)}
+    if contigs is not None:
+        path = contigs
+        known = or_exit(lambda: read_contigs(path, "--contigs"))
+    elif reference is not None:
+        known = reference_contigs(reference)
+    else:  # tf.Examples carry no contig lengths: the header lists the contigs without one
+        known = []
+    named = {name for name, _ in known}
+    known += [(name, 0) for name in dict.fromkeys(c.reference_name for c in calls) if name not in named]
+    order = {name: i for i, (name, _) in enumerate(known)}
     calls.sort(key=lambda c: (order.get(c.reference_name, len(order)), c.start, c.end))
-    write_vcf(output, calls, contigs, sample or "SAMPLE")
+    write_vcf(output, calls, known, sample or "SAMPLE")
     passing = sum(c.filters == ["PASS"] for c in calls)
     click.echo(f"{len(calls)} sites ({passing} PASS) written to {output}", err=True)
     if problems:
@@ -250,27 +261,27 @@ def variants(bam: Path | None, reference: Path | None, regions: tuple[str, ...],
     "image_path",
     required=True,
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
-    help="A TIFF or PNG image (single page; use `genoserve jobs submit` for stacks and folders).",
+    help="A TIFF or PNG image; each page of a multi-page TIFF is segmented as its own image.",
 )
 @click.option(
     "--output",
     required=True,
     type=click.Path(path_type=Path, dir_okay=False),
     callback=output_file,
-    help="Write the label mask here (TIFF, uint16/uint32).",
+    help="Write the label mask here (TIFF, uint16/uint32; a multi-page TIFF in gives one label page per page).",
 )
 @click.option(
     "--overlay",
     type=click.Path(path_type=Path, dir_okay=False),
     callback=output_file,
-    help="Also write outlines on the image (PNG).",
+    help="Also write outlines on the image (PNG; for a multi-page TIFF one PNG per page, <name>_p0000.png, ...).",
 )
 @click.option(
     "--cells",
     "cells_path",
     type=click.Path(path_type=Path, dir_okay=False),
     callback=output_file,
-    help="Per-cell stats (CSV).",
+    help="Per-cell stats (CSV; image column as in the bulk job: the file's stem, <stem>_p0000 for pages).",
 )
 @click.option("--channel", "channels", type=int, multiple=True, help="Channel index fed to the model (repeatable).")
 @click.option("--diameter", type=float, default=0.0, show_default=True, help="Mean cell diameter (px); 0: no rescale.")
@@ -281,29 +292,48 @@ def variants(bam: Path | None, reference: Path | None, regions: tuple[str, ...],
 def segmentation(model: str, image_path: Path, output: Path, overlay: Path | None, cells_path: Path | None,
                  channels: tuple[int, ...], diameter: float, cellprob_threshold: float | None,
                  flow_threshold: float | None, min_size: int | None, **conn: Any) -> None:  # fmt: skip
-    """Segment one image: label TIFF to --output; prints the number of cells."""
+    """Segment one image (or each page of a multi-page TIFF, as the bulk job does): label TIFF to
+    --output; prints the number of cells per image."""
     from genoserve.client import masks_of
+    from genoserve.core.errors import InvalidArgument
     from genoserve.segmentation import images
-    from genoserve.segmentation.csvout import write_cells_csv
+    from genoserve.segmentation.csvout import image_name, write_cells_csv
 
     data = image_path.read_bytes()
+    try:
+        pages = images.read_images(str(image_path)) if data[:4] in images.TIFF_MAGIC else []
+    except InvalidArgument:
+        pages = []  # undecodable: sent as it is, so the server names the rule broken
+    stack = len(pages) > 1
+    # One image: the file's bytes as they are; a stack: each page as a raw array.
+    sources: list[tuple[int | None, Any]] = list(enumerate(pages)) if stack else [(None, data)]
+    masks_per_page: list[Any] = []
+    rows: list[dict[str, Any]] = []
     with make_client(**conn) as client:
-        response = or_exit(functools.partial(
-            client.segment, model, data, channels=channels, diameter=diameter, cellprob_threshold=cellprob_threshold,
-            flow_threshold=flow_threshold, min_size=min_size,
-        ))  # fmt: skip
-    masks = masks_of(response)
-    images.write_labels(str(output), masks)
-    if overlay is not None:
-        picture = images.decode(data, str(image_path))
-        overlay.write_bytes(images.overlay_png(picture, masks))
+        for page, source in sources:
+            response = or_exit(functools.partial(
+                client.segment, model, source, channels=channels, diameter=diameter,
+                cellprob_threshold=cellprob_threshold, flow_threshold=flow_threshold, min_size=min_size,
+            ))  # fmt: skip
+            masks = masks_of(response)
+            masks_per_page.append(masks)
+            name = image_name(image_path, page)
+            rows.extend({"image": name, "label": c.label, "area": c.area, "centroid_y": c.centroid_y,
+                         "centroid_x": c.centroid_x, "bbox_min_y": c.bbox_min_y, "bbox_min_x": c.bbox_min_x,
+                         "bbox_max_y": c.bbox_max_y, "bbox_max_x": c.bbox_max_x, "mean_intensity": c.mean_intensity}
+                        for c in response.cells)  # fmt: skip
+            if overlay is not None:
+                picture = source if page is not None else images.decode(data, str(image_path))
+                target = overlay if page is None else overlay.with_name(f"{overlay.stem}_p{page:04d}{overlay.suffix}")
+                target.write_bytes(images.overlay_png(picture, masks))
+            click.echo(f"{image_path}{'' if page is None else f' page {page}'}: {response.n_cells} cells")
+    if stack:
+        images.write_label_pages(str(output), masks_per_page)
+    else:
+        images.write_labels(str(output), masks_per_page[0])
     if cells_path is not None:
-        rows = [{"image": image_path.name, "label": c.label, "area": c.area, "centroid_y": c.centroid_y,
-                 "centroid_x": c.centroid_x, "bbox_min_y": c.bbox_min_y, "bbox_min_x": c.bbox_min_x,
-                 "bbox_max_y": c.bbox_max_y, "bbox_max_x": c.bbox_max_x, "mean_intensity": c.mean_intensity}
-                for c in response.cells]  # fmt: skip
         write_cells_csv(cells_path, rows)
-    click.echo(f"{image_path}: {response.n_cells} cells -> {output}")
+    click.echo(f"{len(masks_per_page)} image(s), {len(rows)} cells -> {output}")
 
 
 @predict.command("embedding")
@@ -315,14 +345,16 @@ def segmentation(model: str, image_path: Path, output: Path, overlay: Path | Non
 @click.option("--layer", default="", help="Read counts from this layer instead of X.")
 @click.option("--batch-key", default="", help="obs column with each cell's batch (models with a batch covariate).")
 @click.option("--umap", "picture", type=click.Path(path_type=Path, dir_okay=False),
-              help="Also write a PNG of the embedding (first two principal components of the latent).")  # fmt: skip
+              help="Also write a PNG: UMAP of the latent (at most 10,000 cells, subsampled).")  # fmt: skip
 @click.option("--color-by", default="", help="obs column that colours the PNG.")
+@click.option("--variances", is_flag=True, help="Also write the posterior variances to obsm['X_scVI_var'].")
 @click.option("--min-gene-overlap", type=float, default=0.0, help="Default 0.8.")
 @click.option("--not-raw-counts", is_flag=True, help="Allow non-integer values.")
 @click.option("--chunk", type=int, default=4096, show_default=True, help="Cells per message.")
 @client_options
 def embedding(model: str, source: Path, output: Path, layer: str, batch_key: str, picture: Path | None, color_by: str,
-              min_gene_overlap: float, not_raw_counts: bool, chunk: int, **conn: Any) -> None:  # fmt: skip
+              variances: bool, min_gene_overlap: float, not_raw_counts: bool, chunk: int,
+              **conn: Any) -> None:  # fmt: skip
     """Embed every cell of a file through CellEmbedding.EmbedStream, reading and writing in chunks."""
     from genoserve.embedding.plot import embedding_png
 
@@ -330,7 +362,7 @@ def embedding(model: str, source: Path, output: Path, layer: str, batch_key: str
         raise click.UsageError("--output must differ from --h5ad")
     with make_client(**conn) as client:
         summary = or_exit(functools.partial(_embed_file, client, model, source, output, layer, batch_key,
-                                            min_gene_overlap, not_raw_counts, chunk))  # fmt: skip
+                                            min_gene_overlap, not_raw_counts, chunk, variances))  # fmt: skip
     click.echo(summary)
     if picture is not None:
         embedding_png(output, picture, color_by=color_by)
@@ -338,7 +370,7 @@ def embedding(model: str, source: Path, output: Path, layer: str, batch_key: str
 
 
 def _embed_file(client: Any, model: str, source: Path, output: Path, layer: str, batch_key: str,
-                min_gene_overlap: float, not_raw_counts: bool, chunk: int) -> str:  # fmt: skip
+                min_gene_overlap: float, not_raw_counts: bool, chunk: int, variances: bool = False) -> str:  # fmt: skip
     from genoserve.api.codecs.tensor import to_numpy
     from genoserve.client.client import embed_request
     from genoserve.embedding.h5io import EmbeddingWriter, open_counts, read_obs_column
@@ -352,7 +384,7 @@ def _embed_file(client: Any, model: str, source: Path, output: Path, layer: str,
                 labels = read_obs_column(source, batch_key, start, stop) if batch_key else []
                 genes = counts.genes if start == 0 else []
                 yield embed_request(model if start == 0 else "", genes, matrix, counts.cell_ids(start, stop), labels,
-                                    min_gene_overlap, not_raw_counts)  # fmt: skip
+                                    min_gene_overlap, not_raw_counts, return_variances=variances)  # fmt: skip
 
         writer: EmbeddingWriter | None = None
         last: Any = None
@@ -360,8 +392,9 @@ def _embed_file(client: Any, model: str, source: Path, output: Path, layer: str,
             for response in client.embed_stream(requests()):
                 latent = to_numpy(response.latent, "latent")
                 if writer is None:
-                    writer = EmbeddingWriter(counts, output, latent.shape[1])
-                writer.write(latent)
+                    var_key = "X_scVI_var" if variances else ""
+                    writer = EmbeddingWriter(counts, output, latent.shape[1], variances_key=var_key)
+                writer.write(latent, to_numpy(response.variances, "variances") if variances else None)
                 last = response
             if writer is None or last is None:
                 raise click.ClickException(f"{source}: no cells")
@@ -370,6 +403,7 @@ def _embed_file(client: Any, model: str, source: Path, output: Path, layer: str,
                 "model": last.model, "version": last.version, "gene_overlap": float(overlap.fraction),
                 "genes_matched": int(overlap.matched), "model_genes": int(overlap.model_genes),
                 "source": str(source), "layer": layer or "X", "written_by": "genoserve predict embedding",
+                **({"variances_key": "X_scVI_var"} if variances else {}),
             })  # fmt: skip
         except BaseException:
             if writer is not None:

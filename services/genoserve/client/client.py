@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
@@ -36,6 +36,9 @@ from genoserve.v1 import (
     variants_pb2,
     variants_pb2_grpc,
 )
+
+if TYPE_CHECKING:
+    from genoserve.variants.examples import PileupExample
 
 Array = np.ndarray[Any, Any]
 
@@ -201,20 +204,55 @@ def _infer_outputs(response: models_pb2.InferResponse) -> dict[str, Array]:
 def embed_request(model: str, gene_names: Sequence[str], counts: Any, cell_ids: Sequence[str] = (),
                   batch_labels: Sequence[str] = (), min_gene_overlap: float = 0.0, not_raw_counts: bool = False,
                   return_variances: bool = False, version: str = "") -> embedding_pb2.EmbedRequest:  # fmt: skip
-    """An EmbedRequest for a CSR matrix (``indptr``/``indices``/``data`` attributes) or a dense array."""
-    matrix = embedding_pb2.CountMatrix(gene_names=list(gene_names), cell_ids=list(cell_ids))
-    if all(hasattr(counts, a) for a in ("indptr", "indices", "data")):
-        matrix.csr.CopyFrom(embedding_pb2.CsrMatrix(
-            indptr=tensor_codec.from_numpy(np.asarray(counts.indptr)),
-            indices=tensor_codec.from_numpy(np.asarray(counts.indices)),
-            data=tensor_codec.from_numpy(np.asarray(counts.data)),
-        ))  # fmt: skip
-    else:
-        matrix.dense.CopyFrom(tensor_codec.from_numpy(np.asarray(counts)))
-    return embedding_pb2.EmbedRequest(
-        model=model, version=version, counts=matrix, batch_labels=list(batch_labels),
-        min_gene_overlap=min_gene_overlap, not_raw_counts=not_raw_counts, return_variances=return_variances,
+    """An EmbedRequest for a CSR matrix (``indptr``/``indices``/``data`` attributes) or a dense array.
+
+    Arrays are written straight into the nested messages (each payload copied once, not once per
+    enclosing message)."""
+    request = embedding_pb2.EmbedRequest(
+        model=model, version=version, batch_labels=list(batch_labels), min_gene_overlap=min_gene_overlap,
+        not_raw_counts=not_raw_counts, return_variances=return_variances,
     )  # fmt: skip
+    matrix = request.counts
+    matrix.gene_names.extend(gene_names)
+    matrix.cell_ids.extend(cell_ids)
+    if all(hasattr(counts, a) for a in ("indptr", "indices", "data")):
+        tensor_codec.fill(matrix.csr.indptr, np.asarray(counts.indptr))
+        tensor_codec.fill(matrix.csr.indices, np.asarray(counts.indices))
+        tensor_codec.fill(matrix.csr.data, np.asarray(counts.data))
+    else:
+        tensor_codec.fill(matrix.dense, np.asarray(counts))
+    return request
+
+
+def variants_request(
+    examples: Sequence[variants_pb2.PileupExample] | Sequence[PileupExample],
+    model: str = "",
+    version: str = "",
+    sample_name: str = "",
+) -> bytes:
+    """A serialized CallVariantsRequest: messages as given, or family ``PileupExample`` objects with
+    all pileups in the request's one batched ``pileups`` tensor (pixels copied once)."""
+    messages = [e for e in examples if isinstance(e, variants_pb2.PileupExample)]
+    if len(messages) == len(examples):
+        request = variants_pb2.CallVariantsRequest(
+            model=model, version=version, examples=messages, sample_name=sample_name
+        )
+        return request.SerializeToString()
+    from genoserve.api.codecs.variants import encode_call_request
+    from genoserve.variants.examples import PileupExample as FamilyExample
+
+    family = [e for e in examples if isinstance(e, FamilyExample)]
+    if len(family) != len(examples):
+        raise TypeError("examples must be all variants_pb2.PileupExample messages or all family PileupExamples")
+    return encode_call_request(family, model, version, sample_name)
+
+
+def _as_is(data: bytes) -> bytes:
+    return data
+
+
+_CALL_VARIANTS = "/genoserve.v1.VariantCalling/CallVariants"
+_CALL_VARIANTS_STREAM = "/genoserve.v1.VariantCalling/CallVariantsStream"
 
 
 class Client:
@@ -232,6 +270,17 @@ class Client:
         self.jobs = jobs_pb2_grpc.JobsStub(self.channel)
         self.binding = binding_pb2_grpc.SequenceBindingStub(self.channel)
         self.variants = variants_pb2_grpc.VariantCallingStub(self.channel)
+        # Requests serialized by ``variants_request`` (pixels copied once, not by protobuf).
+        self._call_variants = self.channel.unary_unary(
+            _CALL_VARIANTS,
+            request_serializer=_as_is,
+            response_deserializer=variants_pb2.CallVariantsResponse.FromString,
+        )
+        self._call_variants_stream = self.channel.stream_stream(
+            _CALL_VARIANTS_STREAM,
+            request_serializer=_as_is,
+            response_deserializer=variants_pb2.CallVariantsResponse.FromString,
+        )
         self.segmentation = segmentation_pb2_grpc.SegmentationStub(self.channel)
         self.embedding = embedding_pb2_grpc.CellEmbeddingStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
@@ -333,7 +382,7 @@ class Client:
 
     def call_variants(
         self,
-        examples: Sequence[variants_pb2.PileupExample],
+        examples: Sequence[variants_pb2.PileupExample] | Sequence[PileupExample],
         model: str = "",
         version: str = "",
         sample_name: str = "",
@@ -341,30 +390,29 @@ class Client:
     ) -> variants_pb2.CallVariantsResponse:
         """Genotype probabilities per pileup example and the calls of complete sites.
 
-        ``model`` "" picks the server's variants model for the examples' channel count. Build
-        examples with ``genoserve.api.codecs.variants.pileup_example`` or pass ``tf_example`` bytes.
+        ``examples``: the family's ``PileupExample`` objects (numpy pileups, e.g. from
+        ``make_examples`` or ``read_examples``; sent as one batched tensor, the fast path), or
+        ``variants_pb2.PileupExample`` messages (``genoserve.api.codecs.variants.pileup_example``,
+        or ``tf_example`` bytes). ``model`` "" picks the server's variants model for the examples'
+        channel count.
         """
-        request = variants_pb2.CallVariantsRequest(
-            model=model, version=version, examples=examples, sample_name=sample_name
-        )
-        response: variants_pb2.CallVariantsResponse = self._call(self.variants.CallVariants, request, timeout)
+        request = variants_request(examples, model, version, sample_name)
+        response: variants_pb2.CallVariantsResponse = self._call(self._call_variants, request, timeout)
         return response
 
     def call_variants_stream(
         self,
-        batches: Iterable[Sequence[variants_pb2.PileupExample]],
+        batches: Iterable[Sequence[variants_pb2.PileupExample] | Sequence[PileupExample]],
         model: str = "",
         version: str = "",
         sample_name: str = "",
         timeout: float | None = None,
     ) -> Iterator[variants_pb2.CallVariantsResponse]:
-        """One response per batch, in order (multi-allelic sites may span batches)."""
-        requests = (
-            variants_pb2.CallVariantsRequest(model=model, version=version, examples=b, sample_name=sample_name)
-            for b in batches
-        )
+        """One response per batch, in order (multi-allelic sites may span batches). Batches are
+        as ``call_variants``' ``examples``."""
+        requests = (variants_request(b, model, version, sample_name) for b in batches)
         try:
-            yield from self.variants.CallVariantsStream(requests, timeout=timeout, metadata=self._metadata)
+            yield from self._call_variants_stream(requests, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise translate(exc) from exc
 
@@ -437,6 +485,17 @@ class AsyncClient:
         self._metadata = _metadata(self.config)
         self.models = models_pb2_grpc.ModelsStub(self.channel)
         self.variants = variants_pb2_grpc.VariantCallingStub(self.channel)
+        # Requests serialized by ``variants_request`` (pixels copied once, not by protobuf).
+        self._call_variants = self.channel.unary_unary(
+            _CALL_VARIANTS,
+            request_serializer=_as_is,
+            response_deserializer=variants_pb2.CallVariantsResponse.FromString,
+        )
+        self._call_variants_stream = self.channel.stream_stream(
+            _CALL_VARIANTS_STREAM,
+            request_serializer=_as_is,
+            response_deserializer=variants_pb2.CallVariantsResponse.FromString,
+        )
         self.segmentation = segmentation_pb2_grpc.SegmentationStub(self.channel)
         self.embedding = embedding_pb2_grpc.CellEmbeddingStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
@@ -473,23 +532,65 @@ class AsyncClient:
         response: embedding_pb2.EmbedResponse = await self._call(self.embedding.Embed, request, timeout)
         return response
 
+    async def embed_stream(
+        self,
+        requests: Iterable[embedding_pb2.EmbedRequest] | AsyncIterable[embedding_pb2.EmbedRequest],
+        timeout: float | None = None,
+    ) -> AsyncIterator[embedding_pb2.EmbedResponse]:
+        """As ``Client.embed_stream``: ``async for response in client.embed_stream(requests)``;
+        ``requests`` may be a plain or an async iterable of ``embed_request(...)`` messages."""
+        call = self.embedding.EmbedStream(requests, timeout=timeout, metadata=self._metadata)
+        try:
+            async for response in call:
+                yield response
+        except grpc.RpcError as exc:
+            raise translate(exc) from exc
+        finally:
+            call.cancel()
+
     async def health(self, service: str = "", timeout: float | None = None) -> str:
         response = await self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
     async def call_variants(
         self,
-        examples: Sequence[variants_pb2.PileupExample],
+        examples: Sequence[variants_pb2.PileupExample] | Sequence[PileupExample],
         model: str = "",
         version: str = "",
         sample_name: str = "",
         timeout: float | None = None,
     ) -> variants_pb2.CallVariantsResponse:
-        request = variants_pb2.CallVariantsRequest(
-            model=model, version=version, examples=examples, sample_name=sample_name
-        )
-        response: variants_pb2.CallVariantsResponse = await self._call(self.variants.CallVariants, request, timeout)
+        """As ``Client.call_variants``, awaited."""
+        request = variants_request(examples, model, version, sample_name)
+        response: variants_pb2.CallVariantsResponse = await self._call(self._call_variants, request, timeout)
         return response
+
+    async def call_variants_stream(
+        self,
+        batches: Iterable[Sequence[variants_pb2.PileupExample] | Sequence[PileupExample]]
+        | AsyncIterable[Sequence[variants_pb2.PileupExample] | Sequence[PileupExample]],
+        model: str = "",
+        version: str = "",
+        sample_name: str = "",
+        timeout: float | None = None,
+    ) -> AsyncIterator[variants_pb2.CallVariantsResponse]:
+        """As ``Client.call_variants_stream``: an async iterator of responses, one per batch, in
+        order. ``batches`` may be a plain or an async iterable."""
+
+        async def requests() -> AsyncIterator[bytes]:
+            if isinstance(batches, AsyncIterable):
+                async for batch in batches:
+                    yield variants_request(batch, model, version, sample_name)
+            else:
+                for batch in batches:
+                    yield variants_request(batch, model, version, sample_name)
+
+        call = self._call_variants_stream(requests(), timeout=timeout or self.config.timeout, metadata=self._metadata)
+        try:
+            async for response in call:
+                yield response
+        except grpc.RpcError as exc:
+            raise translate(exc) from exc
 
     async def segment(self, model: str, image: Array | bytes, timeout: float | None = None,
                       **options: Any) -> segmentation_pb2.SegmentResponse:  # fmt: skip

@@ -217,6 +217,9 @@ class SegmentationSettings(_Section):
     #: an ONNX Runtime session, on the GPU when runtime.device allows), auto (onnx when CUDA is
     #: available, else numpy).
     reconstruction: Literal["auto", "numpy", "onnx"] = "auto"
+    #: Masks are reconstructed in blocks of this many pixels per side (plus a halo of context),
+    #: so that the memory of reconstruction is bounded by the block, not by the image.
+    reconstruction_block: int = Field(2048, ge=64)
 
 
 class LoggingSettings(_Section):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from genoserve.core.errors import InvalidArgument
 from genoserve.embedding.genes import GeneAlignment
@@ -149,25 +150,31 @@ def check(counts: Counts, n_genes: int, allow_non_integer: bool, field: str = "c
 
 
 def aligned_dense(counts: Counts, alignment: GeneAlignment) -> Array:
-    """Counts laid out as the model's genes: float32 [n_cells, n_model_genes], missing genes 0."""
+    """Counts laid out as the model's genes: float32 [n_cells, n_model_genes], missing genes 0.
+
+    CSR input: each column renamed to its model column, then scipy's ``toarray`` (one C++ pass;
+    repeated (cell, gene) entries are summed, as scipy does). Values of genes the model lacks are
+    zeroed and sent to column 0 (adding 0 there changes nothing), which is cheaper than removing
+    them from the CSR arrays or slicing a scratch column off the dense result."""
     width = alignment.n_model_genes
     if isinstance(counts, CsrCounts):
-        n = counts.n_cells
-        out = np.zeros((n, width), dtype=np.float32)
-        rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(counts.indptr))
-        source = rows * counts.n_genes + counts.indices
-        canonical = source.size < 2 or bool((source[1:] > source[:-1]).all())  # sorted, no repeated gene
+        data = counts.data.astype(np.float32, copy=False)
+        indptr = np.asarray(counts.indptr)
         if alignment.identity:
-            flat, values = source, counts.data
+            indices = counts.indices
         else:
-            columns = alignment.column_map[counts.indices]
-            keep = columns >= 0
-            flat, values = rows[keep] * width + columns[keep], counts.data[keep]
-        if canonical:
-            out.reshape(-1)[flat] = values  # a plain scatter
-        else:
-            np.add.at(out.reshape(-1), flat, values.astype(np.float32, copy=False))  # sums repeats, as scipy
-        return out
+            # take(mode="wrap") skips fancy indexing's bounds checks (indices were checked in range).
+            indices = alignment.column_map32.take(counts.indices, mode="wrap")
+            dropped = indices < 0
+            if dropped.any():
+                data = data.copy()
+                data[dropped] = 0.0
+                np.maximum(indices, 0, out=indices)
+        if data.size < 2**31:  # scipy's index dtype: int32 when it fits (no int64 copies inside)
+            indices, indptr = indices.astype(np.int32, copy=False), indptr.astype(np.int32, copy=False)
+        matrix = sp.csr_matrix((data, indices, indptr), shape=(counts.n_cells, width), copy=False)
+        dense: Array = matrix.toarray()
+        return dense
     if alignment.identity:
         return np.ascontiguousarray(counts, dtype=np.float32)
     out = np.zeros((counts.shape[0], width), dtype=np.float32)

@@ -8,6 +8,7 @@ refused.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,12 @@ class GeneAlignment:
     def overlap(self) -> float:
         """Fraction of the model's genes present in the data."""
         return self.matched / self.n_model_genes if self.n_model_genes else 0.0
+
+    @functools.cached_property
+    def column_map32(self) -> Array:
+        """``column_map`` as int32 (gathers over millions of CSR entries write half the bytes)."""
+        out: Array = self.column_map.astype(np.int32)
+        return out
 
     @property
     def identity(self) -> bool:

@@ -266,10 +266,12 @@ def _h5ad_from_10x(source: TenxCounts, target: Path, chunk: int) -> None:
 
 class EmbeddingWriter:
     """Writes ``target``: the input as an .h5ad (an .h5ad input copied whole, a 10x .h5 converted)
-    plus ``obsm[key]`` float32 [n_cells, n_latent] written block by block and provenance in
+    plus ``obsm[key]`` float32 [n_cells, n_latent] written block by block (with ``variances_key``
+    also the posterior variances in ``obsm[variances_key]``) and provenance in
     ``uns["genoserve"]``. The file appears at ``target`` only on ``finish`` (temp + rename)."""
 
-    def __init__(self, source: CountsFile, target: Path, n_latent: int, key: str = "X_scVI", chunk: int = 8192):
+    def __init__(self, source: CountsFile, target: Path, n_latent: int, key: str = "X_scVI", chunk: int = 8192,
+                 variances_key: str = "") -> None:  # fmt: skip
         self.target = target
         self.tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
         self.n_cells = source.n_cells
@@ -280,18 +282,25 @@ class EmbeddingWriter:
             shutil.copyfile(source.path, self.tmp)
         self.handle = h5py.File(self.tmp, "r+")
         obsm = _dict_group(self.handle, "obsm")
-        if key in obsm:
-            del obsm[key]
         rows = max(1, min(self.n_cells, 16384))
-        self.dataset = obsm.create_dataset(key, shape=(self.n_cells, n_latent), dtype="<f4", chunks=(rows, n_latent))
-        _encode(self.dataset, "array")
+        self.datasets: list[h5py.Dataset] = []
+        for name in (key, variances_key) if variances_key else (key,):
+            if name in obsm:
+                del obsm[name]
+            dataset = obsm.create_dataset(name, shape=(self.n_cells, n_latent), dtype="<f4", chunks=(rows, n_latent))
+            _encode(dataset, "array")
+            self.datasets.append(dataset)
 
-    def write(self, block: Array) -> None:
-        """The next cells' latent means, float32 [rows, n_latent], in cell order."""
+    def write(self, block: Array, variances: Array | None = None) -> None:
+        """The next cells' latent means (and variances when the writer has a variances key),
+        float32 [rows, n_latent] each, in cell order."""
         stop = self.written + block.shape[0]
         if stop > self.n_cells:
             raise ValueError(f"{stop} rows written to an embedding of {self.n_cells} cells")
-        self.dataset[self.written : stop] = block
+        if (variances is not None) != (len(self.datasets) == 2):
+            raise ValueError("give variances exactly when the writer was made with a variances key")
+        for dataset, values in zip(self.datasets, (block, variances), strict=False):
+            dataset[self.written : stop] = values
         self.written = stop
 
     def finish(self, provenance: dict[str, str | float | int]) -> Path:

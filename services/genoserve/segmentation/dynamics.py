@@ -181,12 +181,13 @@ def masks_from_endpoints(ends: Array, ys: Array, xs: Array, shape: tuple[int, in
     return masks
 
 
-def remove_large(masks: Array, max_fraction: float) -> Array:
-    """Drop masks covering more than ``max_fraction`` of the image."""
+def remove_large(masks: Array, max_fraction: float, image_pixels: int | None = None) -> Array:
+    """Drop masks covering more than ``max_fraction`` of the image (of ``image_pixels``, default
+    the size of ``masks``; a block of a larger image passes the whole image's size)."""
     if max_fraction <= 0 or max_fraction >= 1 or masks.max() == 0:
         return masks
     counts = np.bincount(masks.ravel())
-    big = np.nonzero(counts > max_fraction * masks.size)[0]
+    big = np.nonzero(counts > max_fraction * (image_pixels or masks.size))[0]
     big = big[big > 0]
     return np.where(np.isin(masks, big), 0, masks) if big.size else masks
 
@@ -258,11 +259,17 @@ def renumber(masks: Array, min_size: int = 0) -> Array:
 
 
 def compute_masks(
-    flows: Array, cellprob: Array, params: MaskParams | None = None, follow: FollowFn | None = None
+    flows: Array,
+    cellprob: Array,
+    params: MaskParams | None = None,
+    follow: FollowFn | None = None,
+    image_pixels: int | None = None,
 ) -> Array:
     """Flows float32 [2, H, W] and cell-probability logits float32 [H, W] -> labels int32 [H, W].
 
     ``follow`` replaces ``follow_flows`` (e.g. the ONNX graph on a GPU); same contract.
+    ``image_pixels``: the size ``max_size_fraction`` refers to when this is a block of a larger
+    image (``blocks.compute_masks_blocked``); default H x W.
     """
     params = params or MaskParams()
     shape = (int(cellprob.shape[0]), int(cellprob.shape[1]))
@@ -273,7 +280,7 @@ def compute_masks(
     gated = (flows * fg).astype(np.float32)
     ends = (follow or follow_flows)(gated, ys, xs, params.niter)
     masks = masks_from_endpoints(ends, ys, xs, shape)
-    masks = remove_large(masks, params.max_size_fraction)
+    masks = remove_large(masks, params.max_size_fraction, image_pixels)
     masks = remove_bad_flows(masks, flows.astype(np.float32), params.flow_threshold)
     masks = fill_holes(masks)
     return renumber(masks, params.min_size)

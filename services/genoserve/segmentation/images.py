@@ -23,7 +23,7 @@ Array = np.ndarray[Any, Any]
 
 MAX_CHANNELS = 8
 SUPPORTED_DTYPES = ("uint8", "uint16", "int8", "int16", "int32", "uint32", "float16", "float32", "float64")
-_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -32,7 +32,7 @@ def decode(data: bytes, field: str = "image.encoded") -> Array:
     if not data:
         raise InvalidArgument.field(field, "is empty")
     try:
-        if data[:4] in _TIFF_MAGIC:
+        if data[:4] in TIFF_MAGIC:
             array = np.asarray(tifffile.imread(io.BytesIO(data)))
             if array.size == 0:
                 raise InvalidArgument.field(field, "cannot be decoded: the TIFF holds no image data")
@@ -55,7 +55,7 @@ def read_images(path: str) -> list[Array]:
     """The images of a TIFF/PNG file: one per page of a multi-page TIFF. Errors name the path."""
     with open(path, "rb") as handle:
         data = handle.read()
-    if data[:4] in _TIFF_MAGIC:
+    if data[:4] in TIFF_MAGIC:
         try:
             with tifffile.TiffFile(io.BytesIO(data)) as tif:
                 if len(tif.pages) > 1:
@@ -116,6 +116,16 @@ def write_labels(path: str, masks: Array) -> None:
     """A label TIFF (uint16 or uint32, zlib-compressed)."""
     n = int(masks.max()) if masks.size else 0
     tifffile.imwrite(path, masks.astype(label_dtype(n)), compression="zlib")
+
+
+def write_label_pages(path: str, pages: Sequence[Array]) -> None:
+    """A multi-page label TIFF, page k = ``pages[k]`` (shapes may differ); one dtype for all
+    pages (uint16, or uint32 when any page needs it), zlib-compressed."""
+    n = max((int(m.max()) if m.size else 0) for m in pages) if pages else 0
+    dtype = label_dtype(n)
+    with tifffile.TiffWriter(path) as tif:
+        for masks in pages:
+            tif.write(masks.astype(dtype), compression="zlib", photometric="minisblack")
 
 
 def outlines(masks: Array) -> Array:

@@ -15,8 +15,9 @@ import numpy as np
 
 from genoserve.core.errors import InvalidArgument
 from genoserve.segmentation import tiling
+from genoserve.segmentation.blocks import BLOCK, compute_masks_blocked, halo_for
 from genoserve.segmentation.contract import SegmentationContract
-from genoserve.segmentation.dynamics import FollowFn, MaskParams, compute_masks
+from genoserve.segmentation.dynamics import FollowFn, MaskParams
 from genoserve.segmentation.normalize import percentile_normalize, resize, scaled_shape
 from genoserve.segmentation.stats import CellStats, cell_stats
 
@@ -30,6 +31,7 @@ class Prepared:
     network_input: Array
     shape: tuple[int, int]
     intensity: Array  # float32 [H, W]: mean of the selected raw channels, for per-cell stats
+    cell_diameter: float  # expected cell size at full resolution (pixels): sets the blocks' halo
 
 
 @dataclass(frozen=True)
@@ -69,16 +71,19 @@ def prepare(channels_first: Array, contract: SegmentationContract, diameter: flo
     if diameter > 0:
         target = scaled_shape(shape, contract.diameter / diameter)
         normalised = resize(normalised, target)
-    return Prepared(normalised, shape, channels_first.mean(axis=0))
+    return Prepared(normalised, shape, channels_first.mean(axis=0), diameter or contract.diameter)
 
 
-def finish(prepared: Prepared, stitched: Array, params: MaskParams, follow: FollowFn | None = None) -> Segmented:
+def finish(
+    prepared: Prepared, stitched: Array, params: MaskParams, follow: FollowFn | None = None, block: int = BLOCK
+) -> Segmented:
     """stitched: float32 [3, h, w] network output on ``prepared.network_input``; ``follow``:
-    see ``dynamics.compute_masks``."""
+    see ``dynamics.compute_masks``. Masks are reconstructed ``block`` x ``block`` at a time
+    (``blocks.compute_masks_blocked``), so large images need no whole-image working arrays."""
     full = resize(stitched, prepared.shape) if stitched.shape[1:] != prepared.shape else stitched
     flows = np.ascontiguousarray(full[:2])
     cellprob = np.ascontiguousarray(full[2])
-    masks = compute_masks(flows, cellprob, params, follow)
+    masks = compute_masks_blocked(flows, cellprob, params, follow, block, halo_for(prepared.cell_diameter))
     return Segmented(masks, flows, cellprob, cell_stats(masks, prepared.intensity))
 
 
@@ -89,9 +94,10 @@ def segment_sync(
     diameter: float = 0.0,
     params: MaskParams | None = None,
     batch: int = 8,
+    block: int = BLOCK,
 ) -> Segmented:
     """The whole path with a synchronous ``forward`` ([B, C, t, t] -> [B, 3, t, t])."""
     params = params or MaskParams()
     prepared = prepare(channels_first, contract, diameter)
     stitched = tiling.run_tiled(prepared.network_input, contract.tile, contract.overlap, batch, forward)
-    return finish(prepared, stitched, params)
+    return finish(prepared, stitched, params, block=block)

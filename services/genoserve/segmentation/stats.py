@@ -35,21 +35,35 @@ class CellStats:
         ]  # fmt: skip
 
 
+#: Rows per band: statistics are accumulated band by band, so the temporaries stay small.
+BAND = 1024
+
+
 def cell_stats(masks: Array, intensity: Array) -> CellStats:
-    """masks: int [H, W] labelled 1..n (0 background); intensity: [H, W] (raw, un-normalised)."""
+    """masks: int [H, W] labelled 1..n (0 background); intensity: [H, W] (raw, un-normalised).
+
+    Works on the foreground pixels of ``BAND`` rows at a time (memory bounded by the band)."""
     n = int(masks.max()) if masks.size else 0
-    flat = masks.ravel().astype(np.int64)
-    ys, xs = np.indices(masks.shape)
-    area = np.bincount(flat, minlength=n + 1).astype(np.int64)
-    safe = np.maximum(area, 1)
-    cy = np.bincount(flat, weights=ys.ravel(), minlength=n + 1) / safe
-    cx = np.bincount(flat, weights=xs.ravel(), minlength=n + 1) / safe
-    mean = np.bincount(flat, weights=intensity.astype(np.float64).ravel(), minlength=n + 1) / safe
+    area = np.zeros(n + 1, dtype=np.int64)
+    sum_y = np.zeros(n + 1)
+    sum_x = np.zeros(n + 1)
+    sum_i = np.zeros(n + 1)
     big = np.iinfo(np.int64).max
     bbox = np.stack([np.full(n + 1, big), np.full(n + 1, big), np.full(n + 1, -1), np.full(n + 1, -1)], axis=1)
-    np.minimum.at(bbox[:, 0], flat, ys.ravel())
-    np.minimum.at(bbox[:, 1], flat, xs.ravel())
-    np.maximum.at(bbox[:, 2], flat, ys.ravel() + 1)
-    np.maximum.at(bbox[:, 3], flat, xs.ravel() + 1)
+    for y0 in range(0, masks.shape[0], BAND):
+        band = masks[y0 : y0 + BAND]
+        ys, xs = np.nonzero(band)
+        lab = band[ys, xs].astype(np.int64)
+        value = intensity[y0 : y0 + BAND][ys, xs].astype(np.float64)
+        ys = ys + y0
+        area += np.bincount(lab, minlength=n + 1)
+        sum_y += np.bincount(lab, weights=ys, minlength=n + 1)
+        sum_x += np.bincount(lab, weights=xs, minlength=n + 1)
+        sum_i += np.bincount(lab, weights=value, minlength=n + 1)
+        np.minimum.at(bbox[:, 0], lab, ys)
+        np.minimum.at(bbox[:, 1], lab, xs)
+        np.maximum.at(bbox[:, 2], lab, ys + 1)
+        np.maximum.at(bbox[:, 3], lab, xs + 1)
+    safe = np.maximum(area, 1)
     keep = np.nonzero(area[1:] > 0)[0] + 1
-    return CellStats(keep, area[keep], cy[keep], cx[keep], bbox[keep], mean[keep])
+    return CellStats(keep, area[keep], (sum_y / safe)[keep], (sum_x / safe)[keep], bbox[keep], (sum_i / safe)[keep])

@@ -74,6 +74,7 @@ class Stitcher:
         self.norm = np.zeros(layout.padded, dtype=np.float32)
         self.out: Array | None = None
         self.done = 0
+        self.finished = False
 
     def add(self, results: Array) -> None:
         t = self.layout.tile
@@ -90,7 +91,10 @@ class Stitcher:
         if self.out is None or self.done != len(self.layout.corners):
             raise ValueError(f"{self.done} of {len(self.layout.corners)} tiles added")
         h, w = self.layout.shape
-        return np.ascontiguousarray((self.out / self.norm)[:, :h, :w])
+        if not self.finished:
+            self.out /= self.norm  # in place: no second full-size copy
+            self.finished = True
+        return np.ascontiguousarray(self.out[:, :h, :w])  # a view unless the image was padded
 
 
 def batches(image: Array, layout: TileGrid, batch: int) -> Iterator[Array]:

@@ -1,11 +1,25 @@
-"""hap.py-like comparison of calls with a truth set: allele-level matching after normalisation.
+"""hap.py-like comparison of calls with a truth set: allele matching after normalisation, then
+haplotype-aware matching of what is left.
 
-Each non-reference allele in a genotype (GT containing it) of a PASS call, and of a truth record,
-becomes one (contig, pos, ref, alt) allele, normalised as vt/bcftools do: common suffix trimmed,
-indels left-aligned through repeats against the reference, common prefix trimmed to one anchor
-base. Alleles are counted inside the confident regions (by start) and restricted to ``regions``.
-TP = in both, FP = called only, FN = truth only; SNP when ref and alt are one base each, INDEL
-otherwise. ``genotype_matches`` counts TP alleles whose call has the truth's genotype.
+1. Each non-reference allele in a genotype (GT containing it) of a PASS call, and of a truth
+   record, becomes one (contig, pos, ref, alt) allele, normalised as vt/bcftools do: common suffix
+   trimmed, indels left-aligned through repeats against the reference, common prefix trimmed to
+   one anchor base. Alleles are counted inside the confident regions (by start) and restricted to
+   ``regions``. Alleles present on both sides match.
+2. Alleles still unmatched are compared by haplotype, as RTG vcfeval does (see
+   ``genoserve.variants.haplotypes``): the records of both sides are grouped into clusters (a
+   record joins a cluster when it starts within ``cluster_distance`` bp of the cluster's end); in
+   each cluster the records with unmatched alleles are applied to the reference (every phasing of
+   unphased hets) and the largest subsets of truth and call records that give the same haplotypes
+   match. So an MNP matches the two SNPs it is made of, a complex allele the deletion and SNP it
+   contains, whatever the representation.
+
+Counts, as hap.py reports them: ``tp`` (truth alleles matched; TRUTH.TP), ``fn`` (truth alleles
+unmatched), ``query_tp`` (call alleles matched; QUERY.TP), ``fp`` (call alleles unmatched);
+precision = query_tp / (query_tp + fp), recall = tp / (tp + fn). SNP when ref and alt are one
+base each, INDEL otherwise (an MNP counts as INDEL). ``genotype_matches`` counts truth alleles
+matched with the truth's genotype (same zygosity; for haplotype matches, the same haplotype pair);
+``haplotype_tp`` the truth alleles matched only in step 2.
 
     python -m genoserve.variants.evaluate --calls calls.vcf.gz --truth truth.vcf.gz \
         --confident truth.bed --reference ref.fa.gz --regions chr20:10000000-10010000
@@ -16,13 +30,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pysam
 
 from genoserve.core.errors import GenoserveError, InvalidArgument
+from genoserve.variants.haplotypes import Match, Site, best_match
 
 Fetch = Callable[[str, int, int], str]
 
@@ -54,10 +69,12 @@ class Counts:
     fp: int = 0
     fn: int = 0
     genotype_matches: int = 0
+    query_tp: int = 0
+    haplotype_tp: int = 0
 
     @property
     def precision(self) -> float:
-        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 1.0
+        return self.query_tp / (self.query_tp + self.fp) if self.query_tp + self.fp else 1.0
 
     @property
     def recall(self) -> float:
@@ -73,6 +90,8 @@ class Counts:
             "tp": self.tp,
             "fp": self.fp,
             "fn": self.fn,
+            "query_tp": self.query_tp,
+            "haplotype_tp": self.haplotype_tp,
             "genotype_matches": self.genotype_matches,
             "precision": round(self.precision, 6),
             "recall": round(self.recall, 6),
@@ -127,43 +146,136 @@ def _inside(contig: str, pos: int, intervals: dict[str, list[tuple[int, int]]] |
     return any(lo <= pos < hi for lo, hi in intervals.get(contig, []))
 
 
+@dataclass
+class _Side:
+    """One side's counted alleles: zygosity per allele and the sites each came from."""
+
+    zygosity: dict[Allele, tuple[int, ...]] = field(default_factory=dict)
+    sites: dict[Allele, list[int]] = field(default_factory=dict)
+    alleles: dict[int, list[Allele]] = field(default_factory=dict)  # site index -> its counted alleles
+    records: list[GenotypedSite] = field(default_factory=list)
+
+
+def _collect(
+    sites: Iterable[GenotypedSite],
+    passing_only: bool,
+    fetch: Fetch,
+    confident: dict[str, list[tuple[int, int]]] | None,
+    regions: dict[str, list[tuple[int, int]]] | None,
+) -> _Side:
+    side = _Side()
+    for site in sites:
+        if passing_only and not site.passing:
+            continue
+        counted = []
+        for index in _alleles(site):
+            allele = normalize(Allele(site.contig, site.start, site.alleles[0], site.alleles[index]), fetch)
+            if _inside(allele.contig, allele.pos, confident) and _inside(allele.contig, allele.pos, regions):
+                side.zygosity[allele] = tuple(sorted(1 if g == index else 0 for g in site.genotype if g is not None))
+                counted.append(allele)
+        if counted:
+            number = len(side.records)
+            side.records.append(site)
+            side.alleles[number] = counted
+            for allele in counted:
+                side.sites.setdefault(allele, []).append(number)
+    return side
+
+
 def evaluate(
     calls: Iterable[GenotypedSite],
     truth: Iterable[GenotypedSite],
     fetch: Fetch,
     confident: dict[str, list[tuple[int, int]]] | None = None,
     regions: dict[str, list[tuple[int, int]]] | None = None,
+    cluster_distance: int = 20,
 ) -> Evaluation:
-    """Allele-level TP/FP/FN by type (see the module docstring)."""
-
-    def collect(sites: Iterable[GenotypedSite], passing_only: bool) -> dict[Allele, tuple[int, ...]]:
-        out: dict[Allele, tuple[int, ...]] = {}
-        for site in sites:
-            if passing_only and not site.passing:
-                continue
-            for index in _alleles(site):
-                allele = normalize(Allele(site.contig, site.start, site.alleles[0], site.alleles[index]), fetch)
-                if _inside(allele.contig, allele.pos, confident) and _inside(allele.contig, allele.pos, regions):
-                    zygosity = tuple(sorted(1 if g == index else 0 for g in site.genotype if g is not None))
-                    out[allele] = zygosity
-        return out
-
-    called = collect(calls, passing_only=True)
-    expected = collect(truth, passing_only=False)
+    """TP/FP/FN by type (see the module docstring); ``cluster_distance`` 0 turns step 2 off."""
+    called = _collect(calls, True, fetch, confident, regions)
+    expected = _collect(truth, False, fetch, confident, regions)
+    truth_matched = {a: called.zygosity[a] == z for a, z in expected.zygosity.items() if a in called.zygosity}
+    call_matched = {a for a in called.zygosity if a in expected.zygosity}
+    by_haplotype: set[Allele] = set()
+    if cluster_distance > 0:
+        for truth_alleles, call_alleles, match in _haplotype_matches(
+            expected, called, truth_matched, call_matched, fetch, cluster_distance
+        ):
+            for allele in truth_alleles:
+                truth_matched[allele] = match == "genotype"
+                by_haplotype.add(allele)
+            call_matched.update(call_alleles)
     result = Evaluation()
-    for allele, genotype in expected.items():
+    for allele in expected.zygosity:
         counts = result.snp if allele.kind == "SNP" else result.indel
-        if allele in called:
+        if allele in truth_matched:
             counts.tp += 1
-            counts.genotype_matches += called[allele] == genotype
+            counts.genotype_matches += truth_matched[allele]
+            counts.haplotype_tp += allele in by_haplotype
         else:
             counts.fn += 1
             result.false_negatives.append(allele)
-    for allele in called:
-        if allele not in expected:
-            (result.snp if allele.kind == "SNP" else result.indel).fp += 1
+    for allele in called.zygosity:
+        counts = result.snp if allele.kind == "SNP" else result.indel
+        if allele in call_matched:
+            counts.query_tp += 1
+        else:
+            counts.fp += 1
             result.false_positives.append(allele)
     return result
+
+
+def _haplotype_matches(
+    truth: _Side,
+    calls: _Side,
+    truth_matched: dict[Allele, bool],
+    call_matched: set[Allele],
+    fetch: Fetch,
+    distance: int,
+) -> Iterator[tuple[list[Allele], list[Allele], Match]]:
+    """Clusters of records with unmatched alleles, compared by haplotype (greedy, largest first)."""
+    records = sorted(
+        [(s.contig, s.start, s.start + len(s.alleles[0]), 0, i) for i, s in enumerate(truth.records)]
+        + [(s.contig, s.start, s.start + len(s.alleles[0]), 1, i) for i, s in enumerate(calls.records)]
+    )
+    clusters: list[list[tuple[str, int, int, int, int]]] = []
+    for record in records:
+        last = clusters[-1] if clusters else None
+        if last and last[0][0] == record[0] and record[1] <= max(r[2] for r in last) + distance:
+            last.append(record)
+        else:
+            clusters.append([record])
+    for cluster in clusters:
+        open_truth = [i for _, _, _, side, i in cluster if side == 0 and _unmatched(truth.alleles[i], truth_matched)]
+        open_calls = [i for _, _, _, side, i in cluster if side == 1 and _unmatched(calls.alleles[i], call_matched)]
+        contig = cluster[0][0]
+        while open_truth and open_calls:
+            sites = [truth.records[i] for i in open_truth] + [calls.records[i] for i in open_calls]
+            lo = min(s.start for s in sites)
+            hi = max(s.start + len(s.alleles[0]) for s in sites)
+            found = best_match(
+                [_site(truth.records[i]) for i in open_truth],
+                [_site(calls.records[i]) for i in open_calls],
+                fetch(contig, lo, hi),
+                lo,
+            )
+            if found is None:
+                break
+            t, c, match = found
+            yield (
+                [a for k in t for a in truth.alleles[open_truth[k]] if a not in truth_matched],
+                [a for k in c for a in calls.alleles[open_calls[k]] if a not in call_matched],
+                match,
+            )
+            open_truth = [i for k, i in enumerate(open_truth) if k not in t]
+            open_calls = [i for k, i in enumerate(open_calls) if k not in c]
+
+
+def _unmatched(alleles: list[Allele], matched: set[Allele] | dict[Allele, bool]) -> bool:
+    return any(a not in matched for a in alleles)
+
+
+def _site(site: GenotypedSite) -> Site:
+    return Site(site.start, site.alleles, site.genotype)
 
 
 def read_vcf_sites(path: str | Path, sample: int = 0) -> list[GenotypedSite]:
@@ -218,6 +330,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference", required=True)
     parser.add_argument("--confident", help="BED of confident regions")
     parser.add_argument("--regions", nargs="*", default=[], help="restrict to these regions (CONTIG:START-END)")
+    parser.add_argument(
+        "--cluster-distance",
+        type=int,
+        default=20,
+        help="bp between records compared together by haplotype (0: allele matching only; default 20)",
+    )
     args = parser.parse_args(argv)
     try:
         result = _evaluate_files(args)
@@ -249,6 +367,7 @@ def _evaluate_files(args: argparse.Namespace) -> Evaluation:
             lambda c, s, e: fasta.fetch(c, s, e),
             read_bed(args.confident, "confident") if args.confident else None,
             regions,
+            max(0, args.cluster_distance),
         )
 
 

@@ -80,3 +80,20 @@ def check_pileup(image: npt.NDArray[np.generic], channels: int | None, field: st
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[:2] != (100, 221) or image.shape[2] not in ok_channels:
         want = " or ".join(expected_layout(c) for c in ok_channels)
         raise InvalidArgument.field(field, f"expected {want}; got {image.dtype.name} {list(image.shape)}")
+
+
+def check_pileups(batch: npt.NDArray[np.generic], count: int, field: str) -> None:
+    """``batch`` must be uint8 [count, 100, 221, 6 or 7] (one pileup per example)."""
+    if (
+        batch.dtype != np.uint8
+        or batch.ndim != 4
+        or batch.shape[0] != count
+        or batch.shape[1:3] != (100, 221)
+        or batch.shape[3] not in (6, 7)
+    ):
+        raise InvalidArgument.field(
+            field,
+            f"expected uint8 [{count}, 100, 221, 6 or 7] (examples, rows, columns, channels "
+            f"{', '.join(CHANNELS_6)}, then insert_size for 7) "
+            f"(one pileup per example); got {batch.dtype.name} {list(batch.shape)}",
+        )

@@ -44,6 +44,34 @@ def make_header(contigs: Sequence[tuple[str, int]], sample: str, source: str = "
     return header
 
 
+def read_contigs(path: str | Path, field: str = "contigs") -> list[tuple[str, int]]:
+    """(name, length) per line of a FASTA index (``.fai``) or any ``NAME<TAB>LENGTH[...]`` file
+    (e.g. ``cut -f1,2 ref.fa.fai``); ``#`` lines skipped. Errors name the file and line."""
+    from genoserve.core.errors import InvalidArgument
+
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidArgument.field(field, f"{path}: unreadable: {exc}") from exc
+    contigs: list[tuple[str, int]] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.split("\t") if "\t" in line else line.split()
+        try:
+            name, length = parts[0], int(parts[1])
+        except (IndexError, ValueError):
+            name, length = "", 0
+        if not name or length < 1:
+            raise InvalidArgument.field(
+                field, f"{path}: line {number}: expected NAME<TAB>LENGTH (a .fai), got {line!r}"
+            )
+        contigs.append((name, length))
+    if not contigs:
+        raise InvalidArgument.field(field, f"{path}: no contigs (expected NAME<TAB>LENGTH lines, a .fai)")
+    return contigs
+
+
 def reference_contigs(reference: str | Path) -> list[tuple[str, int]]:
     """(name, length) of every contig of an indexed FASTA."""
     with pysam.FastaFile(str(reference)) as fasta:

@@ -93,3 +93,17 @@ def test_one_hot_rows_for_every_code() -> None:
     assert batch.shape == (2, 5, 4)
     np.testing.assert_array_equal(batch[0], expected)
     np.testing.assert_array_equal(batch[1], expected)
+
+
+def test_encode_checks_fits_and_one_hots_in_one_call() -> None:
+    """encode = one_hot(check(...)) on the fast path (every sequence the model's length) and on the
+    slow one (padding), and names the bad sequence like check does."""
+    same = [NamedSequence("a", "ACGTN"), NamedSequence("b", "acgta")]
+    np.testing.assert_array_equal(encoding.encode(same, 5, crop=False), encoding.one_hot(["ACGTN", "acgta"]))
+    short = [NamedSequence("a", "ACG"), NamedSequence("b", "ACGTA")]
+    np.testing.assert_array_equal(encoding.encode(short, 5, crop=False), encoding.one_hot(["NACGN", "ACGTA"]))
+    with pytest.raises(InvalidArgument) as info:
+        encoding.encode([*same, NamedSequence("c", "ACGXA")], 5, crop=False)
+    [violation] = info.value.violations
+    assert violation.field == "sequences[2].bases"
+    assert "'c': invalid character 'X' at position 3" in violation.description

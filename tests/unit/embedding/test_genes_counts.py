@@ -74,6 +74,20 @@ def test_duplicate_csr_entries_are_summed() -> None:
     np.testing.assert_array_equal(aligned_dense(matrix, align(MODEL, MODEL)), [[1, 5, 0, 0, 0]])
 
 
+def test_csr_alignment_matches_dense_with_empty_rows_dropped_genes_and_int_data() -> None:
+    rng = np.random.default_rng(4)
+    dense = rng.poisson(0.7, size=(40, 9)).astype(np.int32)
+    dense[[3, 17]] = 0  # empty cells
+    genes = ["x0", "g3", "g0", "x1", "g1", "x2", "g4", "x3", "x4"]  # g2 missing, five extras
+    alignment = align(genes, MODEL, min_overlap=0.5)
+    expected = aligned_dense(dense.astype(np.float32), alignment)
+    got = aligned_dense(csr_of(dense), alignment)
+    assert got.dtype == np.float32
+    assert got.flags.c_contiguous
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(expected[:, 2], 0)
+
+
 @pytest.mark.parametrize(
     ("matrix", "field", "rule"),
     [

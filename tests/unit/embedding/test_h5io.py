@@ -101,6 +101,22 @@ def test_writer_adds_embedding_and_provenance_to_an_h5ad(tmp_path: Path) -> None
     assert "counts" in out.layers
 
 
+def test_writer_adds_posterior_variances_on_request(tmp_path: Path) -> None:
+    target = tmp_path / "var.h5ad"
+    rng = np.random.default_rng(1)
+    mean, var = rng.normal(size=(700, 10)).astype(np.float32), rng.random((700, 10)).astype(np.float32)
+    with open_counts(PBMC) as source:
+        writer = EmbeddingWriter(source, target, 10, variances_key="X_scVI_var")
+        with pytest.raises(ValueError, match="variances"):
+            writer.write(mean[:10])
+        for i in range(0, 700, 256):
+            writer.write(mean[i : i + 256], var[i : i + 256])
+        writer.finish({})
+    out = ad.read_h5ad(target)
+    np.testing.assert_array_equal(out.obsm["X_scVI"], mean)
+    np.testing.assert_array_equal(out.obsm["X_scVI_var"], var)
+
+
 def test_writer_converts_10x_to_h5ad(tmp_path: Path) -> None:
     target = tmp_path / "tenx.h5ad"
     with open_counts(TENX) as source:

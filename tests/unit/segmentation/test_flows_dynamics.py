@@ -64,10 +64,12 @@ def test_touching_cells_stay_apart() -> None:
 def test_cellprob_threshold_and_min_size() -> None:
     masks = np.zeros((64, 64), np.int32)
     masks[disk((64, 64), 20, 20, 8)] = 1
-    masks[disk((64, 64), 50, 50, 2)] = 2  # 13 pixels: under the default min_size of 15
+    # 29 pixels: under a min_size of 30. (A cell under ~15 pixels gets no seed at all, as in
+    # Cellpose: a seed needs more than 10 end points in one histogram bin.)
+    masks[disk((64, 64), 50, 50, 3)] = 2
     f = flows.masks_to_flows(masks)
     prob = np.where(masks == 1, 2.0, np.where(masks == 2, 2.0, -2.0)).astype(np.float32)
-    out = dynamics.compute_masks(f, prob, dynamics.MaskParams(flow_threshold=0))
+    out = dynamics.compute_masks(f, prob, dynamics.MaskParams(flow_threshold=0, min_size=30))
     assert out.max() == 1
     assert (out > 0).sum() == (masks == 1).sum()
     kept = dynamics.compute_masks(f, prob, dynamics.MaskParams(flow_threshold=0, min_size=0))

@@ -28,8 +28,11 @@ def dtype_from_proto(value: int) -> str:
     return _FROM_PROTO[value]
 
 
-def to_numpy(tensor: tensor_pb2.Tensor, field: str) -> Array:
-    """Decode one tensor; ``field`` names it in errors (e.g. ``inputs[x]``). Read-only view."""
+def to_numpy(tensor: tensor_pb2.Tensor, field: str, data: Any = None) -> Array:
+    """Decode one tensor; ``field`` names it in errors (e.g. ``inputs[x]``). Read-only view.
+
+    ``data``: the tensor's bytes when they were kept out of the message (a buffer, see
+    ``genoserve.api.codecs.wire``); else ``tensor.data``."""
     name = _FROM_PROTO.get(tensor.dtype)
     if name is None:
         raise InvalidArgument.field(
@@ -40,12 +43,14 @@ def to_numpy(tensor: tensor_pb2.Tensor, field: str) -> Array:
         raise InvalidArgument.field(f"{field}.shape", f"dimensions must be >= 0, got {list(shape)}")
     dtype = DTYPES[name][0]
     expected = math.prod(shape) * dtype.itemsize
-    if len(tensor.data) != expected:
+    if data is None:
+        data = tensor.data  # each attribute read copies the bytes out of the message (upb): read once
+    if len(data) != expected:
         raise InvalidArgument.field(
             f"{field}.data",
-            f"has {len(tensor.data)} bytes; shape {list(shape)} of {name} needs {expected}",
+            f"has {len(data)} bytes; shape {list(shape)} of {name} needs {expected}",
         )
-    return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
 def from_numpy(array: Array) -> tensor_pb2.Tensor:
@@ -55,6 +60,19 @@ def from_numpy(array: Array) -> tensor_pb2.Tensor:
         raise TypeError(f"dtype {array.dtype} has no genoserve.v1.DataType")
     wire = array.astype(DTYPES[name][0], order="C", copy=False)  # keeps 0-d shapes, unlike ascontiguousarray
     return tensor_pb2.Tensor(dtype=_TO_PROTO[name], shape=wire.shape, data=wire.tobytes())
+
+
+def fill(tensor: tensor_pb2.Tensor, array: Array) -> tensor_pb2.Tensor:
+    """``from_numpy`` into an existing (e.g. nested) message: building a Tensor and copying it
+    into its parent would copy the payload once more."""
+    name = array.dtype.name
+    if name not in DTYPES:
+        raise TypeError(f"dtype {array.dtype} has no genoserve.v1.DataType")
+    wire = array.astype(DTYPES[name][0], order="C", copy=False)
+    tensor.dtype = _TO_PROTO[name]
+    tensor.shape[:] = wire.shape
+    tensor.data = wire.tobytes()
+    return tensor
 
 
 def map_to_numpy(tensors: Mapping[str, tensor_pb2.Tensor], field: str) -> dict[str, Array]:

@@ -54,8 +54,8 @@ class SequenceBindingServicer(binding_pb2_grpc.SequenceBindingServicer):
         named = codec.sequences(request.sequences)
         if not named:
             raise InvalidArgument.field("sequences", "at least one sequence is required")
-        fitted = encoding.check(named, contract.length, request.crop)
-        logits = await self._logits(model, contract, encoding.one_hot(fitted), mode, deadline_of(context))
+        batch = encoding.encode(named, contract.length, request.crop)
+        logits = await self._logits(model, contract, batch, mode, deadline_of(context))
         return codec.predict_response(model.name, model.version, contract.tasks, [s.id for s in named], logits,
                                       strands.sigmoid(logits))  # fmt: skip
 

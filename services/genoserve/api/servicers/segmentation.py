@@ -48,7 +48,9 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServicer):
         for chunk in tiling.batches(prepared.network_input, layout, self.settings.tile_batch):
             outputs = await model.infer({contract.input: chunk}, deadline)
             stitcher.add(outputs[contract.output])
-        result = await asyncio.to_thread(pipeline.finish, prepared, stitcher.result(), params, self.follow)
+        result = await asyncio.to_thread(
+            pipeline.finish, prepared, stitcher.result(), params, self.follow, self.settings.reconstruction_block
+        )
         return codec.segment_response(model.name, model.version, result, request.return_flows)
 
 

@@ -5,19 +5,21 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import grpc
-import numpy as np
 
 from genoserve.api.codecs import variants as codec
 from genoserve.api.deadlines import deadline_of
 from genoserve.core.errors import InvalidArgument
 from genoserve.runtime.model import ServedModel
 from genoserve.runtime.repository import ModelRepository
-from genoserve.v1 import variants_pb2, variants_pb2_grpc
+from genoserve.v1 import variants_pb2
 from genoserve.variants.postprocess import ExampleCall, call_site
 from genoserve.variants.sites import SiteBuffer, describe, expected_layout
 
 
-class VariantCallingServicer(variants_pb2_grpc.VariantCallingServicer):
+class VariantCallingServicer:
+    """genoserve.v1.VariantCalling. Not the generated base class: its requests are
+    ``codec.ParsedCallRequest`` (see ``add_to_server``), not ``CallVariantsRequest`` messages."""
+
     SERVICE_NAME = "genoserve.v1.VariantCalling"
     FAMILY = "variants"
 
@@ -46,36 +48,36 @@ class VariantCallingServicer(variants_pb2_grpc.VariantCallingServicer):
         return model
 
     async def _call(
-        self, request: variants_pb2.CallVariantsRequest, context: grpc.aio.ServicerContext, buffer: SiteBuffer | None
+        self, parsed: codec.ParsedCallRequest, context: grpc.aio.ServicerContext, buffer: SiteBuffer | None
     ) -> variants_pb2.CallVariantsResponse:
+        request = parsed.message
         if not request.examples:
             raise InvalidArgument.field("examples", "at least one example is required")
-        decoded = codec.examples(request.examples, request.sample_name)
-        usable = [(d, d.image, d.call) for d in decoded if d.image is not None and d.call is not None]
+        decoded = codec.examples(request.examples, request.sample_name, parsed.pileups, parsed.pileups_data)
+        usable = decoded.usable
         if not usable:
-            first = decoded[0].error
+            first = decoded.items[0].error
             field = first.field if first else "examples"
             raise InvalidArgument.field(field, first.message if first else "no usable examples")
-        channels = int(usable[0][1].shape[2])
+        channels = int(decoded.images.shape[3])
         model = self._model(request.model, request.version, channels)
-        batch = np.stack([image for _, image, _ in usable])
-        outputs = await model.infer({model.spec.inputs[0].name: batch}, deadline_of(context))
+        outputs = await model.infer({model.spec.inputs[0].name: decoded.images}, deadline_of(context))
         probabilities = outputs[model.spec.outputs[0].name]
-        row = {id(d): i for i, (d, _, _) in enumerate(usable)}
-        results = []
-        for d in decoded:
-            if d.error is not None:
-                results.append(variants_pb2.ExampleResult(id=d.id, error=d.error))
-            else:
-                results.append(codec.example_result(d.id, probabilities[row[id(d)]]))
+        results = [
+            variants_pb2.ExampleResult(id=d.id, error=d.error)
+            if d.row is None
+            else codec.example_result(d.id, probabilities[d.row])
+            for d in decoded.items
+        ]
         local = buffer if buffer is not None else SiteBuffer()
         calls: list[variants_pb2.VariantCall] = []
         site_errors = []
         completed: list[list[tuple[str, ExampleCall]]] = []
-        for (d, _, call), p in zip(usable, probabilities, strict=True):
-            call.probabilities = (float(p[0]), float(p[1]), float(p[2]))
+        for d, p in zip(usable, probabilities.tolist(), strict=True):
+            assert d.call is not None  # usable examples have their call
+            d.call.probabilities = (p[0], p[1], p[2])
             try:
-                completed.extend(local.add(d.id, call))
+                completed.extend(local.add(d.id, d.call))
             except InvalidArgument as exc:
                 site_errors.append(codec.site_error(exc.violations[0].field, exc.message))
         made = []
@@ -101,12 +103,12 @@ class VariantCallingServicer(variants_pb2_grpc.VariantCallingServicer):
         )
 
     async def CallVariants(
-        self, request: variants_pb2.CallVariantsRequest, context: grpc.aio.ServicerContext
+        self, request: codec.ParsedCallRequest, context: grpc.aio.ServicerContext
     ) -> variants_pb2.CallVariantsResponse:
         return await self._call(request, context, None)
 
     async def CallVariantsStream(
-        self, request_iterator: AsyncIterator[variants_pb2.CallVariantsRequest], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[codec.ParsedCallRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[variants_pb2.CallVariantsResponse]:
         buffer = SiteBuffer()
         number = 0
@@ -130,3 +132,22 @@ class VariantCallingServicer(variants_pb2_grpc.VariantCallingServicer):
                     for key, ids in leftovers
                 ],
             )
+
+
+def add_to_server(servicer: VariantCallingServicer, server: grpc.aio.Server) -> None:
+    """As the generated ``add_VariantCallingServicer_to_server``, with the request deserializer that
+    leaves the pileup pixels in the received bytes (``codec.parse_call_request``)."""
+    handlers = {
+        "CallVariants": grpc.unary_unary_rpc_method_handler(
+            servicer.CallVariants,
+            request_deserializer=codec.parse_call_request,
+            response_serializer=variants_pb2.CallVariantsResponse.SerializeToString,
+        ),
+        "CallVariantsStream": grpc.stream_stream_rpc_method_handler(
+            servicer.CallVariantsStream,
+            request_deserializer=codec.parse_call_request,
+            response_serializer=variants_pb2.CallVariantsResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(servicer.SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(servicer.SERVICE_NAME, handlers)

@@ -29,6 +29,14 @@ def positive_int(params: Mapping[str, str], name: str) -> int:
     return value
 
 
+def required_model(params: Mapping[str, str], example: str) -> tuple[str, str]:
+    """(``params[model]``, ``params[version]`` or ""); INVALID_ARGUMENT when the model is missing,
+    with ``example`` (e.g. "a binding model, e.g. deepbind-ctcf") in the message."""
+    if not params.get("model"):
+        raise InvalidArgument.field("params[model]", f"is required ({example})")
+    return params["model"], params.get("version", "")
+
+
 class InputRecordError(GenoserveError):
     """A record of an input file breaks a rule: the job fails at once, naming file and record."""
 

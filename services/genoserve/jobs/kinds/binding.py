@@ -27,7 +27,14 @@ from genoserve.binding.strands import StrandMode
 from genoserve.binding.variants import ReferenceGenome, unknown_reference
 from genoserve.core.errors import InvalidArgument
 from genoserve.core.settings import Settings
-from genoserve.jobs.kinds.base import InputRecordError, JobKind, PlannedShard, ShardContext, positive_int
+from genoserve.jobs.kinds.base import (
+    InputRecordError,
+    JobKind,
+    PlannedShard,
+    ShardContext,
+    positive_int,
+    required_model,
+)
 from genoserve.jobs.paths import temporary_name
 from genoserve.runtime.spec import ModelSpec
 
@@ -113,9 +120,7 @@ class _TableKind(JobKind):
     }  # fmt: skip
 
     def model(self, params: Mapping[str, str]) -> tuple[str, str]:
-        if not params.get("model"):
-            raise InvalidArgument.field("params[model]", "is required (a binding model, e.g. deepbind-ctcf)")
-        return params["model"], params.get("version", "")
+        return required_model(params, "a binding model, e.g. deepbind-ctcf")
 
     def _check_common(self, params: Mapping[str, str], spec: ModelSpec) -> int:
         check_strand_and_crop(params, BindingContract.of(spec))

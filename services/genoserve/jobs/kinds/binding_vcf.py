@@ -24,7 +24,14 @@ from genoserve.binding.contract import BindingContract
 from genoserve.binding.variants import VariantSpec, check_variant, windows
 from genoserve.core.errors import InvalidArgument
 from genoserve.core.settings import Settings
-from genoserve.jobs.kinds.base import InputRecordError, JobKind, PlannedShard, ShardContext, positive_int
+from genoserve.jobs.kinds.base import (
+    InputRecordError,
+    JobKind,
+    PlannedShard,
+    ShardContext,
+    positive_int,
+    required_model,
+)
 from genoserve.jobs.kinds.binding import check_strand_and_crop, reference_for, score_sequences
 from genoserve.jobs.paths import temporary_name
 from genoserve.runtime.spec import ModelSpec
@@ -55,9 +62,7 @@ class ScoreVcf(JobKind):
     }  # fmt: skip
 
     def model(self, params: Mapping[str, str]) -> tuple[str, str]:
-        if not params.get("model"):
-            raise InvalidArgument.field("params[model]", "is required (a binding model, e.g. deepbind-ctcf)")
-        return params["model"], params.get("version", "")
+        return required_model(params, "a binding model, e.g. deepbind-ctcf")
 
     def plan(self, inputs: list[Path], params: Mapping[str, str], spec: ModelSpec,
              settings: Settings) -> list[PlannedShard]:  # fmt: skip

@@ -1,10 +1,12 @@
 """Bulk job kind of the embedding family: ``embedding.embed_h5ad``.
 
 Each input (.h5ad with counts in X or a named layer, or a 10x Cell Ranger .h5) becomes
-``<stem>.embedded.h5ad``: the input (a 10x file converted) plus ``obsm["X_scVI"]`` and
-provenance in ``uns["genoserve"]``; optionally ``<stem>.embedding.png``. Shards are cell ranges;
-each writes its latent block as .npy (atomically); the merge streams them into the output in
-order. Memory is bounded by the shard and batch sizes, not by the file.
+``<stem>.embedded.h5ad``: the input (a 10x file converted) plus ``obsm["X_scVI"]`` (posterior
+means), with ``params[variances]`` also ``obsm["X_scVI_var"]`` (posterior variances), and
+provenance in ``uns["genoserve"]``; optionally ``<stem>.embedding.png`` (a UMAP). Shards are cell
+ranges; each writes its latent block as .npy (atomically); the merge streams them into the output
+in order. Within a shard, the next chunk is read, checked and aligned on a second thread while
+the session runs the current one. Memory is bounded by the shard and batch sizes, not the file.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import os
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -32,6 +35,7 @@ from genoserve.runtime.spec import ModelSpec
 
 Array = np.ndarray[Any, Any]
 KEY = "X_scVI"
+VAR_KEY = "X_scVI_var"
 
 
 def _stem(path: Path) -> str:
@@ -39,6 +43,13 @@ def _stem(path: Path) -> str:
     for ext in (".h5ad", ".h5", ".hdf5"):
         name = name.removesuffix(ext)
     return name
+
+
+def _save_npy(target: Path, array: Array) -> None:
+    tmp = temporary_name(target)
+    with open(tmp, "wb") as fh:
+        np.save(fh, array.astype(np.float32, copy=False))
+    os.replace(tmp, target)
 
 
 def _flag(params: Mapping[str, str], name: str) -> bool:
@@ -63,7 +74,8 @@ class EmbedH5ad(JobKind):
     queue = "embedding"
     defaults: ClassVar[Mapping[str, str]] = {
         "model": "", "version": "", "layer": "", "batch_key": "", "batch": "", "shard_size": "50000",
-        "min_gene_overlap": "", "not_raw_counts": "false", "plot": "false", "color_by": "", "overwrite": "false",
+        "min_gene_overlap": "", "not_raw_counts": "false", "variances": "false", "plot": "false", "color_by": "",
+        "overwrite": "false",
     }  # fmt: skip
 
     def model(self, params: Mapping[str, str]) -> tuple[str, str]:
@@ -76,6 +88,7 @@ class EmbedH5ad(JobKind):
         model = EmbeddingContract.of(spec)
         size = positive_int(params, "shard_size")
         _flag(params, "not_raw_counts")
+        _flag(params, "variances")
         _flag(params, "plot")
         shards: list[PlannedShard] = []
         for index, path in enumerate(inputs):
@@ -129,23 +142,37 @@ class EmbedH5ad(JobKind):
         model = EmbeddingContract.of(ctx.spec)
         params = ctx.params
         key = self._batch_key(model, params) if model.takes_batch and not params.get("batch") else ""
-        blocks: list[Array] = []
+        not_raw = _flag(params, "not_raw_counts")
+        outputs = [names.MEAN, names.VAR] if _flag(params, "variances") else [names.MEAN]
+        blocks: dict[str, list[Array]] = {name: [] for name in outputs}
         with open_counts(path, params.get("layer", "")) as counts:
             alignment = align(counts.genes, model.genes, _min_overlap(params))
-            for start in range(ctx.start, ctx.stop, ctx.batch_size):
-                ctx.check()
+
+            def load(start: int) -> dict[str, Array]:
+                """Cells [start, start + batch) of the shard as model inputs (runs on the reader thread)."""
                 stop = min(start + ctx.batch_size, ctx.stop)
                 labels = (
                     read_obs_column(path, key, start, stop) if key else ([params["batch"]] if model.takes_batch else [])
                 )
                 try:
-                    prepared = prepare(model, counts.genes, counts.read(start, stop), ["_"] * (stop - start), labels,
-                                       not_raw_counts=_flag(params, "not_raw_counts"), first_cell=start,
-                                       alignment=alignment)  # fmt: skip
+                    return prepare(model, counts.genes, counts.read(start, stop), ["_"] * (stop - start), labels,
+                                   not_raw_counts=not_raw, first_cell=start, alignment=alignment).inputs  # fmt: skip
                 except InvalidArgument as exc:
                     rule = exc.violations[0].description if exc.violations else exc.message
                     raise InputRecordError(str(path), f"in cells {start}-{stop - 1}", rule) from exc
-                blocks.append(ctx.infer(prepared.inputs)[names.MEAN])
+
+            starts = range(ctx.start, ctx.stop, ctx.batch_size)
+            # One chunk read ahead: h5py reads, checks and alignment overlap the session call.
+            with ThreadPoolExecutor(1, thread_name_prefix="embed-reader") as reader:
+                pending = reader.submit(load, starts[0])
+                for i in range(len(starts)):
+                    inputs = pending.result()
+                    if i + 1 < len(starts):
+                        pending = reader.submit(load, starts[i + 1])
+                    ctx.check()
+                    result = ctx.infer(inputs)
+                    for name in outputs:
+                        blocks[name].append(result[name])
         version = int(params["version"]) if params.get("version") else max(v.version for v in ctx.spec.versions)
         about = {
             "model": ctx.spec.name, "version": str(version), "model_sha256": ctx.spec.version(version).sha256,
@@ -154,10 +181,9 @@ class EmbedH5ad(JobKind):
         }  # fmt: skip
         write_atomically(ctx.output_stem.with_suffix(".json"), json.dumps(about).encode())
         target = self.shard_result(ctx.output_stem)
-        tmp = temporary_name(target)
-        with open(tmp, "wb") as fh:
-            np.save(fh, np.concatenate(blocks).astype(np.float32, copy=False))
-        os.replace(tmp, target)
+        if names.VAR in blocks:  # before the means: the means file marks the shard done
+            _save_npy(ctx.output_stem.with_suffix(".var.npy"), np.concatenate(blocks[names.VAR]))
+        _save_npy(target, np.concatenate(blocks[names.MEAN]))
         return ctx.stop - ctx.start
 
     def merge(self, inputs: list[Path], shards: list[tuple[PlannedShard, Path]], output_dir: Path,
@@ -167,11 +193,14 @@ class EmbedH5ad(JobKind):
             parts = [p for s, p in shards if s.input_index == index]
             target = output_dir / f"{_stem(path)}.embedded.h5ad"
             first = np.load(parts[0], mmap_mode="r")
+            variances = _flag(params, "variances")
             with open_counts(path, params.get("layer", "")) as counts:
-                writer = EmbeddingWriter(counts, target, int(first.shape[1]))
+                var_key = VAR_KEY if variances else ""
+                writer = EmbeddingWriter(counts, target, int(first.shape[1]), variances_key=var_key)
                 try:
                     for part in parts:
-                        writer.write(np.load(part, mmap_mode="r"))
+                        var = np.load(part.with_suffix(".var.npy"), mmap_mode="r") if variances else None
+                        writer.write(np.load(part, mmap_mode="r"), var)
                     writer.finish(self._provenance(params, parts[0], path))
                 except BaseException:
                     writer.abort()
@@ -185,5 +214,6 @@ class EmbedH5ad(JobKind):
 
     def _provenance(self, params: Mapping[str, str], part: Path, path: Path) -> dict[str, str | float | int]:
         about: dict[str, str | float | int] = json.loads(part.with_suffix(".json").read_text())
-        return {**about, "source": str(path), "layer": params.get("layer") or "X", "key": KEY,
+        extra = {"variances_key": VAR_KEY} if _flag(params, "variances") else {}
+        return {**about, "source": str(path), "layer": params.get("layer") or "X", "key": KEY, **extra,
                 "written_by": self.name, "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip

@@ -28,7 +28,7 @@ from genoserve.jobs.paths import temporary_name
 from genoserve.runtime.spec import ModelSpec
 from genoserve.segmentation import images
 from genoserve.segmentation.contract import SegmentationContract
-from genoserve.segmentation.csvout import COLUMNS, format_row
+from genoserve.segmentation.csvout import COLUMNS, format_row, image_name
 from genoserve.segmentation.dynamics import MaskParams
 from genoserve.segmentation.pipeline import check_params, segment_sync
 
@@ -63,9 +63,9 @@ def list_items(path: Path, pattern: str) -> list[ImageItem]:
     for f in files:
         pages = _is_stack(f)
         if pages:
-            items.extend(ImageItem(f, k, f"{f.stem}_p{k:04d}") for k in range(pages))
+            items.extend(ImageItem(f, k, image_name(f, k)) for k in range(pages))
         else:
-            items.append(ImageItem(f, None, f.stem))
+            items.append(ImageItem(f, None, image_name(f)))
     return items
 
 
@@ -192,7 +192,15 @@ class SegmentImages(JobKind):
             except GenoserveError as exc:
                 raise InputRecordError(str(item.path), item.page if item.page is not None else item.path.name,
                                        exc.message) from exc  # fmt: skip
-            result = segment_sync(selected, contract, forward, diameter, params, tile_batch)
+            result = segment_sync(
+                selected,
+                contract,
+                forward,
+                diameter,
+                params,
+                tile_batch,
+                ctx.settings.segmentation.reconstruction_block,
+            )
             labels = ctx.output_stem.with_suffix(f".{k}.labels.tif")
             tmp = temporary_name(labels)
             images.write_labels(str(tmp), result.masks)

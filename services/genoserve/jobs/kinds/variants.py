@@ -6,8 +6,12 @@ bgzipped, tabix-indexed VCF per BAM, sharded by region chunks of ``shard_size`` 
 one shard per input file (a site's examples stay in one file, as make_examples writes them).
 
 ``reference`` is a reference registered in settings (binding.references) or a FASTA path under
-the job input roots. Problems with the data (missing BAM index, a contig the BAM does not have,
-a truncated BAM, a TFRecord CRC error) fail the job naming the file and the contig or record.
+the job input roots. The VCF header's contig lengths come from the BAM (``call_bam``); for
+``call_examples`` (tf.Examples carry no lengths) from a ``contigs`` file (a .fai, or NAME<TAB>LENGTH
+lines, under the input roots), else from ``reference`` (or the default registered reference);
+with none of these the contigs are listed without a length. Problems with the data (missing BAM
+index, a contig the BAM does not have, a truncated BAM, a TFRecord CRC error) fail the job naming
+the file and the contig or record.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from genoserve.variants.make_examples import Region, make_examples
 from genoserve.variants.pipeline import Predict, call_examples
 from genoserve.variants.postprocess import VariantCall
 from genoserve.variants.tfrecord import RecordError, read_records
-from genoserve.variants.vcf import reference_contigs, write_vcf
+from genoserve.variants.vcf import read_contigs, reference_contigs, write_vcf
 
 DEFAULT_MODEL = "deepvariant-cnn-7ch"
 
@@ -90,17 +94,39 @@ def resolve_reference(settings: Settings, raw: str, required: bool = True) -> Pa
     return path
 
 
-def _write_part(target: Path, calls: list[VariantCall]) -> None:
+def _write_part(target: Path, calls: list[VariantCall], contigs: list[tuple[str, int]] | None = None) -> None:
+    """JSON lines: an optional ``{"contigs": [[name, length], ...]}`` line, then one call per line."""
     tmp = temporary_name(target)
     with open(tmp, "w") as fh:
+        if contigs:
+            fh.write(json.dumps({"contigs": contigs}) + "\n")
         for call in calls:
             fh.write(json.dumps(asdict(call)) + "\n")
     os.replace(tmp, target)
 
 
-def _read_part(path: Path) -> list[VariantCall]:
+def _read_part(path: Path) -> tuple[list[VariantCall], list[tuple[str, int]]]:
+    calls: list[VariantCall] = []
+    contigs: list[tuple[str, int]] = []
     with open(path) as fh:
-        return [VariantCall(**json.loads(line)) for line in fh if line.strip()]
+        for line in fh:
+            if not line.strip():
+                continue
+            item = json.loads(line)
+            if "contigs" in item:
+                contigs = [(str(name), int(length)) for name, length in item["contigs"]]
+            else:
+                calls.append(VariantCall(**item))
+    return calls, contigs
+
+
+def _contigs_param(settings: Settings, params: Mapping[str, str]) -> list[tuple[str, int]] | None:
+    """Contig lengths for the VCF header: the ``contigs`` file (a .fai), else the reference's."""
+    if params.get("contigs"):
+        path = confine(params["contigs"], list(settings.jobs.input_roots), "params[contigs]", must_exist=True)
+        return read_contigs(path, "params[contigs]")
+    reference = resolve_reference(settings, params.get("reference", ""), required=False)
+    return reference_contigs(reference) if reference is not None else None
 
 
 def _write_final(final: Path, calls: list[VariantCall], contigs: list[tuple[str, int]], sample: str) -> None:
@@ -194,7 +220,7 @@ class CallBam(_VariantsKind):
 
         finals = self.outputs(inputs, output_dir, params)
         for index, final in enumerate(finals):
-            calls = [c for shard, part in shards if shard.input_index == index for c in _read_part(part)]
+            calls = [c for shard, part in shards if shard.input_index == index for c in _read_part(part)[0]]
             sample = params.get("sample", "")
             if not sample:
                 with pysam.AlignmentFile(str(inputs[index]), "rb") as bam:
@@ -210,13 +236,13 @@ class CallBam(_VariantsKind):
 class CallExamples(_VariantsKind):
     name = "variants.call_examples"
     defaults: ClassVar[Mapping[str, str]] = {
-        "model": "", "version": "", "reference": "", "sample": "", "overwrite": "false",
+        "model": "", "version": "", "reference": "", "contigs": "", "sample": "", "overwrite": "false",
     }  # fmt: skip
 
     def plan(self, inputs: list[Path], params: Mapping[str, str], spec: ModelSpec,
              settings: Settings) -> list[PlannedShard]:  # fmt: skip
         _channels(spec)
-        resolve_reference(settings, params.get("reference", ""), required=False)
+        _contigs_param(settings, params)
         return [PlannedShard(i, 0, 1, 1) for i in range(len(inputs))]
 
     def outputs(self, inputs: list[Path], output_dir: Path, params: Mapping[str, str]) -> list[Path]:
@@ -247,19 +273,19 @@ class CallExamples(_VariantsKind):
             calls = call_examples(examples, _predict(ctx))
         except InvalidArgument as exc:
             raise InputRecordError(str(path), "examples", exc.message) from exc
-        _write_part(self.shard_result(ctx.output_stem), calls)
+        _write_part(self.shard_result(ctx.output_stem), calls, _contigs_param(ctx.settings, ctx.params))
         return 1
 
     def merge(self, inputs: list[Path], shards: list[tuple[PlannedShard, Path]], output_dir: Path,
               params: Mapping[str, str]) -> list[Path]:  # fmt: skip
         [final] = self.outputs(inputs, output_dir, params)
-        calls = [c for _, part in shards for c in _read_part(part)]
-        reference = params.get("reference", "")
-        contigs: list[tuple[str, int]]
-        if reference and Path(reference).exists():
-            contigs = reference_contigs(reference)
-        else:
-            contigs = [(name, 0) for name in dict.fromkeys(c.reference_name for c in calls)]
+        parts = [_read_part(part) for _, part in shards]
+        calls = [c for part_calls, _ in parts for c in part_calls]
+        # Lengths come from the shards (resolved there from `contigs` or `reference`, which needs
+        # the settings); without either, the examples' contigs are listed without a length.
+        contigs = next((part_contigs for _, part_contigs in parts if part_contigs), [])
+        named = {name for name, _ in contigs}
+        contigs += [(name, 0) for name in dict.fromkeys(c.reference_name for c in calls) if name not in named]
         sample = params.get("sample") or next((c.sample_name for c in calls if c.sample_name), "") or "SAMPLE"
         _write_final(final, calls, contigs, sample)
         return [final]

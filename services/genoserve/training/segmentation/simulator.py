@@ -3,10 +3,12 @@
 Each image: a random number of cells (sparse to crowded), each an ellipse or an irregular blob
 (radius modulated by a few random harmonics) of random size and orientation, placed so that
 neighbours may touch and overlap a little (later cells occlude earlier ones; the mask is what is
-visible). Intensity: a per-cell brightness (some cells dim), faint cell bodies around some
-nuclei (signal outside the masks), a dome profile, multiplicative texture; then optical
-blur, a background level with a linear gradient, shot and read noise, and a random gain. The
-masks are exact by construction. Deterministic from the generator passed in.
+visible); a fraction of cells is placed right against an earlier one (touching pairs and
+clusters). Intensity: a per-cell brightness (some cells dim), faint cell bodies around some
+nuclei (signal outside the masks), a dome profile, multiplicative texture; then optical blur, a
+background level with a linear gradient, shot and read noise, sometimes saturation (the
+brightest nuclei clipped flat), a random gain and integer camera levels. The masks are exact by
+construction. Deterministic from the generator passed in.
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ class SimConfig:
     #: fraction of the image area covered by cells (before occlusion)
     coverage: tuple[float, float] = (0.05, 0.45)
     max_overlap: float = 0.25
+    #: fraction of cells placed against an existing neighbour (touching pairs and clusters, as
+    #: in the real image, where most merges happen)
+    touching_fraction: float = 0.4
+    #: fraction of images clipped at a saturation level (bright nuclei at the camera's maximum)
+    saturated_fraction: float = 0.3
 
 
 def _cell_shape(rng: np.random.Generator, radius: float) -> tuple[Array, int]:
@@ -87,11 +94,19 @@ def simulate(rng: np.random.Generator, config: SimConfig = SimConfig()) -> tuple
     covered = 0.0
     label = 0
     attempts = 0
+    placed: list[tuple[int, int, float]] = []  # (centre y, centre x, radius) of each cell
     while covered < target and attempts < 400:
         attempts += 1
         radius = float(np.clip(mean_d * rng.lognormal(0, 0.2), d_lo, d_hi * 1.2)) / 2
         shape, half = _cell_shape(rng, radius)
-        cy, cx = int(rng.integers(-half // 2, h + half // 2)), int(rng.integers(-half // 2, w + half // 2))
+        if label and rng.random() < config.touching_fraction:
+            # Against a random earlier cell: centre at about the sum of the two radii.
+            ny, nx, nr = placed[int(rng.integers(len(placed)))]
+            angle = rng.uniform(0, 2 * np.pi)
+            dist = (nr + radius) * rng.uniform(0.8, 1.05)
+            cy, cx = round(ny + dist * np.sin(angle)), round(nx + dist * np.cos(angle))
+        else:
+            cy, cx = int(rng.integers(-half // 2, h + half // 2)), int(rng.integers(-half // 2, w + half // 2))
         y0, x0 = cy - half, cx - half
         ys = slice(max(y0, 0), min(y0 + 2 * half + 1, h))
         xs = slice(max(x0, 0), min(x0 + 2 * half + 1, w))
@@ -125,6 +140,7 @@ def simulate(rng: np.random.Generator, config: SimConfig = SimConfig()) -> tuple
         region_signal[yy, xx] = brightness * dome
         signal[ys, xs] = region_signal
         covered += piece.sum()
+        placed.append((cy, cx, radius))
     signal += _cytoplasm(rng, masks, config.cytoplasm_fraction)
     texture = ndimage.gaussian_filter(rng.normal(0, 1, (h, w)), rng.uniform(0.7, 2.0))
     texture /= max(texture.std(), 1e-9)
@@ -135,8 +151,10 @@ def simulate(rng: np.random.Generator, config: SimConfig = SimConfig()) -> tuple
     image = signal + np.clip(background, 0, None)
     photons = rng.uniform(30, 400)
     image = rng.poisson(np.clip(image, 0, None) * photons) / photons + rng.normal(0, rng.uniform(0.005, 0.04), (h, w))
+    if rng.random() < config.saturated_fraction:  # camera saturation: the brightest nuclei go flat
+        image = np.minimum(image, np.percentile(image, rng.uniform(97.0, 99.8)))
     gain = rng.uniform(50, 3000)
-    return (image * gain).astype(np.float32), masks
+    return np.round(image * gain).astype(np.float32), masks
 
 
 def dataset(seed: int, count: int, config: SimConfig = SimConfig()) -> list[tuple[Array, Array]]:

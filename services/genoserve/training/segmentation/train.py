@@ -3,8 +3,9 @@
     python -m genoserve.training.segmentation.train --out models --seed 0
 
 Targets as in Cellpose: unit flows from the masks by heat diffusion (x FLOW_SCALE) and the
-foreground; loss = MSE(flows) / 2 + BCE(cell probability). Reproducible from the seed on the CPU
-(fixed steps, 2 threads). ``--quick`` trains a few steps only (for tests of the export path).
+foreground; loss = MSE(flows) / 2 + BCE(cell probability), Cellpose's loss. Reproducible from the
+seed on the CPU (fixed steps, one thread: 43 min on 2 cores shared at load 5-7, about 15 min at
+load 1). ``--quick`` trains a few steps only (for tests of the export path).
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ Array = np.ndarray[Any, Any]
 
 NAME = "cellpose-nuclei"
 TILE = 256
+#: Side of the simulated training images (random crops of ``CROP`` are taken from them).
+POOL_SIZE = 128
+CROP = 96
+STEPS = 2000
+POOL = 1000
 #: Nominal cell diameter of the training data (pixels): images are rescaled to it when a
 #: request gives a diameter.
 DIAMETER = 12.0
@@ -39,43 +45,47 @@ def normalise(image: Array) -> Array:
     return np.asarray((image - lo) / max(hi - lo, 1e-12), dtype=np.float32)
 
 
-def make_pool(seed: int, count: int) -> tuple[Array, Array, Array]:
-    """Images float32 [N, 1, S, S] (normalised), flows float32 [N, 2, S, S], foreground [N, 1, S, S]."""
-    data = dataset(seed, count, SimConfig(size=(128, 128)))
+def make_pool(seed: int, count: int) -> tuple[Array, Array]:
+    """Images float32 [N, 1, S, S] (normalised) and their masks int32 [N, S, S]."""
+    data = dataset(seed, count, SimConfig(size=(POOL_SIZE, POOL_SIZE)))
     images = np.stack([normalise(im)[None] for im, _ in data])
-    flows = np.stack([masks_to_flows(m) for _, m in data])
-    fg = np.stack([(m > 0).astype(np.float32)[None] for _, m in data])
-    return images, flows, fg
+    masks = np.stack([m for _, m in data])
+    return images, masks
 
 
-def augment_batch(rng: np.random.Generator, pool: tuple[Array, Array, Array], size: int, crop: int) -> list[Array]:
-    """Random crops with flips and transposes; flows are transformed with the image."""
-    images, flows, fg = pool
+def augment_batch(rng: np.random.Generator, pool: tuple[Array, Array], size: int, crop: int) -> list[Array]:
+    """Random crops with flips and transposes -> images [B, 1, c, c], flows [B, 2, c, c],
+    foreground [B, 1, c, c].
+
+    The flow targets are computed from the cropped (and flipped) masks, so a cell cut by the crop
+    edge flows to the centre of its visible part: what the flow-error check recomputes at
+    inference for a cell cut by the image border (targets from the uncropped image taught the
+    network to point such cells outwards, and the check then dropped them).
+    """
+    images, masks = pool
     out_x, out_f, out_p = [], [], []
     for _ in range(size):
         i = int(rng.integers(len(images)))
         y0, x0 = (int(v) for v in rng.integers(0, images.shape[-1] - crop + 1, size=2))
         x = images[i, :, y0 : y0 + crop, x0 : x0 + crop]
-        f = flows[i, :, y0 : y0 + crop, x0 : x0 + crop].copy()
-        p = fg[i, :, y0 : y0 + crop, x0 : x0 + crop]
+        m = masks[i, y0 : y0 + crop, x0 : x0 + crop]
         if rng.random() < 0.5:
-            x, f, p = x[:, ::-1], f[:, ::-1], p[:, ::-1]
-            f[0] = -f[0]
+            x, m = x[:, ::-1], m[::-1]
         if rng.random() < 0.5:
-            x, f, p = x[:, :, ::-1], f[:, :, ::-1], p[:, :, ::-1]
-            f[1] = -f[1]
+            x, m = x[:, :, ::-1], m[:, ::-1]
         if rng.random() < 0.5:
-            x, f, p = x.transpose(0, 2, 1), f[::-1].transpose(0, 2, 1), p.transpose(0, 2, 1)
+            x, m = x.transpose(0, 2, 1), m.T
         scale = rng.uniform(0.8, 1.25)  # intensity jitter after normalisation
+        m = np.ascontiguousarray(m)
         out_x.append(np.ascontiguousarray(x) * scale)
-        out_f.append(np.ascontiguousarray(f))
-        out_p.append(np.ascontiguousarray(p))
+        out_f.append(masks_to_flows(m))
+        out_p.append((m > 0).astype(np.float32)[None])
     return [np.stack(out_x).astype(np.float32), np.stack(out_f), np.stack(out_p)]
 
 
 def train(seed: int, steps: int, pool_size: int, batch: int, crop: int, log: bool = True) -> UNet:
     torch.manual_seed(seed)
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     rng = np.random.default_rng(seed)
     pool = make_pool(seed, pool_size)
     net = UNet(1, WIDTHS)
@@ -137,12 +147,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("models"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--version", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=900)
+    parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--quick", action="store_true", help="a few steps on a small pool (export path only)")
     args = parser.parse_args(argv)
-    steps, pool_size, batch = (5, 16, 4) if args.quick else (args.steps, 600, 8)
+    steps, pool_size, batch = (5, 16, 4) if args.quick else (args.steps, POOL, 8)
     started = time.monotonic()
-    net = train(args.seed, steps, pool_size, batch, crop=96, log=not args.quick)
+    net = train(args.seed, steps, pool_size, batch, crop=CROP, log=not args.quick)
     seconds = time.monotonic() - started
     onnx_bytes = export(net)
     forward = onnx_forward(onnx_bytes)
@@ -151,7 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     metrics["train_seconds"] = round(seconds, 1)
     provenance = {
         "script": "genoserve.training.segmentation.train", "seed": str(args.seed), "steps": str(steps),
-        "data": "simulated (genoserve.training.segmentation.simulator), 128x128, pool " + str(pool_size),
+        "data": f"simulated (genoserve.training.segmentation.simulator), {POOL_SIZE}x{POOL_SIZE}, "
+                f"pool {pool_size}, crops {CROP}, batch {batch}",
         "real_eval": "stardist tests img2d_256 (BBBC038 nuclei, 65 masks), no rescale",
         "synthetic_eval": f"12 simulated 256x256 images, seed {args.seed + 1_000_000}",
     }  # fmt: skip
