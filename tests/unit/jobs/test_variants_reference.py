@@ -25,3 +25,13 @@ def test_unknown_name_lists_the_registered_ones() -> None:
     settings = Settings.model_validate({"binding": {"references": {"hg19": str(REF)}}})
     with pytest.raises(InvalidArgument, match=r"'hg38' is neither a registered reference \(registered: \['hg19'\]"):
         resolve_reference(settings, "hg38")
+
+
+def test_realign_param_defaults_on_and_refuses_other_words() -> None:
+    from genoserve.jobs.kinds.variants import _realign
+
+    assert _realign({}) is True
+    assert _realign({"realign": "false"}) is False
+    assert _realign({"realign": "True"}) is True
+    with pytest.raises(InvalidArgument, match=r"params\[realign\].*true or false, got 'maybe'"):
+        _realign({"realign": "maybe"})
