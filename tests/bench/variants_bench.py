@@ -21,7 +21,8 @@ Measures, with the committed model (uint8 [batch, 100, 221, 7] -> float32 [batch
   the served path (server process CPU, all threads, with 1 intra-op thread, plus the client
   process CPU), from /proc;
 * **pileup construction** (candidates/s and examples/s) over the whole NA12878 region
-  chr20:10,000,000-10,100,000 on one core (``taskset`` where available, else noted);
+  chr20:10,000,000-10,100,000 on one core (``taskset`` where available, else noted), with the
+  local realigner (DeepVariant's default, and ours) and without it;
 * **BAM -> VCF wall time** for that 100 kb region, in process: make_examples, ONNX Runtime,
   postprocess, bgzipped + tabix-indexed VCF.
 
@@ -150,7 +151,7 @@ def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def pileup_speed() -> dict[str, float]:
+def pileup_speed(realign: bool) -> dict[str, float]:
     pinned = False
     if hasattr(os, "sched_setaffinity"):
         before = os.sched_getaffinity(0)
@@ -158,7 +159,7 @@ def pileup_speed() -> dict[str, float]:
         pinned = True
     try:
         start = time.perf_counter()
-        candidates, examples = make_examples(BAM, REF, Region.parse(WHOLE))
+        candidates, examples = make_examples(BAM, REF, Region.parse(WHOLE), realign=realign)
         seconds = time.perf_counter() - start
     finally:
         if pinned:
@@ -228,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     best_raw = max(*raw_before.values(), *raw_after.values())
     best_served = max(v for by_conc in served.values() for v in by_conc.values())
     matched = {key: max(served[key].values()) / max(raw_before[key], raw_after[key]) for key in served}
-    pileups = pileup_speed()
+    pileups = pileup_speed(realign=True)
+    pileups_plain = pileup_speed(realign=False)
     loads["after_pileups"] = load()
     whole = bam_to_vcf(onnx)
     loads["end"] = load()
@@ -246,11 +248,12 @@ def main(argv: list[str] | None = None) -> int:
         "goal_served_over_raw": 0.9,
         "cpu_ms_per_example": cpu,
         "pileups": pileups,
+        "pileups_no_realign": pileups_plain,
         "bam_to_vcf": whole,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "variants.json").write_text(json.dumps(result, indent=2))
-    p, b = result["pileups"], result["bam_to_vcf"]
+    p, q, b = result["pileups"], result["pileups_no_realign"], result["bam_to_vcf"]
     lines = [
         f"# Variant calling benchmark ({result['date']}, {os.cpu_count()} CPUs)",
         "",
@@ -283,8 +286,10 @@ def main(argv: list[str] | None = None) -> int:
         ),
         f"| load average 1/5/15 min (start, after served, after raw, end) | {loads['start']}, "
         f"{loads['after_served']}, {loads['after_raw']}, {loads['end']} |",
-        f"| pileups: candidates/s ({'one core' if p['one_core'] else 'unpinned'}) | {p['candidates_per_s']:.0f} |",
-        f"| pileups: examples/s | {p['examples_per_s']:.0f} |",
+        f"| pileups, realigner on (default): candidates/s ({'one core' if p['one_core'] else 'unpinned'}) "
+        f"| {p['candidates_per_s']:.1f} |",
+        f"| pileups, realigner on: examples/s | {p['examples_per_s']:.1f} |",
+        f"| pileups, realigner off: candidates/s | {q['candidates_per_s']:.1f} |",
         f"| BAM -> VCF, {b['region']} (s) | {b['total_s']:.1f} "
         f"(make_examples {b['make_examples_s']:.1f}, model+postprocess {b['model_and_postprocess_s']:.1f}) |",
         f"| calls (PASS) | {b['calls']} ({b['pass_calls']}) |",
