@@ -29,7 +29,14 @@ from genoserve.embedding.genes import DEFAULT_MIN_OVERLAP, align
 from genoserve.embedding.h5io import EmbeddingWriter, H5adCounts, open_counts, read_obs_column
 from genoserve.embedding.plot import embedding_png
 from genoserve.embedding.request import prepare
-from genoserve.jobs.kinds.base import InputRecordError, JobKind, PlannedShard, ShardContext, positive_int
+from genoserve.jobs.kinds.base import (
+    InputRecordError,
+    JobKind,
+    PlannedShard,
+    ShardContext,
+    positive_int,
+    required_model,
+)
 from genoserve.jobs.paths import temporary_name, write_atomically
 from genoserve.runtime.spec import ModelSpec
 
@@ -79,9 +86,7 @@ class EmbedH5ad(JobKind):
     }  # fmt: skip
 
     def model(self, params: Mapping[str, str]) -> tuple[str, str]:
-        if not params.get("model"):
-            raise InvalidArgument.field("params[model]", "is required (an embedding model, e.g. scvi-pbmc)")
-        return params["model"], params.get("version", "")
+        return required_model(params, "an embedding model, e.g. scvi-pbmc")
 
     def plan(self, inputs: list[Path], params: Mapping[str, str], spec: ModelSpec,
              settings: Settings) -> list[PlannedShard]:  # fmt: skip

@@ -23,7 +23,14 @@ import tifffile
 
 from genoserve.core.errors import GenoserveError, InvalidArgument
 from genoserve.core.settings import Settings
-from genoserve.jobs.kinds.base import InputRecordError, JobKind, PlannedShard, ShardContext, positive_int
+from genoserve.jobs.kinds.base import (
+    InputRecordError,
+    JobKind,
+    PlannedShard,
+    ShardContext,
+    positive_int,
+    required_model,
+)
 from genoserve.jobs.paths import temporary_name
 from genoserve.runtime.spec import ModelSpec
 from genoserve.segmentation import images
@@ -115,9 +122,7 @@ class SegmentImages(JobKind):
     }  # fmt: skip
 
     def model(self, params: Mapping[str, str]) -> tuple[str, str]:
-        if not params.get("model"):
-            raise InvalidArgument.field("params[model]", "is required (a segmentation model)")
-        return params["model"], params.get("version", "")
+        return required_model(params, "a segmentation model")
 
     def _overlays(self, params: Mapping[str, str]) -> bool:
         value = params.get("overlays", "false").lower()
