@@ -148,12 +148,11 @@ def test_low_overlap_is_refused_stating_the_overlap(rig: Rig, pbmc: ad.AnnData) 
     assert allowed.gene_overlap.matched == 500
 
 
-def bad(rig: Rig, request: embedding_pb2.EmbedRequest) -> grpc.RpcError:
-    with grpc.insecure_channel(rig.server.address) as channel:
-        from genoserve.v1 import embedding_pb2_grpc
-
-        with pytest.raises(grpc.RpcError) as caught:
-            embedding_pb2_grpc.CellEmbeddingStub(channel).Embed(request, timeout=30)
+def bad(rig: Rig, request: bytes) -> grpc.RpcError:
+    """The status of an Embed call with this serialized request (as ``embed_request`` builds it),
+    sent over a plain channel, not the genoserve client."""
+    with grpc.insecure_channel(rig.server.address) as channel, pytest.raises(grpc.RpcError) as caught:
+        channel.unary_unary("/genoserve.v1.CellEmbedding/Embed")(request, timeout=30)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
     return caught.value
 
@@ -202,7 +201,7 @@ def test_csr_structure_and_shape_rules(rig: Rig, pbmc: ad.AnnData) -> None:
     assert "3 ids for 4 cells" in bad(rig, embed_request("scvi-pbmc", genes, csr, cell_ids=["a", "b", "c"])).details()
     dup = [*genes[:-1], genes[0]]
     assert "appears at columns 0 and 764" in bad(rig, embed_request("scvi-pbmc", dup, csr)).details()
-    assert "give the counts" in bad(rig, embedding_pb2.EmbedRequest(model="scvi-pbmc")).details()
+    assert "give the counts" in bad(rig, embedding_pb2.EmbedRequest(model="scvi-pbmc").SerializeToString()).details()
     assert "model: is required" in bad(rig, embed_request("", genes, csr)).details()
     assert "not an embedding model" in bad(rig, embed_request("platform-mlp", genes, csr)).details()
     assert "takes no batch covariate" in bad(rig, embed_request("scvi-pbmc", genes, csr, batch_labels=["x"])).details()

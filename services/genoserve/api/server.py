@@ -17,6 +17,7 @@ from genoserve.api.health import DrainingHealthServicer, HealthReporter
 from genoserve.api.interceptors import BearerAuth, ErrorsAndMetrics
 from genoserve.api.servicers.binding import SequenceBindingServicer
 from genoserve.api.servicers.embedding import CellEmbeddingServicer
+from genoserve.api.servicers.embedding import add_to_server as add_cell_embedding
 from genoserve.api.servicers.jobs import JobsServicer
 from genoserve.api.servicers.models import ModelsServicer
 from genoserve.api.servicers.segmentation import SegmentationServicer
@@ -30,7 +31,6 @@ from genoserve.jobs.store import open_store
 from genoserve.runtime.repository import ModelRepository
 from genoserve.v1 import (
     binding_pb2_grpc,
-    embedding_pb2_grpc,
     jobs_pb2_grpc,
     models_pb2_grpc,
     segmentation_pb2_grpc,
@@ -113,7 +113,7 @@ class GenoserveServer:
             ),
             (
                 CellEmbeddingServicer(self.repository),
-                embedding_pb2_grpc.add_CellEmbeddingServicer_to_server,
+                add_cell_embedding,  # its own request deserializer (matrix values not copied)
                 "embedding",
             ),
         ]

@@ -48,6 +48,7 @@ def serve(config: Path | None, **flags: Any) -> None:
     """Start the gRPC server and serve every model in the model repository."""
     from genoserve.api.server import serve as run_server
     from genoserve.core.logging import configure_logging
+    from genoserve.core.memory import tune_allocator
     from genoserve.core.metrics import start_metrics_endpoint
 
     overrides = {
@@ -70,6 +71,7 @@ def serve(config: Path | None, **flags: Any) -> None:
     settings = build_settings(config, overrides)
     or_exit(lambda: _check_selection(settings.runtime))
     configure_logging(settings.logging)
+    tune_allocator(settings.runtime.malloc_keep_mb)
     or_exit(lambda: start_metrics_endpoint(settings.server.metrics_port, settings.server.host))
     if settings.server.metrics_port:
         from genoserve.runtime.gpu_metrics import register_gpu_metrics
@@ -191,6 +193,7 @@ def models_show(name: str, version: str, **conn: Any) -> None:
 def worker(config: Path | None, **flags: Any) -> None:
     """Start a Celery worker that runs bulk-job shards for the given queues."""
     from genoserve.core.logging import configure_logging
+    from genoserve.core.memory import tune_allocator
 
     queues = [q.strip() for q in flags["queues"].split(",") if q.strip()] if flags["queues"] else None
     overrides = {
@@ -211,6 +214,7 @@ def worker(config: Path | None, **flags: Any) -> None:
             lambda: _raise(InvalidArgument.field("worker.queues", f"unknown {unknown}; known: {list(FAMILY_QUEUES)}"))
         )
     configure_logging(settings.logging)
+    tune_allocator(settings.runtime.malloc_keep_mb)  # before the prefork: the children inherit it
     from genoserve.core.multiprocess import prepare_metrics_dir
 
     prepare_metrics_dir(settings.worker.metrics_dir)  # before prometheus_client is first imported

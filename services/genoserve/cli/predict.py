@@ -27,6 +27,9 @@ def batched(items: Iterator[T], size: int) -> Iterator[list[T]]:
 @click.group()
 def predict() -> None:
     """Online predictions from files (small inputs; use `genoserve jobs` for large ones)."""
+    from genoserve.core.memory import tune_allocator
+
+    tune_allocator()  # requests of many MiB: reuse freed memory instead of faulting in fresh pages
 
 
 def _fasta(path: Path) -> Iterator[tuple[str, str]]:

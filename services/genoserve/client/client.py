@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
@@ -203,25 +204,19 @@ def _infer_outputs(response: models_pb2.InferResponse) -> dict[str, Array]:
 
 def embed_request(model: str, gene_names: Sequence[str], counts: Any, cell_ids: Sequence[str] = (),
                   batch_labels: Sequence[str] = (), min_gene_overlap: float = 0.0, not_raw_counts: bool = False,
-                  return_variances: bool = False, version: str = "") -> embedding_pb2.EmbedRequest:  # fmt: skip
-    """An EmbedRequest for a CSR matrix (``indptr``/``indices``/``data`` attributes) or a dense array.
+                  return_variances: bool = False, version: str = "") -> bytes:  # fmt: skip
+    """A serialized EmbedRequest for a CSR matrix (``indptr``/``indices``/``data`` attributes, e.g.
+    ``scipy.sparse.csr_matrix``) or a dense array, the arrays copied once (not by protobuf), for
+    ``embed_stream``; ``embedding_pb2.EmbedRequest.FromString`` gives the message."""
+    from genoserve.api.codecs.embedding import encode_embed_request
 
-    Arrays are written straight into the nested messages (each payload copied once, not once per
-    enclosing message)."""
-    request = embedding_pb2.EmbedRequest(
-        model=model, version=version, batch_labels=list(batch_labels), min_gene_overlap=min_gene_overlap,
-        not_raw_counts=not_raw_counts, return_variances=return_variances,
-    )  # fmt: skip
-    matrix = request.counts
-    matrix.gene_names.extend(gene_names)
-    matrix.cell_ids.extend(cell_ids)
-    if all(hasattr(counts, a) for a in ("indptr", "indices", "data")):
-        tensor_codec.fill(matrix.csr.indptr, np.asarray(counts.indptr))
-        tensor_codec.fill(matrix.csr.indices, np.asarray(counts.indices))
-        tensor_codec.fill(matrix.csr.data, np.asarray(counts.data))
-    else:
-        tensor_codec.fill(matrix.dense, np.asarray(counts))
-    return request
+    return encode_embed_request(model, gene_names, counts, cell_ids, batch_labels, min_gene_overlap, not_raw_counts,
+                                return_variances, version)  # fmt: skip
+
+
+def _serialized(request: bytes | Message) -> bytes:
+    """Requests as bytes: as given, or serialized by protobuf."""
+    return request if isinstance(request, bytes) else request.SerializeToString()
 
 
 def variants_request(
@@ -251,6 +246,8 @@ def _as_is(data: bytes) -> bytes:
     return data
 
 
+_EMBED = "/genoserve.v1.CellEmbedding/Embed"
+_EMBED_STREAM = "/genoserve.v1.CellEmbedding/EmbedStream"
 _CALL_VARIANTS = "/genoserve.v1.VariantCalling/CallVariants"
 _CALL_VARIANTS_STREAM = "/genoserve.v1.VariantCalling/CallVariantsStream"
 
@@ -283,6 +280,13 @@ class Client:
         )
         self.segmentation = segmentation_pb2_grpc.SegmentationStub(self.channel)
         self.embedding = embedding_pb2_grpc.CellEmbeddingStub(self.channel)
+        # Requests serialized by ``embed_request`` (matrix values copied once), or messages.
+        self._embed = self.channel.unary_unary(
+            _EMBED, request_serializer=_serialized, response_deserializer=embedding_pb2.EmbedResponse.FromString
+        )
+        self._embed_stream = self.channel.stream_stream(
+            _EMBED_STREAM, request_serializer=_serialized, response_deserializer=embedding_pb2.EmbedResponse.FromString
+        )
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
     def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
@@ -366,15 +370,15 @@ class Client:
         ``tensor_codec.to_numpy(response.latent, "latent")`` gives float32 [n_cells, n_latent]."""
         request = embed_request(model, gene_names, counts, cell_ids, batch_labels, min_gene_overlap,
                                 not_raw_counts, return_variances, version)  # fmt: skip
-        response: embedding_pb2.EmbedResponse = self._call(self.embedding.Embed, request, timeout)
+        response: embedding_pb2.EmbedResponse = self._call(self._embed, request, timeout)
         return response
 
-    def embed_stream(self, requests: Iterable[embedding_pb2.EmbedRequest], timeout: float | None = None
+    def embed_stream(self, requests: Iterable[bytes | embedding_pb2.EmbedRequest], timeout: float | None = None
                      ) -> Iterator[embedding_pb2.EmbedResponse]:  # fmt: skip
         """EmbedStream: one response per request (row chunk), in order; build requests with
-        ``embed_request`` (later ones may leave model and gene names empty)."""
+        ``embed_request`` (later ones may leave model and gene names empty), or give messages."""
         try:
-            yield from self.embedding.EmbedStream(iter(requests), timeout=timeout, metadata=self._metadata)
+            yield from self._embed_stream(iter(requests), timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise translate(exc) from exc
 
@@ -498,6 +502,13 @@ class AsyncClient:
         )
         self.segmentation = segmentation_pb2_grpc.SegmentationStub(self.channel)
         self.embedding = embedding_pb2_grpc.CellEmbeddingStub(self.channel)
+        # Requests serialized by ``embed_request`` (matrix values copied once), or messages.
+        self._embed = self.channel.unary_unary(
+            _EMBED, request_serializer=_serialized, response_deserializer=embedding_pb2.EmbedResponse.FromString
+        )
+        self._embed_stream = self.channel.stream_stream(
+            _EMBED_STREAM, request_serializer=_serialized, response_deserializer=embedding_pb2.EmbedResponse.FromString
+        )
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
     async def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
@@ -529,17 +540,17 @@ class AsyncClient:
         """As ``Client.embed``."""
         request = embed_request(model, gene_names, counts, cell_ids, batch_labels, min_gene_overlap,
                                 not_raw_counts, return_variances, version)  # fmt: skip
-        response: embedding_pb2.EmbedResponse = await self._call(self.embedding.Embed, request, timeout)
+        response: embedding_pb2.EmbedResponse = await self._call(self._embed, request, timeout)
         return response
 
     async def embed_stream(
         self,
-        requests: Iterable[embedding_pb2.EmbedRequest] | AsyncIterable[embedding_pb2.EmbedRequest],
+        requests: Iterable[bytes | embedding_pb2.EmbedRequest] | AsyncIterable[bytes | embedding_pb2.EmbedRequest],
         timeout: float | None = None,
     ) -> AsyncIterator[embedding_pb2.EmbedResponse]:
         """As ``Client.embed_stream``: ``async for response in client.embed_stream(requests)``;
-        ``requests`` may be a plain or an async iterable of ``embed_request(...)`` messages."""
-        call = self.embedding.EmbedStream(requests, timeout=timeout, metadata=self._metadata)
+        ``requests`` may be a plain or an async iterable of ``embed_request(...)`` results."""
+        call = self._embed_stream(requests, timeout=timeout, metadata=self._metadata)
         try:
             async for response in call:
                 yield response

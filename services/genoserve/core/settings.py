@@ -122,6 +122,10 @@ class RuntimeSettings(_Section):
     allow_spinning: bool = False
     #: Concurrent session calls per model version (Triton's instance count).
     instances: int = Field(1, gt=0)
+    #: glibc malloc keeps up to this many MiB of freed memory for reuse (server and worker
+    #: processes), so large requests do not page-fault in fresh memory every time
+    #: (``genoserve.core.memory``); 0: glibc's defaults.
+    malloc_keep_mb: int = Field(512, ge=0)
     warmup: bool = True
     batching: BatchingSettings = BatchingSettings()
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from genoserve.api.codecs.tensor import from_numpy, to_numpy
+from genoserve.api.codecs import wire
+from genoserve.api.codecs.tensor import RawTensor, from_numpy, raw_tensor, tensor_parts
 from genoserve.core.errors import InvalidArgument
 from genoserve.embedding.counts import Counts, CsrCounts
 from genoserve.embedding.genes import SHOWN_MISSING, GeneAlignment
@@ -15,25 +19,119 @@ from genoserve.v1 import embedding_pb2
 Array = np.ndarray[Any, Any]
 
 
-def counts(message: embedding_pb2.CountMatrix, field: str = "counts") -> Counts:
-    """The CSR or dense matrix of a CountMatrix (arrays are read-only views of the message)."""
-    which = message.WhichOneof("values")
-    if which is None:
-        raise InvalidArgument.field(field, "give the counts as csr or dense")
-    n_genes = len(message.gene_names)
-    if which == "dense":
-        return to_numpy(message.dense, f"{field}.dense")
-    csr = message.csr
-    return CsrCounts(
-        indptr=to_numpy(csr.indptr, f"{field}.csr.indptr"),
-        indices=to_numpy(csr.indices, f"{field}.csr.indices"),
-        data=to_numpy(csr.data, f"{field}.csr.data"),
-        n_genes=n_genes,
+_COUNTS = embedding_pb2.EmbedRequest.COUNTS_FIELD_NUMBER
+_CSR = embedding_pb2.CountMatrix.CSR_FIELD_NUMBER
+_DENSE = embedding_pb2.CountMatrix.DENSE_FIELD_NUMBER
+_CSR_PARTS = {
+    "indptr": embedding_pb2.CsrMatrix.INDPTR_FIELD_NUMBER,
+    "indices": embedding_pb2.CsrMatrix.INDICES_FIELD_NUMBER,
+    "data": embedding_pb2.CsrMatrix.DATA_FIELD_NUMBER,
+}
+
+
+@dataclass(frozen=True)
+class ParsedEmbedRequest:
+    """An EmbedRequest as the server parses it: the message without the matrix values (its
+    ``counts`` keeps gene names and cell ids), and the values' tensors, their data zero-copy views
+    of the received bytes (see ``genoserve.api.codecs.wire``). ``values``: "csr", "dense" or None;
+    ``tensors``: indptr/indices/data for csr, dense for dense."""
+
+    message: embedding_pb2.EmbedRequest
+    values: str | None = None
+    tensors: Mapping[str, RawTensor] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def of(cls, message: embedding_pb2.EmbedRequest) -> ParsedEmbedRequest:
+        """From a message protobuf parsed whole (each tensor's data copied out once)."""
+        which = message.counts.WhichOneof("values")
+        if which == "dense":
+            return cls(message, which, {"dense": RawTensor.of(message.counts.dense)})
+        if which == "csr":
+            csr = message.counts.csr
+            return cls(message, which, {name: RawTensor.of(getattr(csr, name)) for name in _CSR_PARTS})
+        return cls(message)
+
+
+def parse_embed_request(data: bytes) -> ParsedEmbedRequest:
+    """The gRPC request deserializer for Embed(Stream): the matrix values are not copied. Any
+    encoding but the plain one (a field given twice, both csr and dense, ...) goes to protobuf."""
+    taken = wire.take_first(data, (_COUNTS,))
+    if taken is None:
+        return ParsedEmbedRequest.of(embedding_pb2.EmbedRequest.FromString(data))
+    rest, _, counts_payload = taken
+    message = embedding_pb2.EmbedRequest.FromString(rest)
+    if counts_payload is None:
+        return ParsedEmbedRequest(message)
+    inner = wire.take_first(counts_payload, (_CSR, _DENSE))
+    if message.HasField("counts") or inner is None:  # counts given twice (protobuf merges) or unusual
+        return ParsedEmbedRequest.of(embedding_pb2.EmbedRequest.FromString(data))
+    matrix_rest, which, values = inner
+    message.counts.MergeFromString(matrix_rest)
+    if which is None or values is None:
+        return ParsedEmbedRequest(message)
+    if message.counts.WhichOneof("values") is not None:  # values given twice, or csr and dense
+        return ParsedEmbedRequest.of(embedding_pb2.EmbedRequest.FromString(data))
+    if which == _DENSE:
+        return ParsedEmbedRequest(message, "dense", {"dense": raw_tensor(values)})
+    parts = wire.take_fields(values, _CSR_PARTS.values())
+    if parts is None:
+        return ParsedEmbedRequest.of(embedding_pb2.EmbedRequest.FromString(data))
+    payloads = parts[1]
+    return ParsedEmbedRequest(
+        message, "csr", {name: raw_tensor(payloads.get(number, b"")) for name, number in _CSR_PARTS.items()}
     )
 
 
-def csr_message(indptr: Array, indices: Array, data: Array) -> embedding_pb2.CsrMatrix:
-    return embedding_pb2.CsrMatrix(indptr=from_numpy(indptr), indices=from_numpy(indices), data=from_numpy(data))
+def encode_embed_request(
+    model: str,
+    gene_names: Sequence[str],
+    counts: Any,
+    cell_ids: Sequence[str] = (),
+    batch_labels: Sequence[str] = (),
+    min_gene_overlap: float = 0.0,
+    not_raw_counts: bool = False,
+    return_variances: bool = False,
+    version: str = "",
+) -> bytes:
+    """A serialized EmbedRequest for a CSR matrix (``indptr``/``indices``/``data`` attributes) or
+    a dense array, each array copied once into the result (not by protobuf). The matrix values
+    come first, so the server's parser finds them without scanning the names; counts and column
+    indices go as uint16 where that is exact (``compact``)."""
+    head = embedding_pb2.EmbedRequest(
+        model=model, version=version, batch_labels=list(batch_labels), min_gene_overlap=min_gene_overlap,
+        not_raw_counts=not_raw_counts, return_variances=return_variances,
+    ).SerializeToString()  # fmt: skip
+    names = embedding_pb2.CountMatrix(gene_names=list(gene_names), cell_ids=list(cell_ids)).SerializeToString()
+    if all(hasattr(counts, a) for a in _CSR_PARTS):
+        arrays = {number: np.asarray(getattr(counts, name)) for name, number in _CSR_PARTS.items()}
+        arrays[_CSR_PARTS["indices"]] = compact(arrays[_CSR_PARTS["indices"]])
+        arrays[_CSR_PARTS["data"]] = compact(arrays[_CSR_PARTS["data"]])
+        values = wire.field(_CSR, [p for number, a in arrays.items() for p in wire.field(number, tensor_parts(a))])
+    else:
+        values = wire.field(_DENSE, tensor_parts(compact(np.asarray(counts))))
+    return b"".join([*wire.field(_COUNTS, [*values, names]), head])
+
+
+def compact(values: Array) -> Array:
+    """``values`` as uint16 when that holds every one exactly (whole numbers in [0, 65535]: raw
+    counts, gene column indices), so half or less of the bytes cross the wire; else as given, so
+    that the server judges (and names) any bad value itself."""
+    if values.dtype.kind not in "iuf" or values.dtype.itemsize <= 2:
+        return values
+    small = values.astype(np.uint16)
+    return small if np.array_equal(small, values) else values
+
+
+def counts(request: ParsedEmbedRequest, field: str = "counts") -> Counts:
+    """The CSR or dense matrix of a request (arrays are read-only views of the received bytes)."""
+    if request.values is None:
+        raise InvalidArgument.field(field, "give the counts as csr or dense")
+    if request.values == "dense":
+        return request.tensors["dense"].decode(f"{field}.dense")
+    return CsrCounts(
+        **{name: request.tensors[name].decode(f"{field}.csr.{name}") for name in _CSR_PARTS},
+        n_genes=len(request.message.counts.gene_names),
+    )
 
 
 def gene_overlap(alignment: GeneAlignment) -> embedding_pb2.GeneOverlap:
@@ -56,17 +154,18 @@ def embed_response(
     return response
 
 
-def inherit(first: embedding_pb2.EmbedRequest, later: embedding_pb2.EmbedRequest) -> embedding_pb2.EmbedRequest:
+def inherit(first: ParsedEmbedRequest, later: ParsedEmbedRequest) -> ParsedEmbedRequest:
     """A stream message with the first message's values where it leaves them empty."""
+    one, two = first.message, later.message
     merged = embedding_pb2.EmbedRequest(
-        model=later.model or first.model,
-        version=later.version or first.version,
-        batch_labels=later.batch_labels,
-        min_gene_overlap=later.min_gene_overlap or first.min_gene_overlap,
-        not_raw_counts=later.not_raw_counts or first.not_raw_counts,
-        return_variances=later.return_variances or first.return_variances,
+        model=two.model or one.model,
+        version=two.version or one.version,
+        batch_labels=two.batch_labels,
+        min_gene_overlap=two.min_gene_overlap or one.min_gene_overlap,
+        not_raw_counts=two.not_raw_counts or one.not_raw_counts,
+        return_variances=two.return_variances or one.return_variances,
     )
-    merged.counts.CopyFrom(later.counts)
-    if not later.counts.gene_names:
-        merged.counts.gene_names.extend(first.counts.gene_names)
-    return merged
+    merged.counts.CopyFrom(two.counts)
+    if not two.counts.gene_names:
+        merged.counts.gene_names.extend(one.counts.gene_names)
+    return ParsedEmbedRequest(merged, later.values, later.tensors)

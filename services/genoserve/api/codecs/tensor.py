@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from genoserve.api.codecs import wire
 from genoserve.core.errors import FieldViolation, InvalidArgument
 from genoserve.runtime.spec import DTYPES
 from genoserve.v1 import tensor_pb2
@@ -55,24 +57,59 @@ def to_numpy(tensor: tensor_pb2.Tensor, field: str, data: Any = None) -> Array:
 
 def from_numpy(array: Array) -> tensor_pb2.Tensor:
     """Encode an array (any byte order or layout) as little-endian C-order bytes."""
-    name = array.dtype.name
-    if name not in DTYPES:
-        raise TypeError(f"dtype {array.dtype} has no genoserve.v1.DataType")
-    wire = array.astype(DTYPES[name][0], order="C", copy=False)  # keeps 0-d shapes, unlike ascontiguousarray
-    return tensor_pb2.Tensor(dtype=_TO_PROTO[name], shape=wire.shape, data=wire.tobytes())
+    name, data = _wire_array(array)
+    return tensor_pb2.Tensor(dtype=_TO_PROTO[name], shape=data.shape, data=data.tobytes())
 
 
 def fill(tensor: tensor_pb2.Tensor, array: Array) -> tensor_pb2.Tensor:
     """``from_numpy`` into an existing (e.g. nested) message: building a Tensor and copying it
     into its parent would copy the payload once more."""
+    name, data = _wire_array(array)
+    tensor.dtype = _TO_PROTO[name]
+    tensor.shape[:] = data.shape
+    tensor.data = data.tobytes()
+    return tensor
+
+
+def _wire_array(array: Array) -> tuple[str, Array]:
     name = array.dtype.name
     if name not in DTYPES:
         raise TypeError(f"dtype {array.dtype} has no genoserve.v1.DataType")
-    wire = array.astype(DTYPES[name][0], order="C", copy=False)
-    tensor.dtype = _TO_PROTO[name]
-    tensor.shape[:] = wire.shape
-    tensor.data = wire.tobytes()
-    return tensor
+    return name, array.astype(DTYPES[name][0], order="C", copy=False)  # keeps 0-d shapes
+
+
+def tensor_parts(array: Array) -> list[Any]:
+    """A Tensor message's encoding as parts for ``wire.field`` (the array's memory itself, not a
+    copy, when it is already little-endian and C-ordered): ``b"".join`` copies it once."""
+    name, data = _wire_array(array)
+    header = tensor_pb2.Tensor(dtype=_TO_PROTO[name], shape=data.shape).SerializeToString()
+    return [header, *wire.field(tensor_pb2.Tensor.DATA_FIELD_NUMBER, [data.reshape(-1).view(np.uint8)])]
+
+
+@dataclass(frozen=True)
+class RawTensor:
+    """A received Tensor: its message without ``data`` (dtype, shape) and the data apart, as a
+    zero-copy view of the received bytes where the encoding allowed."""
+
+    header: tensor_pb2.Tensor
+    data: Any
+
+    def decode(self, field: str) -> Array:
+        """``to_numpy`` of the tensor (a read-only view of ``data``)."""
+        return to_numpy(self.header, field, self.data)
+
+    @classmethod
+    def of(cls, message: tensor_pb2.Tensor) -> RawTensor:
+        return cls(message, message.data)  # one copy out of the message
+
+
+def raw_tensor(payload: Any) -> RawTensor:
+    """The encoded Tensor ``payload`` with its data left in place (protobuf parses the rest)."""
+    taken = wire.split_field(payload, tensor_pb2.Tensor.DATA_FIELD_NUMBER)
+    if taken is None:  # not plain: protobuf parses it (and reports what is wrong)
+        return RawTensor.of(tensor_pb2.Tensor.FromString(bytes(payload)))
+    header, data = taken
+    return RawTensor(tensor_pb2.Tensor.FromString(header), b"" if data is None else data)
 
 
 def map_to_numpy(tensors: Mapping[str, tensor_pb2.Tensor], field: str) -> dict[str, Array]:

@@ -14,7 +14,7 @@ None, and callers fall back to protobuf's own parser (which then reports the err
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import Any
 
 _LENGTH_DELIMITED = 2
@@ -50,41 +50,94 @@ def field_header(number: int, length: int) -> bytes:
     return encode_varint(number << 3 | _LENGTH_DELIMITED) + encode_varint(length)
 
 
-def split_field(data: Any, number: int) -> tuple[bytes, memoryview | None] | None:
-    """``(the other fields' bytes, field number's payload)`` of an encoded message, the payload a
-    zero-copy view of ``data``; payload None when the field is absent. None when the encoding is
-    anything but plain (or the field is present twice): parse it with protobuf instead."""
-    view = memoryview(data).cast("B")
+def _fields(view: memoryview) -> Iterator[tuple[int, int, int, int]]:
+    """``(number, field start, payload start, end)`` of each field in turn (payload start is -1
+    unless the field is length-delimited). ValueError on anything but a plain encoding."""
     pos = 0
-    found: tuple[int, int, int] | None = None  # field start, payload start, payload end
+    while pos < len(view):
+        start = pos
+        tag, pos = _varint(view, pos)
+        wire, begin = tag & 7, -1
+        if wire == 0:
+            _, pos = _varint(view, pos)
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == _LENGTH_DELIMITED:
+            length, begin = _varint(view, pos)
+            pos = begin + length
+        else:
+            raise ValueError(f"wire type {wire}")
+        if pos > len(view):
+            raise ValueError("truncated field")
+        yield tag >> 3, start, begin, pos
+
+
+def _without(data: Any, view: memoryview, spans: list[tuple[int, int]]) -> bytes:
+    """``data`` minus the byte ranges ``spans`` (sorted, disjoint), one copy of what is left."""
+    if not spans:
+        return data if isinstance(data, bytes) else bytes(view)  # no copy of a bytes message
+    edges = [0, *(e for span in spans for e in span), len(view)]
+    return b"".join(view[edges[i] : edges[i + 1]] for i in range(0, len(edges), 2))
+
+
+def take_fields(data: Any, numbers: Collection[int]) -> tuple[bytes, dict[int, memoryview]] | None:
+    """``(the other fields' bytes, {number: payload})`` of an encoded message: the length-delimited
+    fields ``numbers`` taken out, each payload a zero-copy view of ``data``; a number absent from
+    the message is absent from the dict. Only the rest is copied (not at all when nothing is
+    taken from a ``bytes`` message). None when the encoding is anything but plain (or a taken
+    field is present twice): parse it with protobuf instead. Scans every field: for small
+    messages (see ``take_first`` for ones with long repeated fields)."""
+    view = memoryview(data).cast("B")
+    found: dict[int, tuple[int, int, int]] = {}
     try:
-        while pos < len(view):
-            start = pos
-            tag, pos = _varint(view, pos)
-            wire = tag & 7
-            if wire == 0:
-                _, pos = _varint(view, pos)
-            elif wire == 1:
-                pos += 8
-            elif wire == 5:
-                pos += 4
-            elif wire == _LENGTH_DELIMITED:
-                length, pos = _varint(view, pos)
-                if tag >> 3 == number:
-                    if found is not None:
-                        return None
-                    found = (start, pos, pos + length)
-                pos += length
-            else:
-                return None
+        for number, start, begin, end in _fields(view):
+            if number in numbers and begin >= 0:
+                if number in found:
+                    return None
+                found[number] = (start, begin, end)
     except ValueError:
         return None
-    if pos != len(view):
+    rest = _without(data, view, sorted((start, end) for start, _, end in found.values()))
+    return rest, {number: view[begin:end] for number, (_, begin, end) in found.items()}
+
+
+def take_first(data: Any, numbers: Collection[int]) -> tuple[bytes, int, memoryview] | tuple[bytes, None, None] | None:
+    """``(the other fields' bytes, number, payload)`` for the first length-delimited field of
+    ``numbers`` in the message, its payload a zero-copy view; ``(data, None, None)`` when there is
+    none. The scan stops at that field, so a sender that writes it first (genoserve's client
+    does) pays nothing for long repeated fields after it. Whether the rest holds one of
+    ``numbers`` again is the caller's check (parse the rest and look): then protobuf's merge
+    rules apply and the whole message must go to protobuf. None: not a plain encoding."""
+    view = memoryview(data).cast("B")
+    try:
+        for number, start, begin, end in _fields(view):
+            if number in numbers and begin >= 0:
+                return _without(data, view, [(start, end)]), number, view[begin:end]
+    except ValueError:
         return None
-    if found is None:
-        return (data if isinstance(data, bytes) else bytes(view)), None  # no copy of a bytes message
-    start, begin, end = found
-    return bytes(view[:start]) + bytes(view[end:]), view[begin:end]
+    return (data if isinstance(data, bytes) else bytes(view)), None, None
+
+
+def split_field(data: Any, number: int) -> tuple[bytes, memoryview | None] | None:
+    """``take_fields`` for one field: ``(the other fields' bytes, its payload or None)``."""
+    taken = take_fields(data, (number,))
+    if taken is None:
+        return None
+    rest, payloads = taken
+    return rest, payloads.get(number)
+
+
+def length(parts: Iterable[Any]) -> int:
+    """Bytes in ``parts`` (bytes or C-contiguous buffers such as numpy arrays)."""
+    return sum(memoryview(p).nbytes for p in parts)
+
+
+def field(number: int, parts: Sequence[Any]) -> list[Any]:
+    """Length-delimited field ``number`` whose payload is ``parts``, as parts (nothing copied):
+    nest them to build messages inside messages, join them once at the end."""
+    return [field_header(number, length(parts)), *parts]
 
 
 def join_fields(head: bytes, number: int, parts: Iterable[Any], length: int) -> bytes:

@@ -9,16 +9,20 @@ import grpc
 
 from genoserve.api.codecs import embedding as codec
 from genoserve.api.deadlines import deadline_of
+from genoserve.api.servicers.registration import add_parsed_servicer
 from genoserve.core.errors import InvalidArgument
 from genoserve.embedding import contract
 from genoserve.embedding.contract import EmbeddingContract
 from genoserve.embedding.request import prepare
 from genoserve.runtime.model import ServedModel
 from genoserve.runtime.repository import ModelRepository
-from genoserve.v1 import embedding_pb2, embedding_pb2_grpc
+from genoserve.v1 import embedding_pb2
 
 
-class CellEmbeddingServicer(embedding_pb2_grpc.CellEmbeddingServicer):
+class CellEmbeddingServicer:
+    """genoserve.v1.CellEmbedding. Not the generated base class: its requests are
+    ``codec.ParsedEmbedRequest`` (see ``add_to_server``), not ``EmbedRequest`` messages."""
+
     SERVICE_NAME = "genoserve.v1.CellEmbedding"
     FAMILY = "embedding"
 
@@ -32,10 +36,11 @@ class CellEmbeddingServicer(embedding_pb2_grpc.CellEmbeddingServicer):
         return model, EmbeddingContract.of(model.spec)
 
     async def _embed(
-        self, request: embedding_pb2.EmbedRequest, context: grpc.aio.ServicerContext, first_cell: int = 0
+        self, parsed: codec.ParsedEmbedRequest, context: grpc.aio.ServicerContext, first_cell: int = 0
     ) -> embedding_pb2.EmbedResponse:
+        request = parsed.message
         model, model_contract = self._model(request.model, request.version)
-        matrix = codec.counts(request.counts)
+        matrix = codec.counts(parsed)
         prepared = await asyncio.to_thread(
             prepare, model_contract, list(request.counts.gene_names), matrix, list(request.counts.cell_ids),
             list(request.batch_labels), request.min_gene_overlap, request.not_raw_counts, first_cell,
@@ -46,14 +51,14 @@ class CellEmbeddingServicer(embedding_pb2_grpc.CellEmbeddingServicer):
                                     prepared.alignment)  # fmt: skip
 
     async def Embed(
-        self, request: embedding_pb2.EmbedRequest, context: grpc.aio.ServicerContext
+        self, request: codec.ParsedEmbedRequest, context: grpc.aio.ServicerContext
     ) -> embedding_pb2.EmbedResponse:
         return await self._embed(request, context)
 
     async def EmbedStream(
-        self, request_iterator: AsyncIterator[embedding_pb2.EmbedRequest], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[codec.ParsedEmbedRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[embedding_pb2.EmbedResponse]:
-        first: embedding_pb2.EmbedRequest | None = None
+        first: codec.ParsedEmbedRequest | None = None
         number = cells = 0
         async for request in request_iterator:
             if first is None:
@@ -66,3 +71,12 @@ class CellEmbeddingServicer(embedding_pb2_grpc.CellEmbeddingServicer):
             cells += len(response.cell_ids)
             number += 1
             yield response
+
+
+def add_to_server(servicer: CellEmbeddingServicer, server: grpc.aio.Server) -> None:
+    """As the generated ``add_CellEmbeddingServicer_to_server``, with the request deserializer that leaves
+    the matrix values in the received bytes (``codec.parse_embed_request``)."""
+    add_parsed_servicer(
+        server, servicer.SERVICE_NAME, codec.parse_embed_request, embedding_pb2.EmbedResponse.SerializeToString,
+        unary={"Embed": servicer.Embed}, stream={"EmbedStream": servicer.EmbedStream},
+    )  # fmt: skip

@@ -8,6 +8,7 @@ import grpc
 
 from genoserve.api.codecs import variants as codec
 from genoserve.api.deadlines import deadline_of
+from genoserve.api.servicers.registration import add_parsed_servicer
 from genoserve.core.errors import InvalidArgument
 from genoserve.runtime.model import ServedModel
 from genoserve.runtime.repository import ModelRepository
@@ -135,19 +136,9 @@ class VariantCallingServicer:
 
 
 def add_to_server(servicer: VariantCallingServicer, server: grpc.aio.Server) -> None:
-    """As the generated ``add_VariantCallingServicer_to_server``, with the request deserializer that
-    leaves the pileup pixels in the received bytes (``codec.parse_call_request``)."""
-    handlers = {
-        "CallVariants": grpc.unary_unary_rpc_method_handler(
-            servicer.CallVariants,
-            request_deserializer=codec.parse_call_request,
-            response_serializer=variants_pb2.CallVariantsResponse.SerializeToString,
-        ),
-        "CallVariantsStream": grpc.stream_stream_rpc_method_handler(
-            servicer.CallVariantsStream,
-            request_deserializer=codec.parse_call_request,
-            response_serializer=variants_pb2.CallVariantsResponse.SerializeToString,
-        ),
-    }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(servicer.SERVICE_NAME, handlers),))
-    server.add_registered_method_handlers(servicer.SERVICE_NAME, handlers)
+    """As the generated ``add_VariantCallingServicer_to_server``, with the request deserializer that leaves
+    the pileup pixels in the received bytes (``codec.parse_call_request``)."""
+    add_parsed_servicer(
+        server, servicer.SERVICE_NAME, codec.parse_call_request, variants_pb2.CallVariantsResponse.SerializeToString,
+        unary={"CallVariants": servicer.CallVariants}, stream={"CallVariantsStream": servicer.CallVariantsStream},
+    )  # fmt: skip
