@@ -5,16 +5,21 @@ Run from the repository root::
 
     .venv/bin/python -m tests.bench.embedding_bench [--cells 20000] [--job-cells 200000] [--repeats 7]
 
-Model: ``models/scvi-pbmc`` (765 genes -> 10-d latent). Cells: PBMC counts
-(tests/data/embedding) resampled with replacement, so sparsity and library sizes are real.
+Models: ``scvi-pbmc`` (765 genes -> 10-d latent) on PBMC counts (tests/data/embedding) resampled
+with replacement, so sparsity and library sizes are real; ``scvi-sim-batch`` (2,000 genes and a
+batch covariate, the issue's 2,000-gene reference setting) on cells from the training simulator
+(``genoserve.training.embedding.simulate``, a seed the model was not trained on) with their batch
+labels.
 
 * raw ONNX Runtime: one in-process session (CPU provider, default options) over the dense
-  counts in the model's gene order, batches of 4096 cells: cells/s.
+  counts in the model's gene order (and the one-hot batches), batches of 4096 cells: cells/s.
 * Embed: a real ``genoserve serve`` on loopback; the Python client sends CSR requests of 4096
-  cells, one at a time and then two in flight (threads on one channel), gene names with every
-  request, aligned by name on the server: cells/s,
+  cells, one at a time and then two in flight (threads on one channel), gene names (and batch
+  labels) with every request, aligned by name on the server: cells/s,
   and the ratio to the mean of raw ONNX Runtime measured right before and right after it
-  (interleaved, median over the repeats).
+  (interleaved, median over the repeats). The benchmark process calls
+  ``genoserve.client.tune_allocator()`` as the README advises pipelines to (``--no-tune``: glibc's
+  defaults; the server tunes its own).
 * Bulk job, at ``--job-cells`` / 4 and ``--job-cells`` cells (two file sizes): the cells written
   (in chunks) to a CSR .h5ad of 2,000 genes (the model's 765 among them, shuffled, so genes are
   aligned by name and 1,235 dropped), embedded by a real server + a fresh ``genoserve worker``
@@ -34,6 +39,7 @@ import os
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +49,7 @@ import onnxruntime as ort
 import scipy.sparse as sp
 import yaml
 
-from genoserve.client import Client
+from genoserve.client import Client, tune_allocator
 from genoserve.client.client import FINAL_JOB_STATES
 from tests.support.jobs import WorkerProcess
 from tests.support.server import REPO, ServerProcess
@@ -66,27 +72,65 @@ def resample(matrix: sp.csr_matrix, n: int, seed: int) -> sp.csr_matrix:
     return matrix[np.random.default_rng(seed).integers(0, matrix.shape[0], n)]
 
 
-def raw_rate(dense: np.ndarray) -> float:
+@dataclass
+class Cells:
+    """A model's benchmark cells: CSR counts with gene names and batch labels (empty: none)."""
+
+    model: str
+    matrix: sp.csr_matrix
+    genes: list[str]
+    batches: list[str]
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        """Raw ONNX Runtime's inputs: dense counts in the model's gene order (+ one-hot batches)."""
+        spec = yaml.safe_load((REPO / "models" / self.model / "model.yaml").read_text())["inputs"]
+        assert spec[0]["labels"] == self.genes
+        feeds = {"counts": self.matrix.toarray().astype(np.float32)}
+        if self.batches:
+            labels = np.array(self.batches)[:, None] == np.array(spec[1]["labels"])[None, :]
+            feeds["batch"] = labels.astype(np.float32)
+        return feeds
+
+
+def pbmc_cells(n: int) -> Cells:
+    source, genes = pbmc_csr()
+    return Cells(MODEL, resample(source, n, 1), genes, [])
+
+
+def simulated_cells(n: int) -> Cells:
+    from genoserve.training.embedding.simulate import SimConfig, simulate
+
+    data = simulate(SimConfig(n_cells=n), seed=5)  # the committed model was trained from seed 0
+    return Cells("scvi-sim-batch", sp.csr_matrix(data.counts.astype(np.float32)), data.genes, list(data.batches))
+
+
+def raw_rate(model: str, feeds: dict[str, np.ndarray]) -> float:
     session = ort.InferenceSession(
-        str(REPO / "models" / MODEL / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+        str(REPO / "models" / model / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
     )
-    session.run(None, {"counts": dense[:BATCH]})
+    n = len(feeds["counts"])
+    session.run(None, {k: v[:BATCH] for k, v in feeds.items()})
     started = time.perf_counter()
-    for i in range(0, len(dense), BATCH):
-        session.run(["latent_mean"], {"counts": dense[i : i + BATCH]})
-    rate = len(dense) / (time.perf_counter() - started)
+    for i in range(0, n, BATCH):
+        session.run(["latent_mean"], {k: v[i : i + BATCH] for k, v in feeds.items()})
+    rate = n / (time.perf_counter() - started)
     del session
     return rate
 
 
-def embed_rate(address: str, matrix: sp.csr_matrix, genes: list[str], in_flight: int) -> float:
+def embed_rate(address: str, cells: Cells, in_flight: int) -> float:
     """Cells/s of Embed with ``in_flight`` requests outstanding (threads sharing one channel)."""
-    chunks = [matrix[i : i + BATCH] for i in range(0, matrix.shape[0], BATCH)]
+    starts = range(0, cells.matrix.shape[0], BATCH)
+    chunks = [(cells.matrix[i : i + BATCH], cells.batches[i : i + BATCH]) for i in starts]
     with Client(address, timeout=120) as client, ThreadPoolExecutor(in_flight) as pool:
-        client.embed(MODEL, genes, chunks[0])
+
+        def embed(chunk: tuple[sp.csr_matrix, list[str]]) -> None:
+            client.embed(cells.model, cells.genes, chunk[0], batch_labels=chunk[1])
+
+        embed(chunks[0])
         started = time.perf_counter()
-        list(pool.map(lambda chunk: client.embed(MODEL, genes, chunk), chunks))
-        return matrix.shape[0] / (time.perf_counter() - started)
+        list(pool.map(embed, chunks))
+        return cells.matrix.shape[0] / (time.perf_counter() - started)
 
 
 FILE_GENES = 2_000
@@ -193,18 +237,39 @@ def run_job(address: str, config: Path, args: argparse.Namespace, source: sp.csr
     }  # fmt: skip
 
 
+def online(address: str, cells: Cells, repeats: int) -> list[dict[str, Any]]:
+    """Embed vs raw ONNX Runtime, interleaved: raw ORT right before and right after each Embed run,
+    the ratio against their mean, so that a load change on a shared machine hits both sides alike."""
+    feeds = cells.feeds()
+    rows: list[dict[str, Any]] = []
+    raw = raw_rate(cells.model, feeds)
+    for _ in range(repeats):
+        for in_flight in (1, 2):
+            served = embed_rate(address, cells, in_flight)
+            after = raw_rate(cells.model, feeds)
+            reference = (raw + after) / 2
+            rows.append({"model": cells.model, "in_flight": in_flight, "raw_cells_s": reference,
+                         "embed_cells_s": served, "ratio": served / reference,
+                         "load_average": os.getloadavg()})  # fmt: skip
+            print(f"{cells.model}: raw ORT {reference:,.0f} cells/s   Embed ({in_flight} in flight) {served:,.0f} "
+                  f"cells/s   ratio {served / reference:.2f}", flush=True)  # fmt: skip
+            raw = after
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", type=int, default=20_000)
     parser.add_argument("--job-cells", type=int, default=200_000)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--no-tune", action="store_true", help="Leave this process's malloc at glibc's defaults.")
     parser.add_argument("--scratch", type=Path, default=Path("/tmp/genoserve-embedding-bench"))
     args = parser.parse_args()
     args.scratch.mkdir(parents=True, exist_ok=True)
+    tuned = False if args.no_tune else tune_allocator()
     source, genes = pbmc_csr()
-    cells = resample(source, args.cells, 1)
-    dense = cells.toarray().astype(np.float32)
-    report: dict[str, Any] = {"model": MODEL, "cells": args.cells, "online": [], "nproc": os.cpu_count(),
+    report: dict[str, Any] = {"models": [MODEL, "scvi-sim-batch"], "cells": args.cells, "online": [],
+                              "nproc": os.cpu_count(), "client_allocator_tuned": tuned,
                               "load_average_start": os.getloadavg()}  # fmt: skip
     config = args.scratch / "genoserve.yaml"
     config.write_text(yaml.safe_dump({
@@ -214,38 +279,31 @@ def main() -> None:
         "worker": {"metrics_dir": str(args.scratch / "data" / "metrics"), "batch_size": BATCH},
     }))  # fmt: skip
     with ServerProcess("--config", str(config), log_path=args.scratch / "server.log") as server:
-        # Interleaved: raw ORT right before and right after each Embed run, the ratio against
-        # their mean, so that a load change on a shared machine hits both sides alike.
-        raw = raw_rate(dense)
-        for _ in range(args.repeats):
-            for in_flight in (1, 2):
-                served = embed_rate(server.address, cells, genes, in_flight)
-                after = raw_rate(dense)
-                reference = (raw + after) / 2
-                report["online"].append({"in_flight": in_flight, "raw_cells_s": reference, "embed_cells_s": served,
-                                         "ratio": served / reference})  # fmt: skip
-                print(f"raw ORT {reference:,.0f} cells/s   Embed ({in_flight} in flight) {served:,.0f} cells/s   "
-                      f"ratio {served / reference:.2f}", flush=True)  # fmt: skip
-                raw = after
-        big_raw = raw_rate(resample(source, min(args.job_cells, 50_000), 2).toarray().astype(np.float32))
+        for cells in (pbmc_cells(args.cells), simulated_cells(args.cells)):
+            report["online"] += online(server.address, cells, args.repeats)
+        big = Cells(MODEL, resample(source, min(args.job_cells, 50_000), 2), genes, [])
+        big_raw = raw_rate(MODEL, big.feeds())
         report["jobs"] = [run_job(server.address, config, args, source, genes, n, big_raw)
                           for n in (args.job_cells // 4, args.job_cells)]  # fmt: skip
     report["load_average_end"] = os.getloadavg()
-    online = report["online"]
-    best = max(online, key=lambda r: r["ratio"])
-    medians = {f: sorted(r["ratio"] for r in online if r["in_flight"] == f)[args.repeats // 2] for f in (1, 2)}
+    rows = report["online"]
+    medians = {
+        (m, f): sorted(r["ratio"] for r in rows if r["in_flight"] == f and r["model"] == m)[args.repeats // 2]
+        for m in report["models"] for f in (1, 2)
+    }  # fmt: skip
     lines = [
-        f"# Embedding benchmark ({MODEL}, {os.cpu_count()} cores)",
+        f"# Embedding benchmark ({os.cpu_count()} cores, client allocator {'tuned' if tuned else 'glibc defaults'})",
         "",
         "| path | cells/s | raw ONNX Runtime cells/s | ratio |",
         "|---|---|---|---|",
-        *[f"| Embed (gRPC, CSR, {BATCH}/request, {r['in_flight']} in flight) | {r['embed_cells_s']:,.0f} | "
-          f"{r['raw_cells_s']:,.0f} | {r['ratio']:.2f} |" for r in online],
+        *[f"| Embed {r['model']} (gRPC, CSR, {BATCH}/request, {r['in_flight']} in flight) | "
+          f"{r['embed_cells_s']:,.0f} | {r['raw_cells_s']:,.0f} | {r['ratio']:.2f} |" for r in rows],
         *[f"| embedding.embed_h5ad, {j['cells']:,} cells, {j['file_mb']:.0f} MB .h5ad, e2e | {j['cells_s']:,.0f} | "
           f"{j['raw_cells_s']:,.0f} | {j['ratio']:.2f} |" for j in report["jobs"]],
         "",
-        f"Embed ratio, median of {args.repeats}: {medians[1]:.2f} (1 in flight), {medians[2]:.2f} (2 in flight); "
-        f"best of all {best['ratio']:.2f}. Job worker peak RSS: "
+        f"Embed ratio, median of {args.repeats} (1 / 2 in flight): "
+        + "; ".join(f"{m} {medians[m, 1]:.2f} / {medians[m, 2]:.2f}" for m in report["models"])
+        + ". Job worker peak RSS: "
         + "; ".join(f"{j['worker_peak_rss_mb']:.0f} MB for {j['cells']:,} cells ({j['file_mb']:.0f} MB file)"
                     for j in report["jobs"]) + ".",
         f"Load average (1, 5, 15 min) at the start {report['load_average_start']}, at the end "
