@@ -12,7 +12,7 @@ import scipy.sparse as sp
 from google.protobuf.message import DecodeError
 
 from genoserve.api.codecs import embedding as codec
-from genoserve.api.codecs.embedding import ParsedEmbedRequest, encode_embed_request, parse_embed_request
+from genoserve.api.codecs.embedding import ParsedEmbedRequest, compact, encode_embed_request, parse_embed_request
 from genoserve.api.codecs.tensor import from_numpy, to_numpy
 from genoserve.api.codecs.wire import field_header, take_fields, take_first
 from genoserve.core.errors import InvalidArgument
@@ -128,3 +128,16 @@ def test_take_fields_and_take_first() -> None:
     assert embedding_pb2.CountMatrix.FromString(rest2).HasField("csr")  # the second one: the caller's check
     assert take_first(b"\x0b", (3,)) is None  # a group (wire type 3): not plain
     assert take_first(field_header(1, 9) + b"ab", (3,)) is None  # truncated
+
+
+def test_compact_is_exact_or_leaves_the_values_alone() -> None:
+    counts = np.array([0, 1, 7, 65535], np.float32)
+    assert compact(counts).dtype == np.uint16
+    np.testing.assert_array_equal(compact(counts), counts)
+    assert compact(np.arange(5, dtype=np.int64)).dtype == np.uint16
+    # Anything uint16 cannot hold exactly goes as it is, so the server names the bad value itself.
+    for bad in ([1.0, np.nan], [1.0, np.inf], [2.5, 1.0], [-1.0, 2.0], [65536.0, 1.0]):
+        values = np.array(bad, np.float32)
+        assert compact(values) is values
+    assert compact(np.array([-3, 4], np.int32)).dtype == np.int32
+    assert compact(np.array([1, 2], np.uint8)).dtype == np.uint8  # already small

@@ -118,7 +118,8 @@ def compact(values: Array) -> Array:
     that the server judges (and names) any bad value itself."""
     if values.dtype.kind not in "iuf" or values.dtype.itemsize <= 2:
         return values
-    small = values.astype(np.uint16)
+    with np.errstate(invalid="ignore"):  # NaN/inf cast to some integer: the comparison rejects them
+        small = values.astype(np.uint16)
     return small if np.array_equal(small, values) else values
 
 
