@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from genoserve.core.errors import GenoserveError
 from genoserve.variants.examples import CHANNELS_6, CHANNELS_7, PileupExample, read_examples
 from genoserve.variants.make_examples import Region, make_examples
 
@@ -138,7 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-site", action="store_true", help="every site, with the rows and channels that differ")
     parser.add_argument("--no-realign", action="store_true", help="use the BAM's alignments as they are")
     args = parser.parse_args(argv)
-    report = run(args.bam, args.reference, args.examples, Region.parse(args.region), realign=not args.no_realign)
+    try:
+        report = run(args.bam, args.reference, args.examples, Region.parse(args.region), realign=not args.no_realign)
+    except GenoserveError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
     out = asdict(report)
     if not args.per_site:
         out.pop("sites")

@@ -139,3 +139,12 @@ def test_golden_pileup_agreement() -> None:
     first = report.sites[0]
     assert first.locus == "chr20:10000117-10000117"
     assert first.identical
+
+
+def test_compat_cli_bad_reference_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code = compat.main(["--bam", str(BAM), "--reference", str(BAM.parent), "--examples", str(GOLDEN),
+                        "--region", "chr20:10000000-10000100"])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "cannot open indexed FASTA" in err
+    assert err.count("\n") == 1
