@@ -51,6 +51,7 @@ import yaml
 
 from genoserve.client import Client, tune_allocator
 from genoserve.client.client import FINAL_JOB_STATES
+from tests.support.cpu import process_cpu_s
 from tests.support.jobs import WorkerProcess
 from tests.support.server import REPO, ServerProcess
 
@@ -257,6 +258,37 @@ def online(address: str, cells: Cells, repeats: int) -> list[dict[str, Any]]:
     return rows
 
 
+def cpu_split(address: str, server_pid: int, cells: Cells, requests: int = 10) -> dict[str, Any]:
+    """CPU milliseconds per 4,096-cell request: raw ONNX Runtime (this process, the session alone)
+    against Embed at one request in flight, the server process (all threads) and this client
+    apart. CPU time is what a shared machine distorts least."""
+    feeds = {k: v[:BATCH] for k, v in cells.feeds().items()}
+    session = ort.InferenceSession(
+        str(REPO / "models" / cells.model / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    session.run(["latent_mean"], feeds)
+    started = time.process_time()
+    for _ in range(requests):
+        session.run(["latent_mean"], feeds)
+    raw_ms = (time.process_time() - started) / requests * 1e3
+    del session
+    chunk, labels = cells.matrix[:BATCH], cells.batches[:BATCH]
+    with Client(address, timeout=120) as client:
+        client.embed(cells.model, cells.genes, chunk, batch_labels=labels)
+        server_before, client_before = process_cpu_s(server_pid), time.process_time()
+        for _ in range(requests):
+            client.embed(cells.model, cells.genes, chunk, batch_labels=labels)
+        server_after, client_after = process_cpu_s(server_pid), time.process_time()
+    client_ms = (client_after - client_before) / requests * 1e3
+    server_ms = None
+    if server_before is not None and server_after is not None:
+        server_ms = (server_after - server_before) / requests * 1e3
+    out = {"model": cells.model, "raw_ms": raw_ms, "server_ms": server_ms, "client_ms": client_ms,
+           "load_average": os.getloadavg()}  # fmt: skip
+    print(f"{cells.model}: CPU ms per request raw {raw_ms:.1f}, server {server_ms}, client {client_ms:.1f}", flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", type=int, default=20_000)
@@ -279,8 +311,11 @@ def main() -> None:
         "worker": {"metrics_dir": str(args.scratch / "data" / "metrics"), "batch_size": BATCH},
     }))  # fmt: skip
     with ServerProcess("--config", str(config), log_path=args.scratch / "server.log") as server:
+        report["cpu"] = []
         for cells in (pbmc_cells(args.cells), simulated_cells(args.cells)):
             report["online"] += online(server.address, cells, args.repeats)
+            assert server.proc is not None
+            report["cpu"].append(cpu_split(server.address, server.proc.pid, cells))
         big = Cells(MODEL, resample(source, min(args.job_cells, 50_000), 2), genes, [])
         big_raw = raw_rate(MODEL, big.feeds())
         report["jobs"] = [run_job(server.address, config, args, source, genes, n, big_raw)
@@ -300,6 +335,12 @@ def main() -> None:
           f"{r['embed_cells_s']:,.0f} | {r['raw_cells_s']:,.0f} | {r['ratio']:.2f} |" for r in rows],
         *[f"| embedding.embed_h5ad, {j['cells']:,} cells, {j['file_mb']:.0f} MB .h5ad, e2e | {j['cells_s']:,.0f} | "
           f"{j['raw_cells_s']:,.0f} | {j['ratio']:.2f} |" for j in report["jobs"]],
+        "",
+        "| CPU ms per 4,096-cell request | raw ONNX Runtime | Embed: server | Embed: client |",
+        "|---|---|---|---|",
+        *[f"| {c['model']} | {c['raw_ms']:.1f} | "
+          f"{'?' if c['server_ms'] is None else format(c['server_ms'], '.1f')} | {c['client_ms']:.1f} |"
+          for c in report["cpu"]],
         "",
         f"Embed ratio, median of {args.repeats} (1 / 2 in flight): "
         + "; ".join(f"{m} {medians[m, 1]:.2f} / {medians[m, 2]:.2f}" for m in report["models"])

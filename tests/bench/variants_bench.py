@@ -53,6 +53,7 @@ from genoserve.variants.examples import read_examples
 from genoserve.variants.make_examples import Region, make_examples
 from genoserve.variants.pipeline import call_examples
 from genoserve.variants.vcf import reference_contigs, write_vcf
+from tests.support.cpu import process_cpu_s
 from tests.support.server import REPO, ServerProcess
 
 RESULTS = REPO / "tests" / "bench" / "results"
@@ -97,15 +98,6 @@ async def served_throughput(address: str, payload: list[Any], model: str, concur
         return done / (time.perf_counter() - start)
 
 
-def _process_cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds of process ``pid`` (all its threads), from /proc; None elsewhere."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def cpu_per_example(onnx: Path, batch: np.ndarray, golden: list[Any], model: str, requests: int) -> dict[str, Any]:  # type: ignore[type-arg]
     """CPU milliseconds per example (load-independent, unlike examples/s on a shared machine):
     raw ONNX Runtime (1 thread) vs served (server process with 1 intra-op thread + this client
@@ -131,9 +123,9 @@ def cpu_per_example(onnx: Path, batch: np.ndarray, golden: list[Any], model: str
     with ServerProcess("--family", "variants", "--intra-op-threads", "1", model_dir=REPO / "models") as server:
         assert server.proc is not None
         asyncio.run(send(server.address))  # warm
-        server_before, client_before = _process_cpu_s(server.proc.pid), time.process_time()
+        server_before, client_before = process_cpu_s(server.proc.pid), time.process_time()
         asyncio.run(send(server.address))
-        server_after, client_after = _process_cpu_s(server.proc.pid), time.process_time()
+        server_after, client_after = process_cpu_s(server.proc.pid), time.process_time()
     n = (requests // 2) * 2 * len(golden)
     client_ms = (client_after - client_before) / n * 1e3
     if server_before is None or server_after is None:
