@@ -58,6 +58,9 @@ class SimulationConfig:
     #: Per-chunk mean base quality at the read's 5' and 3' ends drawn from these ranges (else 36, 28).
     quality_start_range: tuple[float, float] | None = None
     quality_end_range: tuple[float, float] | None = None
+    #: Per-chunk plateau of mean base quality (cycles 10..60 %) drawn from this range; None: a straight
+    #: fall from start to end. Qualities are capped at 41, so a high plateau puts many bases at 40-41.
+    quality_plateau_range: tuple[float, float] | None = None
     #: Mapping-bias segments (per bp): one haplotype's reads there map worse (lower MAPQ, some lost).
     bias_segment_rate: float = 0.0
     bias_segment_length: tuple[int, int] = (300, 1500)
@@ -204,8 +207,15 @@ def _aligner_view(
     return out
 
 
-def _qualities(rng: np.random.Generator, n: int, first: float = 36.0, last: float = 28.0) -> npt.NDArray[np.uint8]:
-    mean = np.linspace(first, last, n)
+def _qualities(
+    rng: np.random.Generator, n: int, first: float = 36.0, last: float = 28.0, plateau: float | None = None
+) -> npt.NDArray[np.uint8]:
+    """Phred qualities in sequencing order: a straight fall from ``first`` to ``last``, or (with
+    ``plateau``) a rise over the first 10 cycles to the plateau, held to 60 % of the read, then a fall."""
+    if plateau is None:
+        mean = np.linspace(first, last, n)
+    else:
+        mean = np.interp(np.arange(n), [0, 10, 0.6 * (n - 1), n - 1], [first, plateau, plateau - 1.0, last])
     q = np.clip(np.rint(rng.normal(mean, 3.0)), 2, 41)
     low = rng.random(n) < 0.03
     q[low] = rng.integers(2, 13, size=int(low.sum()))
@@ -235,7 +245,7 @@ def _make_read(
     rng: np.random.Generator,
     reference: str = "",
     offset: int = 0,
-    quality: tuple[float, float] = (36.0, 28.0),
+    quality: tuple[float, float, float | None] = (36.0, 28.0, None),
 ) -> Read | None:
     if reference:
         coords = _aligner_view(seq, coords, reference, offset, edge=12)
@@ -283,6 +293,7 @@ def simulate(
         quality = (
             rng.uniform(*config.quality_start_range) if config.quality_start_range else 36.0,
             rng.uniform(*config.quality_end_range) if config.quality_end_range else 28.0,
+            rng.uniform(*config.quality_plateau_range) if config.quality_plateau_range else None,
         )
         for _ in range(n_fragments):
             which = int(rng.integers(0, 2))

@@ -49,15 +49,17 @@ HELD_OUT = (59_800_000, 59_950_000)
 REAL_REGION = "chr20:10000000-10010000"
 PIECE = 50_000
 
-#: Training reads vary more than the held-out default profile: fragment-length spread, base-quality
-#: levels, fewer randomly low-MAPQ reads (about 5 % below 60, as in the NA12878 BAM), mapping-bias
-#: segments (real alleles at low allele fraction and MAPQ) and paralog reads that carry the copy's
-#: other differences too.
+#: Training reads vary more than the held-out default profile: fragment-length spread; base-quality
+#: profiles with a plateau near 38 and a third of bases at 40-41 and fewer randomly low-MAPQ reads
+#: (about 5 % below 60), both read-level profiles of the NA12878 BAM (no labels used); mapping-bias
+#: segments (real alleles at low allele fraction and MAPQ); paralog reads carrying the copy's other
+#: differences too.
 TRAIN_SIMULATION = SimulationConfig(
     fragment_sd_range=(40.0, 90.0),
     min_fragment=150,
-    quality_start_range=(32.0, 39.0),
-    quality_end_range=(26.0, 36.0),
+    quality_start_range=(30.0, 35.0),
+    quality_end_range=(28.0, 34.0),
+    quality_plateau_range=(36.5, 41.0),
     low_mq_fraction=0.05,
     bias_segment_rate=1 / 8000,
     paralog_divergence=(0.005, 0.03),
