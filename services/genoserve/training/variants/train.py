@@ -5,8 +5,8 @@
     python -m genoserve.training.variants.train --out models --evaluate-only   (re-measure only)
 
 Training data: reads simulated over chr20:10,100,000-10,700,000 (the non-N part of the reference
-after the real NA12878 region), ``Settings.replicates`` times with different seeds (different
-planted variants), with the varied profile of ``TRAIN_SIMULATION``; pileups are made by
+after the real NA12878 region), ``len(Settings.simulations)`` times with different seeds (different
+planted variants), one per read profile in ``TRAIN_SIMULATIONS``; pileups are made by
 make_examples' own path, local realigner included (``dataset.build``). Held-out evaluation: a
 fresh simulation over chr20:59,800,000-59,950,000 (the reference's other non-N stretch) with its
 own seed and the simulator's default profile, called end to end (candidates -> realigned pileups
@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import io
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -49,20 +49,25 @@ HELD_OUT = (59_800_000, 59_950_000)
 REAL_REGION = "chr20:10000000-10010000"
 PIECE = 50_000
 
-#: Training reads vary more than the held-out default profile: fragment-length spread; base-quality
-#: profiles with a plateau near 38 and a third of bases at 40-41 and fewer randomly low-MAPQ reads
-#: (about 5 % below 60), both read-level profiles of the NA12878 BAM (no labels used); mapping-bias
-#: segments (real alleles at low allele fraction and MAPQ); paralog reads carrying the copy's other
-#: differences too.
-TRAIN_SIMULATION = SimulationConfig(
-    fragment_sd_range=(40.0, 90.0),
-    min_fragment=150,
-    quality_start_range=(30.0, 35.0),
-    quality_end_range=(28.0, 34.0),
-    quality_plateau_range=(36.5, 41.0),
-    low_mq_fraction=0.05,
-    bias_segment_rate=1 / 8000,
-    paralog_divergence=(0.005, 0.03),
+#: Mapping-bias segments (real alleles at low allele fraction and MAPQ) and paralog reads that carry
+#: the copy's other differences too, on the simulator's default read profile (that of the held-out data).
+_WITH_ARTEFACTS = SimulationConfig(bias_segment_rate=1 / 8000, paralog_divergence=(0.005, 0.03))
+
+#: The training replicates' profiles: the default read profile, and one that varies more:
+#: fragment-length spread; base-quality profiles with a plateau near 38 and a third of bases at
+#: 40-41, fewer randomly low-MAPQ reads (about 5 % below 60), both read-level profiles of the
+#: NA12878 BAM (no labels used). Both with the artefacts above.
+TRAIN_SIMULATIONS = (
+    _WITH_ARTEFACTS,
+    replace(
+        _WITH_ARTEFACTS,
+        fragment_sd_range=(40.0, 90.0),
+        min_fragment=150,
+        quality_start_range=(30.0, 35.0),
+        quality_end_range=(28.0, 34.0),
+        quality_plateau_range=(36.5, 41.0),
+        low_mq_fraction=0.05,
+    ),
 )
 
 
@@ -74,8 +79,8 @@ class Settings:
     width: int = 16
     train: tuple[int, int] = TRAIN
     held_out: tuple[int, int] = HELD_OUT
-    replicates: int = 2
-    simulation: SimulationConfig = field(default_factory=lambda: TRAIN_SIMULATION)
+    #: One training replicate (the whole training span, its own seed) per read profile.
+    simulations: tuple[SimulationConfig, ...] = TRAIN_SIMULATIONS
     workers: int = 2
 
 
@@ -106,11 +111,11 @@ def training_data(
     """All replicates' pieces simulated and built (``settings.workers`` processes; the result does
     not depend on their number), concatenated in piece order."""
     jobs = []
-    for replicate in range(settings.replicates):
+    for replicate, config in enumerate(settings.simulations):
         for i, start in enumerate(range(settings.train[0], settings.train[1], PIECE)):
             end = min(settings.train[1], start + PIECE)
             piece_seed = (seed + 1 + 100 * replicate) * 1000 + i
-            jobs.append((fasta.fetch(CONTIG, start, end), start, piece_seed, settings.simulation))
+            jobs.append((fasta.fetch(CONTIG, start, end), start, piece_seed, config))
     if settings.workers > 1:
         with get_context("spawn").Pool(settings.workers) as pool:
             parts = pool.map(_training_piece, jobs, chunksize=1)
@@ -349,7 +354,7 @@ def main(argv: list[str] | None = None) -> None:
             epochs=1,
             train=(TRAIN[0], TRAIN[0] + 10_000),
             held_out=(HELD_OUT[0], HELD_OUT[0] + 10_000),
-            replicates=1,
+            simulations=TRAIN_SIMULATIONS[1:],
             workers=1,
         )
     started = time.time()
@@ -373,7 +378,7 @@ def main(argv: list[str] | None = None) -> None:
                 "seed": str(args.seed),
                 "train_region": (
                     f"{CONTIG}:{settings.train[0] + 1}-{settings.train[1]} "
-                    f"(simulated reads, {settings.replicates} replicates)"
+                    f"(simulated reads, {len(settings.simulations)} replicates)"
                 ),
                 "held_out_region": f"{CONTIG}:{settings.held_out[0] + 1}-{settings.held_out[1]} (simulated reads)",
                 "reference": "UCSC hg19 chr20 (DeepVariant test data)",
