@@ -153,6 +153,38 @@ def examples_for_candidate(
     return out
 
 
+def partition_examples(
+    partition: Region,
+    reads: list[Read],
+    ref: str,
+    ref_start: int,
+    contig_length: int,
+    options: PileupOptions,
+    thresholds: CandidateThresholds,
+    realigner: RealignerOptions,
+    sample: str,
+) -> tuple[list[Candidate], list[PileupExample]]:
+    """One partition of make_examples: realign ``reads`` (those overlapping ``partition``, already
+    filtered), count alleles, find candidates inside the partition and draw their examples.
+
+    ``ref`` is the contig's reference from ``ref_start`` on, reaching ``REFERENCE_PAD`` bases beyond
+    the partition on both sides (or to the contig's ends); "N" outside the contig is fine.
+    """
+    reads = realign_region(reads, ref, ref_start, contig_length, partition.start, partition.end, realigner)
+    sorted_reads = _SortedReads(reads)
+    encoder = PileupEncoder(options)  # its per-read cache lives as long as the partition's reads
+    counts = count_alleles(sorted_reads, partition.contig, ref, ref_start, thresholds.min_base_quality)
+    candidates = find_candidates(counts, ref, ref_start, partition.start, partition.end, thresholds)
+    half = options.width // 2
+    examples: list[PileupExample] = []
+    for candidate in candidates:
+        lo = candidate.start - half - ref_start
+        window = "N" * max(0, -lo) + ref[max(0, lo) : lo + options.width]
+        window = window + "N" * (options.width - len(window))
+        examples.extend(examples_for_candidate(candidate, sorted_reads, window, encoder, sample))
+    return candidates, examples
+
+
 def make_examples(
     bam_path: str | Path,
     reference_path: str | Path,
@@ -179,7 +211,6 @@ def make_examples(
         sample = sample_name(bam)
         options = PileupOptions(channels=channels)
         contig_length = fasta.get_reference_length(region.contig)
-        half = options.width // 2
         all_candidates: list[Candidate] = []
         examples: list[PileupExample] = []
         for start in range(region.start, region.end, PARTITION_SIZE):
@@ -187,15 +218,19 @@ def make_examples(
             reads = fetch_reads(bam, region.contig, start, end, ReadFilter(), str(bam_path))
             ref_start = max(0, start - REFERENCE_PAD)
             ref = reference_window(fasta, region.contig, ref_start, end + REFERENCE_PAD - ref_start)
-            reads = realign_region(reads, ref, ref_start, contig_length, start, end, realigner)
-            sorted_reads = _SortedReads(reads)
-            encoder = PileupEncoder(options)  # its per-read cache lives as long as the partition's reads
-            counts = count_alleles(sorted_reads, region.contig, ref, ref_start, thresholds.min_base_quality)
-            candidates = find_candidates(counts, ref, ref_start, start, end, thresholds)
-            for candidate in candidates:
-                window = reference_window(fasta, region.contig, candidate.start - half, options.width)
-                examples.extend(examples_for_candidate(candidate, sorted_reads, window, encoder, sample))
+            candidates, made = partition_examples(
+                Region(region.contig, start, end),
+                reads,
+                ref,
+                ref_start,
+                contig_length,
+                options,
+                thresholds,
+                realigner,
+                sample,
+            )
             all_candidates.extend(candidates)
+            examples.extend(made)
         return all_candidates, examples
     finally:
         bam.close()

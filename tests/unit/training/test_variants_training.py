@@ -142,7 +142,7 @@ def test_committed_model_on_real_na12878(channels: int) -> None:
     assert result.indel.fp == recorded["na12878_indel_fp"]
 
 
-@pytest.mark.parametrize(("channels", "snp_tp"), [(7, 42), (6, 43)])
+@pytest.mark.parametrize(("channels", "snp_tp"), [(7, 44), (6, 44)])
 def test_committed_model_calls_deepvariants_own_examples(channels: int, snp_tp: int) -> None:
     """DeepVariant's golden make_examples output (realigned reads) called by our model."""
     from genoserve.variants.examples import read_examples

@@ -1,5 +1,5 @@
-"""Labelled pileup examples from a simulated sample, through genoserve's own candidate and pileup
-code (the same path real BAMs take)."""
+"""Labelled pileup examples from a simulated sample, through genoserve's own make_examples path
+(read filter, local realigner, candidates, pileups: the same path real BAMs take)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import numpy as np
 import numpy.typing as npt
 
 from genoserve.training.variants.simulate import SimulatedSample, TruthVariant
-from genoserve.variants.candidates import Candidate, count_alleles, find_candidates
+from genoserve.variants.candidates import Candidate, CandidateThresholds
 from genoserve.variants.examples import PileupExample
-from genoserve.variants.make_examples import examples_for_candidate
-from genoserve.variants.pileup import PileupEncoder, PileupOptions
+from genoserve.variants.make_examples import PARTITION_SIZE, Region, partition_examples
+from genoserve.variants.pileup import PileupOptions
 from genoserve.variants.postprocess import simplify_alleles
-from genoserve.variants.reads import unclip
+from genoserve.variants.reads import ReadFilter
+from genoserve.variants.realign import REFERENCE_PAD, RealignerOptions
 
 
 @dataclass
@@ -31,47 +32,64 @@ def _window(sample: SimulatedSample, start: int, width: int) -> str:
     return "N" * max(0, -lo) + bases + "N" * (width - max(0, -lo) - len(bases))
 
 
-def label(candidate: Candidate, indices: tuple[int, ...], truth: dict[int, TruthVariant]) -> int:
-    """How many haplotypes carry one of the shown alts (DeepVariant's genotype-class label)."""
-    variant = truth.get(candidate.start)
+def label(example: PileupExample, truth: dict[int, TruthVariant]) -> int:
+    """How many haplotypes carry one of the alts ``example`` shows (DeepVariant's genotype-class label)."""
+    variant = truth.get(example.start)
     if variant is None:
         return 0
     planted = tuple(simplify_alleles([variant.ref, variant.alt]))
     shown = any(
-        tuple(simplify_alleles([candidate.reference_bases, candidate.alternate_bases[i]])) == planted for i in indices
+        tuple(simplify_alleles([example.reference_bases, example.alternate_bases[i]])) == planted
+        for i in example.alt_allele_indices
     )
     return sum(variant.genotype) if shown else 0
 
 
 def build(sample: SimulatedSample, channels: int = 7, margin: int = 250) -> LabelledExamples:
-    """Every candidate's examples (with labels) between ``margin`` bp from the simulated edges."""
+    """Every candidate's examples (with labels) between ``margin`` bp from the simulated edges.
+
+    The reads go through make_examples' own per-partition path, as a BAM's would: DeepVariant's
+    read filter (mapping quality), 1000 bp partitions, the local realigner, candidate finding and
+    pileup drawing (``genoserve.variants.make_examples.partition_examples``).
+    """
     options = PileupOptions(channels=channels)
-    encoder = PileupEncoder(options)
-    # As make_examples does for BAM reads: clipped ends that match the reference are re-aligned.
-    reads = sorted((unclip(r, sample.reference, sample.start) for r in sample.reads), key=lambda r: r.start)
-    counts = count_alleles(reads, sample.contig, sample.reference, sample.start)
-    lo, hi = sample.start + margin, sample.start + len(sample.reference) - margin
-    candidates = find_candidates(counts, sample.reference, sample.start, lo, hi)
+    requirements = ReadFilter()
+    reads = [r for r in sample.reads if r.mapping_quality >= requirements.min_mapping_quality]
+    reads.sort(key=lambda r: r.start)
+    starts = np.array([r.start for r in reads])
+    ends = np.maximum.accumulate(np.array([r.end for r in reads])) if reads else starts
+    end_of_sample = sample.start + len(sample.reference)
+    lo, hi = sample.start + margin, end_of_sample - margin
     truth = {v.start: v for v in sample.truth}
     examples: list[PileupExample] = []
-    labels: list[int] = []
-    starts = np.array([r.start for r in reads])
-    half = options.width // 2
-    for candidate in candidates:
-        # Reads are sorted by start and at most ~700 bp long on the reference.
-        first = int(np.searchsorted(starts, candidate.start - 1000))
-        last = int(np.searchsorted(starts, candidate.end + 10))
-        nearby = reads[first:last]
-        made = examples_for_candidate(
-            candidate, nearby, _window(sample, candidate.start - half, options.width), encoder, "SIM"
+    candidates: list[Candidate] = []
+    for start in range(lo, hi, PARTITION_SIZE):
+        end = min(start + PARTITION_SIZE, hi)
+        # Reads overlapping [start, end), as a BAM query returns them (sorted by start).
+        first = int(np.searchsorted(ends, start, side="right"))
+        last = int(np.searchsorted(starts, end))
+        nearby = [r for r in reads[first:last] if r.end > start]
+        ref_start = max(sample.start, start - REFERENCE_PAD)
+        ref = _window(sample, ref_start, min(end_of_sample, end + REFERENCE_PAD) - ref_start)
+        found, made = partition_examples(
+            Region(sample.contig, start, end),
+            nearby,
+            ref,
+            ref_start,
+            end_of_sample,
+            options,
+            CandidateThresholds(),
+            RealignerOptions(),
+            "SIM",
         )
         for example in made:
-            example.label = label(candidate, example.alt_allele_indices, truth)
-            labels.append(example.label)
+            example.label = label(example, truth)
+        candidates.extend(found)
         examples.extend(made)
     images = (
         np.stack([e.image for e in examples])
         if examples
         else np.zeros((0, options.height, options.width, channels), np.uint8)
     )
-    return LabelledExamples(images, np.asarray(labels, dtype=np.int64), examples, candidates)
+    labels = np.asarray([e.label for e in examples], dtype=np.int64)
+    return LabelledExamples(images, labels, examples, candidates)

@@ -18,6 +18,12 @@ Hard negatives: "paralog" sites where 15-35% extra reads with a non-genome allel
 quality (0..25) pile up, as mismapped reads do, and systematic-error sites with 8-20% such reads
 with ordinary mapping qualities and insert sizes; such candidates are hom-ref (label 0).
 Coverage is drawn per chunk between ``min_coverage`` and ``max_coverage``.
+
+Off by default (``SimulationConfig``; the trainer turns them on for training data only): fragment
+length spread and base-quality levels drawn per chunk; mapping-bias segments, where the reads of
+one haplotype get lower mapping qualities and some are lost (as near segmental duplications: real
+alleles at allele fractions below 0.5, carried by low-MAPQ reads); paralog reads that carry the
+copy's other differences near the site too, as mismapped reads do.
 """
 
 from __future__ import annotations
@@ -45,6 +51,23 @@ class SimulationConfig:
     fragment_mean: float = 300.0
     fragment_sd: float = 40.0
     low_mq_fraction: float = 0.1
+    # Options below are off by default (the held-out simulation keeps the profile above).
+    #: Per-chunk fragment-length SD drawn from this range (overrides ``fragment_sd``); shortest fragment.
+    fragment_sd_range: tuple[float, float] | None = None
+    min_fragment: int = 2 * READ_LENGTH
+    #: Per-chunk mean base quality at the read's 5' and 3' ends drawn from these ranges (else 36, 28).
+    quality_start_range: tuple[float, float] | None = None
+    quality_end_range: tuple[float, float] | None = None
+    #: Per-chunk plateau of mean base quality (cycles 10..60 %) drawn from this range; None: a straight
+    #: fall from start to end. Qualities are capped at 41, so a high plateau puts many bases at 40-41.
+    quality_plateau_range: tuple[float, float] | None = None
+    #: Mapping-bias segments (per bp): one haplotype's reads there map worse (lower MAPQ, some lost).
+    bias_segment_rate: float = 0.0
+    bias_segment_length: tuple[int, int] = (300, 1500)
+    bias_low_mq: tuple[int, int] = (10, 45)
+    bias_max_loss: float = 0.45
+    #: Paralog reads carry this many extra differences per bp (drawn per site), shared by the site's reads.
+    paralog_divergence: tuple[float, float] = (0.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -184,8 +207,15 @@ def _aligner_view(
     return out
 
 
-def _qualities(rng: np.random.Generator, n: int) -> npt.NDArray[np.uint8]:
-    mean = np.linspace(36.0, 28.0, n)
+def _qualities(
+    rng: np.random.Generator, n: int, first: float = 36.0, last: float = 28.0, plateau: float | None = None
+) -> npt.NDArray[np.uint8]:
+    """Phred qualities in sequencing order: a straight fall from ``first`` to ``last``, or (with
+    ``plateau``) a rise over the first 10 cycles to the plateau, held to 60 % of the read, then a fall."""
+    if plateau is None:
+        mean = np.linspace(first, last, n)
+    else:
+        mean = np.interp(np.arange(n), [0, 10, 0.6 * (n - 1), n - 1], [first, plateau, plateau - 1.0, last])
     q = np.clip(np.rint(rng.normal(mean, 3.0)), 2, 41)
     low = rng.random(n) < 0.03
     q[low] = rng.integers(2, 13, size=int(low.sum()))
@@ -215,6 +245,7 @@ def _make_read(
     rng: np.random.Generator,
     reference: str = "",
     offset: int = 0,
+    quality: tuple[float, float, float | None] = (36.0, 28.0, None),
 ) -> Read | None:
     if reference:
         coords = _aligner_view(seq, coords, reference, offset, edge=12)
@@ -222,7 +253,7 @@ def _make_read(
     if placed is None:
         return None
     start, cigar = placed
-    quals = _qualities(rng, len(seq))
+    quals = _qualities(rng, len(seq), *quality)
     if reverse:  # sequencing runs 5'->3' on the reverse strand: qualities fall right to left
         quals = quals[::-1].copy()
     seq = _mutate(seq, quals, rng)
@@ -251,33 +282,95 @@ def simulate(
     reference = reference.upper()
     truth = plant_variants(reference, offset, rng, config)
     haps = [haplotype(reference, offset, truth, which) for which in (0, 1)]
+    segments = _bias_segments(len(reference), rng, config) if config.bias_segment_rate > 0 else []
     reads: list[Read] = []
     fragment = 0
     for chunk_start in range(0, len(reference), config.chunk):
         chunk_end = min(len(reference), chunk_start + config.chunk)
         coverage = rng.uniform(config.min_coverage, config.max_coverage)
         n_fragments = int(coverage * (chunk_end - chunk_start) / (2 * READ_LENGTH))
+        fragment_sd = rng.uniform(*config.fragment_sd_range) if config.fragment_sd_range else config.fragment_sd
+        quality = (
+            rng.uniform(*config.quality_start_range) if config.quality_start_range else 36.0,
+            rng.uniform(*config.quality_end_range) if config.quality_end_range else 28.0,
+            rng.uniform(*config.quality_plateau_range) if config.quality_plateau_range else None,
+        )
         for _ in range(n_fragments):
             which = int(rng.integers(0, 2))
             seq, coords = haps[which]
-            length = int(np.clip(rng.normal(config.fragment_mean, config.fragment_sd), 2 * READ_LENGTH, 600))
+            length = int(np.clip(rng.normal(config.fragment_mean, fragment_sd), config.min_fragment, 600))
             # Place by reference position, then find the haplotype index there.
             ref_pos = offset + int(rng.integers(chunk_start, max(chunk_start + 1, chunk_end - length)))
             h = int(np.searchsorted(np.maximum.accumulate(coords), ref_pos))
             if h + length > len(seq):
                 continue
-            fragment += 1
-            name = f"sim:{seed}:{fragment}"
             low = rng.random() < config.low_mq_fraction
             mapq = int(rng.integers(20, 60)) if low else 60
+            segment = next((g for g in segments if g.lo < ref_pos - offset + length and g.hi > ref_pos - offset), None)
+            if segment is not None:
+                biased = _biased_mapq(segment, which, mapq, rng, config)
+                if biased is None:
+                    continue
+                mapq = biased
+            fragment += 1
+            name = f"sim:{seed}:{fragment}"
             head = slice(h, h + READ_LENGTH)
-            first = _make_read(name, 0, seq[head], coords[head], False, mapq, length, rng, reference, offset)
+            first = _make_read(name, 0, seq[head], coords[head], False, mapq, length, rng, reference, offset, quality)
             tail = slice(h + length - READ_LENGTH, h + length)
-            second = _make_read(name, 1, seq[tail], coords[tail], True, mapq, -length, rng, reference, offset)
+            second = _make_read(name, 1, seq[tail], coords[tail], True, mapq, -length, rng, reference, offset, quality)
             reads.extend(r for r in (first, second) if r is not None)
     paralogs = _paralog_reads(contig, reference, offset, truth, rng, config, reads)
     reads.sort(key=lambda r: r.start)
     return SimulatedSample(contig, offset, reference, reads, truth, paralogs)
+
+
+@dataclass(frozen=True)
+class _BiasSegment:
+    """Reference stretch ``[lo, hi)`` (sample coordinates) where reads of ``haplotype`` map worse."""
+
+    lo: int
+    hi: int
+    haplotype: int
+    mapq: int  # the usual MAPQ of the worse-mapping haplotype's reads here
+    low_fraction: float  # that haplotype's reads at a lowered MAPQ
+    loss: float  # that haplotype's fragments lost (mapped elsewhere)
+    other_low_fraction: float  # the other haplotype's reads at a lowered MAPQ
+
+
+def _bias_segments(length: int, rng: np.random.Generator, config: SimulationConfig) -> list[_BiasSegment]:
+    """Mapping-bias segments, as near segmental duplications: the haplotype that resembles the copy
+    elsewhere gets lower mapping qualities and loses some reads, so its alleles show at allele
+    fractions below 0.5 and with low MAPQ while being real."""
+    segments: list[_BiasSegment] = []
+    for _ in range(rng.binomial(length, config.bias_segment_rate)):
+        lo = int(rng.integers(0, length))
+        hi = lo + int(rng.integers(*config.bias_segment_length))
+        segments.append(
+            _BiasSegment(
+                lo,
+                hi,
+                int(rng.integers(0, 2)),
+                int(rng.integers(*config.bias_low_mq)),
+                float(rng.uniform(0.5, 1.0)),
+                float(rng.uniform(0.0, config.bias_max_loss)),
+                float(rng.uniform(0.0, 0.3)),
+            )
+        )
+    return segments
+
+
+def _biased_mapq(
+    segment: _BiasSegment, which: int, mapq: int, rng: np.random.Generator, config: SimulationConfig
+) -> int | None:
+    """The MAPQ of a fragment from haplotype ``which`` overlapping ``segment``; None: lost."""
+    if which == segment.haplotype:
+        if rng.random() < segment.loss:
+            return None
+        if rng.random() < segment.low_fraction:
+            return segment.mapq if rng.random() < 0.6 else int(rng.integers(*config.bias_low_mq))
+    elif rng.random() < segment.other_low_fraction:
+        return int(rng.integers(*config.bias_low_mq))
+    return mapq
 
 
 def _paralog_reads(
@@ -305,10 +398,18 @@ def _paralog_reads(
         systematic = rng.random() < 1 / 3
         share = rng.uniform(0.08, 0.2) if systematic else rng.uniform(0.15, 0.35)
         depth = int(rng.uniform(config.min_coverage, config.max_coverage) * share)
+        differences = {pos: alt}
+        if not systematic and config.paralog_divergence[1] > 0:  # the copy's own differences nearby
+            rate = rng.uniform(*config.paralog_divergence)
+            for extra in np.nonzero(rng.random(2 * READ_LENGTH) < rate)[0].tolist():
+                at = pos - READ_LENGTH + extra
+                if at != pos and reference[at] in BASES:
+                    differences[at] = BASES[(BASES.index(reference[at]) + int(rng.integers(1, 4))) % 4]
         for j in range(depth):
             start = pos - int(rng.integers(1, READ_LENGTH - 1))
-            seq = reference[start : start + READ_LENGTH]
-            seq = seq[: pos - start] + alt + seq[pos - start + 1 :]
+            seq = "".join(
+                differences.get(i, base) for i, base in enumerate(reference[start : start + READ_LENGTH], start)
+            )
             coords = np.arange(offset + start, offset + start + READ_LENGTH, dtype=np.int64)
             name = f"paralog:{k}:{j}"
             if systematic:  # mapping qualities like any other read: only the allele fraction tells

@@ -5,9 +5,12 @@
     python -m genoserve.training.variants.train --out models --evaluate-only   (re-measure only)
 
 Training data: reads simulated over chr20:10,100,000-10,700,000 (the non-N part of the reference
-after the real NA12878 region). Held-out evaluation: a fresh simulation over
-chr20:59,800,000-59,950,000 (the reference's other non-N stretch) with its own seed, called end
-to end (candidates -> pileups -> ONNX model -> postprocess) and compared with the planted truth.
+after the real NA12878 region), ``len(Settings.simulations)`` times with different seeds (different
+planted variants), one per read profile in ``TRAIN_SIMULATIONS``; pileups are made by
+make_examples' own path, local realigner included (``dataset.build``). Held-out evaluation: a
+fresh simulation over chr20:59,800,000-59,950,000 (the reference's other non-N stretch) with its
+own seed and the simulator's default profile, called end to end (candidates -> realigned pileups
+-> ONNX model -> postprocess) and compared with the planted truth.
 With the real data files (by default those in tests/data/deepvariant) the real NA12878 region
 chr20:10,000,000-10,010,000 is called and evaluated too. All figures go into each model.yaml.
 ``--quick`` is a smoke run.
@@ -18,7 +21,8 @@ from __future__ import annotations
 import argparse
 import io
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +35,7 @@ from torch import nn
 from genoserve.training.modelyaml import write_model_dir
 from genoserve.training.variants.dataset import LabelledExamples, build
 from genoserve.training.variants.model import PileupCNN
-from genoserve.training.variants.simulate import SimulatedSample, simulate
+from genoserve.training.variants.simulate import SimulatedSample, SimulationConfig, simulate
 from genoserve.variants.evaluate import GenotypedSite, evaluate, read_bed, read_vcf_sites
 from genoserve.variants.examples import CHANNELS_6, CHANNELS_7
 from genoserve.variants.make_examples import Region
@@ -45,6 +49,27 @@ HELD_OUT = (59_800_000, 59_950_000)
 REAL_REGION = "chr20:10000000-10010000"
 PIECE = 50_000
 
+#: Mapping-bias segments (real alleles at low allele fraction and MAPQ) and paralog reads that carry
+#: the copy's other differences too, on the simulator's default read profile (that of the held-out data).
+_WITH_ARTEFACTS = SimulationConfig(bias_segment_rate=1 / 8000, paralog_divergence=(0.005, 0.03))
+
+#: The training replicates' profiles: the default read profile, and one that varies more:
+#: fragment-length spread; base-quality profiles with a plateau near 38 and a third of bases at
+#: 40-41, fewer randomly low-MAPQ reads (about 5 % below 60), both read-level profiles of the
+#: NA12878 BAM (no labels used). Both with the artefacts above.
+TRAIN_SIMULATIONS = (
+    _WITH_ARTEFACTS,
+    replace(
+        _WITH_ARTEFACTS,
+        fragment_sd_range=(40.0, 90.0),
+        min_fragment=150,
+        quality_start_range=(30.0, 35.0),
+        quality_end_range=(28.0, 34.0),
+        quality_plateau_range=(36.5, 41.0),
+        low_mq_fraction=0.05,
+    ),
+)
+
 
 @dataclass
 class Settings:
@@ -54,24 +79,49 @@ class Settings:
     width: int = 16
     train: tuple[int, int] = TRAIN
     held_out: tuple[int, int] = HELD_OUT
+    #: One training replicate (the whole training span, its own seed) per read profile.
+    simulations: tuple[SimulationConfig, ...] = TRAIN_SIMULATIONS
+    workers: int = 2
 
 
 def _existing(path: Path) -> Path | None:
     return path if path.exists() else None
 
 
-def simulate_range(fasta: pysam.FastaFile, span: tuple[int, int], seed: int) -> list[SimulatedSample]:
+def simulate_range(
+    fasta: pysam.FastaFile, span: tuple[int, int], seed: int, config: SimulationConfig | None = None
+) -> list[SimulatedSample]:
     samples = []
     for i, start in enumerate(range(span[0], span[1], PIECE)):
         end = min(span[1], start + PIECE)
-        samples.append(simulate(CONTIG, fasta.fetch(CONTIG, start, end), start, seed * 1000 + i))
+        samples.append(simulate(CONTIG, fasta.fetch(CONTIG, start, end), start, seed * 1000 + i, config))
     return samples
 
 
-def merge(parts: list[LabelledExamples]) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
-    images = np.concatenate([p.images for p in parts])
-    labels = np.concatenate([p.labels for p in parts])
-    return images, labels
+def _training_piece(job: tuple[str, int, int, SimulationConfig]) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
+    """Images and labels of one simulated piece (``reference`` at ``start``, ``seed``)."""
+    reference, start, seed, config = job
+    part = build(simulate(CONTIG, reference, start, seed, config))
+    return part.images, part.labels
+
+
+def training_data(
+    fasta: pysam.FastaFile, settings: Settings, seed: int
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
+    """All replicates' pieces simulated and built (``settings.workers`` processes; the result does
+    not depend on their number), concatenated in piece order."""
+    jobs = []
+    for replicate, config in enumerate(settings.simulations):
+        for i, start in enumerate(range(settings.train[0], settings.train[1], PIECE)):
+            end = min(settings.train[1], start + PIECE)
+            piece_seed = (seed + 1 + 100 * replicate) * 1000 + i
+            jobs.append((fasta.fetch(CONTIG, start, end), start, piece_seed, config))
+    if settings.workers > 1:
+        with get_context("spawn").Pool(settings.workers) as pool:
+            parts = pool.map(_training_piece, jobs, chunksize=1)
+    else:
+        parts = [_training_piece(job) for job in jobs]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def fit(
@@ -300,13 +350,17 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(2)
     settings = Settings()
     if args.quick:
-        settings = Settings(epochs=1, train=(TRAIN[0], TRAIN[0] + 10_000), held_out=(HELD_OUT[0], HELD_OUT[0] + 10_000))
+        settings = Settings(
+            epochs=1,
+            train=(TRAIN[0], TRAIN[0] + 10_000),
+            held_out=(HELD_OUT[0], HELD_OUT[0] + 10_000),
+            simulations=TRAIN_SIMULATIONS[1:],
+            workers=1,
+        )
     started = time.time()
     with pysam.FastaFile(str(args.reference)) as fasta:
-        train_samples = simulate_range(fasta, settings.train, args.seed + 1)
+        images, labels = training_data(fasta, settings, args.seed)
         test_samples = simulate_range(fasta, settings.held_out, args.seed + 7919)
-    train_parts = [build(s) for s in train_samples]
-    images, labels = merge(train_parts)
     print(f"training examples {len(labels)} (classes {np.bincount(labels, minlength=3).tolist()})", flush=True)
     for channels in args.channels:
         model = fit(images, labels, channels, settings, args.seed)
@@ -322,7 +376,10 @@ def main(argv: list[str] | None = None) -> None:
             provenance={
                 "script": "genoserve.training.variants.train",
                 "seed": str(args.seed),
-                "train_region": f"{CONTIG}:{settings.train[0] + 1}-{settings.train[1]} (simulated reads)",
+                "train_region": (
+                    f"{CONTIG}:{settings.train[0] + 1}-{settings.train[1]} "
+                    f"(simulated reads, {len(settings.simulations)} replicates)"
+                ),
                 "held_out_region": f"{CONTIG}:{settings.held_out[0] + 1}-{settings.held_out[1]} (simulated reads)",
                 "reference": "UCSC hg19 chr20 (DeepVariant test data)",
             },
