@@ -53,6 +53,7 @@ def test_tiny_faint_nuclei_are_small_and_dim() -> None:
         for label in np.unique(masks[masks > 0]):
             region = masks == label
             (small if region.sum() < np.pi * 4**2 else large).append(image[region].mean() - background)
-    assert len(small) >= 10 and len(large) >= 10
+    assert len(small) >= 10
+    assert len(large) >= 10
     # A typical tiny nucleus is several times fainter than a typical nucleus.
     assert np.median(small) < 0.5 * np.median(large)
