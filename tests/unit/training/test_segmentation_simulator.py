@@ -43,3 +43,17 @@ def test_size_config_is_respected() -> None:
     assert masks.shape == (64, 96)
     areas = np.bincount(masks.ravel())[1:]
     assert np.median(areas[areas > 0]) < np.pi * 6**2
+
+
+def test_tiny_faint_nuclei_are_small_and_dim() -> None:
+    config = SimConfig(size=(128, 128), diameter=(14.0, 18.0), tiny_fraction=0.3, saturated_fraction=0.0)
+    small, large = [], []
+    for image, masks in dataset(11, 4, config):
+        background = np.median(image[masks == 0])
+        for label in np.unique(masks[masks > 0]):
+            region = masks == label
+            (small if region.sum() < np.pi * 4**2 else large).append(image[region].mean() - background)
+    assert len(small) >= 10
+    assert len(large) >= 10
+    # A typical tiny nucleus is several times fainter than a typical nucleus.
+    assert np.median(small) < 0.5 * np.median(large)

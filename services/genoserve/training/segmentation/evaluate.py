@@ -34,9 +34,12 @@ def onnx_forward(onnx_bytes: bytes, input_name: str = "image") -> Any:
     return forward
 
 
-def evaluate_synthetic(forward: Any, contract: SegmentationContract, seed: int, count: int = 12) -> dict[str, float]:
+def evaluate_synthetic(
+    forward: Any, contract: SegmentationContract, seed: int, count: int = 12, config: SimConfig | None = None
+) -> dict[str, float]:
+    """AP on ``count`` simulated images (``config``, default: the simulator's defaults at 256x256)."""
     pairs = []
-    for image, masks in dataset(seed, count, SimConfig(size=(256, 256))):
+    for image, masks in dataset(seed, count, config or SimConfig(size=(256, 256))):
         result = segment_sync(image[None], contract, forward)
         pairs.append((masks, result.masks))
     ap = mean_average_precision(pairs, THRESHOLDS)

@@ -39,6 +39,15 @@ class SimConfig:
     touching_fraction: float = 0.4
     #: fraction of images clipped at a saturation level (bright nuclei at the camera's maximum)
     saturated_fraction: float = 0.3
+    #: fraction of cells that are tiny faint nuclei (small, out-of-focus or fragmented nuclei:
+    #: a few pixels across, a sharp peak a tenth as bright as the typical nucleus), whatever
+    #: the image's typical size
+    tiny_fraction: float = 0.1
+    tiny_diameter: tuple[float, float] = (4.5, 6.5)
+    tiny_brightness: tuple[float, float] = (0.04, 0.25)
+    #: largest elongation of the faint cell bodies (1: round; spread, fibroblast-like bodies
+    #: stretch several times the nucleus' size)
+    cytoplasm_elongation: float = 4.0
 
 
 def _cell_shape(rng: np.random.Generator, radius: float) -> tuple[Array, int]:
@@ -59,7 +68,7 @@ def _cell_shape(rng: np.random.Generator, radius: float) -> tuple[Array, int]:
     return rho <= radius * modulation, half
 
 
-def _cytoplasm(rng: np.random.Generator, masks: Array, fraction: float) -> Array:
+def _cytoplasm(rng: np.random.Generator, masks: Array, fraction: float, elongation: float = 1.0) -> Array:
     """Faint, smooth cell bodies around some nuclei, outside every mask: float64 [H, W]."""
     h, w = masks.shape
     bodies = np.zeros((h, w), dtype=np.float64)
@@ -77,7 +86,12 @@ def _cytoplasm(rng: np.random.Generator, masks: Array, fraction: float) -> Array
             continue
         radius = np.sqrt(count[label] / np.pi) * rng.uniform(1.5, 3.0)
         oy, ox = rng.normal(0, radius / 3, 2)
-        d2 = ((yy - cy[label] - oy) ** 2 + (xx - cx[label] - ox) ** 2) / radius**2
+        dy, dx = yy - cy[label] - oy, xx - cx[label] - ox
+        if elongation > 1.0:
+            angle, stretch = rng.uniform(0, np.pi), rng.uniform(1.0, elongation)
+            c, s = np.cos(angle), np.sin(angle)
+            dy, dx = (c * dy - s * dx) * np.sqrt(stretch), (s * dy + c * dx) / np.sqrt(stretch)
+        d2 = (dy**2 + dx**2) / radius**2
         bodies += rng.uniform(0.02, 0.12) * np.exp(-d2 * rng.uniform(1.0, 3.0))
     bodies = ndimage.gaussian_filter(bodies * (1 + 0.5 * rng.normal(0, 1, (h, w))), 1.0)
     return np.where(masks > 0, 0.0, np.clip(bodies, 0, None))
@@ -97,7 +111,11 @@ def simulate(rng: np.random.Generator, config: SimConfig = SimConfig()) -> tuple
     placed: list[tuple[int, int, float]] = []  # (centre y, centre x, radius) of each cell
     while covered < target and attempts < 400:
         attempts += 1
-        radius = float(np.clip(mean_d * rng.lognormal(0, 0.2), d_lo, d_hi * 1.2)) / 2
+        tiny = config.tiny_fraction > 0 and rng.random() < config.tiny_fraction
+        if tiny:
+            radius = rng.uniform(*config.tiny_diameter) / 2
+        else:
+            radius = float(np.clip(mean_d * rng.lognormal(0, 0.2), d_lo, d_hi * 1.2)) / 2
         shape, half = _cell_shape(rng, radius)
         if label and rng.random() < config.touching_fraction:
             # Against a random earlier cell: centre at about the sum of the two radii.
@@ -134,14 +152,18 @@ def simulate(rng: np.random.Generator, config: SimConfig = SimConfig()) -> tuple
         masks[ys, xs][piece] = label
         yy, xx = np.nonzero(piece)
         dist = np.hypot(yy - (cy - ys.start), xx - (cx - xs.start)) / max(radius, 1.0)
-        brightness = rng.uniform(0.06, 0.25) if rng.random() < config.dim_fraction else rng.uniform(0.25, 1.0)
-        dome = 1.0 - rng.uniform(0.0, 0.4) * np.clip(dist, 0, 1) ** 2
+        if tiny:
+            brightness = rng.uniform(*config.tiny_brightness)
+            dome = 1.0 - rng.uniform(0.5, 0.9) * np.clip(dist, 0, 1) ** 2
+        else:
+            brightness = rng.uniform(0.06, 0.25) if rng.random() < config.dim_fraction else rng.uniform(0.25, 1.0)
+            dome = 1.0 - rng.uniform(0.0, 0.4) * np.clip(dist, 0, 1) ** 2
         region_signal = signal[ys, xs]
         region_signal[yy, xx] = brightness * dome
         signal[ys, xs] = region_signal
         covered += piece.sum()
         placed.append((cy, cx, radius))
-    signal += _cytoplasm(rng, masks, config.cytoplasm_fraction)
+    signal += _cytoplasm(rng, masks, config.cytoplasm_fraction, config.cytoplasm_elongation)
     texture = ndimage.gaussian_filter(rng.normal(0, 1, (h, w)), rng.uniform(0.7, 2.0))
     texture /= max(texture.std(), 1e-9)
     signal *= np.clip(1.0 + rng.uniform(0.0, 0.35) * texture, 0.2, None)

@@ -4,8 +4,9 @@
 
 Targets as in Cellpose: unit flows from the masks by heat diffusion (x FLOW_SCALE) and the
 foreground; loss = MSE(flows) / 2 + BCE(cell probability), Cellpose's loss. Reproducible from the
-seed on the CPU (fixed steps, one thread: 43 min on 2 cores shared at load 5-7, about 15 min at
-load 1). ``--quick`` trains a few steps only (for tests of the export path).
+seed on the CPU (fixed steps, one thread: 3,000 steps took 32 min on 2 cores shared at load
+average 3.6-5.5, 0.26 s a step at load 2, so about 14 min on a quiet machine). ``--quick`` trains
+a few steps only (for tests of the export path).
 """
 
 from __future__ import annotations
@@ -33,11 +34,13 @@ TILE = 256
 #: Side of the simulated training images (random crops of ``CROP`` are taken from them).
 POOL_SIZE = 128
 CROP = 96
-STEPS = 2000
+STEPS = 3000
 POOL = 1000
 #: Nominal cell diameter of the training data (pixels): images are rescaled to it when a
 #: request gives a diameter.
 DIAMETER = 12.0
+#: Weight of the flow term: Cellpose's loss is MSE(flows) / 2 + BCE(cell probability).
+FLOW_LOSS_WEIGHT = 0.5
 
 
 def normalise(image: Array) -> Array:
@@ -97,7 +100,7 @@ def train(seed: int, steps: int, pool_size: int, batch: int, crop: int, log: boo
     for step in range(steps):
         x, f, p = (torch.from_numpy(a) for a in augment_batch(rng, pool, batch, crop))
         y = net(x)
-        loss = torch.nn.functional.mse_loss(y[:, :2], f * FLOW_SCALE) / 2 + bce(y[:, 2:], p)
+        loss = FLOW_LOSS_WEIGHT * torch.nn.functional.mse_loss(y[:, :2], f * FLOW_SCALE) + bce(y[:, 2:], p)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
