@@ -53,6 +53,7 @@ import numpy as np
 import onnxruntime as ort
 
 from genoserve.client import AsyncClient, Client
+from tests.support.cpu import process_cpu_s
 from tests.support.server import REPO, ServerProcess
 
 Array = np.ndarray[Any, Any]
@@ -85,15 +86,6 @@ def summarize(latencies_s: list[float]) -> dict[str, float]:
     }
 
 
-def proc_cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds of process ``pid`` (all threads), from /proc; None elsewhere."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def machine_busy_s() -> float | None:
     """CPU seconds all processes on this machine have used (user+nice+system+irq+softirq+steal)."""
     try:
@@ -118,7 +110,7 @@ class CpuMeter:
     @contextmanager
     def measure(self) -> Iterator[None]:
         wall, own = time.perf_counter(), time.process_time()
-        server = proc_cpu_s(self.server_pid) if self.server_pid else None
+        server = process_cpu_s(self.server_pid) if self.server_pid else None
         busy = machine_busy_s()
         yield
         elapsed = time.perf_counter() - wall
@@ -127,7 +119,7 @@ class CpuMeter:
         self.result = {"client_cores": client_cores}
         server_cores = 0.0
         if self.server_pid:
-            after = proc_cpu_s(self.server_pid)
+            after = process_cpu_s(self.server_pid)
             used = after - server if after is not None and server is not None else None
             self.result["server_cores"] = used / elapsed if used is not None else None
             server_cores = used / elapsed if used is not None else 0.0

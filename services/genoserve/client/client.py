@@ -246,10 +246,26 @@ def _as_is(data: bytes) -> bytes:
     return data
 
 
-_EMBED = "/genoserve.v1.CellEmbedding/Embed"
-_EMBED_STREAM = "/genoserve.v1.CellEmbedding/EmbedStream"
 _CALL_VARIANTS = "/genoserve.v1.VariantCalling/CallVariants"
 _CALL_VARIANTS_STREAM = "/genoserve.v1.VariantCalling/CallVariantsStream"
+_EMBED = "/genoserve.v1.CellEmbedding/Embed"
+_EMBED_STREAM = "/genoserve.v1.CellEmbedding/EmbedStream"
+
+
+def _encoded_calls(channel: Any) -> tuple[Any, Any, Any, Any]:
+    """CallVariants, CallVariantsStream, Embed and EmbedStream on a blocking or asyncio channel,
+    taking requests the client encodes itself (``variants_request``: pixels copied once;
+    ``embed_request``: matrix values copied once; or, for Embed, messages)."""
+    return (
+        channel.unary_unary(_CALL_VARIANTS, request_serializer=_as_is,
+                            response_deserializer=variants_pb2.CallVariantsResponse.FromString),
+        channel.stream_stream(_CALL_VARIANTS_STREAM, request_serializer=_as_is,
+                              response_deserializer=variants_pb2.CallVariantsResponse.FromString),
+        channel.unary_unary(_EMBED, request_serializer=_serialized,
+                            response_deserializer=embedding_pb2.EmbedResponse.FromString),
+        channel.stream_stream(_EMBED_STREAM, request_serializer=_serialized,
+                              response_deserializer=embedding_pb2.EmbedResponse.FromString),
+    )  # fmt: skip
 
 
 class Client:
@@ -267,26 +283,9 @@ class Client:
         self.jobs = jobs_pb2_grpc.JobsStub(self.channel)
         self.binding = binding_pb2_grpc.SequenceBindingStub(self.channel)
         self.variants = variants_pb2_grpc.VariantCallingStub(self.channel)
-        # Requests serialized by ``variants_request`` (pixels copied once, not by protobuf).
-        self._call_variants = self.channel.unary_unary(
-            _CALL_VARIANTS,
-            request_serializer=_as_is,
-            response_deserializer=variants_pb2.CallVariantsResponse.FromString,
-        )
-        self._call_variants_stream = self.channel.stream_stream(
-            _CALL_VARIANTS_STREAM,
-            request_serializer=_as_is,
-            response_deserializer=variants_pb2.CallVariantsResponse.FromString,
-        )
         self.segmentation = segmentation_pb2_grpc.SegmentationStub(self.channel)
         self.embedding = embedding_pb2_grpc.CellEmbeddingStub(self.channel)
-        # Requests serialized by ``embed_request`` (matrix values copied once), or messages.
-        self._embed = self.channel.unary_unary(
-            _EMBED, request_serializer=_serialized, response_deserializer=embedding_pb2.EmbedResponse.FromString
-        )
-        self._embed_stream = self.channel.stream_stream(
-            _EMBED_STREAM, request_serializer=_serialized, response_deserializer=embedding_pb2.EmbedResponse.FromString
-        )
+        self._call_variants, self._call_variants_stream, self._embed, self._embed_stream = _encoded_calls(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
     def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
@@ -489,26 +488,9 @@ class AsyncClient:
         self._metadata = _metadata(self.config)
         self.models = models_pb2_grpc.ModelsStub(self.channel)
         self.variants = variants_pb2_grpc.VariantCallingStub(self.channel)
-        # Requests serialized by ``variants_request`` (pixels copied once, not by protobuf).
-        self._call_variants = self.channel.unary_unary(
-            _CALL_VARIANTS,
-            request_serializer=_as_is,
-            response_deserializer=variants_pb2.CallVariantsResponse.FromString,
-        )
-        self._call_variants_stream = self.channel.stream_stream(
-            _CALL_VARIANTS_STREAM,
-            request_serializer=_as_is,
-            response_deserializer=variants_pb2.CallVariantsResponse.FromString,
-        )
         self.segmentation = segmentation_pb2_grpc.SegmentationStub(self.channel)
         self.embedding = embedding_pb2_grpc.CellEmbeddingStub(self.channel)
-        # Requests serialized by ``embed_request`` (matrix values copied once), or messages.
-        self._embed = self.channel.unary_unary(
-            _EMBED, request_serializer=_serialized, response_deserializer=embedding_pb2.EmbedResponse.FromString
-        )
-        self._embed_stream = self.channel.stream_stream(
-            _EMBED_STREAM, request_serializer=_serialized, response_deserializer=embedding_pb2.EmbedResponse.FromString
-        )
+        self._call_variants, self._call_variants_stream, self._embed, self._embed_stream = _encoded_calls(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
     async def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
