@@ -204,6 +204,20 @@ def test_malformed_authorization_header_is_unauthenticated(auth_server: ServerPr
     assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
 
 
+def test_token_is_checked_before_the_request_bytes(auth_server: ServerProcess) -> None:
+    """Undecodable bytes: UNAUTHENTICATED without a token (nothing about the request leaks),
+    INVALID_ARGUMENT with one."""
+    corrupt = b"\x0a\xff\xff\xff\x0f"
+    with grpc.insecure_channel(auth_server.address) as channel:
+        infer = channel.unary_unary("/genoserve.v1.Models/Infer")
+        with pytest.raises(grpc.RpcError) as anonymous:
+            infer(corrupt, timeout=10.0)
+        with pytest.raises(grpc.RpcError) as signed:
+            infer(corrupt, metadata=[("authorization", f"Bearer {sorted(TOKENS)[0]}")], timeout=10.0)
+    assert anonymous.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert signed.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
 @pytest.mark.parametrize("token", sorted(TOKENS))
 def test_valid_token_is_served(
     auth_server: ServerProcess, token: str, platform_reference: ort.InferenceSession

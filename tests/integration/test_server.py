@@ -22,6 +22,7 @@ from onnx import TensorProto, helper
 
 from genoserve.api.codecs import tensor as codec
 from genoserve.client import AsyncClient, Client
+from genoserve.client.client import embed_request
 from genoserve.core.errors import InvalidArgument, NotFound
 from genoserve.v1 import models_pb2, models_pb2_grpc, tensor_pb2
 from tests.support.models import linear_onnx, linear_spec, write_model
@@ -112,6 +113,57 @@ def test_truncated_tensor_bytes_are_refused_and_server_keeps_serving(server: Ser
             client.infer("platform-mlp", {"x": np.zeros((3, 128), np.float64)})
         assert typed.value.violations[0].field == "inputs[x]"
         assert client.infer("platform-mlp", {"x": np.zeros((1, 128), np.float32)})["y"].shape == (1, 16)
+
+
+#: Bytes that are no protobuf message: a length-delimited field 1 whose length runs past the end.
+CORRUPT = b"\x0a\xff\xff\xff\x0f"
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        "/genoserve.v1.Models/Infer",
+        "/genoserve.v1.SequenceBinding/Predict",
+        "/genoserve.v1.Segmentation/Segment",
+        "/genoserve.v1.CellEmbedding/Embed",  # parsed by its own zero-copy codec
+        "/genoserve.v1.VariantCalling/CallVariants",  # likewise
+    ],
+)
+def test_undecodable_request_bytes_are_invalid_argument_naming_the_request(server: ServerProcess, method: str) -> None:
+    """Another client's corrupt encoding is the caller's error, not UNKNOWN/INTERNAL, and is counted."""
+    service, name = method.lstrip("/").split("/")
+    before = metric(scrape(server), "genoserve_requests_total", service=service, method=name, code="INVALID_ARGUMENT")
+    with grpc.insecure_channel(server.address) as channel, pytest.raises(grpc.RpcError) as info:
+        channel.unary_unary(method)(CORRUPT, timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = info.value.details() or ""
+    assert details.startswith("request: cannot be decoded"), details
+    assert "Request" in details, details  # the decoder's message names the request type
+    status = rpc_status.from_call(info.value)
+    assert status is not None
+    violation = error_details_pb2.BadRequest()
+    status.details[0].Unpack(violation)
+    assert violation.field_violations[0].field == "request"
+    after = metric(scrape(server), "genoserve_requests_total", service=service, method=name, code="INVALID_ARGUMENT")
+    assert after == before + 1
+    with Client(server.address) as client:
+        assert client.health() == "SERVING"
+
+
+def test_undecodable_message_in_a_stream_names_its_number(server: ServerProcess) -> None:
+    """The message before it is answered; the stream then ends with INVALID_ARGUMENT naming message 1."""
+    with Client(server.address) as client:
+        [model] = [m for m in client.list_models(family="embedding") if m.name == "scvi-pbmc"]
+    genes = list(model.inputs[0].labels)
+    good = embed_request("scvi-pbmc", genes, np.ones((2, len(genes)), np.float32))
+    responses: list[bytes] = []
+    with grpc.insecure_channel(server.address) as channel:
+        stream = channel.stream_stream("/genoserve.v1.CellEmbedding/EmbedStream")
+        with pytest.raises(grpc.RpcError) as info:
+            responses.extend(stream(iter([good, CORRUPT]), timeout=30))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (info.value.details() or "").startswith("request message 1: cannot be decoded"), info.value.details()
+    assert len(responses) == 1
 
 
 def scrape(server: ServerProcess) -> str:

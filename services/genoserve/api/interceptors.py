@@ -1,6 +1,8 @@
-"""Server interceptors: errors -> status codes (with BadRequest details), auth, metrics, logging.
+"""Server interceptors: errors -> status codes (with BadRequest details), auth, metrics, logging,
+and requests whose bytes do not decode.
 
-The error hierarchy is mapped to gRPC status in exactly one place (``ErrorsAndMetrics``).
+The error hierarchy is mapped to gRPC status in exactly one place (``ErrorsAndMetrics``). Order
+(outermost first): ``ErrorsAndMetrics``, ``BearerAuth`` (when enabled), ``UndecodableRequests``.
 """
 
 from __future__ import annotations
@@ -38,9 +40,15 @@ def _rewrap(
     handler: grpc.RpcMethodHandler,
     unary: Callable[[UnaryBehavior], UnaryBehavior],
     stream: Callable[[StreamBehavior], StreamBehavior],
+    request_deserializer: Callable[[bytes], Any] | None = None,
 ) -> grpc.RpcMethodHandler:
-    """The same handler with its behaviour wrapped (unary or streaming response)."""
-    kwargs = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+    """The same handler with its behaviour wrapped (unary or streaming response), and its request
+    deserializer replaced if one is given. The server uses the outermost handler's deserializer;
+    each interceptor copies the one of the handler it wraps."""
+    kwargs = {
+        "request_deserializer": request_deserializer or handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **kwargs)
     if handler.stream_unary:
@@ -66,26 +74,35 @@ async def abort_with(context: grpc.aio.ServicerContext, error: GenoserveError) -
     await context.abort(code, error.message)
 
 
-class ErrorsAndMetrics(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Maps exceptions to status codes and records request count and duration per method.
-
-    The wrapped handler is built once per method (and per handler the rest of the chain returns),
-    not per call, with its metric children looked up once: this runs on every request.
-    """
+class _WrappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """An interceptor that wraps each method's handler. The wrapped handler is built once per
+    method (and per handler the rest of the chain returns), not per call: this runs on every
+    request."""
 
     def __init__(self) -> None:
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
-        if handler is None:
-            return None
+        if handler is None or not self._applies(details.method):
+            return handler
         cached = self._wrapped.get(details.method)
         if cached is not None and cached[0] is handler:
             return cached[1]
         wrapped = self._wrap(details.method, handler)
         self._wrapped[details.method] = (handler, wrapped)
         return wrapped
+
+    def _applies(self, method: str) -> bool:
+        return True
+
+    def _wrap(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        raise NotImplementedError
+
+
+class ErrorsAndMetrics(_WrappingInterceptor):
+    """Maps exceptions to status codes and records request count and duration per method (the
+    metric children are looked up once per method)."""
 
     def _wrap(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         service, method = _split(full_method)
@@ -173,23 +190,18 @@ def _abort_code(context: grpc.aio.ServicerContext) -> str:
     return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
 
 
-class BearerAuth(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class BearerAuth(_WrappingInterceptor):
     """Requires ``authorization: Bearer <token>`` on every method but health checks."""
 
     def __init__(self, tokens: TokenTable) -> None:
+        super().__init__()
         self.tokens = tokens
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
-    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
-        handler = await continuation(details)
-        if handler is None or details.method.startswith(PUBLIC_PREFIXES):
-            return handler
-        cached = self._wrapped.get(details.method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = _rewrap(handler, self._unary, self._stream)
-        self._wrapped[details.method] = (handler, wrapped)
-        return wrapped
+    def _applies(self, method: str) -> bool:
+        return not method.startswith(PUBLIC_PREFIXES)
+
+    def _wrap(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        return _rewrap(handler, self._unary, self._stream)
 
     def _authenticate(self, context: grpc.aio.ServicerContext) -> None:
         header = None
@@ -212,3 +224,65 @@ class BearerAuth(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 yield item
 
         return wrapped
+
+
+class _Undecodable:
+    """What the request deserializer gives for bytes it cannot decode (the decoder's message)."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _undecodable_error(request: _Undecodable, message: int | None) -> InvalidArgument:
+    field = "request" if message is None else f"request message {message}"
+    return InvalidArgument.field(field, f"cannot be decoded: {request.reason}")
+
+
+class UndecodableRequests(_WrappingInterceptor):
+    """Request bytes that do not decode (a corrupt or foreign protobuf encoding) -> INVALID_ARGUMENT
+    naming the request (the message number on a stream) and the decoder's reason, where gRPC
+    itself answers UNKNOWN or INTERNAL. Innermost, so authentication comes first."""
+
+    def _wrap(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        deserializer = handler.request_deserializer
+        if deserializer is None:
+            return handler
+
+        def deserialize(data: bytes) -> Any:
+            try:
+                return deserializer(data)
+            except Exception as exc:  # any decoder failure is the client's bytes
+                return _Undecodable(str(exc) or type(exc).__name__)
+
+        def checked(request: Any) -> Any:
+            if handler.request_streaming:
+                return _checked_stream(request)
+            if isinstance(request, _Undecodable):
+                raise _undecodable_error(request, None)
+            return request
+
+        def unary(behavior: UnaryBehavior) -> UnaryBehavior:
+            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                return await behavior(checked(request), context)
+
+            return wrapped
+
+        def stream(behavior: StreamBehavior) -> StreamBehavior:
+            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                async for item in _responses(behavior(checked(request), context)):
+                    yield item
+
+            return wrapped
+
+        return _rewrap(handler, unary, stream, deserialize)
+
+
+async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    number = 0
+    async for request in requests:
+        if isinstance(request, _Undecodable):
+            raise _undecodable_error(request, number)
+        yield request
+        number += 1

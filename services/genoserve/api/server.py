@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from genoserve.api.auth import TokenTable
 from genoserve.api.health import DrainingHealthServicer, HealthReporter
-from genoserve.api.interceptors import BearerAuth, ErrorsAndMetrics
+from genoserve.api.interceptors import BearerAuth, ErrorsAndMetrics, UndecodableRequests
 from genoserve.api.servicers.binding import SequenceBindingServicer
 from genoserve.api.servicers.embedding import CellEmbeddingServicer
 from genoserve.api.servicers.embedding import add_to_server as add_cell_embedding
@@ -124,6 +124,7 @@ class GenoserveServer:
         if server_settings.auth.enabled:
             assert server_settings.auth.tokens_file is not None
             interceptors.append(BearerAuth(TokenTable.load(server_settings.auth.tokens_file)))
+        interceptors.append(UndecodableRequests())
         server = grpc.aio.server(
             interceptors=interceptors,
             options=channel_options(server_settings),
