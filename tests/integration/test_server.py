@@ -144,8 +144,7 @@ def test_undecodable_request_bytes_are_invalid_argument_naming_the_request(serve
     violation = error_details_pb2.BadRequest()
     status.details[0].Unpack(violation)
     assert violation.field_violations[0].field == "request"
-    after = metric(scrape(server), "genoserve_requests_total", service=service, method=name, code="INVALID_ARGUMENT")
-    assert after == before + 1
+    counted(server, before + 1, service=service, method=name, code="INVALID_ARGUMENT")
     with Client(server.address) as client:
         assert client.health() == "SERVING"
 
@@ -179,6 +178,17 @@ def metric(text: str, name: str, **labels: str) -> float:
     return total
 
 
+def counted(server: ServerProcess, expected: float, **labels: str) -> None:
+    """``genoserve_requests_total{labels}`` reaches ``expected``: the server counts a failed call
+    after its status is sent, so the client can scrape before the count lands (wait up to 5 s)."""
+    deadline = time.monotonic() + 5.0
+    while (got := metric(scrape(server), "genoserve_requests_total", **labels)) < expected:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert got == expected, labels
+
+
 async def test_100_concurrent_clients_get_their_own_outputs(server: ServerProcess, platform_reference: Any) -> None:
     before = scrape(server)
     rng = np.random.default_rng(7)
@@ -210,7 +220,7 @@ def test_error_codes_are_counted_in_metrics(server: ServerProcess) -> None:
     before = metric(scrape(server), "genoserve_requests_total", method="Infer", code="NOT_FOUND")
     with Client(server.address) as client, pytest.raises(NotFound):
         client.infer("missing", {"x": np.zeros((1, 128), np.float32)})
-    assert metric(scrape(server), "genoserve_requests_total", method="Infer", code="NOT_FOUND") == before + 1
+    counted(server, before + 1, method="Infer", code="NOT_FOUND")
 
 
 def slow_model(root: Path) -> None:
