@@ -38,6 +38,7 @@ import numpy as np
 
 from genoserve.client import AsyncClient, Client
 from genoserve.v1 import binding_pb2, binding_pb2_grpc
+from tests.support.cpu import process_cpu_s
 from tests.support.server import ServerProcess
 
 Array = np.ndarray[Any, Any]
@@ -45,9 +46,11 @@ CLIENTS = 64
 
 
 def proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (all threads), from /proc (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of process ``pid`` (all threads); this benchmark needs /proc (Linux)."""
+    cpu = process_cpu_s(pid)
+    if cpu is None:
+        raise SystemExit("serving_ab needs /proc to account server CPU per request")
+    return cpu
 
 
 def p50_ms(call: Any, duration: float, pid: int) -> tuple[float, float]:
