@@ -98,3 +98,25 @@ def test_read_to_reference_composition_through_a_haplotype_deletion() -> None:
     # An insertion in the haplotype becomes an insertion in the read.
     cigar = read_to_reference_cigar(100, _Placement(400, 40, [(OP_M, 100)]), [(OP_M, 50), (OP_I, 4), (OP_M, 150)])
     assert cigar == [(OP_M, 10), (OP_I, 4), (OP_M, 86)]
+
+
+def test_haplotype_support_is_checked_only_where_reads_share_its_kmers() -> None:
+    from genoserve.variants.realign_reads import _fast_align, _index
+
+    # FastAlignReadsToHaplotype checks coverage only at positions whose 32-mer some read holds:
+    # a stretch no read's k-mers reach does not discard the haplotype.
+    hap = REF[:300]
+    reads = [hap[20:120], hap[200:300]]
+    score, placements = _fast_align(hap, False, reads, _index(reads), 20, 20)
+    assert score == 2 * 4 * 100
+    assert [p.position for p in placements] == [20, 200]
+    # A read whose k-mers do occur there but which fits with 3 mismatches (more than 2) leaves those
+    # positions uncovered: the haplotype is discarded.
+    bad = hap[100:190] + "".join("A" if b != "A" else "C" for b in hap[190:193]) + hap[193:200]
+    reads.append(bad)
+    score, placements = _fast_align(hap, False, reads, _index(reads), 20, 20)
+    assert score == 0
+    assert all(p.score == 0 for p in placements)
+    # The reference haplotype is never discarded.
+    score, _ = _fast_align(hap, True, reads, _index(reads), 20, 20)
+    assert score == 2 * 4 * 100
