@@ -120,3 +120,39 @@ def test_haplotype_support_is_checked_only_where_reads_share_its_kmers() -> None
     # The reference haplotype is never discarded.
     score, _ = _fast_align(hap, True, reads, _index(reads), 20, 20)
     assert score == 2 * 4 * 100
+
+
+def test_low_quality_alleles_do_not_open_windows() -> None:
+    # window_selector.cc skips alleles the counter flags low quality: a substitution whose base is
+    # below ws_min_base_quality (20), an insertion or soft clip whose bases average below it.
+    ref = REF
+    alt = ref[:600] + ("A" if ref[600] != "A" else "C") + ref[601:]
+    reads = [_read(f"r{i}", OFFSET + 550 + i, alt[550 + i : 650 + i], [(OP_M, 100)]) for i in range(3)]
+    for read in reads:
+        read.quals[600 - 550 - int(read.name[1:])] = 19
+    assert select_windows(reads, ref, OFFSET, OFFSET + 500, OFFSET + 700, OFFSET + 10_000) == []
+    for read in reads:
+        read.quals[:] = 20
+    windows = select_windows(reads, ref, OFFSET, OFFSET + 500, OFFSET + 700, OFFSET + 10_000)
+    assert windows == [(OFFSET + 520, OFFSET + 680)]
+    # Soft clips: the mean quality of the clipped bases decides.
+    clipped = [_read(f"c{i}", OFFSET + 500, ref[500:590] + "ACGTACGTAC", [(OP_M, 90), (OP_S, 10)]) for i in range(2)]
+    for read in clipped:
+        read.quals[90:] = [30] * 5 + [9] * 5  # mean 19.5
+    assert select_windows(clipped, ref, OFFSET, OFFSET + 400, OFFSET + 700, OFFSET + 10_000) == []
+    for read in clipped:
+        read.quals[95:] = 10  # mean 20
+    assert len(select_windows(clipped, ref, OFFSET, OFFSET + 400, OFFSET + 700, OFFSET + 10_000)) == 1
+
+
+def test_haplotype_alignment_left_aligns_indels_in_long_homopolymers() -> None:
+    from genoserve.variants.realign_sw import align_similar
+
+    # The haplotype has 2 more T's and a C->T inside a 30-T run: the insertion goes to the left
+    # end of the run (as Smith-Waterman's traceback puts it), however long the run is.
+    left, right = REF[:200], REF[300:500]
+    reference = left + "G" + "T" * 30 + "C" + "T" * 7 + "A" + right
+    haplotype = left + "G" + "T" * 40 + "A" + right
+    aln = align_similar(haplotype, reference)
+    assert aln.cigar == [(OP_M, 201), (OP_I, 2), (OP_M, len(reference) - 201)]
+    assert aln.cigar == local_align(haplotype, reference).cigar
