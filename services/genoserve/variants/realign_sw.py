@@ -7,8 +7,10 @@ scores 0 against anything, as in the Striped Smith-Waterman library's default ma
 ``local_align`` reports what the SSW library reports: the best score, where the alignment begins
 on the target, and a CIGAR with the unaligned query ends soft-clipped. Ties are broken as SSW
 does: the best cell with the smallest target end (then the smallest query end); the begin is the
-shortest alignment reaching that score; the path is traced back preferring the diagonal, so gaps
-in repeats end up left-aligned.
+shortest alignment reaching that score; the CIGAR between those ends is SSW's banded traceback
+(``realign_banded``: a band of ``|length difference| + 1`` diagonals, widened until it holds the
+score), which prefers the diagonal, so gaps in repeats end up left-aligned. ``align_similar`` gives
+the same for a haplotype against its reference without the full-matrix passes.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from genoserve.variants.reads import OP_D, OP_I, OP_M, OP_S
+from genoserve.variants.realign_banded import banded_cigar
 
 Cigar = list[tuple[int, int]]
 _NEG = np.int32(-(10**8))
@@ -148,9 +151,12 @@ def local_align(query: str, target: str, scoring: Scoring | None = None) -> Loca
     rh, _, _ = _fill(rsub, scoring, local=True)
     q_len, t_len = _first_best(rh, score)
     q_begin, t_begin = q_end - q_len, t_end - t_len
-    gsub = sub[q_begin:q_end, t_begin:t_end]
-    gh, ge_, gf = _fill(gsub, scoring, local=False)
-    cigar = _traceback(gsub, gh, ge_, gf, scoring)
+    scores = (scoring.match, scoring.mismatch, scoring.gap_open, scoring.gap_extend)
+    cigar = banded_cigar(query[q_begin:q_end], target[t_begin:t_end], score, scores)
+    if cigar is None:
+        gsub = sub[q_begin:q_end, t_begin:t_end]
+        gh, ge_, gf = _fill(gsub, scoring, local=False)
+        cigar = _traceback(gsub, gh, ge_, gf, scoring)
     if q_begin:
         cigar.insert(0, (OP_S, q_begin))
     if q_end < len(query):
@@ -281,4 +287,7 @@ def align_similar(query: str, target: str, scoring: Scoring | None = None, margi
     cigar = _global_between_ends(query, target, scoring, margin)
     if cigar[0][0] != OP_M or cigar[-1][0] != OP_M:
         return local_align(query, target, scoring)
-    return LocalAlignment(_cigar_score(query, target, cigar, scoring), 0, cigar)
+    score = _cigar_score(query, target, cigar, scoring)
+    scores = (scoring.match, scoring.mismatch, scoring.gap_open, scoring.gap_extend)
+    banded = banded_cigar(query, target, score, scores)
+    return LocalAlignment(score, 0, banded if banded is not None else cigar)

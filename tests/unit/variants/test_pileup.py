@@ -136,15 +136,15 @@ def test_contig_naming_mismatch_is_named() -> None:
 def test_golden_pileup_agreement() -> None:
     """Measured against DeepVariant 1.9's own calling examples for chr20:10,000,000-10,010,000.
 
-    With the local realigner (on by default, as in make_examples) 74 of the 84 images are pixel
-    for pixel DeepVariant's (31 without it, by an earlier approximation); the rest differ in a
-    few reads of one repeat region (10008717-10008963), where the realignment window differs.
+    With the local realigner (on by default, as in make_examples) 78 of the 84 images are pixel
+    for pixel DeepVariant's (31 without it, by an earlier approximation); the other 6 (10008717-
+    10008758) come from a realignment window that DeepVariant splits before the CA repeat.
     """
     report = compat.run(BAM, REF, GOLDEN, Region.parse("chr20:10000000-10010000"))
     assert report.golden_examples == 84
     assert report.matched_examples >= 80  # same site, alleles and alt indices
-    assert report.identical_examples >= 74  # pixel-identical images
-    assert report.pixel_agreement >= 0.9993
+    assert report.identical_examples >= 78  # pixel-identical images
+    assert report.pixel_agreement >= 0.99931
     assert min(report.channel_agreement.values()) >= 0.998
     # Rows are in DeepVariant's order: where images differ, some reads are drawn differently.
     for site in report.sites:

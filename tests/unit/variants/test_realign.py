@@ -156,3 +156,24 @@ def test_haplotype_alignment_left_aligns_indels_in_long_homopolymers() -> None:
     aln = align_similar(haplotype, reference)
     assert aln.cigar == [(OP_M, 201), (OP_I, 2), (OP_M, len(reference) - 201)]
     assert aln.cigar == local_align(haplotype, reference).cigar
+
+
+def test_read_cigar_follows_ssw_banded_traceback() -> None:
+    # A read (NA12878, chr20:10008888, after the CA repeat) against its haplotype: equal lengths, so
+    # SSW's CIGAR step searches a band of 1 diagonal either side and the score is reachable within
+    # it; a full-matrix traceback would instead take both insertions before both deletions.
+    read = "TCCAGCCTGGGCGACAGAGTGAGACACCGTCTCAAAAAAAAAAAAAATAAATAATTTTTTTAACCCCAAACACCACACACAACACACACCCCCCCCCTTTT"
+    hap = "TCCAGCCTGGGCGACAGAGTGAGACACCGTCTCAAAAAAAAAAAAATCAATTATATATTTAACCACACACACACACACACACACACACACACACACCTTTT"
+    aln = local_align(read, hap)
+    assert aln.score == 274
+    assert aln.cigar == [
+        (OP_M, 33),
+        (OP_I, 1),
+        (OP_M, 39),
+        (OP_D, 1),
+        (OP_M, 7),
+        (OP_I, 1),
+        (OP_M, 8),
+        (OP_D, 1),
+        (OP_M, 12),
+    ]
