@@ -177,3 +177,18 @@ def test_read_cigar_follows_ssw_banded_traceback() -> None:
         (OP_D, 1),
         (OP_M, 12),
     ]
+
+
+def test_window_alleles_need_two_reads_each() -> None:
+    # ws_config min_allele_support 2 (DeepVariant 1.9's run_info): an allele seen in one read only
+    # adds nothing, even where another read shows a different allele at the same position.
+    ref = REF
+    bases = [b for b in "ACGT" if b != ref[600]]
+    reads = [
+        _read(f"r{i}", OFFSET + 550 + i, ref[550 + i : 600] + bases[i] + ref[601 : 650 + i], [(OP_M, 100)])
+        for i in range(2)
+    ]
+    assert select_windows(reads, ref, OFFSET, OFFSET + 500, OFFSET + 700, OFFSET + 10_000) == []
+    reads.append(_read("r2", OFFSET + 560, ref[560:600] + bases[0] + ref[601:660], [(OP_M, 100)]))
+    windows = select_windows(reads, ref, OFFSET, OFFSET + 500, OFFSET + 700, OFFSET + 10_000)
+    assert windows == [(OFFSET + 520, OFFSET + 680)]
