@@ -14,8 +14,8 @@ below ``ws_min_base_quality`` (20), and an insertion or soft clip whose bases' m
 it; deletions are never low quality. A flagged allele still takes its read's slot at its position.)
 An allele counts only where at least ``min_allele_support`` (2, the ``ws_config`` value in the
 golden run_info) reads show it: same position, kind and bases, so a lone read's sequencing error or
-soft clip opens no window. Positions counted by 2 to 300 reads are candidates; candidates within 2 * 80 bp of each
-other merge, and each group gives the window ``[first - 80, last + 80)``.
+soft clip opens no window. Positions counted by 2 to 300 reads are candidates; candidates within
+2 * 80 bp of each other merge, and each group gives the window ``[first - 80, last + 80)``.
 """
 
 from __future__ import annotations
