@@ -6,7 +6,8 @@ left-normalisation of CIGARs, no local realignment):
 - every aligned base (M/=/X) with base quality >= 10 and a canonical base gives that read a
   REFERENCE or SUBSTITUTION allele at its position;
 - an insertion gives the anchor position (the base before it) the allele ``prev_base + inserted``
-  and a deletion the allele ``ref[anchor : anchor + 1 + len]`` (``prev_base`` from the read); the
+  and a deletion the allele ``ref[anchor : anchor + 1 + len]`` (``prev_base`` from the read, or
+  from the reference when the indel opens the read, as AlleleCounter::GetPrevBase does); the
   indel replaces the anchor's base allele; inserted bases must be canonical with mean quality >= 10;
 - a read contributes at most one allele per position.
 
@@ -74,7 +75,7 @@ def read_alleles(read: Read, ref: str, ref_offset: int, min_base_quality: int) -
     ref_i = read.start
     read_i = 0
     seq, quals = read.seq, read.quals
-    for index, (op, length) in enumerate(read.cigar):
+    for op, length in read.cigar:
         if op in MATCH_OPS:
             for k in range(length):
                 base = seq[read_i + k]
@@ -86,29 +87,35 @@ def read_alleles(read: Read, ref: str, ref_offset: int, min_base_quality: int) -
             ref_i += length
             read_i += length
         elif op == OP_I:
-            if index > 0 and read_i > 0:
-                inserted = seq[read_i : read_i + length]
-                prev = seq[read_i - 1]
-                mean_q = float(quals[read_i : read_i + length].mean()) if length else 0.0
-                if set(inserted) <= CANONICAL and prev in CANONICAL and mean_q >= min_base_quality:
-                    alleles[ref_i - 1] = "+" + prev + inserted
-                else:
-                    alleles.pop(ref_i - 1, None)
+            inserted = seq[read_i : read_i + length]
+            prev = _previous_base(seq, read_i, ref, ref_i - 1 - ref_offset)
+            mean_q = float(quals[read_i : read_i + length].mean()) if length else 0.0
+            if set(inserted) <= CANONICAL and prev in CANONICAL and mean_q >= min_base_quality:
+                alleles[ref_i - 1] = "+" + prev + inserted
+            else:
+                alleles.pop(ref_i - 1, None)
             read_i += length
         elif op == OP_D:
-            if read_i > 0:
-                prev = seq[read_i - 1]
-                span = ref[ref_i - 1 - ref_offset : ref_i + length - ref_offset]
-                if prev in CANONICAL and set(span) <= CANONICAL:
-                    alleles[ref_i - 1] = "-" + span
-                else:
-                    alleles.pop(ref_i - 1, None)
+            prev = _previous_base(seq, read_i, ref, ref_i - 1 - ref_offset)
+            span = ref[ref_i - 1 - ref_offset : ref_i + length - ref_offset] if ref_i > ref_offset else ""
+            if prev in CANONICAL and len(span) == length + 1 and set(span) <= CANONICAL:
+                alleles[ref_i - 1] = "-" + span
+            else:
+                alleles.pop(ref_i - 1, None)
             ref_i += length
         elif op == OP_N:
             ref_i += length
         elif op == OP_S:
             read_i += length
     return alleles
+
+
+def _previous_base(seq: str, read_i: int, ref: str, ref_i: int) -> str:
+    """The base before an indel: the read's, or the reference's when the indel opens the read
+    (AlleleCounter::GetPrevBase); "" off the reference."""
+    if read_i > 0:
+        return seq[read_i - 1]
+    return ref[ref_i] if 0 <= ref_i < len(ref) else ""
 
 
 @dataclass

@@ -6,8 +6,8 @@ written here from its description:
 1. every read longer than ``kmer_size`` (32) is indexed by its 32-mers; each haplotype is scanned
    for them, and a read placed ungapped where it differs from the haplotype at most
    ``max_num_of_mismatches`` (2) times (N matches anything) scores ``4 * matches - 6 * mismatches``;
-   a non-reference haplotype with a position (outside the reference flanks) no placed read
-   covers is dropped;
+   a non-reference haplotype is dropped when, at a position (outside the reference flanks) whose
+   32-mer some read holds, no read placed so far covers it;
 2. reads placed on no haplotype are aligned to every supported haplotype by Smith-Waterman
    (``genoserve.variants.realign_sw``); haplotypes are aligned to the reference the same way;
 3. each read takes its best haplotype (haplotypes ordered by total read score, fewest first; a
@@ -92,8 +92,9 @@ def _fast_align(
 
     Equivalent to scanning the haplotype's k-mers in order (FastAlignReadsToHaplotype): a read
     keeps its best-scoring placement (the first found among equals), and a non-reference haplotype
-    with a position in ``[prefix, len - suffix)`` that no accepted placement found so far covers
-    is discarded (score 0). A placement found at k-mer ``i`` covers ``[i, start + size)``.
+    is discarded (score 0) when, at a position ``i`` in ``[prefix, len - suffix)`` whose k-mer some
+    read holds, no accepted placement found so far covers ``i``; positions whose k-mer no read holds
+    are never checked (the scan skips them). A placement found at k-mer ``i`` covers ``[i, start + size)``.
     """
     placements = [_Placement() for _ in reads]
     at: list[int] = []
@@ -122,9 +123,10 @@ def _fast_align(
     np.add.at(covered, starts[ok] + sizes[read_ids[ok]], -1)
     accepted = list(zip(read_ids[ok].tolist(), starts[ok].tolist(), scores[ok].tolist(), strict=True))
     if not is_ref:
-        coverage = np.cumsum(covered)[: len(hap) - KMER_SIZE + 1]
-        lo, hi = prefix, min(len(coverage), len(hap) - suffix)
-        if hi > lo and (coverage[lo:hi] == 0).any():
+        # Checked only where the haplotype's k-mer occurs in some read (the scan skips the rest).
+        checked = np.asarray(at, dtype=np.int64)
+        checked = checked[(checked >= prefix) & (checked < len(hap) - suffix)]
+        if (np.cumsum(covered)[checked] == 0).any():
             return 0, placements
     total = 0
     for read_id, start, score in accepted:

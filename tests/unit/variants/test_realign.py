@@ -98,3 +98,97 @@ def test_read_to_reference_composition_through_a_haplotype_deletion() -> None:
     # An insertion in the haplotype becomes an insertion in the read.
     cigar = read_to_reference_cigar(100, _Placement(400, 40, [(OP_M, 100)]), [(OP_M, 50), (OP_I, 4), (OP_M, 150)])
     assert cigar == [(OP_M, 10), (OP_I, 4), (OP_M, 86)]
+
+
+def test_haplotype_support_is_checked_only_where_reads_share_its_kmers() -> None:
+    from genoserve.variants.realign_reads import _fast_align, _index
+
+    # FastAlignReadsToHaplotype checks coverage only at positions whose 32-mer some read holds:
+    # a stretch no read's k-mers reach does not discard the haplotype.
+    hap = REF[:300]
+    reads = [hap[20:120], hap[200:300]]
+    score, placements = _fast_align(hap, False, reads, _index(reads), 20, 20)
+    assert score == 2 * 4 * 100
+    assert [p.position for p in placements] == [20, 200]
+    # A read whose k-mers do occur there but which fits with 3 mismatches (more than 2) leaves those
+    # positions uncovered: the haplotype is discarded.
+    bad = hap[100:190] + "".join("A" if b != "A" else "C" for b in hap[190:193]) + hap[193:200]
+    reads.append(bad)
+    score, placements = _fast_align(hap, False, reads, _index(reads), 20, 20)
+    assert score == 0
+    assert all(p.score == 0 for p in placements)
+    # The reference haplotype is never discarded.
+    score, _ = _fast_align(hap, True, reads, _index(reads), 20, 20)
+    assert score == 2 * 4 * 100
+
+
+def test_low_quality_alleles_do_not_open_windows() -> None:
+    # window_selector.cc skips alleles the counter flags low quality: a substitution whose base is
+    # below ws_min_base_quality (20), an insertion or soft clip whose bases average below it.
+    ref = REF
+    alt = ref[:600] + ("A" if ref[600] != "A" else "C") + ref[601:]
+    reads = [_read(f"r{i}", OFFSET + 550 + i, alt[550 + i : 650 + i], [(OP_M, 100)]) for i in range(3)]
+    for read in reads:
+        read.quals[600 - 550 - int(read.name[1:])] = 19
+    assert select_windows(reads, ref, OFFSET, OFFSET + 500, OFFSET + 700, OFFSET + 10_000) == []
+    for read in reads:
+        read.quals[:] = 20
+    windows = select_windows(reads, ref, OFFSET, OFFSET + 500, OFFSET + 700, OFFSET + 10_000)
+    assert windows == [(OFFSET + 520, OFFSET + 680)]
+    # Soft clips: the mean quality of the clipped bases decides.
+    clipped = [_read(f"c{i}", OFFSET + 500, ref[500:590] + "ACGTACGTAC", [(OP_M, 90), (OP_S, 10)]) for i in range(2)]
+    for read in clipped:
+        read.quals[90:] = [30] * 5 + [9] * 5  # mean 19.5
+    assert select_windows(clipped, ref, OFFSET, OFFSET + 400, OFFSET + 700, OFFSET + 10_000) == []
+    for read in clipped:
+        read.quals[95:] = 10  # mean 20
+    assert len(select_windows(clipped, ref, OFFSET, OFFSET + 400, OFFSET + 700, OFFSET + 10_000)) == 1
+
+
+def test_haplotype_alignment_left_aligns_indels_in_long_homopolymers() -> None:
+    from genoserve.variants.realign_sw import align_similar
+
+    # The haplotype has 2 more T's and a C->T inside a 30-T run: the insertion goes to the left
+    # end of the run (as Smith-Waterman's traceback puts it), however long the run is.
+    left, right = REF[:200], REF[300:500]
+    reference = left + "G" + "T" * 30 + "C" + "T" * 7 + "A" + right
+    haplotype = left + "G" + "T" * 40 + "A" + right
+    aln = align_similar(haplotype, reference)
+    assert aln.cigar == [(OP_M, 201), (OP_I, 2), (OP_M, len(reference) - 201)]
+    assert aln.cigar == local_align(haplotype, reference).cigar
+
+
+def test_read_cigar_follows_ssw_banded_traceback() -> None:
+    # A read (NA12878, chr20:10008888, after the CA repeat) against its haplotype: equal lengths, so
+    # SSW's CIGAR step searches a band of 1 diagonal either side and the score is reachable within
+    # it; a full-matrix traceback would instead take both insertions before both deletions.
+    read = "TCCAGCCTGGGCGACAGAGTGAGACACCGTCTCAAAAAAAAAAAAAATAAATAATTTTTTTAACCCCAAACACCACACACAACACACACCCCCCCCCTTTT"
+    hap = "TCCAGCCTGGGCGACAGAGTGAGACACCGTCTCAAAAAAAAAAAAATCAATTATATATTTAACCACACACACACACACACACACACACACACACACCTTTT"
+    aln = local_align(read, hap)
+    assert aln.score == 274
+    assert aln.cigar == [
+        (OP_M, 33),
+        (OP_I, 1),
+        (OP_M, 39),
+        (OP_D, 1),
+        (OP_M, 7),
+        (OP_I, 1),
+        (OP_M, 8),
+        (OP_D, 1),
+        (OP_M, 12),
+    ]
+
+
+def test_window_alleles_need_two_reads_each() -> None:
+    # ws_config min_allele_support 2 (DeepVariant 1.9's run_info): an allele seen in one read only
+    # adds nothing, even where another read shows a different allele at the same position.
+    ref = REF
+    bases = [b for b in "ACGT" if b != ref[600]]
+    reads = [
+        _read(f"r{i}", OFFSET + 550 + i, ref[550 + i : 600] + bases[i] + ref[601 : 650 + i], [(OP_M, 100)])
+        for i in range(2)
+    ]
+    assert select_windows(reads, ref, OFFSET, OFFSET + 500, OFFSET + 700, OFFSET + 10_000) == []
+    reads.append(_read("r2", OFFSET + 560, ref[560:600] + bases[0] + ref[601:660], [(OP_M, 100)]))
+    windows = select_windows(reads, ref, OFFSET, OFFSET + 500, OFFSET + 700, OFFSET + 10_000)
+    assert windows == [(OFFSET + 520, OFFSET + 680)]
