@@ -1,7 +1,8 @@
 """Candidate variants from allele counts, with DeepVariant's default thresholds.
 
 Counting follows DeepVariant's AlleleCounter (allelecounter.cc, r1.9), simplified (no indel
-left-normalisation of CIGARs, no local realignment):
+left-normalisation of CIGARs). It counts the reads it is given: ``make_examples`` passes them
+through the local realigner (``realign``) first, as DeepVariant does by default:
 
 - every aligned base (M/=/X) with base quality >= 10 and a canonical base gives that read a
   REFERENCE or SUBSTITUTION allele at its position;
