@@ -78,6 +78,21 @@ def test_simulated_reads_carry_the_planted_variants_with_true_cigars() -> None:
     }
     assert len(truth_sites & found) >= 0.95 * len(truth_sites)
     assert set(np.unique(data.labels)) <= {0, 1, 2}
+    # Every found planted allele's example is labelled with its genotype, wherever the realigner
+    # placed it in a repeat (labels by start position alone called left-aligned indels hom-ref).
+    genotype = {normalize(Allele("chr20", v.start, v.ref, v.alt), fetch): sum(v.genotype) for v in sample.truth}
+    labelled = {}
+    for example in data.examples:
+        if len(example.alt_allele_indices) == 1:
+            alt = example.alternate_bases[example.alt_allele_indices[0]]
+            labelled[normalize(Allele("chr20", example.start, example.reference_bases, alt), fetch)] = example.label
+    assert {a: labelled[a] for a in truth_sites & found} == {a: genotype[a] for a in truth_sites & found}
+    assert any(
+        v.start != a.pos
+        for v in sample.truth
+        for a in truth_sites & found
+        if a == normalize(Allele("chr20", v.start, v.ref, v.alt), fetch) and len(a.ref) != len(a.alt)
+    )
     assert data.images.shape[1:] == (100, 221, 7)
 
 

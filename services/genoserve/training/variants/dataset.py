@@ -3,17 +3,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from genoserve.training.variants.simulate import SimulatedSample, TruthVariant
+from genoserve.training.variants.simulate import SimulatedSample
 from genoserve.variants.candidates import Candidate, CandidateThresholds
+from genoserve.variants.evaluate import Allele, normalize
 from genoserve.variants.examples import PileupExample
 from genoserve.variants.make_examples import PARTITION_SIZE, Region, partition_examples
 from genoserve.variants.pileup import PileupOptions
-from genoserve.variants.postprocess import simplify_alleles
 from genoserve.variants.reads import ReadFilter
 from genoserve.variants.realign import REFERENCE_PAD, RealignerOptions
 
@@ -32,17 +33,33 @@ def _window(sample: SimulatedSample, start: int, width: int) -> str:
     return "N" * max(0, -lo) + bases + "N" * (width - max(0, -lo) - len(bases))
 
 
-def label(example: PileupExample, truth: dict[int, TruthVariant]) -> int:
+#: Planted alleles, normalised (trimmed, left-aligned, anchored) -> how many haplotypes carry them.
+TruthIndex = dict[Allele, int]
+
+
+def truth_index(sample: SimulatedSample) -> TruthIndex:
+    """The planted variants normalised against the sample's reference: the simulator plants an
+    indel anywhere in a repeat, while candidates come left-aligned (the realigner places gaps as
+    DeepVariant's does), so labels compare normalised alleles, not start positions."""
+    fetch = _fetcher(sample)
+    return {normalize(Allele(sample.contig, v.start, v.ref, v.alt), fetch): sum(v.genotype) for v in sample.truth}
+
+
+def _fetcher(sample: SimulatedSample) -> Callable[[str, int, int], str]:
+    def fetch(contig: str, lo: int, hi: int) -> str:
+        return _window(sample, lo, hi - lo)
+
+    return fetch
+
+
+def label(example: PileupExample, truth: TruthIndex, fetch: Callable[[str, int, int], str]) -> int:
     """How many haplotypes carry one of the alts ``example`` shows (DeepVariant's genotype-class label)."""
-    variant = truth.get(example.start)
-    if variant is None:
-        return 0
-    planted = tuple(simplify_alleles([variant.ref, variant.alt]))
-    shown = any(
-        tuple(simplify_alleles([example.reference_bases, example.alternate_bases[i]])) == planted
+    alleles = [
+        Allele(example.reference_name, example.start, example.reference_bases, example.alternate_bases[i])
         for i in example.alt_allele_indices
-    )
-    return sum(variant.genotype) if shown else 0
+    ]
+    carried = [truth.get(normalize(allele, fetch), 0) for allele in alleles]
+    return max(carried, default=0)
 
 
 def build(sample: SimulatedSample, channels: int = 7, margin: int = 250) -> LabelledExamples:
@@ -60,7 +77,8 @@ def build(sample: SimulatedSample, channels: int = 7, margin: int = 250) -> Labe
     ends = np.maximum.accumulate(np.array([r.end for r in reads])) if reads else starts
     end_of_sample = sample.start + len(sample.reference)
     lo, hi = sample.start + margin, end_of_sample - margin
-    truth = {v.start: v for v in sample.truth}
+    truth = truth_index(sample)
+    fetch = _fetcher(sample)
     examples: list[PileupExample] = []
     candidates: list[Candidate] = []
     for start in range(lo, hi, PARTITION_SIZE):
@@ -83,7 +101,7 @@ def build(sample: SimulatedSample, channels: int = 7, margin: int = 250) -> Labe
             "SIM",
         )
         for example in made:
-            example.label = label(example, truth)
+            example.label = label(example, truth, fetch)
         candidates.extend(found)
         examples.extend(made)
     images = (
