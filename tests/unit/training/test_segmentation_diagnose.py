@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from genoserve.training.segmentation.diagnose import classify, network_output
+from genoserve.training.segmentation.diagnose import classify, contrast_to_noise, network_output
 
 
 def test_classify_names_each_kind_of_error() -> None:
@@ -47,3 +47,21 @@ def test_flip_averaging_undoes_the_flips_and_the_flow_signs() -> None:
     flipped = network_output(forward, image, 64, 0.1, flips=True)
     # Zero padding to the 64 px tile breaks the symmetry only near the padded edges.
     np.testing.assert_allclose(flipped[:, 1:-1, 1:-1], plain[:, 1:-1, 1:-1], atol=1e-5)
+
+
+def test_contrast_to_noise_is_the_step_over_the_pixel_noise() -> None:
+    rng = np.random.default_rng(1)
+    true = np.zeros((64, 64), np.int32)
+    true[20:30, 20:30] = 1
+    true[40:44, 40:44] = 2
+    image = 100 + rng.normal(0, 2.0, true.shape)
+    image[true == 1] += 20.0  # 10 noise sd
+    image[true == 2] += 4.0  # 2 noise sd
+
+    labels, areas, ratios = contrast_to_noise(true, image)
+
+    assert labels.tolist() == [1, 2]
+    assert areas.tolist() == [100, 16]
+    # The blur-subtracted noise estimate is a little under the pixel sd (the blur keeps some noise).
+    assert 9.0 < ratios[0] < 13.0
+    assert 1.5 < ratios[1] < 3.0

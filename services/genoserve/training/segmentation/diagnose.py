@@ -159,6 +159,61 @@ def classify(true: Array, pred: Array, image: Array) -> tuple[Counter[str], list
     return counts, records
 
 
+def contrast_to_noise(true: Array, image: Array) -> tuple[Array, Array, Array]:
+    """Per true mask (labels, area, contrast-to-noise): (mean inside - mean of the background
+    ring 2-3 px outside) / the background's pixel noise (1.4826 x MAD of the image minus its
+    Gaussian blur, sigma 2)."""
+    image = image.astype(np.float64)
+    detail = image - ndimage.gaussian_filter(image, 2.0)
+    bg = detail[true == 0]
+    noise = 1.4826 * float(np.median(np.abs(bg - np.median(bg)))) if bg.size else 1.0
+    labels, areas, ratios = [], [], []
+    h, w = true.shape
+    for label, box in enumerate(ndimage.find_objects(true), start=1):
+        if box is None:
+            continue
+        ys = slice(max(box[0].start - 4, 0), min(box[0].stop + 4, h))
+        xs = slice(max(box[1].start - 4, 0), min(box[1].stop + 4, w))
+        cell = true[ys, xs] == label
+        ring = ndimage.binary_dilation(cell, iterations=3) & ~ndimage.binary_dilation(cell) & (true[ys, xs] == 0)
+        if not ring.any():
+            ring = ndimage.binary_dilation(cell, iterations=3) & ~cell
+        inside, around = image[ys, xs][cell].mean(), image[ys, xs][ring].mean()
+        labels.append(label)
+        areas.append(int(cell.sum()))
+        ratios.append((inside - around) / max(noise, 1e-9))
+    return np.array(labels), np.array(areas), np.array(ratios)
+
+
+def matched_labels(true: Array, pred: Array) -> set[int]:
+    """True labels matched at IoU >= 0.5 under Cellpose's Hungarian matching."""
+    from scipy.optimize import linear_sum_assignment
+
+    iou = iou_matrix(true, pred)
+    labels = np.unique(true[true > 0])
+    if not min(iou.shape):
+        return set()
+    rows, cols = linear_sum_assignment(-(iou >= 0.5).astype(np.float64) - iou / (2 * min(iou.shape)))
+    return {int(v) for v in labels[rows[iou[rows, cols] >= 0.5]]}
+
+
+def found_by_contrast(members: Sequence[Case], preds: Sequence[Array]) -> dict[tuple[str, str], tuple[int, float]]:
+    """(area bin, contrast-to-noise bin) -> (true masks, fraction found at IoU >= 0.5)."""
+    rows: list[tuple[int, float, bool]] = []
+    for c, p in zip(members, preds, strict=True):
+        found = matched_labels(c.masks, p)
+        for label, area, ratio in zip(*contrast_to_noise(c.masks, c.image), strict=True):
+            rows.append((int(area), float(ratio), int(label) in found))
+    out: dict[tuple[str, str], tuple[int, float]] = {}
+    for a_lo, a_hi in ((0, 35), (35, 80), (80, 10**9)):
+        for r_lo, r_hi in ((-np.inf, 2.0), (2.0, 5.0), (5.0, np.inf)):
+            hits = [f for a, r, f in rows if a_lo <= a < a_hi and r_lo <= r < r_hi]
+            if hits:
+                key = (f"area {a_lo}-{a_hi if a_hi < 10**9 else ''}", f"CNR {r_lo:g}-{r_hi:g}")
+                out[key] = (len(hits), float(np.mean(hits)))
+    return out
+
+
 def describe_missed(records: Sequence[dict[str, Any]]) -> Counter[str]:
     """Missed true masks by a few attributes (a mask can count under several)."""
     out: Counter[str] = Counter()
@@ -214,6 +269,8 @@ def report(forward: Forward, contract: SegmentationContract, root: Path, sweep: 
             print("  missed relative brightness quartiles:", np.round(np.percentile(bright, [25, 50, 75]), 2).tolist())
         areas = Counter(r["kind"] + ("/tiny" if r["tiny"] else "") for r in records)
         print("  unmatched by kind/size:", dict(sorted(areas.items())))
+        for (area_bin, ratio_bin), (n, frac) in found_by_contrast(members, preds).items():
+            print(f"  {area_bin:12s} {ratio_bin:12s} {n:5d} true, {frac:.2f} found")
         for label, params in (("no flow-error check", replace(base, flow_threshold=0.0)),
                               ("min_size 0", replace(base, min_size=0)),
                               ("neither", replace(base, flow_threshold=0.0, min_size=0))):  # fmt: skip
