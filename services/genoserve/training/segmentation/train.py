@@ -3,9 +3,10 @@
     python -m genoserve.training.segmentation.train --out models --seed 0
 
 Targets as in Cellpose: unit flows from the masks by heat diffusion (x FLOW_SCALE) and the
-foreground; loss = MSE(flows) / 2 + BCE(cell probability), Cellpose's loss. Reproducible from the
-seed on the CPU (fixed steps, one thread: 3,000 steps took 32 min on 2 cores shared at load
-average 3.6-5.5, 0.26 s a step at load 2, so about 14 min on a quiet machine). ``--quick`` trains
+foreground; loss = MSE(flows) / 2 + BCE(cell probability), Cellpose's loss, as a weighted mean
+over pixels: small cells and a ring around them weigh more (``loss_weights``). Reproducible from
+the seed on the CPU (fixed steps, one thread: 3,000 steps took 27 min on 2 cores shared at load
+average 2.6-5.3, about 0.4 s a step with a core to itself). ``--quick`` trains
 a few steps only (for tests of the export path). ``--widths``, ``--residual``, ``--small-area``,
 ``--small-max`` and ``--touch-weight`` vary the recipe (network and per-pixel loss weights,
 ``loss_weights``); their defaults make the committed model.
@@ -48,7 +49,7 @@ FLOW_LOSS_WEIGHT = 0.5
 #: Per-pixel loss weights (``loss_weights``): pixels of and around a cell of area A weigh
 #: clip(sqrt(SMALL_AREA / A), 1, SMALL_MAX); pixels next to a touching neighbour get
 #: + TOUCH_WEIGHT. 0 / 1 / 0 turns them off (a plain mean, Cellpose's loss).
-SMALL_AREA = 0.0
+SMALL_AREA = 113.0
 SMALL_MAX = 3.0
 TOUCH_WEIGHT = 0.0
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-WIDTHS = (16, 32, 64, 96)
+WIDTHS = (24, 48, 96, 192)
 #: Residual blocks (two convs with a shortcut, as Cellpose's) instead of plain double convs.
-RESIDUAL = False
+RESIDUAL = True
 FLOW_SCALE = 5.0
 
 
