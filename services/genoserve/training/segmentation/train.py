@@ -3,10 +3,13 @@
     python -m genoserve.training.segmentation.train --out models --seed 0
 
 Targets as in Cellpose: unit flows from the masks by heat diffusion (x FLOW_SCALE) and the
-foreground; loss = MSE(flows) / 2 + BCE(cell probability), Cellpose's loss. Reproducible from the
-seed on the CPU (fixed steps, one thread: 3,000 steps took 32 min on 2 cores shared at load
-average 3.6-5.5, 0.26 s a step at load 2, so about 14 min on a quiet machine). ``--quick`` trains
-a few steps only (for tests of the export path).
+foreground; loss = MSE(flows) / 2 + BCE(cell probability), Cellpose's loss, as a weighted mean
+over pixels: small cells and a ring around them weigh more (``loss_weights``). Reproducible from
+the seed on the CPU (fixed steps, one thread: 3,000 steps took 27 min on 2 cores shared at load
+average 2.6-5.3, about 0.4 s a step with a core to itself). ``--quick`` trains
+a few steps only (for tests of the export path). ``--widths``, ``--residual``, ``--small-area``,
+``--small-max`` and ``--touch-weight`` vary the recipe (network and per-pixel loss weights,
+``loss_weights``); their defaults make the committed model.
 """
 
 from __future__ import annotations
@@ -14,18 +17,20 @@ from __future__ import annotations
 import argparse
 import io
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from genoserve.segmentation.contract import SegmentationContract
 from genoserve.segmentation.flows import masks_to_flows
 from genoserve.training.modelyaml import write_model_dir
 from genoserve.training.segmentation.evaluate import evaluate_real, evaluate_synthetic, onnx_forward
 from genoserve.training.segmentation.simulator import SimConfig, dataset
-from genoserve.training.segmentation.unet import FLOW_SCALE, WIDTHS, Exported, UNet
+from genoserve.training.segmentation.unet import FLOW_SCALE, RESIDUAL, WIDTHS, Exported, UNet
 
 Array = np.ndarray[Any, Any]
 
@@ -41,6 +46,12 @@ POOL = 1000
 DIAMETER = 12.0
 #: Weight of the flow term: Cellpose's loss is MSE(flows) / 2 + BCE(cell probability).
 FLOW_LOSS_WEIGHT = 0.5
+#: Per-pixel loss weights (``loss_weights``): pixels of and around a cell of area A weigh
+#: clip(sqrt(SMALL_AREA / A), 1, SMALL_MAX); pixels next to a touching neighbour get
+#: + TOUCH_WEIGHT. 0 / 1 / 0 turns them off (a plain mean, Cellpose's loss).
+SMALL_AREA = 113.0
+SMALL_MAX = 3.0
+TOUCH_WEIGHT = 0.0
 
 
 def normalise(image: Array) -> Array:
@@ -56,9 +67,54 @@ def make_pool(seed: int, count: int) -> tuple[Array, Array]:
     return images, masks
 
 
-def augment_batch(rng: np.random.Generator, pool: tuple[Array, Array], size: int, crop: int) -> list[Array]:
+def loss_weights(
+    masks: Array, small_area: float = SMALL_AREA, small_max: float = SMALL_MAX, touch: float = TOUCH_WEIGHT
+) -> Array:
+    """Per-pixel loss weight float32 [H, W] for masks int32 [H, W] (1 everywhere when off).
+
+    Small cells: the cell and a 2-pixel ring around it weigh clip(sqrt(small_area / area), 1,
+    small_max), so that a 20-pixel nucleus is not outweighed by its large neighbours' pixels.
+    Touching cells: pixels of a mask with another mask in their 3x3 neighbourhood get + touch
+    (where merges happen: the flows must part there).
+    """
+    weight = np.ones(masks.shape, dtype=np.float32)
+    if masks.max() == 0:
+        return weight
+    if small_area > 0:
+        grown = ndimage.grey_dilation(masks, size=5)
+        grown = np.where(masks > 0, masks, grown)
+        area = np.bincount(masks.ravel()).astype(np.float64)
+        factor = np.clip(np.sqrt(small_area / np.maximum(area, 1.0)), 1.0, small_max)
+        factor[0] = 1.0
+        weight = factor[grown].astype(np.float32)
+    if touch > 0:
+        hi = ndimage.maximum_filter(masks, size=3)
+        lo = ndimage.minimum_filter(np.where(masks > 0, masks, np.iinfo(np.int32).max), size=3)
+        weight += touch * ((masks > 0) & ((hi != masks) | (lo != masks))).astype(np.float32)
+    return weight
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What the command line may vary (the defaults make the committed model)."""
+
+    widths: tuple[int, ...] = WIDTHS
+    residual: bool = RESIDUAL
+    small_area: float = SMALL_AREA
+    touch_weight: float = TOUCH_WEIGHT
+    small_max: float = SMALL_MAX
+
+    def describe(self) -> str:
+        block = "residual" if self.residual else "plain"
+        weights = f"small-cell area {self.small_area:g} (cap {self.small_max:g}), touching weight {self.touch_weight:g}"
+        return f"widths {'-'.join(map(str, self.widths))} ({block} blocks); loss weights: {weights}"
+
+
+def augment_batch(
+    rng: np.random.Generator, pool: tuple[Array, Array], size: int, crop: int, recipe: Recipe = Recipe()
+) -> list[Array]:
     """Random crops with flips and transposes -> images [B, 1, c, c], flows [B, 2, c, c],
-    foreground [B, 1, c, c].
+    foreground [B, 1, c, c], loss weights [B, 1, c, c].
 
     The flow targets are computed from the cropped (and flipped) masks, so a cell cut by the crop
     edge flows to the centre of its visible part: what the flow-error check recomputes at
@@ -66,7 +122,7 @@ def augment_batch(rng: np.random.Generator, pool: tuple[Array, Array], size: int
     network to point such cells outwards, and the check then dropped them).
     """
     images, masks = pool
-    out_x, out_f, out_p = [], [], []
+    out_x, out_f, out_p, out_w = [], [], [], []
     for _ in range(size):
         i = int(rng.integers(len(images)))
         y0, x0 = (int(v) for v in rng.integers(0, images.shape[-1] - crop + 1, size=2))
@@ -83,24 +139,33 @@ def augment_batch(rng: np.random.Generator, pool: tuple[Array, Array], size: int
         out_x.append(np.ascontiguousarray(x) * scale)
         out_f.append(masks_to_flows(m))
         out_p.append((m > 0).astype(np.float32)[None])
-    return [np.stack(out_x).astype(np.float32), np.stack(out_f), np.stack(out_p)]
+        out_w.append(loss_weights(m, recipe.small_area, recipe.small_max, recipe.touch_weight)[None])
+    return [np.stack(out_x).astype(np.float32), np.stack(out_f), np.stack(out_p), np.stack(out_w)]
 
 
-def train(seed: int, steps: int, pool_size: int, batch: int, crop: int, log: bool = True) -> UNet:
+def train(
+    seed: int, steps: int, pool_size: int, batch: int, crop: int, log: bool = True, recipe: Recipe = Recipe()
+) -> UNet:
     torch.manual_seed(seed)
     torch.set_num_threads(1)
     rng = np.random.default_rng(seed)
     pool = make_pool(seed, pool_size)
-    net = UNet(1, WIDTHS)
+    net = UNet(1, recipe.widths, recipe.residual)
     optimiser = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-5)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=3e-3, total_steps=max(steps, 1), pct_start=0.1)
     bce = torch.nn.BCEWithLogitsLoss()
+    bce_pixels = torch.nn.BCEWithLogitsLoss(reduction="none")
+    weighted = recipe.small_area > 0 or recipe.touch_weight > 0
     start = time.monotonic()
     net.train()
     for step in range(steps):
-        x, f, p = (torch.from_numpy(a) for a in augment_batch(rng, pool, batch, crop))
+        x, f, p, w = (torch.from_numpy(a) for a in augment_batch(rng, pool, batch, crop, recipe))
         y = net(x)
-        loss = FLOW_LOSS_WEIGHT * torch.nn.functional.mse_loss(y[:, :2], f * FLOW_SCALE) + bce(y[:, 2:], p)
+        if weighted:  # weighted means; the flow MSE averages over its two channels
+            flow_sq = ((y[:, :2] - f * FLOW_SCALE) ** 2).mean(dim=1, keepdim=True)
+            loss = (w * (FLOW_LOSS_WEIGHT * flow_sq + bce_pixels(y[:, 2:], p))).sum() / w.sum()
+        else:  # Cellpose's loss, exactly as before the weights existed
+            loss = FLOW_LOSS_WEIGHT * torch.nn.functional.mse_loss(y[:, :2], f * FLOW_SCALE) + bce(y[:, 2:], p)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -123,13 +188,13 @@ def export(net: UNet) -> bytes:
     return buffer.getvalue()
 
 
-def spec() -> dict[str, Any]:
+def spec(recipe: Recipe = Recipe()) -> dict[str, Any]:
     return {
         "name": NAME,
         "family": "segmentation",
         "description": (
             "Cellpose-style nuclei model: compact U-Net (widths "
-            + "-".join(map(str, WIDTHS))
+            + "-".join(map(str, recipe.widths))
             + ") trained on simulated fluorescence nuclei; outputs unit flows (dY, dX) and the cell-probability logit."
         ),
         "inputs": [{"name": "image", "dtype": "float32", "shape": [-1, 1, -1, -1], "warmup_shape": [-1, 1, TILE, TILE],
@@ -152,10 +217,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--version", type=int, default=1)
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--quick", action="store_true", help="a few steps on a small pool (export path only)")
+    parser.add_argument("--widths", default="-".join(map(str, WIDTHS)), help="U-Net widths per level, e.g. 16-32-64-96")
+    parser.add_argument(
+        "--residual", type=int, choices=(0, 1), default=int(RESIDUAL), help="residual blocks (1) or plain"
+    )
+    parser.add_argument("--small-area", type=float, default=SMALL_AREA, help="loss_weights' small_area (0: off)")
+    parser.add_argument("--small-max", type=float, default=SMALL_MAX, help="loss_weights' small_max")
+    parser.add_argument("--touch-weight", type=float, default=TOUCH_WEIGHT, help="loss_weights' touch (0: off)")
     args = parser.parse_args(argv)
+    recipe = Recipe(
+        tuple(int(w) for w in args.widths.split("-")),
+        bool(args.residual),
+        args.small_area,
+        args.touch_weight,
+        args.small_max,
+    )
     steps, pool_size, batch = (5, 16, 4) if args.quick else (args.steps, POOL, 8)
     started = time.monotonic()
-    net = train(args.seed, steps, pool_size, batch, crop=CROP, log=not args.quick)
+    net = train(args.seed, steps, pool_size, batch, crop=CROP, log=not args.quick, recipe=recipe)
     seconds = time.monotonic() - started
     onnx_bytes = export(net)
     forward = onnx_forward(onnx_bytes)
@@ -166,10 +245,11 @@ def main(argv: list[str] | None = None) -> None:
         "script": "genoserve.training.segmentation.train", "seed": str(args.seed), "steps": str(steps),
         "data": f"simulated (genoserve.training.segmentation.simulator), {POOL_SIZE}x{POOL_SIZE}, "
                 f"pool {pool_size}, crops {CROP}, batch {batch}",
+        "recipe": recipe.describe(),
         "real_eval": "stardist tests img2d_256 (BBBC038 nuclei, 65 masks), no rescale",
         "synthetic_eval": f"12 simulated 256x256 images, seed {args.seed + 1_000_000}",
     }  # fmt: skip
-    directory = write_model_dir(args.out, spec(), args.version, onnx_bytes, metrics, provenance)
+    directory = write_model_dir(args.out, spec(recipe), args.version, onnx_bytes, metrics, provenance)
     print(f"wrote {directory}: {metrics}")
 
 
