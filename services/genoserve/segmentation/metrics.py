@@ -37,14 +37,21 @@ def iou_matrix(true: Array, pred: Array) -> Array:
     return np.asarray(iou[1:, 1:], dtype=np.float64)
 
 
-def true_positives(iou: Array, threshold: float) -> int:
-    """Matched pairs with IoU >= threshold under Cellpose's Hungarian matching."""
+def matched_pairs(iou: Array, threshold: float) -> tuple[Array, Array]:
+    """(true, predicted) index pairs matched with IoU >= threshold under Cellpose's Hungarian
+    matching (the most pairs over the threshold, then the highest IoU)."""
     n_min = min(iou.shape)
     if n_min == 0:
-        return 0
+        return np.zeros(0, np.intp), np.zeros(0, np.intp)
     costs = -(iou >= threshold).astype(np.float64) - iou / (2 * n_min)
     rows, cols = linear_sum_assignment(costs)
-    return int((iou[rows, cols] >= threshold).sum())
+    good = iou[rows, cols] >= threshold
+    return rows[good], cols[good]
+
+
+def true_positives(iou: Array, threshold: float) -> int:
+    """Matched pairs with IoU >= threshold under Cellpose's Hungarian matching."""
+    return len(matched_pairs(iou, threshold)[0])
 
 
 def average_precision(

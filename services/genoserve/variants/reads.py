@@ -7,6 +7,7 @@ are dropped, and so are reads with mapping quality below ``min_mapping_quality``
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,19 @@ from genoserve.core.errors import InvalidArgument
 # pysam CIGAR operation codes (SAM spec order).
 OP_M, OP_I, OP_D, OP_N, OP_S, OP_H, OP_P, OP_EQ, OP_X = range(9)
 MATCH_OPS = (OP_M, OP_EQ, OP_X)
+
+
+def merge_cigar(parts: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(op, length) pairs as a CIGAR: neighbours with the same op joined, zero lengths dropped."""
+    cigar: list[tuple[int, int]] = []
+    for op, length in parts:
+        if length == 0:
+            continue
+        if cigar and cigar[-1][0] == op:
+            cigar[-1] = (op, cigar[-1][1] + length)
+        else:
+            cigar.append((op, length))
+    return cigar
 
 
 @dataclass(frozen=True)

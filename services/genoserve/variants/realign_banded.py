@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from genoserve.variants.reads import OP_D, OP_I, OP_M
+from genoserve.variants.reads import OP_D, OP_I, OP_M, merge_cigar
 
 # Direction codes (as ssw.c stores them): 1 diagonal, 2/3 query gap extended/opened (I),
 # 4/5 target gap extended/opened (D).
@@ -129,10 +129,4 @@ def banded_cigar(
         else:
             return None
     ops.append(OP_M)
-    cigar: list[tuple[int, int]] = []
-    for op in reversed(ops):
-        if cigar and cigar[-1][0] == op:
-            cigar[-1] = (op, cigar[-1][1] + 1)
-        else:
-            cigar.append((op, 1))
-    return cigar
+    return merge_cigar((op, 1) for op in reversed(ops))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from genoserve.variants.reads import OP_D, OP_I, OP_M, OP_S
+from genoserve.variants.reads import OP_D, OP_I, OP_M, OP_S, merge_cigar
 from genoserve.variants.realign_banded import banded_cigar
 
 Cigar = list[tuple[int, int]]
@@ -117,13 +117,7 @@ def _traceback(
             ops.append(OP_I)
             state = 2 if f[i, j] == f[i - 1, j] - ge else 0
             i -= 1
-    cigar: Cigar = []
-    for op in reversed(ops):
-        if cigar and cigar[-1][0] == op:
-            cigar[-1] = (op, cigar[-1][1] + 1)
-        else:
-            cigar.append((op, 1))
-    return cigar
+    return merge_cigar((op, 1) for op in reversed(ops))
 
 
 def _first_best(h: npt.NDArray[np.int32], score: int) -> tuple[int, int]:
@@ -210,18 +204,6 @@ def local_scores(query: str, targets: list[str], scoring: Scoring | None = None)
     return [(int(s), int(c)) for s, c in zip(best, best_col, strict=True)]
 
 
-def _merge_ops(parts: list[tuple[int, int]]) -> Cigar:
-    cigar: Cigar = []
-    for op, length in parts:
-        if length == 0:
-            continue
-        if cigar and cigar[-1][0] == op:
-            cigar[-1] = (op, cigar[-1][1] + length)
-        else:
-            cigar.append((op, length))
-    return cigar
-
-
 def _ends(query: str, target: str) -> tuple[int, int]:
     """Identical prefix and suffix lengths that do not overlap; the prefix gives way to the suffix,
     so an indel in a repeat is left at its leftmost position."""
@@ -246,7 +228,7 @@ def _global_between_ends(query: str, target: str, scoring: Scoring, margin: int)
     q_mid, t_mid = len(query) - prefix - suffix, len(target) - prefix - suffix
     if q_mid == 0 or t_mid == 0:
         gap = (OP_I, q_mid) if q_mid else (OP_D, t_mid)
-        return _merge_ops([(OP_M, prefix), gap, (OP_M, suffix)])
+        return merge_cigar([(OP_M, prefix), gap, (OP_M, suffix)])
     while True:
         lo = max(0, prefix - margin)
         tail = max(0, suffix - margin)
@@ -254,7 +236,7 @@ def _global_between_ends(query: str, target: str, scoring: Scoring, margin: int)
         h, e, f = _fill(sub, scoring, local=False)
         middle = _traceback(sub, h, e, f, scoring)
         if lo == 0 or middle[0][0] == OP_M:
-            return _merge_ops([(OP_M, lo), *middle, (OP_M, tail)])
+            return merge_cigar([(OP_M, lo), *middle, (OP_M, tail)])
         margin *= 2
 
 

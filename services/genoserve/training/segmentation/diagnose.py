@@ -34,10 +34,10 @@ from genoserve.segmentation import tiling
 from genoserve.segmentation.contract import SegmentationContract
 from genoserve.segmentation.dynamics import MaskParams, compute_masks
 from genoserve.segmentation.flows import masks_to_flows
-from genoserve.segmentation.metrics import iou_matrix, mean_average_precision, true_positives
+from genoserve.segmentation.metrics import iou_matrix, matched_pairs, mean_average_precision, true_positives
 from genoserve.segmentation.normalize import percentile_normalize
 from genoserve.training.segmentation.evaluate import REAL_IMAGE, REAL_MASKS, onnx_forward
-from genoserve.training.segmentation.simulator import SimConfig, dataset
+from genoserve.training.segmentation.simulator import SimConfig, dataset, touching_pixels
 
 Array = np.ndarray[Any, Any]
 Forward = Callable[[Array], Array]
@@ -90,11 +90,7 @@ def true_output(masks: Array, logit: float = 5.0) -> Array:
 
 def _touching(masks: Array) -> Array:
     """bool per label 0..max: the mask touches another mask (8-neighbourhood)."""
-    n = int(masks.max()) + 1
-    hi = ndimage.maximum_filter(masks, size=3)
-    lo = ndimage.minimum_filter(np.where(masks > 0, masks, np.iinfo(np.int32).max), size=3)
-    other = (masks > 0) & ((hi != masks) | (lo != masks))
-    return np.bincount(masks[other], minlength=n) > 0
+    return np.bincount(masks[touching_pixels(masks)], minlength=int(masks.max()) + 1) > 0
 
 
 def classify(true: Array, pred: Array, image: Array) -> tuple[Counter[str], list[dict[str, Any]]]:
@@ -107,14 +103,9 @@ def classify(true: Array, pred: Array, image: Array) -> tuple[Counter[str], list
     n_t, n_p = iou.shape
     matched_t = np.zeros(n_t, bool)
     matched_p = np.zeros(n_p, bool)
-    if min(n_t, n_p):
-        from scipy.optimize import linear_sum_assignment
-
-        costs = -(iou >= 0.5).astype(np.float64) - iou / (2 * min(n_t, n_p))
-        rows, cols = linear_sum_assignment(costs)
-        good = iou[rows, cols] >= 0.5
-        matched_t[rows[good]] = True
-        matched_p[cols[good]] = True
+    rows, cols = matched_pairs(iou, 0.5)
+    matched_t[rows] = True
+    matched_p[cols] = True
     counts["true"] = n_t
     counts["tp"] = int(matched_t.sum())
     # overlap[i, j]: pixels of true i covered by prediction j
@@ -187,14 +178,8 @@ def contrast_to_noise(true: Array, image: Array) -> tuple[Array, Array, Array]:
 
 def matched_labels(true: Array, pred: Array) -> set[int]:
     """True labels matched at IoU >= 0.5 under Cellpose's Hungarian matching."""
-    from scipy.optimize import linear_sum_assignment
-
-    iou = iou_matrix(true, pred)
-    labels = np.unique(true[true > 0])
-    if not min(iou.shape):
-        return set()
-    rows, cols = linear_sum_assignment(-(iou >= 0.5).astype(np.float64) - iou / (2 * min(iou.shape)))
-    return {int(v) for v in labels[rows[iou[rows, cols] >= 0.5]]}
+    rows, _ = matched_pairs(iou_matrix(true, pred), 0.5)
+    return {int(v) for v in np.unique(true[true > 0])[rows]}
 
 
 def found_by_contrast(members: Sequence[Case], preds: Sequence[Array]) -> dict[tuple[str, str], tuple[int, float]]:

@@ -179,6 +179,13 @@ def simulate(rng: np.random.Generator, config: SimConfig = SimConfig()) -> tuple
     return np.round(image * gain).astype(np.float32), masks
 
 
+def touching_pixels(masks: Array) -> Array:
+    """bool [H, W]: pixels of a mask with another mask in their 3x3 neighbourhood."""
+    hi = ndimage.maximum_filter(masks, size=3)
+    lo = ndimage.minimum_filter(np.where(masks > 0, masks, np.iinfo(masks.dtype).max), size=3)
+    return np.asarray((masks > 0) & ((hi != masks) | (lo != masks)))
+
+
 def dataset(seed: int, count: int, config: SimConfig = SimConfig()) -> list[tuple[Array, Array]]:
     rng = np.random.default_rng(seed)
     return [simulate(rng, config) for _ in range(count)]

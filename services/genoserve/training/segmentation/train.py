@@ -29,7 +29,7 @@ from genoserve.segmentation.contract import SegmentationContract
 from genoserve.segmentation.flows import masks_to_flows
 from genoserve.training.modelyaml import write_model_dir
 from genoserve.training.segmentation.evaluate import evaluate_real, evaluate_synthetic, onnx_forward
-from genoserve.training.segmentation.simulator import SimConfig, dataset
+from genoserve.training.segmentation.simulator import SimConfig, dataset, touching_pixels
 from genoserve.training.segmentation.unet import FLOW_SCALE, RESIDUAL, WIDTHS, Exported, UNet
 
 Array = np.ndarray[Any, Any]
@@ -88,9 +88,7 @@ def loss_weights(
         factor[0] = 1.0
         weight = factor[grown].astype(np.float32)
     if touch > 0:
-        hi = ndimage.maximum_filter(masks, size=3)
-        lo = ndimage.minimum_filter(np.where(masks > 0, masks, np.iinfo(np.int32).max), size=3)
-        weight += touch * ((masks > 0) & ((hi != masks) | (lo != masks))).astype(np.float32)
+        weight += touch * touching_pixels(masks).astype(np.float32)
     return weight
 
 
