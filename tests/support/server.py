@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -24,10 +26,40 @@ FAST_RECONNECT = [
 ]
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nothing listens on, outside the kernel's ephemeral range and not handed out before.
+
+    A port the kernel picks for ``bind(0)`` lies in the ephemeral range, where the outgoing
+    connections of every client in the test run (gRPC, Redis, HTTP) also take their local ports:
+    between this call and the server's own bind, one of them could take it ("Address already in
+    use"). Ports below the range are never given to outgoing connections.
+    """
+    low, _ = _ephemeral_range()
+    start, stop = (10000, low) if low > 12000 else (61000, 65536)
+    candidates = list(range(start, stop))
+    random.shuffle(candidates)
+    for port in candidates:
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port in {start}-{stop - 1}")
 
 
 class ServerProcess:
@@ -98,3 +130,18 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.terminate()
+
+
+def scrape(server: ServerProcess) -> str:
+    """The server's /metrics text."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as response:
+        return str(response.read().decode())
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``, in /metrics ``text``."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith((name + "{", name + " ")) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
