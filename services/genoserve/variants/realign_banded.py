@@ -30,12 +30,14 @@ from genoserve.variants.reads import OP_D, OP_I, OP_M, merge_cigar
 _DIAG, _I_EXT, _I_OPEN, _D_EXT, _D_OPEN = 1, 2, 3, 4, 5
 
 
-def _substitution_row(base: int, target: npt.NDArray[np.uint8], match: int, mismatch: int) -> npt.NDArray[np.int64]:
-    row = np.where(target == base, match, -mismatch).astype(np.int64)
-    row[target == ord("N")] = 0
-    if base == ord("N"):
-        row[:] = 0
-    return row
+def _substitutions(
+    query: npt.NDArray[np.uint8], target: npt.NDArray[np.uint8], match: int, mismatch: int
+) -> npt.NDArray[np.int64]:
+    """Score of each (query base, target base) pair: [m, n]; N on either side scores 0."""
+    sub = np.where(query[:, None] == target[None, :], match, -mismatch).astype(np.int64)
+    sub[:, target == ord("N")] = 0
+    sub[query == ord("N"), :] = 0
+    return sub
 
 
 def _fill(
@@ -45,52 +47,63 @@ def _fill(
     scores: tuple[int, int, int, int],
 ) -> tuple[int, npt.NDArray[np.int8]]:
     """Best cell score in the band and the directions ``(3, m, n)``: [0] query-gap state,
-    [1] target-gap state, [2] main state."""
+    [1] target-gap state, [2] main state. Row by row over the band with slices (the per-row numpy
+    calls are what this costs, so each row makes as few as it can)."""
     match, mismatch, go, ge = scores
     m, n = len(query), len(target)
     dirs = np.zeros((3, m, n), dtype=np.int8)
-    h_prev = np.zeros(n, dtype=np.int64)
-    e_prev = np.zeros(n, dtype=np.int64)
+    sub = _substitutions(query, target, match, mismatch)
+    # The previous row's H and E over every column, 0 outside its band (cells outside count 0);
+    # one spare 0 on the left stands for "column -1".
+    h_prev = np.zeros(n + 1, dtype=np.int64)
+    e_prev = np.zeros(n + 1, dtype=np.int64)
+    steps = ge * np.arange(n + 1, dtype=np.int64)
     best = 0
     for i in range(m):
         lo, hi = max(0, i - band), min(n - 1, i + band)
         if lo > hi:
-            h_prev = np.zeros(n, dtype=np.int64)
-            e_prev = np.zeros(n, dtype=np.int64)
+            h_prev[:] = 0
+            e_prev[:] = 0
             continue
-        cols = np.arange(lo, hi + 1)
+        width = hi - lo + 1
         # Query gap (I) entering each cell from the row above.
         if i == 0:
-            e = np.full(len(cols), -ge, dtype=np.int64)
-            de = np.full(len(cols), _I_EXT, dtype=np.int8)
+            e = np.full(width, -ge, dtype=np.int64)
+            de: npt.NDArray[np.int64] | int = _I_EXT
         else:
-            opened, extended = h_prev[cols] - go, e_prev[cols] - ge
+            opened, extended = h_prev[lo + 1 : hi + 2] - go, e_prev[lo + 1 : hi + 2] - ge
             e = np.maximum(opened, extended)
-            de = np.where(opened > extended, _I_OPEN, _I_EXT).astype(np.int8)
+            de = np.where(opened > extended, _I_OPEN, _I_EXT)
         e1 = np.maximum(e, 0)
-        left = np.where(cols > 0, h_prev[np.maximum(cols - 1, 0)], 0) if i > 0 else np.zeros(len(cols), np.int64)
-        diag = left + _substitution_row(int(query[i]), target[cols], match, mismatch)
+        diag = h_prev[lo : hi + 1] + sub[i, lo : hi + 1]  # h_prev[lo] is column lo - 1
         g = np.maximum(e1, diag)  # the cell without target gaps
         # Target gap (D) run along the row: F[j] = max(f chain from 0, max_k<j G[k] - go - ge*(j-1-k)).
-        k = np.arange(len(cols) + 1, dtype=np.int64)  # k = 0 stands for the cell left of the band (0)
-        origin = np.concatenate(([0], g)) + ge * k
+        k = steps[: width + 1]  # ge * k; k = 0 stands for the cell left of the band (0)
+        origin = np.empty(width + 1, dtype=np.int64)
+        origin[0] = 0
+        np.add(g, k[1:], out=origin[1:])
         run = np.maximum.accumulate(origin)[:-1]
-        f = np.maximum(run - go - ge * (k[1:] - 1), -ge * k[1:])
+        f = np.maximum(run - go - (k[1:] - ge), -k[1:])
         f1 = np.maximum(f, 0)
         h = np.maximum(g, f1)
-        h_left = np.concatenate(([0], h[:-1]))
-        f_left = np.concatenate(([0], f[:-1]))
-        df = np.where(h_left - go > f_left - ge, _D_OPEN, _D_EXT).astype(np.int8)
+        # D opened (from H) or extended (from F) entering column j from column j - 1; the cell
+        # left of the band has H = F = 0.
+        h_left = np.empty(width, dtype=np.int64)
+        f_left = np.empty(width, dtype=np.int64)
+        h_left[0] = f_left[0] = 0
+        h_left[1:] = h[:-1]
+        f_left[1:] = f[:-1]
+        df = np.where(h_left - go > f_left - ge, _D_OPEN, _D_EXT)
         gap = np.maximum(e1, f1)
-        dh = np.where(gap <= diag, _DIAG, np.where(e1 > f1, de, df)).astype(np.int8)
-        dirs[0, i, cols] = de
-        dirs[1, i, cols] = df
-        dirs[2, i, cols] = dh
+        dirs[0, i, lo : hi + 1] = de
+        dirs[1, i, lo : hi + 1] = df
+        dirs[2, i, lo : hi + 1] = np.where(gap <= diag, _DIAG, np.where(e1 > f1, de, df))
         best = max(best, int(h.max()))
-        h_prev = np.zeros(n, dtype=np.int64)
-        e_prev = np.zeros(n, dtype=np.int64)
-        h_prev[cols] = h
-        e_prev[cols] = e
+        if lo > 0:
+            h_prev[lo] = 0  # column lo - 1 leaves the band
+            e_prev[lo] = 0
+        h_prev[lo + 1 : hi + 2] = h
+        e_prev[lo + 1 : hi + 2] = e
     return best, dirs
 
 
