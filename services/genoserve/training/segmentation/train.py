@@ -39,7 +39,7 @@ TILE = 256
 #: Side of the simulated training images (random crops of ``CROP`` are taken from them).
 POOL_SIZE = 128
 CROP = 96
-STEPS = 3000
+STEPS = 9000
 POOL = 1000
 #: Nominal cell diameter of the training data (pixels): images are rescaled to it when a
 #: request gives a diameter.
