@@ -17,7 +17,9 @@ labels.
   cells, one at a time and then two in flight (threads on one channel), gene names (and batch
   labels) with every request, aligned by name on the server: cells/s,
   and the ratio to the mean of raw ONNX Runtime measured right before and right after it
-  (interleaved, median over the repeats). The benchmark process calls
+  (interleaved, median over the repeats); each with the matrices on the gRPC channel and in
+  POSIX shared memory (the server runs with ``--shared-memory``, the client with
+  ``shared_memory=True``: only the names and offsets cross the channel). The benchmark process calls
   ``genoserve.client.tune_allocator()`` as the README advises pipelines to (``--no-tune``: glibc's
   defaults; the server tunes its own).
 * Bulk job, at ``--job-cells`` / 4 and ``--job-cells`` cells (two file sizes): the cells written
@@ -52,21 +54,13 @@ import yaml
 from genoserve.client import Client, tune_allocator
 from genoserve.client.client import FINAL_JOB_STATES
 from tests.support.cpu import process_cpu_s
+from tests.support.embedding import PBMC, pbmc_csr
 from tests.support.jobs import WorkerProcess
 from tests.support.server import REPO, ServerProcess
 
 MODEL = "scvi-pbmc"
-PBMC = REPO / "tests" / "data" / "embedding" / "pbmc68k_reduced_counts_700x765.h5ad"
 RESULTS = REPO / "tests" / "bench" / "results"
 BATCH = 4096
-
-
-def pbmc_csr() -> tuple[sp.csr_matrix, list[str]]:
-    with h5py.File(PBMC) as f:
-        x = f["X"]
-        matrix = sp.csr_matrix((x["data"][:], x["indices"][:], x["indptr"][:]), shape=tuple(x.attrs["shape"]))
-        genes = [g.decode() if isinstance(g, bytes) else g for g in f["var/index"][:]]
-    return matrix, genes
 
 
 def resample(matrix: sp.csr_matrix, n: int, seed: int) -> sp.csr_matrix:
@@ -119,11 +113,12 @@ def raw_rate(model: str, feeds: dict[str, np.ndarray]) -> float:
     return rate
 
 
-def embed_rate(address: str, cells: Cells, in_flight: int) -> float:
-    """Cells/s of Embed with ``in_flight`` requests outstanding (threads sharing one channel)."""
+def embed_rate(address: str, cells: Cells, in_flight: int, shared: bool = False) -> float:
+    """Cells/s of Embed with ``in_flight`` requests outstanding (threads sharing one channel); with
+    ``shared``, the matrices go through shared memory (``Client(shared_memory=True)``)."""
     starts = range(0, cells.matrix.shape[0], BATCH)
     chunks = [(cells.matrix[i : i + BATCH], cells.batches[i : i + BATCH]) for i in starts]
-    with Client(address, timeout=120) as client, ThreadPoolExecutor(in_flight) as pool:
+    with Client(address, timeout=120, shared_memory=shared) as client, ThreadPoolExecutor(in_flight) as pool:
 
         def embed(chunk: tuple[sp.csr_matrix, list[str]]) -> None:
             client.embed(cells.model, cells.genes, chunk[0], batch_labels=chunk[1])
@@ -238,30 +233,37 @@ def run_job(address: str, config: Path, args: argparse.Namespace, source: sp.csr
     }  # fmt: skip
 
 
+#: How Embed's matrices reach the server: on the gRPC channel, or in shared memory (same machine).
+CHANNEL, SHARED = "channel", "shared memory"
+TRANSPORTS = (CHANNEL, SHARED)
+
+
 def online(address: str, cells: Cells, repeats: int) -> list[dict[str, Any]]:
     """Embed vs raw ONNX Runtime, interleaved: raw ORT right before and right after each Embed run,
-    the ratio against their mean, so that a load change on a shared machine hits both sides alike."""
+    the ratio against their mean, so that a load change on a shared machine hits both sides alike.
+    Each repeat runs Embed with the matrices on the channel and in shared memory."""
     feeds = cells.feeds()
     rows: list[dict[str, Any]] = []
     raw = raw_rate(cells.model, feeds)
     for _ in range(repeats):
         for in_flight in (1, 2):
-            served = embed_rate(address, cells, in_flight)
-            after = raw_rate(cells.model, feeds)
-            reference = (raw + after) / 2
-            rows.append({"model": cells.model, "in_flight": in_flight, "raw_cells_s": reference,
-                         "embed_cells_s": served, "ratio": served / reference,
-                         "load_average": os.getloadavg()})  # fmt: skip
-            print(f"{cells.model}: raw ORT {reference:,.0f} cells/s   Embed ({in_flight} in flight) {served:,.0f} "
-                  f"cells/s   ratio {served / reference:.2f}", flush=True)  # fmt: skip
-            raw = after
+            for transport in TRANSPORTS:
+                served = embed_rate(address, cells, in_flight, shared=transport == SHARED)
+                after = raw_rate(cells.model, feeds)
+                reference = (raw + after) / 2
+                rows.append({"model": cells.model, "in_flight": in_flight, "transport": transport,
+                             "raw_cells_s": reference, "embed_cells_s": served, "ratio": served / reference,
+                             "load_average": os.getloadavg()})  # fmt: skip
+                print(f"{cells.model}: raw ORT {reference:,.0f} cells/s   Embed ({in_flight} in flight, {transport}) "
+                      f"{served:,.0f} cells/s   ratio {served / reference:.2f}", flush=True)  # fmt: skip
+                raw = after
     return rows
 
 
-def cpu_split(address: str, server_pid: int, cells: Cells, requests: int = 10) -> dict[str, Any]:
+def cpu_split(address: str, server_pid: int, cells: Cells, requests: int = 10, shared: bool = False) -> dict[str, Any]:
     """CPU milliseconds per 4,096-cell request: raw ONNX Runtime (this process, the session alone)
-    against Embed at one request in flight, the server process (all threads) and this client
-    apart. CPU time is what a shared machine distorts least."""
+    against Embed at one request in flight (matrices in shared memory with ``shared``), the server
+    process (all threads) and this client apart. CPU time is what a shared machine distorts least."""
     feeds = {k: v[:BATCH] for k, v in cells.feeds().items()}
     session = ort.InferenceSession(
         str(REPO / "models" / cells.model / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
@@ -273,7 +275,7 @@ def cpu_split(address: str, server_pid: int, cells: Cells, requests: int = 10) -
     raw_ms = (time.process_time() - started) / requests * 1e3
     del session
     chunk, labels = cells.matrix[:BATCH], cells.batches[:BATCH]
-    with Client(address, timeout=120) as client:
+    with Client(address, timeout=120, shared_memory=shared) as client:
         client.embed(cells.model, cells.genes, chunk, batch_labels=labels)
         server_before, client_before = process_cpu_s(server_pid), time.process_time()
         for _ in range(requests):
@@ -283,16 +285,18 @@ def cpu_split(address: str, server_pid: int, cells: Cells, requests: int = 10) -
     server_ms = None
     if server_before is not None and server_after is not None:
         server_ms = (server_after - server_before) / requests * 1e3
-    out = {"model": cells.model, "raw_ms": raw_ms, "server_ms": server_ms, "client_ms": client_ms,
-           "load_average": os.getloadavg()}  # fmt: skip
-    print(f"{cells.model}: CPU ms per request raw {raw_ms:.1f}, server {server_ms}, client {client_ms:.1f}", flush=True)
+    transport = SHARED if shared else CHANNEL
+    out = {"model": cells.model, "transport": transport, "raw_ms": raw_ms, "server_ms": server_ms,
+           "client_ms": client_ms, "load_average": os.getloadavg()}  # fmt: skip
+    print(f"{cells.model} ({transport}): CPU ms per request raw {raw_ms:.1f}, server {server_ms}, "
+          f"client {client_ms:.1f}", flush=True)  # fmt: skip
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", type=int, default=20_000)
-    parser.add_argument("--job-cells", type=int, default=200_000)
+    parser.add_argument("--job-cells", type=int, default=200_000, help="0 skips the bulk job")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--no-tune", action="store_true", help="Leave this process's malloc at glibc's defaults.")
     parser.add_argument("--scratch", type=Path, default=Path("/tmp/genoserve-embedding-bench"))
@@ -310,40 +314,47 @@ def main() -> None:
                  "output_roots": [str(args.scratch)]},
         "worker": {"metrics_dir": str(args.scratch / "data" / "metrics"), "batch_size": BATCH},
     }))  # fmt: skip
-    with ServerProcess("--config", str(config), log_path=args.scratch / "server.log") as server:
+    server_args = ("--config", str(config), "--shared-memory")
+    with ServerProcess(*server_args, log_path=args.scratch / "server.log") as server:
         report["cpu"] = []
         for cells in (pbmc_cells(args.cells), simulated_cells(args.cells)):
             report["online"] += online(server.address, cells, args.repeats)
             assert server.proc is not None
-            report["cpu"].append(cpu_split(server.address, server.proc.pid, cells))
-        big = Cells(MODEL, resample(source, min(args.job_cells, 50_000), 2), genes, [])
-        big_raw = raw_rate(MODEL, big.feeds())
-        report["jobs"] = [run_job(server.address, config, args, source, genes, n, big_raw)
-                          for n in (args.job_cells // 4, args.job_cells)]  # fmt: skip
+            for shared in (False, True):
+                report["cpu"].append(cpu_split(server.address, server.proc.pid, cells, shared=shared))
+        report["jobs"] = []
+        if args.job_cells:
+            big = Cells(MODEL, resample(source, min(args.job_cells, 50_000), 2), genes, [])
+            big_raw = raw_rate(MODEL, big.feeds())
+            report["jobs"] = [run_job(server.address, config, args, source, genes, n, big_raw)
+                              for n in (args.job_cells // 4, args.job_cells)]  # fmt: skip
     report["load_average_end"] = os.getloadavg()
     rows = report["online"]
     medians = {
-        (m, f): sorted(r["ratio"] for r in rows if r["in_flight"] == f and r["model"] == m)[args.repeats // 2]
-        for m in report["models"] for f in (1, 2)
+        (m, f, t): sorted(r["ratio"] for r in rows if (r["model"], r["in_flight"], r["transport"]) == (m, f, t))[
+            args.repeats // 2
+        ]
+        for m in report["models"] for f in (1, 2) for t in TRANSPORTS
     }  # fmt: skip
     lines = [
         f"# Embedding benchmark ({os.cpu_count()} cores, client allocator {'tuned' if tuned else 'glibc defaults'})",
         "",
         "| path | cells/s | raw ONNX Runtime cells/s | ratio |",
         "|---|---|---|---|",
-        *[f"| Embed {r['model']} (gRPC, CSR, {BATCH}/request, {r['in_flight']} in flight) | "
+        *[f"| Embed {r['model']} (gRPC, CSR {r['transport']}, {BATCH}/request, {r['in_flight']} in flight) | "
           f"{r['embed_cells_s']:,.0f} | {r['raw_cells_s']:,.0f} | {r['ratio']:.2f} |" for r in rows],
         *[f"| embedding.embed_h5ad, {j['cells']:,} cells, {j['file_mb']:.0f} MB .h5ad, e2e | {j['cells_s']:,.0f} | "
           f"{j['raw_cells_s']:,.0f} | {j['ratio']:.2f} |" for j in report["jobs"]],
         "",
         "| CPU ms per 4,096-cell request | raw ONNX Runtime | Embed: server | Embed: client |",
         "|---|---|---|---|",
-        *[f"| {c['model']} | {c['raw_ms']:.1f} | "
+        *[f"| {c['model']}, matrix via {c['transport']} | {c['raw_ms']:.1f} | "
           f"{'?' if c['server_ms'] is None else format(c['server_ms'], '.1f')} | {c['client_ms']:.1f} |"
           for c in report["cpu"]],
         "",
-        f"Embed ratio, median of {args.repeats} (1 / 2 in flight): "
-        + "; ".join(f"{m} {medians[m, 1]:.2f} / {medians[m, 2]:.2f}" for m in report["models"])
+        f"Embed ratio, median of {args.repeats} (1 / 2 in flight), matrix on the channel | in shared memory: "
+        + "; ".join(f"{m} {medians[m, 1, CHANNEL]:.2f} / {medians[m, 2, CHANNEL]:.2f} | "
+                    f"{medians[m, 1, SHARED]:.2f} / {medians[m, 2, SHARED]:.2f}" for m in report["models"])
         + ". Job worker peak RSS: "
         + "; ".join(f"{j['worker_peak_rss_mb']:.0f} MB for {j['cells']:,} cells ({j['file_mb']:.0f} MB file)"
                     for j in report["jobs"]) + ".",

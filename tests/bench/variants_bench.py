@@ -14,7 +14,9 @@ Measures, with the committed model (uint8 [batch, 100, 221, 7] -> float32 [batch
   ``session.run`` on the same 84 tensors in a loop (1, 2 and 4 threads, before and after the
   served runs); the ratio best served / best raw is compared with the goal >= 0.9, and the ratio
   at equal thread counts is reported too; also, for reference, the per-example message path
-  (one ``PileupExample.pileup`` tensor per example, messages built once) at concurrency 4.
+  (one ``PileupExample.pileup`` tensor per example, messages built once) at concurrency 4; and
+  each served run again with the pileups in POSIX shared memory (server ``--shared-memory``,
+  ``AsyncClient(shared_memory=True)``: only names and offsets cross the channel).
   On a loaded machine the served figure profits from having more runnable threads than the raw
   loop, so also:
 * **CPU per example**, which load distorts less than examples/s: raw ONNX Runtime (1 thread) vs
@@ -79,9 +81,12 @@ def raw_throughput(onnx: Path, batch: np.ndarray, duration: float) -> dict[str, 
     return best
 
 
-async def served_throughput(address: str, payload: list[Any], model: str, concurrency: int, duration: float) -> float:
-    """Examples/s: ``concurrency`` workers each sending ``payload`` (family examples or messages)."""
-    async with AsyncClient(address, timeout=120) as client:
+async def served_throughput(
+    address: str, payload: list[Any], model: str, concurrency: int, duration: float, shared: bool = False
+) -> float:
+    """Examples/s: ``concurrency`` workers each sending ``payload`` (family examples or messages),
+    the pileups in shared memory with ``shared``."""
+    async with AsyncClient(address, timeout=120, shared_memory=shared) as client:
         await client.call_variants(payload, model=model)
         done = 0
         stop = time.perf_counter() + duration
@@ -98,10 +103,13 @@ async def served_throughput(address: str, payload: list[Any], model: str, concur
         return done / (time.perf_counter() - start)
 
 
-def cpu_per_example(onnx: Path, batch: np.ndarray, golden: list[Any], model: str, requests: int) -> dict[str, Any]:  # type: ignore[type-arg]
+def cpu_per_example(  # type: ignore[type-arg]
+    onnx: Path, batch: np.ndarray, golden: list[Any], model: str, requests: int, shared: bool = False
+) -> dict[str, Any]:
     """CPU milliseconds per example (load-independent, unlike examples/s on a shared machine):
     raw ONNX Runtime (1 thread) vs served (server process with 1 intra-op thread + this client
-    process, ``requests`` requests of the 84 examples at concurrency 2)."""
+    process, ``requests`` requests of the 84 examples at concurrency 2; pileups in shared memory
+    with ``shared``)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(onnx), options, providers=["CPUExecutionProvider"])
@@ -112,7 +120,7 @@ def cpu_per_example(onnx: Path, batch: np.ndarray, golden: list[Any], model: str
     raw = (time.process_time() - start) / (requests * len(batch)) * 1e3
 
     async def send(address: str) -> None:
-        async with AsyncClient(address, timeout=120) as client:
+        async with AsyncClient(address, timeout=120, shared_memory=shared) as client:
 
             async def worker() -> None:
                 for _ in range(requests // 2):
@@ -120,7 +128,8 @@ def cpu_per_example(onnx: Path, batch: np.ndarray, golden: list[Any], model: str
 
             await asyncio.gather(worker(), worker())
 
-    with ServerProcess("--family", "variants", "--intra-op-threads", "1", model_dir=REPO / "models") as server:
+    server_args = ("--family", "variants", "--intra-op-threads", "1", "--shared-memory")
+    with ServerProcess(*server_args, model_dir=REPO / "models") as server:
         assert server.proc is not None
         asyncio.run(send(server.address))  # warm
         server_before, client_before = process_cpu_s(server.proc.pid), time.process_time()
@@ -192,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--model", default="deepvariant-cnn-7ch")
+    parser.add_argument("--served-only", action="store_true", help="skip the pileup and BAM -> VCF parts")
     args = parser.parse_args(argv)
     onnx = REPO / "models" / args.model / "1" / "model.onnx"
     golden = list(read_examples(GOLDEN))
@@ -201,16 +211,18 @@ def main(argv: list[str] | None = None) -> int:
     loads = {"start": load()}
     raw_before = raw_throughput(onnx, batch, args.duration)
     served: dict[str, dict[str, float]] = {}
+    served_shm: dict[str, dict[str, float]] = {}
     messages_path: dict[str, float] = {}
     for threads in (1, 2):
-        served[f"threads_{threads}"] = {}
+        served[f"threads_{threads}"], served_shm[f"threads_{threads}"] = {}, {}
         with ServerProcess(
-            "--family", "variants", "--intra-op-threads", str(threads), model_dir=REPO / "models"
+            "--family", "variants", "--intra-op-threads", str(threads), "--shared-memory", model_dir=REPO / "models"
         ) as server:
             for concurrency in (1, 2, 4, 16):
-                served[f"threads_{threads}"][f"concurrency_{concurrency}"] = asyncio.run(
-                    served_throughput(server.address, golden, args.model, concurrency, args.duration)
-                )
+                for shared, into in ((False, served), (True, served_shm)):
+                    into[f"threads_{threads}"][f"concurrency_{concurrency}"] = asyncio.run(
+                        served_throughput(server.address, golden, args.model, concurrency, args.duration, shared)
+                    )
             messages_path[f"threads_{threads}"] = asyncio.run(
                 served_throughput(server.address, messages, args.model, 4, args.duration)
             )
@@ -218,13 +230,21 @@ def main(argv: list[str] | None = None) -> int:
     raw_after = raw_throughput(onnx, batch, args.duration)
     loads["after_raw"] = load()
     cpu = cpu_per_example(onnx, batch, golden, args.model, 20)
+    cpu_shm = cpu_per_example(onnx, batch, golden, args.model, 20, shared=True)
     best_raw = max(*raw_before.values(), *raw_after.values())
     best_served = max(v for by_conc in served.values() for v in by_conc.values())
+    best_shm = max(v for by_conc in served_shm.values() for v in by_conc.values())
     matched = {key: max(served[key].values()) / max(raw_before[key], raw_after[key]) for key in served}
-    pileups = pileup_speed(realign=True)
-    pileups_plain = pileup_speed(realign=False)
+    matched_shm = {key: max(served_shm[key].values()) / max(raw_before[key], raw_after[key]) for key in served_shm}
+    skipped = {"candidates_per_s": float("nan"), "examples_per_s": float("nan"), "one_core": False}
+    pileups = skipped if args.served_only else pileup_speed(realign=True)
+    pileups_plain = skipped if args.served_only else pileup_speed(realign=False)
     loads["after_pileups"] = load()
-    whole = bam_to_vcf(onnx)
+    whole = (
+        {"region": WHOLE, "total_s": float("nan"), "make_examples_s": float("nan"),
+         "model_and_postprocess_s": float("nan"), "calls": 0, "pass_calls": 0}
+        if args.served_only else bam_to_vcf(onnx)
+    )  # fmt: skip
     loads["end"] = load()
     result = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -234,11 +254,15 @@ def main(argv: list[str] | None = None) -> int:
         "examples_per_request": len(messages),
         "raw_examples_per_s": {"before_server": raw_before, "after_server": raw_after, "best": best_raw},
         "served_examples_per_s": served,
+        "served_shared_memory_examples_per_s": served_shm,
         "served_message_per_example_concurrency_4": messages_path,
         "served_over_raw": best_served / best_raw,
         "served_over_raw_same_threads": matched,
+        "served_shared_memory_over_raw": best_shm / best_raw,
+        "served_shared_memory_over_raw_same_threads": matched_shm,
         "goal_served_over_raw": 0.9,
         "cpu_ms_per_example": cpu,
+        "cpu_ms_per_example_shared_memory": cpu_shm,
         "pileups": pileups,
         "pileups_no_realign": pileups_plain,
         "bam_to_vcf": whole,
@@ -263,19 +287,30 @@ def main(argv: list[str] | None = None) -> int:
             for k, v in by_conc.items()
         ],
         *[
+            f"| CallVariants, pileups in shared memory, server {t.replace('_', ' ')}, {k.replace('_', ' ')} "
+            f"(examples/s) | {v:.0f} |"
+            for t, by_conc in served_shm.items()
+            for k, v in by_conc.items()
+        ],
+        *[
             f"| CallVariants, per-example messages, server {t.replace('_', ' ')}, concurrency 4 (examples/s) "
             f"| {v:.0f} |"
             for t, v in messages_path.items()
         ],
         f"| served / raw, best of each | {result['served_over_raw']:.2f} (goal >= 0.90) |",
         *[f"| served / raw, {k.replace('_', ' ')} each | {v:.2f} |" for k, v in matched.items()],
-        f"| CPU per example: raw 1 thread / served (server + client) (ms) | {cpu['raw_ms']:.2f} / "
-        + (
-            f"{cpu['server_ms'] + cpu['client_ms']:.2f} ({cpu['server_ms']:.2f} + {cpu['client_ms']:.2f}); "
-            f"raw/served {cpu['raw_over_served']:.2f} |"
-            if cpu["server_ms"] is not None
-            else f"? (client {cpu['client_ms']:.2f}; no /proc) |"
-        ),
+        f"| served with shared memory / raw, best of each | {result['served_shared_memory_over_raw']:.2f} |",
+        *[f"| served with shared memory / raw, {k.replace('_', ' ')} each | {v:.2f} |" for k, v in matched_shm.items()],
+        *[
+            f"| CPU per example, pileups {how}: raw 1 thread / served (server + client) (ms) | {c['raw_ms']:.2f} / "
+            + (
+                f"{c['server_ms'] + c['client_ms']:.2f} ({c['server_ms']:.2f} + {c['client_ms']:.2f}); "
+                f"raw/served {c['raw_over_served']:.2f} |"
+                if c["server_ms"] is not None
+                else f"? (client {c['client_ms']:.2f}; no /proc) |"
+            )
+            for how, c in (("on the channel", cpu), ("in shared memory", cpu_shm))
+        ],
         f"| load average 1/5/15 min (start, after served, after raw, end) | {loads['start']}, "
         f"{loads['after_served']}, {loads['after_raw']}, {loads['end']} |",
         f"| pileups, realigner on (default): candidates/s ({'one core' if p['one_core'] else 'unpinned'}) "

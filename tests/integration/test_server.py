@@ -6,7 +6,6 @@ import asyncio
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from genoserve.client.client import embed_request
 from genoserve.core.errors import InvalidArgument, NotFound
 from genoserve.v1 import models_pb2, models_pb2_grpc, tensor_pb2
 from tests.support.models import linear_onnx, linear_spec, write_model
-from tests.support.server import FAST_RECONNECT, ServerProcess
+from tests.support.server import FAST_RECONNECT, ServerProcess, metric, scrape
 
 pytestmark = pytest.mark.integration
 
@@ -163,19 +162,6 @@ def test_undecodable_message_in_a_stream_names_its_number(server: ServerProcess)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (info.value.details() or "").startswith("request message 1: cannot be decoded"), info.value.details()
     assert len(responses) == 1
-
-
-def scrape(server: ServerProcess) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as response:
-        return str(response.read().decode())
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith((name + "{", name + " ")) and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def counted(server: ServerProcess, expected: float, **labels: str) -> None:

@@ -23,6 +23,7 @@ from genoserve.api.servicers.models import ModelsServicer
 from genoserve.api.servicers.segmentation import SegmentationServicer
 from genoserve.api.servicers.variants import VariantCallingServicer
 from genoserve.api.servicers.variants import add_to_server as add_variant_calling
+from genoserve.api.shared_memory import SharedMemoryReader
 from genoserve.binding.variants import ReferenceGenome
 from genoserve.core.settings import ServerSettings, Settings
 from genoserve.jobs.celery_app import make_celery
@@ -81,6 +82,8 @@ class GenoserveServer:
         self.jobs_servicer = JobsServicer(self.jobs)
         # Reference genomes for ScoreVariants: a broken path fails the start, not the first request.
         self.references = {name: ReferenceGenome(name, path) for name, path in settings.binding.references.items()}
+        # Tensors co-located clients leave in shared memory (opt-in: server.shared_memory).
+        self.shared = SharedMemoryReader() if settings.server.shared_memory else None
         self.port = 0
         self.health_port = 0
         self._server: grpc.aio.Server | None = None
@@ -94,7 +97,7 @@ class GenoserveServer:
     def _servicers(self) -> list[tuple[Any, Any, str | None]]:
         """(servicer, add_to_server function, family it needs) for every genoserve service."""
         return [
-            (ModelsServicer(self.repository), models_pb2_grpc.add_ModelsServicer_to_server, None),
+            (ModelsServicer(self.repository, self.shared), models_pb2_grpc.add_ModelsServicer_to_server, None),
             (self.jobs_servicer, jobs_pb2_grpc.add_JobsServicer_to_server, None),
             (
                 SequenceBindingServicer(self.repository, self.references, self.settings.binding.resolved_default),
@@ -102,17 +105,17 @@ class GenoserveServer:
                 "binding",
             ),
             (
-                VariantCallingServicer(self.repository),
+                VariantCallingServicer(self.repository, self.shared),
                 add_variant_calling,  # its own request deserializer (pileup pixels not copied)
                 "variants",
             ),
             (
-                SegmentationServicer(self.repository, self.settings.segmentation, self.settings.runtime),
+                SegmentationServicer(self.repository, self.settings.segmentation, self.settings.runtime, self.shared),
                 segmentation_pb2_grpc.add_SegmentationServicer_to_server,
                 "segmentation",
             ),
             (
-                CellEmbeddingServicer(self.repository),
+                CellEmbeddingServicer(self.repository, self.shared),
                 add_cell_embedding,  # its own request deserializer (matrix values not copied)
                 "embedding",
             ),

@@ -55,7 +55,9 @@ def client_options(func: Any) -> Any:
     return func
 
 
-def make_client(address: str, token: str | None, ca_file: Path | None, tls: bool, timeout: float) -> Any:
+def make_client(
+    address: str, token: str | None, ca_file: Path | None, tls: bool, timeout: float, shared_memory: bool = False
+) -> Any:
     from genoserve.client import Client
 
-    return Client(address, token=token, ca_file=ca_file, tls=tls, timeout=timeout)
+    return Client(address, token=token, ca_file=ca_file, tls=tls, timeout=timeout, shared_memory=shared_memory)

@@ -44,6 +44,10 @@ def cli() -> None:
 @click.option("--grace-period", type=float, help="Seconds to drain in-flight requests on SIGTERM.")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
 @click.option("--with-worker", is_flag=True, help="Also start one bulk-job worker for every queue.")
+@click.option(
+    "--shared-memory", is_flag=True, default=None,
+    help="Read request tensors that clients on this machine leave in shared memory (/dev/shm/genoserve*).",
+)  # fmt: skip
 def serve(config: Path | None, **flags: Any) -> None:
     """Start the gRPC server and serve every model in the model repository."""
     from genoserve.api.server import serve as run_server
@@ -57,6 +61,7 @@ def serve(config: Path | None, **flags: Any) -> None:
         "server.metrics_port": flags["metrics_port"],
         "server.health_port": flags["health_port"],
         "server.grace_period_s": flags["grace_period"],
+        "server.shared_memory": flags["shared_memory"],
         "server.auth.tokens_file": flags["tokens_file"],
         "server.tls.cert_file": flags["tls_cert"],
         "server.tls.key_file": flags["tls_key"],

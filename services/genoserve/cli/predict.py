@@ -183,6 +183,11 @@ def _example_batches(
     show_default=True,
     help="Realign reads locally before building pileups (DeepVariant's default).",
 )
+@click.option(
+    "--shared-memory", is_flag=True,
+    help="Send the pileups built from --bam through shared memory (to a server on this machine started "
+    "with --shared-memory; --examples records go on the channel as they are).",
+)  # fmt: skip
 @client_options
 def variants(bam: Path | None, reference: Path | None, regions: tuple[str, ...], bed: Path | None,
              examples: tuple[Path, ...], output: Path, contigs: Path | None, model: str, channels: str, sample: str,

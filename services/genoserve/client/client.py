@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +24,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from genoserve.api.codecs import tensor as tensor_codec
+from genoserve.api.codecs.tensor import Placer
+from genoserve.client.shared_memory import Lease, SharedMemoryPool
 from genoserve.core import errors
 from genoserve.v1 import (
     binding_pb2,
@@ -77,6 +81,11 @@ class ClientConfig:
     max_message_bytes: int = 64 * 1024 * 1024
     #: Attempts per call when the server answers UNAVAILABLE (1: no retry).
     max_attempts: int = 4
+    #: Send the large request tensors (Infer, Segment arrays, Embed matrices,
+    #: CallVariants(Stream) pileups) through POSIX shared memory instead of the channel: only
+    #: for a server on this machine started with ``server.shared_memory`` (see
+    #: ``genoserve.client.shared_memory``). EmbedStream and responses use the channel.
+    shared_memory: bool = False
 
     @property
     def secure(self) -> bool:
@@ -152,11 +161,13 @@ def _metadata(config: ClientConfig) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {config.token}"),) if config.token else ()
 
 
-def _infer_request(model: str, inputs: Mapping[str, Array], version: str) -> models_pb2.InferRequest:
+def _infer_request(
+    model: str, inputs: Mapping[str, Array], version: str, shared: Placer | None = None
+) -> models_pb2.InferRequest:
     return models_pb2.InferRequest(
         model=model,
         version=version,
-        inputs={name: tensor_codec.from_numpy(np.asarray(a)) for name, a in inputs.items()},
+        inputs={name: tensor_codec.from_numpy(np.asarray(a), shared) for name, a in inputs.items()},
     )
 
 
@@ -171,12 +182,14 @@ def segment_request(
     niter: int | None = None,
     return_flows: bool = False,
     version: str = "",
+    shared: Placer | None = None,
 ) -> segmentation_pb2.SegmentRequest:
-    """A Segment request: ``image`` is an array [H, W] / [H, W, C] or TIFF/PNG file bytes."""
+    """A Segment request: ``image`` is an array [H, W] / [H, W, C] (in shared memory with
+    ``shared``) or TIFF/PNG file bytes."""
     picture = (
         segmentation_pb2.Image(encoded=bytes(image))
         if isinstance(image, bytes | bytearray)
-        else segmentation_pb2.Image(array=tensor_codec.from_numpy(np.asarray(image)))
+        else segmentation_pb2.Image(array=tensor_codec.from_numpy(np.asarray(image), shared))
     )
     request = segmentation_pb2.SegmentRequest(
         model=model, version=version, image=picture, channels=list(channels), diameter=diameter,
@@ -204,14 +217,16 @@ def _infer_outputs(response: models_pb2.InferResponse) -> dict[str, Array]:
 
 def embed_request(model: str, gene_names: Sequence[str], counts: Any, cell_ids: Sequence[str] = (),
                   batch_labels: Sequence[str] = (), min_gene_overlap: float = 0.0, not_raw_counts: bool = False,
-                  return_variances: bool = False, version: str = "") -> bytes:  # fmt: skip
+                  return_variances: bool = False, version: str = "", shared: Placer | None = None
+                  ) -> bytes:  # fmt: skip
     """A serialized EmbedRequest for a CSR matrix (``indptr``/``indices``/``data`` attributes, e.g.
-    ``scipy.sparse.csr_matrix``) or a dense array, the arrays copied once (not by protobuf), for
-    ``embed_stream``; ``embedding_pb2.EmbedRequest.FromString`` gives the message."""
+    ``scipy.sparse.csr_matrix``) or a dense array, the arrays copied once (not by protobuf; into
+    shared memory with ``shared``), for ``embed_stream``; ``embedding_pb2.EmbedRequest.FromString``
+    gives the message."""
     from genoserve.api.codecs.embedding import encode_embed_request
 
     return encode_embed_request(model, gene_names, counts, cell_ids, batch_labels, min_gene_overlap, not_raw_counts,
-                                return_variances, version)  # fmt: skip
+                                return_variances, version, shared)  # fmt: skip
 
 
 def _serialized(request: bytes | Message) -> bytes:
@@ -224,9 +239,11 @@ def variants_request(
     model: str = "",
     version: str = "",
     sample_name: str = "",
+    shared: Placer | None = None,
 ) -> bytes:
     """A serialized CallVariantsRequest: messages as given, or family ``PileupExample`` objects with
-    all pileups in the request's one batched ``pileups`` tensor (pixels copied once)."""
+    all pileups in the request's one batched ``pileups`` tensor (pixels copied once, into shared
+    memory with ``shared``)."""
     messages = [e for e in examples if isinstance(e, variants_pb2.PileupExample)]
     if len(messages) == len(examples):
         request = variants_pb2.CallVariantsRequest(
@@ -239,7 +256,7 @@ def variants_request(
     family = [e for e in examples if isinstance(e, FamilyExample)]
     if len(family) != len(examples):
         raise TypeError("examples must be all variants_pb2.PileupExample messages or all family PileupExamples")
-    return encode_call_request(family, model, version, sample_name)
+    return encode_call_request(family, model, version, sample_name, shared=shared)
 
 
 def _as_is(data: bytes) -> bytes:
@@ -268,6 +285,30 @@ def _encoded_calls(channel: Any) -> tuple[Any, Any, Any, Any]:
     )  # fmt: skip
 
 
+class _Leases:
+    """Shared memory for the messages of a request stream whose responses come one per message,
+    in order: each message's objects are held until its response has arrived."""
+
+    def __init__(self, pool: SharedMemoryPool | None) -> None:
+        self.pool = pool
+        self.held: deque[Lease] = deque()  # append/popleft: safe between gRPC's sending thread and ours
+
+    def take(self) -> Lease | None:
+        if self.pool is None:
+            return None
+        lease = self.pool.lease()
+        self.held.append(lease)
+        return lease
+
+    def answered(self) -> None:
+        if self.held:
+            self.held.popleft().release()
+
+    def release_all(self) -> None:
+        while self.held:
+            self.held.popleft().release()
+
+
 class Client:
     """Blocking client. Reuse one instance: it holds one channel. Use as a context manager."""
 
@@ -287,6 +328,11 @@ class Client:
         self.embedding = embedding_pb2_grpc.CellEmbeddingStub(self.channel)
         self._call_variants, self._call_variants_stream, self._embed, self._embed_stream = _encoded_calls(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
+        self.shared_memory = SharedMemoryPool() if self.config.shared_memory else None
+
+    def _lease(self) -> AbstractContextManager[Lease | None]:
+        """Shared memory for one request's tensors (None: they go on the channel)."""
+        return self.shared_memory.lease() if self.shared_memory is not None else nullcontext()
 
     def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
         try:
@@ -308,7 +354,8 @@ class Client:
         self, model: str, inputs: Mapping[str, Array], version: str = "", timeout: float | None = None
     ) -> dict[str, Array]:
         """Run ``model`` on ``{input name: array}`` (batch first); returns ``{output name: array}``."""
-        response = self._call(self.models.Infer, _infer_request(model, inputs, version), timeout)
+        with self._lease() as shared:
+            response = self._call(self.models.Infer, _infer_request(model, inputs, version, shared), timeout)
         return _infer_outputs(response)
 
     def health(self, service: str = "", timeout: float | None = None) -> str:
@@ -354,8 +401,9 @@ class Client:
         """Segment one image (array [H, W] / [H, W, C], or TIFF/PNG bytes). ``options``: channels,
         diameter, cellprob_threshold, flow_threshold, min_size, niter, return_flows, version.
         ``masks_of(response)`` gives the label mask as an array."""
-        request = segment_request(model, image, **options)
-        response: segmentation_pb2.SegmentResponse = self._call(self.segmentation.Segment, request, timeout)
+        with self._lease() as shared:
+            request = segment_request(model, image, **options, shared=shared)
+            response: segmentation_pb2.SegmentResponse = self._call(self.segmentation.Segment, request, timeout)
         return response
 
     # -- single-cell embedding --------------------------------------------------------------------
@@ -367,9 +415,10 @@ class Client:
         """Embed a cells x genes matrix: a CSR matrix (anything with ``indptr``, ``indices``,
         ``data``, e.g. ``scipy.sparse.csr_matrix``) or a dense array. Genes are matched by name.
         ``tensor_codec.to_numpy(response.latent, "latent")`` gives float32 [n_cells, n_latent]."""
-        request = embed_request(model, gene_names, counts, cell_ids, batch_labels, min_gene_overlap,
-                                not_raw_counts, return_variances, version)  # fmt: skip
-        response: embedding_pb2.EmbedResponse = self._call(self._embed, request, timeout)
+        with self._lease() as shared:
+            request = embed_request(model, gene_names, counts, cell_ids, batch_labels, min_gene_overlap,
+                                    not_raw_counts, return_variances, version, shared)  # fmt: skip
+            response: embedding_pb2.EmbedResponse = self._call(self._embed, request, timeout)
         return response
 
     def embed_stream(self, requests: Iterable[bytes | embedding_pb2.EmbedRequest], timeout: float | None = None
@@ -399,8 +448,9 @@ class Client:
         or ``tf_example`` bytes). ``model`` "" picks the server's variants model for the examples'
         channel count.
         """
-        request = variants_request(examples, model, version, sample_name)
-        response: variants_pb2.CallVariantsResponse = self._call(self._call_variants, request, timeout)
+        with self._lease() as shared:
+            request = variants_request(examples, model, version, sample_name, shared)
+            response: variants_pb2.CallVariantsResponse = self._call(self._call_variants, request, timeout)
         return response
 
     def call_variants_stream(
@@ -412,12 +462,18 @@ class Client:
         timeout: float | None = None,
     ) -> Iterator[variants_pb2.CallVariantsResponse]:
         """One response per batch, in order (multi-allelic sites may span batches). Batches are
-        as ``call_variants``' ``examples``."""
-        requests = (variants_request(b, model, version, sample_name) for b in batches)
+        as ``call_variants``' ``examples``; with ``shared_memory``, each batch's pileups stay in
+        shared memory until its response has arrived."""
+        leases = _Leases(self.shared_memory)
+        requests = (variants_request(b, model, version, sample_name, leases.take()) for b in batches)
         try:
-            yield from self._call_variants_stream(requests, timeout=timeout, metadata=self._metadata)
+            for response in self._call_variants_stream(requests, timeout=timeout, metadata=self._metadata):
+                leases.answered()
+                yield response
         except grpc.RpcError as exc:
             raise translate(exc) from exc
+        finally:
+            leases.release_all()
 
     def submit_job(
         self,
@@ -467,6 +523,8 @@ class Client:
 
     def close(self) -> None:
         self.channel.close()
+        if self.shared_memory is not None:
+            self.shared_memory.close()
 
     def __enter__(self) -> Client:
         return self
@@ -492,6 +550,10 @@ class AsyncClient:
         self.embedding = embedding_pb2_grpc.CellEmbeddingStub(self.channel)
         self._call_variants, self._call_variants_stream, self._embed, self._embed_stream = _encoded_calls(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
+        self.shared_memory = SharedMemoryPool() if self.config.shared_memory else None
+
+    def _lease(self) -> AbstractContextManager[Lease | None]:
+        return self.shared_memory.lease() if self.shared_memory is not None else nullcontext()
 
     async def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
         try:
@@ -512,7 +574,8 @@ class AsyncClient:
     async def infer(
         self, model: str, inputs: Mapping[str, Array], version: str = "", timeout: float | None = None
     ) -> dict[str, Array]:
-        response = await self._call(self.models.Infer, _infer_request(model, inputs, version), timeout)
+        with self._lease() as shared:
+            response = await self._call(self.models.Infer, _infer_request(model, inputs, version, shared), timeout)
         return _infer_outputs(response)
 
     async def embed(self, model: str, gene_names: Sequence[str], counts: Any, cell_ids: Sequence[str] = (),
@@ -520,9 +583,10 @@ class AsyncClient:
                     return_variances: bool = False, version: str = "", timeout: float | None = None
                     ) -> embedding_pb2.EmbedResponse:  # fmt: skip
         """As ``Client.embed``."""
-        request = embed_request(model, gene_names, counts, cell_ids, batch_labels, min_gene_overlap,
-                                not_raw_counts, return_variances, version)  # fmt: skip
-        response: embedding_pb2.EmbedResponse = await self._call(self._embed, request, timeout)
+        with self._lease() as shared:
+            request = embed_request(model, gene_names, counts, cell_ids, batch_labels, min_gene_overlap,
+                                    not_raw_counts, return_variances, version, shared)  # fmt: skip
+            response: embedding_pb2.EmbedResponse = await self._call(self._embed, request, timeout)
         return response
 
     async def embed_stream(
@@ -554,8 +618,9 @@ class AsyncClient:
         timeout: float | None = None,
     ) -> variants_pb2.CallVariantsResponse:
         """As ``Client.call_variants``, awaited."""
-        request = variants_request(examples, model, version, sample_name)
-        response: variants_pb2.CallVariantsResponse = await self._call(self._call_variants, request, timeout)
+        with self._lease() as shared:
+            request = variants_request(examples, model, version, sample_name, shared)
+            response: variants_pb2.CallVariantsResponse = await self._call(self._call_variants, request, timeout)
         return response
 
     async def call_variants_stream(
@@ -569,31 +634,38 @@ class AsyncClient:
     ) -> AsyncIterator[variants_pb2.CallVariantsResponse]:
         """As ``Client.call_variants_stream``: an async iterator of responses, one per batch, in
         order. ``batches`` may be a plain or an async iterable."""
+        leases = _Leases(self.shared_memory)
 
         async def requests() -> AsyncIterator[bytes]:
             if isinstance(batches, AsyncIterable):
                 async for batch in batches:
-                    yield variants_request(batch, model, version, sample_name)
+                    yield variants_request(batch, model, version, sample_name, leases.take())
             else:
                 for batch in batches:
-                    yield variants_request(batch, model, version, sample_name)
+                    yield variants_request(batch, model, version, sample_name, leases.take())
 
         call = self._call_variants_stream(requests(), timeout=timeout or self.config.timeout, metadata=self._metadata)
         try:
             async for response in call:
+                leases.answered()
                 yield response
         except grpc.RpcError as exc:
             raise translate(exc) from exc
+        finally:
+            leases.release_all()
 
     async def segment(self, model: str, image: Array | bytes, timeout: float | None = None,
                       **options: Any) -> segmentation_pb2.SegmentResponse:  # fmt: skip
         """As ``Client.segment``, awaited."""
-        request = segment_request(model, image, **options)
-        response: segmentation_pb2.SegmentResponse = await self._call(self.segmentation.Segment, request, timeout)
+        with self._lease() as shared:
+            request = segment_request(model, image, **options, shared=shared)
+            response: segmentation_pb2.SegmentResponse = await self._call(self.segmentation.Segment, request, timeout)
         return response
 
     async def close(self) -> None:
         await self.channel.close()
+        if self.shared_memory is not None:
+            self.shared_memory.close()
 
     async def __aenter__(self) -> AsyncClient:
         return self

@@ -61,6 +61,11 @@ BATCH_REJECTED = Counter(
     ["model", "reason"],
 )
 
+SHARED_MEMORY_BYTES = Counter(
+    "genoserve_shared_memory_read_bytes",
+    "Request tensor bytes read from co-located clients' shared memory instead of the channel.",
+)
+
 
 def start_metrics_endpoint(port: int, host: str = "0.0.0.0") -> None:
     """Serve ``/metrics`` over HTTP on ``port`` in a daemon thread (port 0: do nothing)."""

@@ -92,6 +92,11 @@ class ServerSettings(_Section):
     max_connection_age_s: float = Field(300.0, gt=0)
     max_connection_age_grace_s: float = Field(30.0, ge=0)
     max_concurrent_rpcs: int | None = Field(None, gt=0)
+    #: Read request tensors that clients on this machine leave in POSIX shared memory
+    #: (``Tensor.shared_memory``, objects named ``genoserve*`` under /dev/shm) instead of
+    #: receiving their bytes. Only for trusted co-located clients: a client that shrinks an
+    #: object while its request is read crashes the server.
+    shared_memory: bool = False
     tls: TlsSettings = TlsSettings()
     auth: AuthSettings = AuthSettings()
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from genoserve.api.codecs import wire
-from genoserve.api.codecs.tensor import RawTensor, from_numpy, raw_tensor, tensor_parts
+from genoserve.api.codecs.tensor import Placer, RawTensor, RegionReader, from_numpy, raw_tensor, tensor_parts
 from genoserve.core.errors import InvalidArgument
 from genoserve.embedding.counts import Counts, CsrCounts
 from genoserve.embedding.genes import SHOWN_MISSING, GeneAlignment
@@ -92,11 +92,13 @@ def encode_embed_request(
     not_raw_counts: bool = False,
     return_variances: bool = False,
     version: str = "",
+    shared: Placer | None = None,
 ) -> bytes:
     """A serialized EmbedRequest for a CSR matrix (``indptr``/``indices``/``data`` attributes) or
-    a dense array, each array copied once into the result (not by protobuf). The matrix values
-    come first, so the server's parser finds them without scanning the names; counts and column
-    indices go as uint16 where that is exact (``compact``)."""
+    a dense array, each array copied once into the result (not by protobuf), or with ``shared``
+    into shared memory. The matrix values come first, so the server's parser finds them without
+    scanning the names; on the channel, counts and column indices go as uint16 where that is exact
+    (``compact``; in shared memory they go as given, which the server converts for free)."""
     head = embedding_pb2.EmbedRequest(
         model=model, version=version, batch_labels=list(batch_labels), min_gene_overlap=min_gene_overlap,
         not_raw_counts=not_raw_counts, return_variances=return_variances,
@@ -104,11 +106,14 @@ def encode_embed_request(
     names = embedding_pb2.CountMatrix(gene_names=list(gene_names), cell_ids=list(cell_ids)).SerializeToString()
     if all(hasattr(counts, a) for a in _CSR_PARTS):
         arrays = {number: np.asarray(getattr(counts, name)) for name, number in _CSR_PARTS.items()}
-        arrays[_CSR_PARTS["indices"]] = compact(arrays[_CSR_PARTS["indices"]])
-        arrays[_CSR_PARTS["data"]] = compact(arrays[_CSR_PARTS["data"]])
-        values = wire.field(_CSR, [p for number, a in arrays.items() for p in wire.field(number, tensor_parts(a))])
+        if shared is None:
+            arrays[_CSR_PARTS["indices"]] = compact(arrays[_CSR_PARTS["indices"]])
+            arrays[_CSR_PARTS["data"]] = compact(arrays[_CSR_PARTS["data"]])
+        parts = [p for number, a in arrays.items() for p in wire.field(number, tensor_parts(a, shared))]
+        values = wire.field(_CSR, parts)
     else:
-        values = wire.field(_DENSE, tensor_parts(compact(np.asarray(counts))))
+        dense = np.asarray(counts)
+        values = wire.field(_DENSE, tensor_parts(dense if shared is not None else compact(dense), shared))
     return b"".join([*wire.field(_COUNTS, [*values, names]), head])
 
 
@@ -123,14 +128,21 @@ def compact(values: Array) -> Array:
     return small if np.array_equal(small, values) else values
 
 
-def counts(request: ParsedEmbedRequest, field: str = "counts") -> Counts:
-    """The CSR or dense matrix of a request (arrays are read-only views of the received bytes)."""
+def counts(request: ParsedEmbedRequest, field: str = "counts", shared: RegionReader | None = None) -> Counts:
+    """The CSR or dense matrix of a request (arrays are read-only views of the received bytes, or
+    of shared memory read through ``shared``)."""
     if request.values is None:
         raise InvalidArgument.field(field, "give the counts as csr or dense")
     if request.values == "dense":
-        return request.tensors["dense"].decode(f"{field}.dense")
+        return request.tensors["dense"].decode(f"{field}.dense", shared)
+    arrays = {name: request.tensors[name].decode(f"{field}.csr.{name}", shared) for name in _CSR_PARTS}
+    for name in ("indptr", "indices"):
+        if request.tensors[name].header.HasField("shared_memory"):
+            # The client could change shared memory after the checks; scipy's C++ trusts the
+            # structure it is given, so the server checks and uses a private copy of it.
+            arrays[name] = arrays[name].copy()
     return CsrCounts(
-        **{name: request.tensors[name].decode(f"{field}.csr.{name}") for name in _CSR_PARTS},
+        **arrays,
         n_genes=len(request.message.counts.gene_names),
     )
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from genoserve.api.codecs.tensor import from_numpy, to_numpy
+from genoserve.api.codecs.tensor import RegionReader, from_numpy, to_numpy
 from genoserve.core.errors import InvalidArgument
 from genoserve.segmentation import images
 from genoserve.segmentation.dynamics import MaskParams
@@ -16,11 +16,15 @@ from genoserve.v1 import segmentation_pb2
 Array = np.ndarray[Any, Any]
 
 
-def image(message: segmentation_pb2.SegmentRequest) -> Array:
-    """The request's image as stored (array or decoded file), not yet checked."""
+def image(message: segmentation_pb2.SegmentRequest, shared: RegionReader | None = None) -> Array:
+    """The request's image as stored (array or decoded file), not yet checked; an array in shared
+    memory is read through ``shared``."""
     which = message.image.WhichOneof("source")
     if which == "array":
-        return to_numpy(message.image.array, "image.array")
+        array = to_numpy(message.image.array, "image.array", shared=shared)
+        # A private copy of an image in shared memory: the client could change it after the checks
+        # (a NaN then would reach the flow following). Images are small next to their compute.
+        return array.copy() if message.image.array.HasField("shared_memory") else array
     if which == "encoded":
         return images.decode(message.image.encoded, "image.encoded")
     raise InvalidArgument.field("image", "is required (array or encoded TIFF/PNG bytes)")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -30,11 +30,25 @@ def dtype_from_proto(value: int) -> str:
     return _FROM_PROTO[value]
 
 
-def to_numpy(tensor: tensor_pb2.Tensor, field: str, data: Any = None) -> Array:
+class RegionReader(Protocol):
+    """Reads tensors clients left in shared memory (``genoserve.api.shared_memory``)."""
+
+    def read(self, region: tensor_pb2.SharedMemoryRegion, nbytes: int, field: str) -> Any: ...
+
+
+#: What servers without shared memory do with a Tensor.shared_memory (see ``to_numpy``).
+NO_SHARED_MEMORY = (
+    "the tensor is in shared memory, but this server does not read shared memory "
+    "(its server.shared_memory setting is off), so send data"
+)
+
+
+def to_numpy(tensor: tensor_pb2.Tensor, field: str, data: Any = None, shared: RegionReader | None = None) -> Array:
     """Decode one tensor; ``field`` names it in errors (e.g. ``inputs[x]``). Read-only view.
 
     ``data``: the tensor's bytes when they were kept out of the message (a buffer, see
-    ``genoserve.api.codecs.wire``); else ``tensor.data``."""
+    ``genoserve.api.codecs.wire``); else ``tensor.data``. A tensor in shared memory is read
+    through ``shared`` (None: refused with InvalidArgument)."""
     name = _FROM_PROTO.get(tensor.dtype)
     if name is None:
         raise InvalidArgument.field(
@@ -47,6 +61,12 @@ def to_numpy(tensor: tensor_pb2.Tensor, field: str, data: Any = None) -> Array:
     expected = math.prod(shape) * dtype.itemsize
     if data is None:
         data = tensor.data  # each attribute read copies the bytes out of the message (upb): read once
+    if tensor.HasField("shared_memory"):
+        if len(data):
+            raise InvalidArgument.field(f"{field}.data", "must be empty when shared_memory is set (give one)")
+        if shared is None:
+            raise InvalidArgument.field(f"{field}.shared_memory", NO_SHARED_MEMORY)
+        data = shared.read(tensor.shared_memory, expected, f"{field}.shared_memory")
     if len(data) != expected:
         raise InvalidArgument.field(
             f"{field}.data",
@@ -55,9 +75,20 @@ def to_numpy(tensor: tensor_pb2.Tensor, field: str, data: Any = None) -> Array:
     return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
-def from_numpy(array: Array) -> tensor_pb2.Tensor:
-    """Encode an array (any byte order or layout) as little-endian C-order bytes."""
+class Placer(Protocol):
+    """Puts an array's bytes into shared memory for a request (``genoserve.client.shared_memory``)."""
+
+    def place(self, parts: Sequence[Array]) -> tensor_pb2.SharedMemoryRegion:
+        """Writes the C-contiguous ``parts`` one after another; where they start."""
+        ...
+
+
+def from_numpy(array: Array, shared: Placer | None = None) -> tensor_pb2.Tensor:
+    """Encode an array (any byte order or layout) as little-endian C-order bytes, or, with
+    ``shared``, as a reference to those bytes placed in shared memory."""
     name, data = _wire_array(array)
+    if shared is not None:
+        return tensor_pb2.Tensor(dtype=_TO_PROTO[name], shape=data.shape, shared_memory=shared.place([data]))
     return tensor_pb2.Tensor(dtype=_TO_PROTO[name], shape=data.shape, data=data.tobytes())
 
 
@@ -78,9 +109,12 @@ def _wire_array(array: Array) -> tuple[str, Array]:
     return name, array.astype(DTYPES[name][0], order="C", copy=False)  # keeps 0-d shapes
 
 
-def tensor_parts(array: Array) -> list[Any]:
+def tensor_parts(array: Array, shared: Placer | None = None) -> list[Any]:
     """A Tensor message's encoding as parts for ``wire.field`` (the array's memory itself, not a
-    copy, when it is already little-endian and C-ordered): ``b"".join`` copies it once."""
+    copy, when it is already little-endian and C-ordered): ``b"".join`` copies it once. With
+    ``shared``, the bytes go to shared memory and the message only points at them."""
+    if shared is not None:
+        return [from_numpy(array, shared).SerializeToString()]
     name, data = _wire_array(array)
     header = tensor_pb2.Tensor(dtype=_TO_PROTO[name], shape=data.shape).SerializeToString()
     return [header, *wire.field(tensor_pb2.Tensor.DATA_FIELD_NUMBER, [data.reshape(-1).view(np.uint8)])]
@@ -94,9 +128,9 @@ class RawTensor:
     header: tensor_pb2.Tensor
     data: Any
 
-    def decode(self, field: str) -> Array:
-        """``to_numpy`` of the tensor (a read-only view of ``data``)."""
-        return to_numpy(self.header, field, self.data)
+    def decode(self, field: str, shared: RegionReader | None = None) -> Array:
+        """``to_numpy`` of the tensor (a read-only view of ``data``, or of shared memory)."""
+        return to_numpy(self.header, field, self.data, shared)
 
     @classmethod
     def of(cls, message: tensor_pb2.Tensor) -> RawTensor:
@@ -112,13 +146,15 @@ def raw_tensor(payload: Any) -> RawTensor:
     return RawTensor(tensor_pb2.Tensor.FromString(header), b"" if data is None else data)
 
 
-def map_to_numpy(tensors: Mapping[str, tensor_pb2.Tensor], field: str) -> dict[str, Array]:
+def map_to_numpy(
+    tensors: Mapping[str, tensor_pb2.Tensor], field: str, shared: RegionReader | None = None
+) -> dict[str, Array]:
     """Decode a ``map<string, Tensor>``, collecting every bad entry into one InvalidArgument."""
     out: dict[str, Array] = {}
     violations: list[FieldViolation] = []
     for name, tensor in tensors.items():
         try:
-            out[name] = to_numpy(tensor, f"{field}[{name}]")
+            out[name] = to_numpy(tensor, f"{field}[{name}]", shared=shared)
         except InvalidArgument as exc:
             violations.extend(exc.violations)
     if violations:

@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from genoserve.api.codecs import wire
-from genoserve.api.codecs.tensor import from_numpy, to_numpy
+from genoserve.api.codecs.tensor import Placer, RegionReader, from_numpy, to_numpy
 from genoserve.core.errors import InvalidArgument
 from genoserve.v1 import common_pb2, tensor_pb2, variants_pb2
 from genoserve.variants.examples import CallInfo, PileupExample, parse_example
@@ -100,16 +100,17 @@ def examples(
     sample_name: str,
     pileups: tensor_pb2.Tensor | None = None,
     pileups_data: Any = None,
+    shared: RegionReader | None = None,
 ) -> DecodedExamples:
     """Decode every example. Site and allele problems become that example's error; a pileup with
     the wrong layout (or mixed channel counts) fails the whole request with INVALID_ARGUMENT.
 
     ``pileups`` (the request's batched tensor, when set; its bytes in ``pileups_data`` when kept
     out of the message) holds every example's pileup: it is used as the batch without a copy
-    when every example is usable.
+    when every example is usable. ``shared`` reads tensors given in shared memory.
     """
     if pileups is not None:
-        return _with_batch(messages, sample_name, pileups, pileups_data)
+        return _with_batch(messages, sample_name, pileups, pileups_data, shared)
     items: list[DecodedExample] = []
     images: list[npt.NDArray[np.uint8]] = []
     channels: int | None = None
@@ -129,7 +130,7 @@ def examples(
             else:
                 if not message.HasField("pileup"):
                     raise InvalidArgument.field(f"{field}.pileup", "is required (or set tf_example or request pileups)")
-                image = to_numpy(message.pileup, f"{field}.pileup")
+                image = to_numpy(message.pileup, f"{field}.pileup", shared=shared)
                 check_pileup(image, channels, f"{field}.pileup")
                 call = _from_fields(message, field)
                 call.sample_name = sample_name
@@ -144,9 +145,13 @@ def examples(
 
 
 def _with_batch(
-    messages: Sequence[variants_pb2.PileupExample], sample_name: str, pileups: tensor_pb2.Tensor, data: Any
+    messages: Sequence[variants_pb2.PileupExample],
+    sample_name: str,
+    pileups: tensor_pb2.Tensor,
+    data: Any,
+    shared: RegionReader | None,
 ) -> DecodedExamples:
-    batch = to_numpy(pileups, "pileups", data)
+    batch = to_numpy(pileups, "pileups", data, shared)
     check_pileups(batch, len(messages), "pileups")
     items: list[DecodedExample] = []
     rows: list[int] = []
@@ -192,10 +197,12 @@ def encode_call_request(
     version: str = "",
     sample_name: str = "",
     ids: Sequence[str] | None = None,
+    shared: Placer | None = None,
 ) -> bytes:
     """A serialized CallVariantsRequest for family ``PileupExample`` objects, all pileups in its
     one batched ``pileups`` tensor, built with a single copy of the pixels (see
-    ``genoserve.api.codecs.wire``). ``ids`` default to ``pileup_example``'s (locus, alt indices)."""
+    ``genoserve.api.codecs.wire``), or, with ``shared``, copied once into shared memory.
+    ``ids`` default to ``pileup_example``'s (locus, alt indices)."""
     head = _request_head(examples, model, version, sample_name, ids).SerializeToString()
     if not examples:
         return head
@@ -204,9 +211,11 @@ def encode_call_request(
     if len(shapes) != 1:
         raise ValueError(f"examples have different pileup shapes: {sorted(shapes)}")
     size = sum(i.nbytes for i in images)
-    tensor_head = tensor_pb2.Tensor(
-        dtype=tensor_pb2.DATA_TYPE_UINT8, shape=[len(images), *images[0].shape]
-    ).SerializeToString()
+    tensor = tensor_pb2.Tensor(dtype=tensor_pb2.DATA_TYPE_UINT8, shape=[len(images), *images[0].shape])
+    if shared is not None:
+        tensor.shared_memory.CopyFrom(shared.place(images))
+        return head + b"".join(wire.field(_REQUEST_PILEUPS, [tensor.SerializeToString()]))
+    tensor_head = tensor.SerializeToString()
     data_header = wire.field_header(_TENSOR_DATA, size)
     return wire.join_fields(
         head + wire.field_header(_REQUEST_PILEUPS, len(tensor_head) + len(data_header) + size) + tensor_head,
@@ -222,10 +231,13 @@ def call_request(
     version: str = "",
     sample_name: str = "",
     ids: Sequence[str] | None = None,
+    shared: Placer | None = None,
 ) -> variants_pb2.CallVariantsRequest:
     """``encode_call_request`` as a message (for code that wants one; sending the bytes of
     ``encode_call_request`` saves the copies protobuf makes of the pixels)."""
-    return variants_pb2.CallVariantsRequest.FromString(encode_call_request(examples, model, version, sample_name, ids))
+    return variants_pb2.CallVariantsRequest.FromString(
+        encode_call_request(examples, model, version, sample_name, ids, shared)
+    )
 
 
 @dataclass

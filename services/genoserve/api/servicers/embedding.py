@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from genoserve.api.codecs import embedding as codec
+from genoserve.api.codecs.tensor import RegionReader
 from genoserve.api.deadlines import deadline_of
 from genoserve.api.servicers.registration import add_parsed_servicer
 from genoserve.core.errors import InvalidArgument
@@ -26,8 +27,9 @@ class CellEmbeddingServicer:
     SERVICE_NAME = "genoserve.v1.CellEmbedding"
     FAMILY = "embedding"
 
-    def __init__(self, repository: ModelRepository) -> None:
+    def __init__(self, repository: ModelRepository, shared: RegionReader | None = None) -> None:
         self.repository = repository
+        self.shared = shared
 
     def _model(self, name: str, version: str) -> tuple[ServedModel, EmbeddingContract]:
         if not name:
@@ -40,7 +42,7 @@ class CellEmbeddingServicer:
     ) -> embedding_pb2.EmbedResponse:
         request = parsed.message
         model, model_contract = self._model(request.model, request.version)
-        matrix = codec.counts(parsed)
+        matrix = codec.counts(parsed, shared=self.shared)
         prepared = await asyncio.to_thread(
             prepare, model_contract, list(request.counts.gene_names), matrix, list(request.counts.cell_ids),
             list(request.batch_labels), request.min_gene_overlap, request.not_raw_counts, first_cell,

@@ -6,6 +6,7 @@ import grpc
 
 from genoserve.api.codecs import models as model_codec
 from genoserve.api.codecs import tensor as tensor_codec
+from genoserve.api.codecs.tensor import RegionReader
 from genoserve.api.deadlines import deadline_of
 from genoserve.core.errors import InvalidArgument, NotFound
 from genoserve.runtime.repository import ModelRepository
@@ -15,8 +16,9 @@ from genoserve.v1 import models_pb2, models_pb2_grpc
 class ModelsServicer(models_pb2_grpc.ModelsServicer):
     SERVICE_NAME = "genoserve.v1.Models"
 
-    def __init__(self, repository: ModelRepository) -> None:
+    def __init__(self, repository: ModelRepository, shared: RegionReader | None = None) -> None:
         self.repository = repository
+        self.shared = shared
 
     async def ListModels(
         self, request: models_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
@@ -54,7 +56,7 @@ class ModelsServicer(models_pb2_grpc.ModelsServicer):
         if not request.model:
             raise InvalidArgument.field("model", "is required")
         model = self.repository.get(request.model, request.version)
-        inputs = tensor_codec.map_to_numpy(request.inputs, "inputs")
+        inputs = tensor_codec.map_to_numpy(request.inputs, "inputs", self.shared)
         outputs = await model.infer(inputs, deadline_of(context))
         return models_pb2.InferResponse(
             model=model.name,

@@ -7,6 +7,7 @@ import asyncio
 import grpc
 
 from genoserve.api.codecs import segmentation as codec
+from genoserve.api.codecs.tensor import RegionReader
 from genoserve.api.deadlines import deadline_of
 from genoserve.core.errors import InvalidArgument
 from genoserve.core.settings import RuntimeSettings, SegmentationSettings
@@ -23,8 +24,15 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServicer):
     SERVICE_NAME = "genoserve.v1.Segmentation"
     FAMILY = "segmentation"
 
-    def __init__(self, repository: ModelRepository, settings: SegmentationSettings, runtime: RuntimeSettings) -> None:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        settings: SegmentationSettings,
+        runtime: RuntimeSettings,
+        shared: RegionReader | None = None,
+    ) -> None:
         self.repository = repository
+        self.shared = shared
         self.settings = settings
         self.follow = follower(settings, runtime)
 
@@ -37,7 +45,7 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServicer):
         contract = SegmentationContract.of(model.spec)
         params = codec.params(request)
         pipeline.check_params(request.diameter, params)
-        raw = codec.image(request)
+        raw = codec.image(request, self.shared)
         field = "image.array" if request.image.WhichOneof("source") == "array" else "image.encoded"
         checked = images.check(raw, field, self.settings.max_pixels)
         selected = images.select_channels(checked, list(request.channels), contract.channels)

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from genoserve.api.codecs import variants as codec
+from genoserve.api.codecs.tensor import RegionReader
 from genoserve.api.deadlines import deadline_of
 from genoserve.api.servicers.registration import add_parsed_servicer
 from genoserve.core.errors import InvalidArgument
@@ -24,8 +25,9 @@ class VariantCallingServicer:
     SERVICE_NAME = "genoserve.v1.VariantCalling"
     FAMILY = "variants"
 
-    def __init__(self, repository: ModelRepository) -> None:
+    def __init__(self, repository: ModelRepository, shared: RegionReader | None = None) -> None:
         self.repository = repository
+        self.shared = shared
 
     def _model(self, name: str, version: str, channels: int) -> ServedModel:
         if not name:
@@ -54,7 +56,9 @@ class VariantCallingServicer:
         request = parsed.message
         if not request.examples:
             raise InvalidArgument.field("examples", "at least one example is required")
-        decoded = codec.examples(request.examples, request.sample_name, parsed.pileups, parsed.pileups_data)
+        decoded = codec.examples(
+            request.examples, request.sample_name, parsed.pileups, parsed.pileups_data, self.shared
+        )
         usable = decoded.usable
         if not usable:
             first = decoded.items[0].error
