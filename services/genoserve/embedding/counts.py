@@ -70,7 +70,7 @@ def check_csr(matrix: CsrCounts, field: str = "counts.csr") -> None:
         raise InvalidArgument.field(
             f"{field}.indptr", f"last entry {int(indptr[-1])} must equal the number of values {indices.size}"
         )
-    if indices.size:
+    if indices.size and not _below(indices, matrix.n_genes):
         lo, hi = int(indices.min()), int(indices.max())
         if lo < 0 or hi >= matrix.n_genes:
             bad = lo if lo < 0 else hi
@@ -92,6 +92,10 @@ def check_values(
     The message names the first bad cell (numbered from ``first_cell``): dense arrays give
     ``n_cols``, CSR values their ``indptr``.
     """
+    if values.dtype.kind == "f" and values.size and _below(values, _EXACT_INTEGERS[values.dtype.itemsize]):
+        # Every value is a finite number in [0, 2**mantissa bits): only whole numbers are left to check.
+        if allow_non_integer or not (values != np.floor(values)).any():
+            return
     where = _Where(n_cols, indptr, first_cell)
     if values.dtype.kind in "iu":
         if values.dtype.kind == "i" and values.size and int(values.min()) < 0:
@@ -110,6 +114,26 @@ def check_values(
                 f"raw counts must be whole numbers; {where(fractional)} (set not_raw_counts "
                 "for normalised data, though the model was trained on raw counts)",
             )
+
+
+#: The IEEE 754 bit pattern of 2**(significand bits + 1) by float size: below it (compared as
+#: unsigned integers) lie exactly the finite floats in [0, 2**(bits + 1)), +0 included, -0,
+#: NaN and infinities excluded (IEEE 754-2008, 3.4: sign, biased exponent, trailing significand).
+_EXACT_INTEGERS = {2: np.float16(2.0**11), 4: np.float32(2.0**24), 8: np.float64(2.0**53)}
+
+
+def _below(values: Array, bound: Any) -> bool:
+    """True when every value is in [0, bound), in one pass: integers (and non-negative floats)
+    keep their order when their bits are read as unsigned integers, while negative ones (and
+    NaN, for floats) turn into larger numbers. False when unsure (the caller then looks closer)."""
+    unsigned = np.dtype(f"u{values.dtype.itemsize}")
+    if values.dtype.kind == "f":
+        limit = int(np.asarray(bound, dtype=values.dtype).view(unsigned))
+    elif int(bound) > np.iinfo(unsigned).max:
+        return False
+    else:
+        limit = int(bound)
+    return bool(values.view(unsigned).max() < limit)
 
 
 class _Where:

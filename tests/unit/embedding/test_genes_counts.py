@@ -123,6 +123,36 @@ def test_bad_values_are_refused_dense_and_csr(value: float, rule: str) -> None:
         check(csr_of(dense), 5, allow_non_integer=False)
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize(
+    ("value", "rule"),
+    [(-1.0, "must be >= 0"), (-np.inf, "finite"), (np.nan, "finite"), (np.inf, "finite"), (0.5, "whole numbers")],
+)
+def test_every_float_width_is_checked(dtype: type, value: float, rule: str) -> None:
+    values = np.array([3.0, value, 1.0], dtype=dtype)
+    with pytest.raises(InvalidArgument, match=rule):
+        check(CsrCounts(np.array([0, 3]), np.array([0, 1, 2]), values, 5), 5, allow_non_integer=False)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_signed_zero_and_whole_numbers_past_the_exact_range_are_counts(dtype: type) -> None:
+    # -0.0 is a count of zero; 2**30 is a whole number in every float width that holds it.
+    big = 2.0**14 if dtype is np.float16 else 2.0**30
+    values = np.array([-0.0, big, 1.0], dtype=dtype)
+    assert check(CsrCounts(np.array([0, 3]), np.array([0, 1, 2]), values, 5), 5, allow_non_integer=False) == 1
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int32, np.int64, np.uint8, np.uint64])
+def test_column_indices_of_every_integer_type_are_range_checked(dtype: type) -> None:
+    ok = CsrCounts(np.array([0, 2]), np.array([0, 4], dtype=dtype), np.array([1.0, 1.0]), 5)
+    assert check(ok, 5, allow_non_integer=False) == 1
+    bad = [-3, 5] if np.dtype(dtype).kind == "i" else [5]
+    for index in bad:
+        matrix = CsrCounts(np.array([0, 2]), np.array([0, index], dtype=dtype), np.array([1.0, 1.0]), 5)
+        with pytest.raises(InvalidArgument, match=f"column index {index} is outside"):
+            check(matrix, 5, allow_non_integer=False)
+
+
 def test_non_integer_allowed_when_not_raw_but_negative_never() -> None:
     dense = np.full((2, 5), 0.5, dtype=np.float32)
     assert check(dense, 5, allow_non_integer=True) == 2
