@@ -92,10 +92,11 @@ def check_values(
     The message names the first bad cell (numbered from ``first_cell``): dense arrays give
     ``n_cols``, CSR values their ``indptr``.
     """
-    if values.dtype.kind == "f" and values.size and _below(values, _EXACT_INTEGERS[values.dtype.itemsize]):
-        # Every value is a finite number in [0, 2**mantissa bits): only whole numbers are left to check.
-        if allow_non_integer or not (values != np.floor(values)).any():
-            return
+    # When every value is a finite float in [0, 2**(significand bits + 1)), only whole numbers are
+    # left to check.
+    quick = values.dtype.kind == "f" and values.size and _below(values, _EXACT_INTEGERS[values.dtype.itemsize])
+    if quick and (allow_non_integer or not (values != np.floor(values)).any()):
+        return
     where = _Where(n_cols, indptr, first_cell)
     if values.dtype.kind in "iu":
         if values.dtype.kind == "i" and values.size and int(values.min()) < 0:
