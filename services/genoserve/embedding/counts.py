@@ -127,6 +127,8 @@ def _below(values: Array, bound: Any) -> bool:
     """True when every value is in [0, bound), in one pass: integers (and non-negative floats)
     keep their order when their bits are read as unsigned integers, while negative ones (and
     NaN, for floats) turn into larger numbers. False when unsure (the caller then looks closer)."""
+    if not values.dtype.isnative:  # bits in the other byte order do not keep the order
+        return False
     unsigned = np.dtype(f"u{values.dtype.itemsize}")
     if values.dtype.kind == "f":
         limit = int(np.asarray(bound, dtype=values.dtype).view(unsigned))

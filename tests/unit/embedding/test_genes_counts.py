@@ -142,6 +142,19 @@ def test_signed_zero_and_whole_numbers_past_the_exact_range_are_counts(dtype: ty
     assert check(CsrCounts(np.array([0, 3]), np.array([0, 1, 2]), values, 5), 5, allow_non_integer=False) == 1
 
 
+@pytest.mark.parametrize("dtype", [">f4", ">f8"])
+@pytest.mark.parametrize(("value", "rule"), [(np.nan, "finite"), (-2.0, ">= 0"), (0.5, "whole numbers")])
+def test_values_in_the_other_byte_order_are_checked(dtype: str, value: float, rule: str) -> None:
+    # -2.0 big-endian read as a little-endian integer is small (0xC0): a bit-level shortcut that
+    # ignored the byte order would let it through.
+    values = np.array([3.0, value, 1.0], dtype=dtype)
+    with pytest.raises(InvalidArgument, match=rule):
+        check(CsrCounts(np.array([0, 3]), np.array([0, 1, 2], dtype=">i4"), values, 5), 5, allow_non_integer=False)
+    indices = np.array([0, 0, 256], dtype=">i2")  # read little-endian: 0, 0, 1
+    with pytest.raises(InvalidArgument, match="column index 256 is outside"):
+        check(CsrCounts(np.array([0, 3]), indices, np.ones(3), 5), 5, allow_non_integer=False)
+
+
 @pytest.mark.parametrize("dtype", [np.int8, np.int32, np.int64, np.uint8, np.uint64])
 def test_column_indices_of_every_integer_type_are_range_checked(dtype: type) -> None:
     ok = CsrCounts(np.array([0, 2]), np.array([0, 4], dtype=dtype), np.array([1.0, 1.0]), 5)
