@@ -285,6 +285,11 @@ def _encoded_calls(channel: Any) -> tuple[Any, Any, Any, Any]:
     )  # fmt: skip
 
 
+def _lease(pool: SharedMemoryPool | None) -> AbstractContextManager[Lease | None]:
+    """Shared memory for one request's tensors (None: they go on the channel)."""
+    return pool.lease() if pool is not None else nullcontext()
+
+
 class _Leases:
     """Shared memory for the messages of a request stream whose responses come one per message,
     in order: each message's objects are held until its response has arrived."""
@@ -331,8 +336,7 @@ class Client:
         self.shared_memory = SharedMemoryPool() if self.config.shared_memory else None
 
     def _lease(self) -> AbstractContextManager[Lease | None]:
-        """Shared memory for one request's tensors (None: they go on the channel)."""
-        return self.shared_memory.lease() if self.shared_memory is not None else nullcontext()
+        return _lease(self.shared_memory)
 
     def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
         try:
@@ -553,7 +557,7 @@ class AsyncClient:
         self.shared_memory = SharedMemoryPool() if self.config.shared_memory else None
 
     def _lease(self) -> AbstractContextManager[Lease | None]:
-        return self.shared_memory.lease() if self.shared_memory is not None else nullcontext()
+        return _lease(self.shared_memory)
 
     async def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
         try:
