@@ -109,6 +109,20 @@ def test_embed_csr_and_dense_match_onnx_runtime(rig: Rig, pbmc: ad.AnnData) -> N
     assert sparse.gene_overlap.matched == 765
 
 
+def test_generic_infer_on_raw_counts_matches_onnx_runtime(rig: Rig) -> None:
+    """The server's session runs the encoder with its log1p folded out (runtime.fold_log1p): a
+    caller of the generic Infer passes raw counts, as the model.yaml says, and must get the same
+    latent as the committed graph, not log1p taken twice or never."""
+    rng = np.random.default_rng(3)
+    counts = rng.negative_binomial(2, 0.3, size=(7, 2000)).astype(np.float32)
+    one_hot = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 7)]
+    with Client(rig.server.address) as client:
+        outputs = client.infer("scvi-sim-batch", {"counts": counts, "batch": one_hot})
+    np.testing.assert_allclose(outputs["latent_mean"], onnx_latent("scvi-sim-batch", counts, one_hot), atol=1e-5)
+    np.testing.assert_allclose(outputs["latent_var"], onnx_latent("scvi-sim-batch", counts, one_hot, "latent_var"),
+                               rtol=1e-5)  # fmt: skip
+
+
 def test_shuffled_gene_order_gives_the_same_embedding(rig: Rig, pbmc: ad.AnnData) -> None:
     order = np.random.default_rng(0).permutation(pbmc.n_vars)
     genes = list(pbmc.var_names[order])

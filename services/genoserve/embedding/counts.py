@@ -176,13 +176,16 @@ def check(counts: Counts, n_genes: int, allow_non_integer: bool, field: str = "c
     return int(counts.shape[0])
 
 
-def aligned_dense(counts: Counts, alignment: GeneAlignment) -> Array:
+def aligned_dense(counts: Counts, alignment: GeneAlignment, log1p: bool = False) -> Array:
     """Counts laid out as the model's genes: float32 [n_cells, n_model_genes], missing genes 0.
 
     CSR input: each column renamed to its model column, then scipy's ``toarray`` (one C++ pass;
     repeated (cell, gene) entries are summed, as scipy does). Values of genes the model lacks are
     zeroed and sent to column 0 (adding 0 there changes nothing), which is cheaper than removing
-    them from the CSR arrays or slicing a scratch column off the dense result."""
+    them from the CSR arrays or slicing a scratch column off the dense result.
+
+    ``log1p``: lay out log1p(counts) instead (the encoder's first step, for a session whose graph
+    had it folded out: ``genoserve.runtime.prologue``), taken in place on the new dense array."""
     width = alignment.n_model_genes
     if isinstance(counts, CsrCounts):
         data = counts.data.astype(np.float32, copy=False)
@@ -201,11 +204,16 @@ def aligned_dense(counts: Counts, alignment: GeneAlignment) -> Array:
             indices, indptr = indices.astype(np.int32, copy=False), indptr.astype(np.int32, copy=False)
         matrix = sp.csr_matrix((data, indices, indptr), shape=(counts.n_cells, width), copy=False)
         dense: Array = matrix.toarray()
+        if log1p:  # after the sum of repeated entries (log1p of a sum is not the sum of log1p's)
+            np.log1p(dense, out=dense)
         return dense
     if alignment.identity:
-        return np.ascontiguousarray(counts, dtype=np.float32)
+        same = np.ascontiguousarray(counts, dtype=np.float32)
+        return np.log1p(same) if log1p else same  # never in place: it may be the caller's array
     out = np.zeros((counts.shape[0], width), dtype=np.float32)
     out[:, alignment.target] = counts[:, alignment.source]
+    if log1p:
+        np.log1p(out, out=out)
     return out
 
 

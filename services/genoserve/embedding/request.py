@@ -19,11 +19,13 @@ Array = np.ndarray[Any, Any]
 
 @dataclass(frozen=True)
 class Prepared:
-    """``inputs``: the model's inputs (``counts`` float32 [n, G], ``batch`` float32 [n, K] if any)."""
+    """``inputs``: the model's inputs (``counts`` float32 [n, G], ``batch`` float32 [n, K] if any);
+    ``log1p_applied``: the inputs given as log1p (pass to the model's ``infer``)."""
 
     inputs: dict[str, Array]
     alignment: GeneAlignment
     cell_ids: list[str]
+    log1p_applied: frozenset[str] = frozenset()
 
     @property
     def n_cells(self) -> int:
@@ -40,10 +42,13 @@ def prepare(
     not_raw_counts: bool = False,
     first_cell: int = 0,
     alignment: GeneAlignment | None = None,
+    log1p_inputs: frozenset[str] = frozenset(),
 ) -> Prepared:
     """Every request rule, in order: genes (names, overlap), matrix (structure, values), cell ids,
     batch labels. ``min_overlap`` 0 means the default (0.8). ``first_cell`` numbers default ids
-    (``cell<first_cell + i>``); pass a previous ``alignment`` to reuse it for the same genes."""
+    (``cell<first_cell + i>``); pass a previous ``alignment`` to reuse it for the same genes.
+    ``log1p_inputs``: the model's (``LoadedModel.log1p_inputs``); when it holds ``counts``, they
+    are laid out as log1p(counts)."""
     field = "counts.csr" if isinstance(counts, CsrCounts) else "counts.dense"
     if isinstance(counts, CsrCounts) and counts.n_genes != len(gene_names):
         raise InvalidArgument.field(field, "gene count mismatch")  # cannot happen through the codec
@@ -55,7 +60,8 @@ def prepare(
             "counts.cell_ids", f"has {len(cell_ids)} ids for {n_cells} cells; give one per cell or none"
         )
     ids = list(cell_ids) if cell_ids else [f"cell{first_cell + i}" for i in range(n_cells)]
-    inputs = {contract.COUNTS: aligned_dense(counts, alignment)}
+    log1p = contract.COUNTS in log1p_inputs
+    inputs = {contract.COUNTS: aligned_dense(counts, alignment, log1p)}
     if model.takes_batch or batch_labels:
         inputs[contract.BATCH] = batches.one_hot(batch_labels, model.batches, n_cells)
-    return Prepared(inputs, alignment, ids)
+    return Prepared(inputs, alignment, ids, frozenset({contract.COUNTS}) if log1p else frozenset())

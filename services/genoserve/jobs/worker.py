@@ -89,6 +89,7 @@ class WorkerRuntime:
                         infer=model.infer_sync,
                         batch_size=self.settings.worker.batch_size,
                         check=heartbeat.check,
+                        log1p_inputs=model.log1p_inputs,
                     )
                 )
             outcome = "done"

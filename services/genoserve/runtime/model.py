@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
 
+from genoserve.core.errors import InternalError
 from genoserve.runtime.batcher import DynamicBatcher
 from genoserve.runtime.session import OrtSession
 from genoserve.runtime.spec import ModelSpec, VersionSpec
@@ -20,6 +22,10 @@ class LoadedModel:
 
     Bulk workers use it directly; the server wraps it with a dynamic batcher (``ServedModel``).
     Inputs are ``{input name: array}`` with the batch first; outputs ``{output name: array}``.
+
+    Inputs in ``log1p_inputs`` lost their graph's leading log1p to the caller (see
+    ``genoserve.runtime.prologue``): a caller that already took log1p of them (cheaper on sparse
+    data) names them in ``log1p_applied``; for the others the model takes it here.
     """
 
     def __init__(self, spec: ModelSpec, version: VersionSpec, session: OrtSession, max_batch_size: int) -> None:
@@ -40,9 +46,24 @@ class LoadedModel:
     def family(self) -> str:
         return self.spec.family
 
-    def infer_sync(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
+    @property
+    def log1p_inputs(self) -> frozenset[str]:
+        return self.session.log1p_inputs
+
+    def _prologue(self, inputs: Mapping[str, Array], log1p_applied: Collection[str]) -> Mapping[str, Array]:
+        """``inputs`` with log1p taken of the folded ones the caller did not take it of."""
+        wrong = set(log1p_applied) - self.log1p_inputs
+        if wrong:  # a family bug: the graph would take log1p a second time
+            raise InternalError(f"model {self.name}: log1p applied to {sorted(wrong)}, which the graph takes itself")
+        todo = self.log1p_inputs.difference(log1p_applied)
+        if not todo.intersection(inputs):
+            return inputs
+        return {name: np.log1p(a) if name in todo else a for name, a in inputs.items()}
+
+    def infer_sync(self, inputs: Mapping[str, Array], log1p_applied: Collection[str] = ()) -> dict[str, Array]:
         """Validate and run directly, ``max_batch_size`` items per session call."""
         size = check_inputs(self.spec, inputs)
+        inputs = self._prologue(inputs, log1p_applied)
         step = self.max_batch_size
         chunks = [self.session.run({n: a[i : i + step] for n, a in inputs.items()}) for i in range(0, size, step)]
         if len(chunks) == 1:
@@ -57,10 +78,16 @@ class ServedModel(LoadedModel):
         super().__init__(spec, version, session, batcher.config.max_batch_size)
         self.batcher = batcher
 
-    async def infer(self, inputs: Mapping[str, Array], deadline: float | None = None) -> dict[str, Array]:
+    async def infer(
+        self, inputs: Mapping[str, Array], deadline: float | None = None, log1p_applied: Collection[str] = ()
+    ) -> dict[str, Array]:
         """Validate, queue in the dynamic batcher and await this request's slice of the outputs.
 
         ``deadline``: absolute ``time.monotonic()`` after which the request is dropped uncomputed.
         """
         check_inputs(self.spec, inputs)
+        if self.log1p_inputs.difference(log1p_applied).intersection(inputs):
+            inputs = await asyncio.to_thread(self._prologue, inputs, log1p_applied)
+        else:
+            inputs = self._prologue(inputs, log1p_applied)  # only checks log1p_applied
         return await self.batcher.submit(inputs, deadline)

@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from genoserve.core.errors import ModelLoadError
 from genoserve.core.settings import RuntimeSettings
+from genoserve.runtime.prologue import fold_log1p
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,11 @@ def choose_providers(settings: RuntimeSettings, available: Sequence[str]) -> lis
 
 
 class OrtSession:
-    """One ONNX Runtime inference session for one model version; ``run`` is thread-safe."""
+    """One ONNX Runtime inference session for one model version; ``run`` is thread-safe.
+
+    ``log1p_inputs``: inputs whose leading log1p was folded out of the graph (``settings.fold_log1p``,
+    ``genoserve.runtime.prologue``): ``run`` takes log1p(x) for them, not x.
+    """
 
     def __init__(self, path: Path, settings: RuntimeSettings) -> None:
         options = ort.SessionOptions()
@@ -56,8 +62,15 @@ class OrtSession:
         options.add_session_config_entry("session.intra_op.allow_spinning", spin)
         options.add_session_config_entry("session.inter_op.allow_spinning", spin)
         providers = choose_providers(settings, ort.get_available_providers())
+        self.log1p_inputs: frozenset[str] = frozenset()
+        source: str | bytes = str(path)
         try:
-            self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+            if settings.fold_log1p:
+                graph = onnx.load(str(path))
+                self.log1p_inputs = fold_log1p(graph)
+                if self.log1p_inputs:
+                    source = graph.SerializeToString()
+            self._session = ort.InferenceSession(source, sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad graphs
             raise ModelLoadError(f"ONNX Runtime cannot load {path}: {exc}") from exc
         self.provider: str = self._session.get_providers()[0]

@@ -46,8 +46,9 @@ class CellEmbeddingServicer:
         prepared = await asyncio.to_thread(
             prepare, model_contract, list(request.counts.gene_names), matrix, list(request.counts.cell_ids),
             list(request.batch_labels), request.min_gene_overlap, request.not_raw_counts, first_cell,
+            log1p_inputs=model.log1p_inputs,
         )  # fmt: skip
-        outputs = await model.infer(prepared.inputs, deadline_of(context))
+        outputs = await model.infer(prepared.inputs, deadline_of(context), prepared.log1p_applied)
         variances = outputs[contract.VAR] if request.return_variances else None
         return codec.embed_response(model.name, model.version, prepared.cell_ids, outputs[contract.MEAN], variances,
                                     prepared.alignment)  # fmt: skip

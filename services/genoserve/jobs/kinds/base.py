@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -15,7 +15,12 @@ from genoserve.core.settings import Settings
 from genoserve.runtime.spec import ModelSpec
 
 Array = np.ndarray[Any, Any]
-InferFn = Callable[[Mapping[str, Array]], dict[str, Array]]
+
+
+class InferFn(Protocol):
+    """``LoadedModel.infer_sync``: inputs -> outputs; ``log1p_applied`` as there."""
+
+    def __call__(self, inputs: Mapping[str, Array], log1p_applied: Collection[str] = ...) -> dict[str, Array]: ...
 
 
 def positive_int(params: Mapping[str, str], name: str) -> int:
@@ -80,6 +85,8 @@ class ShardContext:
     batch_size: int
     #: Call between chunks: raises ShardCancelled when the job is no longer running.
     check: Callable[[], None]
+    #: The model's inputs whose leading log1p the caller takes (``LoadedModel.log1p_inputs``).
+    log1p_inputs: frozenset[str] = frozenset()
 
 
 class JobKind(abc.ABC):

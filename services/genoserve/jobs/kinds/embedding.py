@@ -28,7 +28,7 @@ from genoserve.embedding.contract import EmbeddingContract
 from genoserve.embedding.genes import DEFAULT_MIN_OVERLAP, align
 from genoserve.embedding.h5io import EmbeddingWriter, H5adCounts, open_counts, read_obs_column
 from genoserve.embedding.plot import embedding_png
-from genoserve.embedding.request import prepare
+from genoserve.embedding.request import Prepared, prepare
 from genoserve.jobs.kinds.base import (
     InputRecordError,
     JobKind,
@@ -153,7 +153,7 @@ class EmbedH5ad(JobKind):
         with open_counts(path, params.get("layer", "")) as counts:
             alignment = align(counts.genes, model.genes, _min_overlap(params))
 
-            def load(start: int) -> dict[str, Array]:
+            def load(start: int) -> Prepared:
                 """Cells [start, start + batch) of the shard as model inputs (runs on the reader thread)."""
                 stop = min(start + ctx.batch_size, ctx.stop)
                 labels = (
@@ -161,7 +161,8 @@ class EmbedH5ad(JobKind):
                 )
                 try:
                     return prepare(model, counts.genes, counts.read(start, stop), ["_"] * (stop - start), labels,
-                                   not_raw_counts=not_raw, first_cell=start, alignment=alignment).inputs  # fmt: skip
+                                   not_raw_counts=not_raw, first_cell=start, alignment=alignment,
+                                   log1p_inputs=ctx.log1p_inputs)  # fmt: skip
                 except InvalidArgument as exc:
                     rule = exc.violations[0].description if exc.violations else exc.message
                     raise InputRecordError(str(path), f"in cells {start}-{stop - 1}", rule) from exc
@@ -171,11 +172,11 @@ class EmbedH5ad(JobKind):
             with ThreadPoolExecutor(1, thread_name_prefix="embed-reader") as reader:
                 pending = reader.submit(load, starts[0])
                 for i in range(len(starts)):
-                    inputs = pending.result()
+                    prepared = pending.result()
                     if i + 1 < len(starts):
                         pending = reader.submit(load, starts[i + 1])
                     ctx.check()
-                    result = ctx.infer(inputs)
+                    result = ctx.infer(prepared.inputs, prepared.log1p_applied)
                     for name in outputs:
                         blocks[name].append(result[name])
         version = int(params["version"]) if params.get("version") else max(v.version for v in ctx.spec.versions)
