@@ -14,10 +14,10 @@ labels.
 * raw ONNX Runtime: one in-process session (CPU provider, default options) of the committed
   model.onnx over the dense counts in the model's gene order (and the one-hot batches), batches
   of 4096 cells: cells/s. This is the goal's baseline. The server's session runs the graph with
-  its leading log1p folded out (``runtime.fold_log1p``: the server takes log1p in numpy while it
-  lays the counts out dense), so a second baseline, "raw folded", runs that same folded graph in
-  a raw session over counts whose log1p was taken beforehand, outside the timing: Embed against
-  it is the serving overhead alone, with the server's cheaper log1p counted against it.
+  its leading log1p folded out and its first Gemm split by input (``runtime.graph_rewrites``: the
+  server takes log1p in numpy while it lays the counts out dense), so a second baseline, "raw
+  folded", runs that same rewritten graph in a raw session over counts whose log1p was taken
+  beforehand, outside the timing: Embed against it is the serving overhead alone.
 * Embed: a real ``genoserve serve`` on loopback; the Python client sends CSR requests of 4096
   cells, one at a time and then two in flight (threads on one channel), gene names (and batch
   labels) with every request, aligned by name on the server: cells/s,
@@ -59,7 +59,7 @@ import yaml
 
 from genoserve.client import Client, tune_allocator
 from genoserve.client.client import FINAL_JOB_STATES
-from genoserve.runtime.prologue import fold_log1p
+from genoserve.runtime.prologue import rewrite
 from tests.support.cpu import process_cpu_s
 from tests.support.embedding import PBMC, pbmc_csr
 from tests.support.jobs import WorkerProcess
@@ -107,13 +107,13 @@ def simulated_cells(n: int) -> Cells:
 
 
 def raw_session(model: str, folded: bool = False) -> ort.InferenceSession:
-    """The committed encoder in a raw session (default options); ``folded``: with its leading log1p
-    folded out as the server does (its ``counts`` input then takes log1p(counts))."""
+    """The committed encoder in a raw session (default options); ``folded``: rewritten as the server
+    does (``genoserve.runtime.prologue``; its ``counts`` input then takes log1p(counts))."""
     path = REPO / "models" / model / "1" / "model.onnx"
     if not folded:
         return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     graph = onnx.load(str(path))
-    assert fold_log1p(graph) == {"counts"}
+    assert rewrite(graph)[0] == {"counts"}
     return ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
 
 

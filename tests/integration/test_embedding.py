@@ -110,7 +110,7 @@ def test_embed_csr_and_dense_match_onnx_runtime(rig: Rig, pbmc: ad.AnnData) -> N
 
 
 def test_generic_infer_on_raw_counts_matches_onnx_runtime(rig: Rig) -> None:
-    """The server's session runs the encoder with its log1p folded out (runtime.fold_log1p): a
+    """The server's session runs the encoder with its log1p folded out (runtime.graph_rewrites): a
     caller of the generic Infer passes raw counts, as the model.yaml says, and must get the same
     latent as the committed graph, not log1p taken twice or never."""
     rng = np.random.default_rng(3)

@@ -125,10 +125,11 @@ class RuntimeSettings(_Section):
     #: Let ONNX Runtime's idle threads spin. Off by default: the server's event loop shares the
     #: cores, and spinning threads steal them (measured: lower p99 and more requests/s without).
     allow_spinning: bool = False
-    #: Take a graph's leading log1p of an input (scVI's encoder: ``Log(Add(counts, 1))``) out of
-    #: the session: the embedding family applies it to the non-zero counts only, before laying the
-    #: sparse matrix out dense (``genoserve.runtime.prologue``). Same results, less work.
-    fold_log1p: bool = True
+    #: Rewrite each graph's first layer at load for less work, same results
+    #: (``genoserve.runtime.prologue``): a leading log1p of an input (scVI's encoder:
+    #: ``Log(Add(counts, 1))``) leaves the session, and the embedding family takes it in place on
+    #: the dense counts it lays out anyway; a Gemm over a Concat of inputs becomes a Gemm per input.
+    graph_rewrites: bool = True
     #: Concurrent session calls per model version (Triton's instance count).
     instances: int = Field(1, gt=0)
     #: glibc malloc keeps up to this many MiB of freed memory for reuse (server and worker

@@ -1,4 +1,6 @@
-"""Folding an input's leading log1p out of an ONNX graph, so the caller applies it where it is cheap.
+"""Rewrites of a graph's first layer at load time that give the same results for less work.
+
+Folding an input's leading log1p out of the graph, so the caller applies it where it is cheap:
 
 scVI's encoder begins with log1p of the counts (scvi-tools' ``log_variational``), which torch
 exports as ``Log(Add(counts, 1))``: two element-wise passes over the dense [cells, genes] input,
@@ -10,6 +12,8 @@ log1p there and the session runs the graph without those two nodes.
 
 The folded input keeps its name and shape. ``LoadedModel`` applies log1p itself for callers that
 pass raw values (the generic ``Infer``), so every path gives the same answer.
+
+Splitting a ``Gemm`` over a ``Concat`` of inputs into one ``Gemm`` per input (``split_concat_gemm``).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper, shape_inference
 
 Array = np.ndarray[Any, Any]
 
@@ -86,3 +90,91 @@ def fold_log1p(model: onnx.ModelProto) -> frozenset[str]:
     for node in removed:
         graph.node.remove(node)
     return frozenset(folded)
+
+
+def _attribute(node: onnx.NodeProto, name: str, default: Any) -> Any:
+    for attr in node.attribute:
+        if attr.name == name:
+            return helper.get_attribute_value(attr)
+    return default
+
+
+def _widths(model: onnx.ModelProto, names: list[str]) -> list[int] | None:
+    """The static last dimension of each 2-D tensor in ``names`` (shape inference), else None."""
+    inferred = shape_inference.infer_shapes(model).graph
+    known = {v.name: v for v in (*inferred.input, *inferred.value_info, *inferred.output)}
+    widths = []
+    for name in names:
+        value = known.get(name)
+        dims = value.type.tensor_type.shape.dim if value is not None else []
+        if len(dims) != 2 or not dims[1].HasField("dim_value"):
+            return None
+        widths.append(int(dims[1].dim_value))
+    return widths
+
+
+def split_concat_gemm(model: onnx.ModelProto) -> int:
+    """Replace ``Gemm(Concat(x1, x2, ..., axis=1), W, b)`` by ``Gemm(x1, W1, b) + Gemm(x2, W2) + ...``
+    (in place) where the x are graph inputs, W is a weight and the Concat is used nowhere else: the
+    same sums without copying the inputs into one new array (scVI's encoder with ``encode_covariates`` joins the
+    [cells, 2,000] counts and the one-hot batch that way: 1.2 ms of a 6 ms session call at 4,096
+    cells). Returns how many were split."""
+    graph = model.graph
+    users: defaultdict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            users[name].append(node)
+    weights = {i.name: i for i in graph.initializer if i.name not in {g.name for g in graph.input}}
+    graph_inputs = {i.name for i in graph.input} - set(weights)
+    graph_outputs = {o.name for o in graph.output}
+    split = 0
+    for concat in [n for n in graph.node if n.op_type == "Concat"]:
+        out = concat.output[0]
+        if _attribute(concat, "axis", 0) not in (1, -1) or out in graph_outputs or len(users[out]) != 1:
+            continue
+        if not set(concat.input) <= graph_inputs:  # only request-sized copies are worth saving
+            continue
+        gemm = users[out][0]
+        if gemm.op_type != "Gemm" or gemm.input[0] != out or gemm.input[1] not in weights or out in gemm.input[1:]:
+            continue
+        if _attribute(gemm, "transA", 0) or _attribute(gemm, "alpha", 1.0) != 1.0:
+            continue
+        widths = _widths(model, list(concat.input))
+        if widths is None or len(users[gemm.input[1]]) != 1:
+            continue
+        trans_b = int(_attribute(gemm, "transB", 0))
+        weight = numpy_helper.to_array(weights[gemm.input[1]])
+        if weight.ndim != 2 or weight.shape[1 if trans_b else 0] != sum(widths):
+            continue
+        nodes, partial_sums = [], []
+        start = 0
+        for i, (part, width) in enumerate(zip(concat.input, widths, strict=True)):
+            piece = weight[:, start : start + width] if trans_b else weight[start : start + width]
+            start += width
+            name = f"{gemm.input[1]}/part{i}"
+            graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(piece), name))
+            bias = list(gemm.input[2:3]) if i == 0 else []
+            extra = {"beta": _attribute(gemm, "beta", 1.0)} if bias else {}
+            partial_sums.append(f"{gemm.output[0]}/part{i}")
+            nodes.append(helper.make_node("Gemm", [part, name, *bias], [partial_sums[-1]], transB=trans_b, **extra))
+        total = partial_sums[0]
+        for i, term in enumerate(partial_sums[1:], start=1):
+            total_out = gemm.output[0] if i == len(partial_sums) - 1 else f"{gemm.output[0]}/sum{i}"
+            nodes.append(helper.make_node("Add", [total, term], [total_out]))
+            total = total_out
+        position = list(graph.node).index(gemm)
+        for offset, node in enumerate(nodes):
+            graph.node.insert(position + offset, node)
+        graph.node.remove(gemm)
+        graph.node.remove(concat)
+        graph.initializer.remove(weights[gemm.input[1]])
+        split += 1
+    return split
+
+
+def rewrite(model: onnx.ModelProto) -> tuple[frozenset[str], bool]:
+    """Every rewrite of this module, in place: log1p folded out, then Concat + Gemm split.
+    Returns the inputs that now take log1p(x), and whether the graph changed at all."""
+    folded = fold_log1p(model)
+    split = split_concat_gemm(model)
+    return folded, bool(folded or split)

@@ -14,7 +14,7 @@ import onnxruntime as ort
 
 from genoserve.core.errors import ModelLoadError
 from genoserve.core.settings import RuntimeSettings
-from genoserve.runtime.prologue import fold_log1p
+from genoserve.runtime.prologue import rewrite
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,8 @@ def choose_providers(settings: RuntimeSettings, available: Sequence[str]) -> lis
 class OrtSession:
     """One ONNX Runtime inference session for one model version; ``run`` is thread-safe.
 
-    ``log1p_inputs``: inputs whose leading log1p was folded out of the graph (``settings.fold_log1p``,
-    ``genoserve.runtime.prologue``): ``run`` takes log1p(x) for them, not x.
+    ``log1p_inputs``: inputs whose leading log1p was folded out of the graph
+    (``settings.graph_rewrites``, ``genoserve.runtime.prologue``): ``run`` takes log1p(x) for them, not x.
     """
 
     def __init__(self, path: Path, settings: RuntimeSettings) -> None:
@@ -65,10 +65,10 @@ class OrtSession:
         self.log1p_inputs: frozenset[str] = frozenset()
         source: str | bytes = str(path)
         try:
-            if settings.fold_log1p:
+            if settings.graph_rewrites:
                 graph = onnx.load(str(path))
-                self.log1p_inputs = fold_log1p(graph)
-                if self.log1p_inputs:
+                self.log1p_inputs, changed = rewrite(graph)
+                if changed:
                     source = graph.SerializeToString()
             self._session = ort.InferenceSession(source, sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad graphs

@@ -7,13 +7,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from genoserve.core.errors import InternalError
 from genoserve.core.settings import RuntimeSettings
 from genoserve.runtime import registry
 from genoserve.runtime.model import LoadedModel
-from genoserve.runtime.prologue import fold_log1p
+from genoserve.runtime.prologue import fold_log1p, rewrite, split_concat_gemm
 from genoserve.runtime.session import OrtSession
 from tests.support.server import REPO
 
@@ -35,6 +35,11 @@ def test_committed_encoders_fold_and_answer_the_same(name: str) -> None:
     assert folded.log1p_inputs == {"counts"}
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     assert "Log" in ops  # the committed file keeps its log1p: only the session's graph loses it
+    graph = onnx.load(str(path))
+    assert rewrite(graph) == ({"counts"}, True)
+    rewritten = [n.op_type for n in graph.graph.node]
+    assert "Log" not in rewritten
+    assert "Concat" not in rewritten  # scvi-sim-batch: counts and batch each into their own Gemm
     rng = np.random.default_rng(0)
     feeds = {i.name: np.zeros((50, i.shape[1]), np.float32) for i in full.get_inputs()}
     feeds["counts"] = counts(rng, 50, feeds["counts"].shape[1])
@@ -51,9 +56,8 @@ def test_loaded_model_takes_log1p_for_callers_that_pass_raw_counts() -> None:
     assert record.spec is not None
     assert record.version is not None
     model = LoadedModel(record.spec, record.version, OrtSession(record.onnx_path, SETTINGS), 64)
-    plain = LoadedModel(
-        record.spec, record.version, OrtSession(record.onnx_path, RuntimeSettings(device="cpu", fold_log1p=False)), 64
-    )
+    unchanged = RuntimeSettings(device="cpu", graph_rewrites=False)
+    plain = LoadedModel(record.spec, record.version, OrtSession(record.onnx_path, unchanged), 64)
     assert model.log1p_inputs == {"counts"}
     assert plain.log1p_inputs == frozenset()
     x = counts(np.random.default_rng(1), 100, 765)  # 100 rows: two session calls of 64
@@ -123,3 +127,52 @@ def test_other_graphs_are_left_alone(nodes: list[onnx.NodeProto], outputs: list[
     before = model.SerializeToString()
     assert fold_log1p(model) == frozenset(), why
     assert model.SerializeToString() == before
+
+
+def concat_gemm(trans_b: int, beta: float = 1.0) -> onnx.ModelProto:
+    """y = Gemm(Concat(a [n, 3], b [n, 2], axis=1), W, c) with W [5, 4] (or [4, 5] transposed)."""
+    rng = np.random.default_rng(7)
+    weight = rng.normal(size=(4, 5) if trans_b else (5, 4)).astype(np.float32)
+    bias = rng.normal(size=4).astype(np.float32)
+    nodes = [
+        helper.make_node("Concat", ["a", "b"], ["ab"], axis=1),
+        helper.make_node("Gemm", ["ab", "W", "c"], ["y"], transB=trans_b, beta=beta),
+    ]
+    model = helper.make_model(
+        helper.make_graph(
+            nodes,
+            "g",
+            [
+                helper.make_tensor_value_info("a", TensorProto.FLOAT, ["n", 3]),
+                helper.make_tensor_value_info("b", TensorProto.FLOAT, ["n", 2]),
+            ],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+            [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "c")],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    onnx.checker.check_model(model)
+    return model
+
+
+@pytest.mark.parametrize(("trans_b", "beta"), [(0, 1.0), (1, 1.0), (1, 0.5)])
+def test_concat_into_gemm_is_split_by_input_with_the_same_result(trans_b: int, beta: float) -> None:
+    model = concat_gemm(trans_b, beta)
+    rng = np.random.default_rng(8)
+    feeds = {"a": rng.normal(size=(6, 3)).astype(np.float32), "b": rng.normal(size=(6, 2)).astype(np.float32)}
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    assert split_concat_gemm(model) == 1
+    onnx.checker.check_model(model)
+    assert [n.op_type for n in model.graph.node] == ["Gemm", "Gemm", "Add"]
+    assert "W" not in {i.name for i in model.graph.initializer}
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-5, atol=1e-6)
+
+
+def test_concat_used_elsewhere_or_on_another_axis_is_not_split() -> None:
+    model = concat_gemm(1)
+    model.graph.output.append(helper.make_tensor_value_info("ab", TensorProto.FLOAT, ["n", 5]))
+    assert split_concat_gemm(model) == 0
+    model = concat_gemm(1)
+    model.graph.node[0].attribute[0].i = 0  # axis 0: rows, not features
+    assert split_concat_gemm(model) == 0
