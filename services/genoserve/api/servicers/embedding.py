@@ -14,7 +14,7 @@ from genoserve.api.servicers.registration import add_parsed_servicer
 from genoserve.core.errors import InvalidArgument
 from genoserve.embedding import contract
 from genoserve.embedding.contract import EmbeddingContract
-from genoserve.embedding.request import prepare
+from genoserve.embedding.request import Prepared, prepare
 from genoserve.runtime.model import ServedModel
 from genoserve.runtime.repository import ModelRepository
 from genoserve.v1 import embedding_pb2
@@ -37,17 +37,24 @@ class CellEmbeddingServicer:
         model = self.repository.get(name, version)
         return model, EmbeddingContract.of(model.spec)
 
+    def _prepare(
+        self, parsed: codec.ParsedEmbedRequest, model: EmbeddingContract, log1p_inputs: frozenset[str], first_cell: int
+    ) -> Prepared:
+        request = parsed.message
+        return prepare(
+            model, list(request.counts.gene_names), codec.counts(parsed, shared=self.shared),
+            list(request.counts.cell_ids), list(request.batch_labels), request.min_gene_overlap,
+            request.not_raw_counts, first_cell, log1p_inputs=log1p_inputs,
+        )  # fmt: skip
+
     async def _embed(
         self, parsed: codec.ParsedEmbedRequest, context: grpc.aio.ServicerContext, first_cell: int = 0
     ) -> embedding_pb2.EmbedResponse:
         request = parsed.message
         model, model_contract = self._model(request.model, request.version)
-        matrix = codec.counts(parsed, shared=self.shared)
-        prepared = await asyncio.to_thread(
-            prepare, model_contract, list(request.counts.gene_names), matrix, list(request.counts.cell_ids),
-            list(request.batch_labels), request.min_gene_overlap, request.not_raw_counts, first_cell,
-            log1p_inputs=model.log1p_inputs,
-        )  # fmt: skip
+        # Off the event loop: reading shared memory copies the CSR structure, and preparing lays
+        # the matrix out dense (megabytes per request).
+        prepared = await asyncio.to_thread(self._prepare, parsed, model_contract, model.log1p_inputs, first_cell)
         outputs = await model.infer(prepared.inputs, deadline_of(context), prepared.log1p_applied)
         variances = outputs[contract.VAR] if request.return_variances else None
         return codec.embed_response(model.name, model.version, prepared.cell_ids, outputs[contract.MEAN], variances,
