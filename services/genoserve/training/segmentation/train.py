@@ -8,8 +8,8 @@ over pixels: small cells and a ring around them weigh more (``loss_weights``). R
 the seed on the CPU (fixed steps, one thread: 3,000 steps took 27 min on 2 cores shared at load
 average 2.6-5.3, about 0.4 s a step with a core to itself). ``--quick`` trains
 a few steps only (for tests of the export path). ``--widths``, ``--residual``, ``--small-area``,
-``--small-max`` and ``--touch-weight`` vary the recipe (network and per-pixel loss weights,
-``loss_weights``); their defaults make the committed model.
+``--small-max``, ``--touch-weight`` and ``--pool`` vary the recipe (network, per-pixel loss weights
+(``loss_weights``) and the number of simulated training images); their defaults make the committed model.
 """
 
 from __future__ import annotations
@@ -222,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--small-area", type=float, default=SMALL_AREA, help="loss_weights' small_area (0: off)")
     parser.add_argument("--small-max", type=float, default=SMALL_MAX, help="loss_weights' small_max")
     parser.add_argument("--touch-weight", type=float, default=TOUCH_WEIGHT, help="loss_weights' touch (0: off)")
+    parser.add_argument("--pool", type=int, default=POOL, help="simulated training images (crops are drawn from them)")
     args = parser.parse_args(argv)
     recipe = Recipe(
         tuple(int(w) for w in args.widths.split("-")),
@@ -230,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
         args.touch_weight,
         args.small_max,
     )
-    steps, pool_size, batch = (5, 16, 4) if args.quick else (args.steps, POOL, 8)
+    steps, pool_size, batch = (5, 16, 4) if args.quick else (args.steps, args.pool, 8)
     started = time.monotonic()
     net = train(args.seed, steps, pool_size, batch, crop=CROP, log=not args.quick, recipe=recipe)
     seconds = time.monotonic() - started
