@@ -172,9 +172,9 @@ def split_concat_gemm(model: onnx.ModelProto) -> int:
     return split
 
 
-def rewrite(model: onnx.ModelProto) -> tuple[frozenset[str], bool]:
-    """Every rewrite of this module, in place: log1p folded out, then Concat + Gemm split.
-    Returns the inputs that now take log1p(x), and whether the graph changed at all."""
-    folded = fold_log1p(model)
+def rewrite(model: onnx.ModelProto, log1p: bool = True) -> tuple[frozenset[str], bool]:
+    """Every rewrite of this module, in place: log1p folded out (with ``log1p``), then Concat +
+    Gemm split. Returns the inputs that now take log1p(x), and whether the graph changed at all."""
+    folded = fold_log1p(model) if log1p else frozenset()
     split = split_concat_gemm(model)
     return folded, bool(folded or split)

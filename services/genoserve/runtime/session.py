@@ -44,6 +44,17 @@ def choose_providers(settings: RuntimeSettings, available: Sequence[str]) -> lis
     return providers
 
 
+def _rewritten(path: Path, fold_log1p: bool) -> tuple[str | bytes, frozenset[str]]:
+    """What to load: ``path``, or the graph's bytes after ``prologue.rewrite`` when that changed it;
+    and the inputs whose log1p was folded out. Graphs with weights in external files load as they
+    are (their bytes alone would not hold the weights)."""
+    graph = onnx.load(str(path), load_external_data=False)
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.graph.initializer):
+        return str(path), frozenset()
+    folded, changed = rewrite(graph, fold_log1p)
+    return (graph.SerializeToString() if changed else str(path)), folded
+
+
 class OrtSession:
     """One ONNX Runtime inference session for one model version; ``run`` is thread-safe.
 
@@ -66,10 +77,8 @@ class OrtSession:
         source: str | bytes = str(path)
         try:
             if settings.graph_rewrites:
-                graph = onnx.load(str(path))
-                self.log1p_inputs, changed = rewrite(graph)
-                if changed:
-                    source = graph.SerializeToString()
+                # On a GPU the graph's log1p costs next to nothing; the host's numpy one would not.
+                source, self.log1p_inputs = _rewritten(path, fold_log1p=providers[0] == CPU)
             self._session = ort.InferenceSession(source, sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad graphs
             raise ModelLoadError(f"ONNX Runtime cannot load {path}: {exc}") from exc

@@ -3,6 +3,8 @@ session given log1p(x) (or ``LoadedModel`` given x) answers as the committed gra
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -176,3 +178,15 @@ def test_concat_used_elsewhere_or_on_another_axis_is_not_split() -> None:
     model = concat_gemm(1)
     model.graph.node[0].attribute[0].i = 0  # axis 0: rows, not features
     assert split_concat_gemm(model) == 0
+
+
+def test_a_graph_with_external_weights_loads_unrewritten(tmp_path: Path) -> None:
+    """Its bytes alone would not hold the weights: the session loads the file as it is."""
+    model = onnx.load(str(MODELS / "scvi-pbmc" / "1" / "model.onnx"))
+    path = tmp_path / "model.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, location="weights.bin", size_threshold=0)
+    session = OrtSession(path, SETTINGS)
+    assert session.log1p_inputs == frozenset()
+    x = counts(np.random.default_rng(2), 5, 765)
+    full = ort.InferenceSession(str(MODELS / "scvi-pbmc" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run({"counts": x})["latent_mean"], full.run(["latent_mean"], {"counts": x})[0])
