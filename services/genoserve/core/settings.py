@@ -128,7 +128,8 @@ class RuntimeSettings(_Section):
     #: Rewrite each graph's first layer at load for less work, same results
     #: (``genoserve.runtime.prologue``): a leading log1p of an input (scVI's encoder:
     #: ``Log(Add(counts, 1))``) leaves the session, and the embedding family takes it in place on
-    #: the dense counts it lays out anyway; a Gemm over a Concat of inputs becomes a Gemm per input.
+    #: the dense counts it lays out anyway (CPU sessions only); a Gemm over a Concat of inputs
+    #: becomes a Gemm per input.
     graph_rewrites: bool = True
     #: Concurrent session calls per model version (Triton's instance count).
     instances: int = Field(1, gt=0)
