@@ -74,6 +74,26 @@ def test_duplicate_csr_entries_are_summed() -> None:
     np.testing.assert_array_equal(aligned_dense(matrix, align(MODEL, MODEL)), [[1, 5, 0, 0, 0]])
 
 
+def test_log1p_layout_is_log1p_of_the_plain_one_and_leaves_the_callers_array() -> None:
+    """``aligned_dense(..., log1p=True)`` (for sessions whose graph had its log1p folded out): the
+    log1p of the summed counts, for every input form; a dense array the caller passed is not
+    overwritten."""
+    rng = np.random.default_rng(5)
+    dense = rng.poisson(3.0, size=(8, 5)).astype(np.float32)
+    duplicates = CsrCounts(np.array([0, 3]), np.array([1, 1, 0]), np.array([2.0, 3.0, 1.0]), 5)
+    identity, shuffled = align(MODEL, MODEL), align([MODEL[i] for i in (4, 2, 0, 1, 3)], MODEL)
+    cases = [(dense, identity), (csr_of(dense), identity), (dense[:, [4, 2, 0, 1, 3]], shuffled),
+             (csr_of(dense[:, [4, 2, 0, 1, 3]]), shuffled), (duplicates, identity)]  # fmt: skip
+    for counts, alignment in cases:
+        before = np.array(counts, copy=True) if isinstance(counts, np.ndarray) else None
+        np.testing.assert_allclose(
+            aligned_dense(counts, alignment, log1p=True), np.log1p(aligned_dense(counts, alignment)), rtol=1e-6
+        )
+        if before is not None:
+            np.testing.assert_array_equal(counts, before)
+    np.testing.assert_allclose(aligned_dense(duplicates, identity, log1p=True), np.log1p([[1, 5, 0, 0, 0]]), rtol=1e-6)
+
+
 def test_csr_alignment_matches_dense_with_empty_rows_dropped_genes_and_int_data() -> None:
     rng = np.random.default_rng(4)
     dense = rng.poisson(0.7, size=(40, 9)).astype(np.int32)
