@@ -52,6 +52,10 @@ def _rewritten(path: Path, fold_log1p: bool) -> tuple[str | bytes, frozenset[str
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.graph.initializer):
         return str(path), frozenset()
     folded, changed = rewrite(graph, fold_log1p)
+    if changed:
+        log.info(
+            "%s: first layer rewritten at load (log1p taken by the caller for: %s)", path, sorted(folded) or "none"
+        )
     return (graph.SerializeToString() if changed else str(path)), folded
 
 
