@@ -24,8 +24,8 @@ class LoadedModel:
     Inputs are ``{input name: array}`` with the batch first; outputs ``{output name: array}``.
 
     Inputs in ``log1p_inputs`` lost their graph's leading log1p to the caller (see
-    ``genoserve.runtime.prologue``): a caller that already took log1p of them (cheaper on sparse
-    data) names them in ``log1p_applied``; for the others the model takes it here.
+    ``genoserve.runtime.prologue``): a caller that already took log1p of them (in place, on an
+    array it built anyway) names them in ``log1p_applied``; for the others the model takes it here.
     """
 
     def __init__(self, spec: ModelSpec, version: VersionSpec, session: OrtSession, max_batch_size: int) -> None:
