@@ -15,6 +15,7 @@ import onnxruntime as ort
 from genoserve.core.errors import ModelLoadError
 from genoserve.core.settings import RuntimeSettings
 from genoserve.runtime.prologue import rewrite
+from genoserve.runtime.spec import DTYPES
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +45,51 @@ def choose_providers(settings: RuntimeSettings, available: Sequence[str]) -> lis
     return providers
 
 
-def _rewritten(path: Path, fold_log1p: bool) -> tuple[str | bytes, frozenset[str]]:
-    """What to load: ``path``, or the graph's bytes after ``prologue.rewrite`` when that changed it;
-    and the inputs whose log1p was folded out. Graphs with weights in external files load as they
-    are (their bytes alone would not hold the weights)."""
+def _rewritten(path: Path, fold_log1p: bool, providers: list[Any]) -> tuple[str | bytes, frozenset[str]]:
+    """What to load: ``path``, or the graph's bytes after ``prologue.rewrite`` when that changed it
+    and the result agrees with the original graph on a test input; and the inputs whose log1p was
+    folded out. Graphs with weights in external files load as they are (their bytes alone would
+    not hold the weights)."""
     graph = onnx.load(str(path), load_external_data=False)
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.graph.initializer):
         return str(path), frozenset()
     folded, changed = rewrite(graph, fold_log1p)
-    if changed:
-        log.info(
-            "%s: first layer rewritten at load (log1p taken by the caller for: %s)", path, sorted(folded) or "none"
-        )
-    return (graph.SerializeToString() if changed else str(path)), folded
+    if not changed:
+        return str(path), frozenset()
+    rewritten = graph.SerializeToString()
+    problem = _disagreement(str(path), rewritten, folded, providers)
+    if problem:
+        log.warning("%s: the rewritten first layer disagrees with the graph (%s); serving the graph as it is", path,
+                    problem)  # fmt: skip
+        return str(path), frozenset()
+    log.info("%s: first layer rewritten at load (log1p taken by the caller for: %s)", path, sorted(folded) or "none")
+    return rewritten, folded
+
+
+#: ONNX Runtime's input type names -> numpy dtypes (for the test input of ``_disagreement``).
+_ORT_DTYPES = {ort_type: dtype for dtype, ort_type in DTYPES.values()}
+
+
+def _disagreement(original: str, rewritten: bytes, folded: frozenset[str], providers: list[Any]) -> str:
+    """ "" when both graphs give the same outputs (within float rounding) for a small made-up
+    input of non-negative whole numbers (4 per dynamic dimension), else what differed."""
+    try:
+        before = ort.InferenceSession(original, providers=providers)
+        after = ort.InferenceSession(rewritten, providers=providers)
+        rng = np.random.default_rng(0)
+        feeds = {}
+        for port in before.get_inputs():
+            shape = [d if isinstance(d, int) and d > 0 else 4 for d in port.shape]
+            feeds[port.name] = rng.poisson(2.0, size=shape).astype(_ORT_DTYPES[port.type])
+        expected = before.run(None, feeds)
+        got = after.run(None, {n: np.log1p(a) if n in folded else a for n, a in feeds.items()})
+    except Exception as exc:  # an input this test cannot make up, or a graph that does not run
+        return f"cannot compare: {exc}"
+    for port, want, have in zip(before.get_outputs(), expected, got, strict=True):
+        scale = float(np.max(np.abs(want))) if np.size(want) else 0.0
+        if np.shape(want) != np.shape(have) or not np.allclose(have, want, rtol=1e-4, atol=1e-5 * max(scale, 1.0)):
+            return f"output {port.name} differs"
+    return ""
 
 
 class OrtSession:
@@ -82,7 +115,7 @@ class OrtSession:
         try:
             if settings.graph_rewrites:
                 # On a GPU the graph's log1p costs next to nothing; the host's numpy one would not.
-                source, self.log1p_inputs = _rewritten(path, fold_log1p=providers[0] == CPU)
+                source, self.log1p_inputs = _rewritten(path, providers[0] == CPU, providers)
             self._session = ort.InferenceSession(source, sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad graphs
             raise ModelLoadError(f"ONNX Runtime cannot load {path}: {exc}") from exc

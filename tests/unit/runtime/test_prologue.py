@@ -190,3 +190,26 @@ def test_a_graph_with_external_weights_loads_unrewritten(tmp_path: Path) -> None
     x = counts(np.random.default_rng(2), 5, 765)
     full = ort.InferenceSession(str(MODELS / "scvi-pbmc" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(session.run({"counts": x})["latent_mean"], full.run(["latent_mean"], {"counts": x})[0])
+
+
+def test_a_rewrite_that_changes_the_answers_is_not_served(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every rewritten graph is compared with the graph as it is on a made-up input at load; one
+    that disagrees (here: log1p removed but not reported, so no caller would take it) is dropped
+    with a warning and the graph serves as it is."""
+    from genoserve.runtime import session as session_module
+
+    def forgets_to_report(model: onnx.ModelProto, log1p: bool = True) -> tuple[frozenset[str], bool]:
+        fold_log1p(model)
+        return frozenset(), True
+
+    monkeypatch.setattr(session_module, "rewrite", forgets_to_report)
+    path = MODELS / "scvi-pbmc" / "1" / "model.onnx"
+    with caplog.at_level("WARNING", logger="genoserve.runtime.session"):
+        served = OrtSession(path, SETTINGS)
+    assert "disagrees with the graph (output latent_mean differs)" in caplog.text
+    assert served.log1p_inputs == frozenset()
+    x = counts(np.random.default_rng(3), 5, 765)
+    full = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(served.run({"counts": x})["latent_mean"], full.run(["latent_mean"], {"counts": x})[0])
