@@ -115,10 +115,10 @@ def _widths(model: onnx.ModelProto, names: list[str]) -> list[int] | None:
 
 def split_concat_gemm(model: onnx.ModelProto) -> int:
     """Replace ``Gemm(Concat(x1, x2, ..., axis=1), W, b)`` by ``Gemm(x1, W1, b) + Gemm(x2, W2) + ...``
-    (in place) where the x are graph inputs, W is a weight and the Concat is used nowhere else: the
-    same sums without copying the inputs into one new array (scVI's encoder with ``encode_covariates`` joins the
-    [cells, 2,000] counts and the one-hot batch that way: 1.2 ms of a 6 ms session call at 4,096
-    cells). Returns how many were split."""
+    (in place) where the x (two or more) are graph inputs, W is a weight and the Concat is used
+    nowhere else: the same sums without copying the inputs into one new array (scVI's encoder with
+    ``encode_covariates`` joins the [cells, 2,000] counts and the one-hot batch that way: 1.2 ms of
+    a 6 ms session call at 4,096 cells). Returns how many were split."""
     graph = model.graph
     users: defaultdict[str, list[onnx.NodeProto]] = defaultdict(list)
     for node in graph.node:
@@ -132,7 +132,7 @@ def split_concat_gemm(model: onnx.ModelProto) -> int:
         out = concat.output[0]
         if _attribute(concat, "axis", 0) not in (1, -1) or out in graph_outputs or len(users[out]) != 1:
             continue
-        if not set(concat.input) <= graph_inputs:  # only request-sized copies are worth saving
+        if len(concat.input) < 2 or not set(concat.input) <= graph_inputs:  # only copies of requests matter
             continue
         gemm = users[out][0]
         if gemm.op_type != "Gemm" or gemm.input[0] != out or gemm.input[1] not in weights or out in gemm.input[1:]:

@@ -178,6 +178,11 @@ def test_concat_used_elsewhere_or_on_another_axis_is_not_split() -> None:
     model = concat_gemm(1)
     model.graph.node[0].attribute[0].i = 0  # axis 0: rows, not features
     assert split_concat_gemm(model) == 0
+    model = concat_gemm(1)
+    del model.graph.node[0].input[1]  # a Concat of one input (a copy), its weight cut to match
+    weight = numpy_helper.to_array(model.graph.initializer[0])[:, :3]
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(weight), "W"))
+    assert split_concat_gemm(model) == 0
 
 
 def test_a_graph_with_external_weights_loads_unrewritten(tmp_path: Path) -> None:
