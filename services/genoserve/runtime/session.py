@@ -45,44 +45,34 @@ def choose_providers(settings: RuntimeSettings, available: Sequence[str]) -> lis
     return providers
 
 
-def _rewritten(path: Path, fold_log1p: bool, providers: list[Any]) -> tuple[str | bytes, frozenset[str]]:
-    """What to load: ``path``, or the graph's bytes after ``prologue.rewrite`` when that changed it
-    and the result agrees with the original graph on a test input; and the inputs whose log1p was
-    folded out. Graphs with weights in external files load as they are (their bytes alone would
-    not hold the weights)."""
+def _rewritten(path: Path, fold_log1p: bool) -> tuple[bytes, frozenset[str]] | None:
+    """The graph's bytes after ``prologue.rewrite`` and the inputs whose log1p was folded out, or
+    None when nothing changed. Graphs with weights in external files are left alone (their bytes
+    alone would not hold the weights)."""
     graph = onnx.load(str(path), load_external_data=False)
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.graph.initializer):
-        return str(path), frozenset()
+        return None
     folded, changed = rewrite(graph, fold_log1p)
-    if not changed:
-        return str(path), frozenset()
-    rewritten = graph.SerializeToString()
-    problem = _disagreement(str(path), rewritten, folded, providers)
-    if problem:
-        log.warning("%s: the rewritten first layer disagrees with the graph (%s); serving the graph as it is", path,
-                    problem)  # fmt: skip
-        return str(path), frozenset()
-    log.info("%s: first layer rewritten at load (log1p taken by the caller for: %s)", path, sorted(folded) or "none")
-    return rewritten, folded
+    return (graph.SerializeToString(), folded) if changed else None
 
 
 #: ONNX Runtime's input type names -> numpy dtypes (for the test input of ``_disagreement``).
 _ORT_DTYPES = {ort_type: dtype for dtype, ort_type in DTYPES.values()}
 
 
-def _disagreement(original: str, rewritten: bytes, folded: frozenset[str], providers: list[Any]) -> str:
-    """ "" when both graphs give the same outputs (within float rounding) for a small made-up
-    input of non-negative whole numbers (4 per dynamic dimension), else what differed."""
+def _disagreement(original: str, rewritten: ort.InferenceSession, folded: frozenset[str], providers: list[Any]) -> str:
+    """ "" when the rewritten session gives the original graph's outputs (within float rounding)
+    for a small made-up input of non-negative whole numbers (4 per dynamic dimension), else what
+    differed."""
     try:
         before = ort.InferenceSession(original, providers=providers)
-        after = ort.InferenceSession(rewritten, providers=providers)
         rng = np.random.default_rng(0)
         feeds = {}
         for port in before.get_inputs():
             shape = [d if isinstance(d, int) and d > 0 else 4 for d in port.shape]
             feeds[port.name] = rng.poisson(2.0, size=shape).astype(_ORT_DTYPES[port.type])
         expected = before.run(None, feeds)
-        got = after.run(None, {n: np.log1p(a) if n in folded else a for n, a in feeds.items()})
+        got = rewritten.run(None, {n: np.log1p(a) if n in folded else a for n, a in feeds.items()})
     except Exception as exc:  # an input this test cannot make up, or a graph that does not run
         return f"cannot compare: {exc}"
     for port, want, have in zip(before.get_outputs(), expected, got, strict=True):
@@ -111,12 +101,25 @@ class OrtSession:
         options.add_session_config_entry("session.inter_op.allow_spinning", spin)
         providers = choose_providers(settings, ort.get_available_providers())
         self.log1p_inputs: frozenset[str] = frozenset()
-        source: str | bytes = str(path)
         try:
-            if settings.graph_rewrites:
-                # On a GPU the graph's log1p costs next to nothing; the host's numpy one would not.
-                source, self.log1p_inputs = _rewritten(path, providers[0] == CPU, providers)
-            self._session = ort.InferenceSession(source, sess_options=options, providers=providers)
+            # On a GPU the graph's log1p costs next to nothing; the host's numpy one would not.
+            rewritten = _rewritten(path, providers[0] == CPU) if settings.graph_rewrites else None
+            if rewritten is not None:
+                try:
+                    self._session = ort.InferenceSession(rewritten[0], sess_options=options, providers=providers)
+                    problem = _disagreement(str(path), self._session, rewritten[1], providers)
+                except Exception as exc:  # the rewrite's fault, not the model's: serve it as it is
+                    problem = f"cannot load: {exc}"
+                if problem:
+                    log.warning("%s: the rewritten first layer disagrees with the graph (%s); serving the graph as "
+                                "it is", path, problem)  # fmt: skip
+                    rewritten = None
+                else:
+                    self.log1p_inputs = rewritten[1]
+                    log.info("%s: first layer rewritten at load (log1p taken by the caller for: %s)", path,
+                             sorted(self.log1p_inputs) or "none")  # fmt: skip
+            if rewritten is None:
+                self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad graphs
             raise ModelLoadError(f"ONNX Runtime cannot load {path}: {exc}") from exc
         self.provider: str = self._session.get_providers()[0]

@@ -224,6 +224,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--touch-weight", type=float, default=TOUCH_WEIGHT, help="loss_weights' touch (0: off)")
     parser.add_argument("--pool", type=int, default=POOL, help="simulated training images (crops are drawn from them)")
     args = parser.parse_args(argv)
+    if args.pool < 1:
+        parser.error(f"--pool must be at least 1 (simulated training images), got {args.pool}")
     recipe = Recipe(
         tuple(int(w) for w in args.widths.split("-")),
         bool(args.residual),
