@@ -119,7 +119,9 @@ class RuntimeSettings(_Section):
     #: auto: CUDA when onnxruntime has the CUDA provider, else CPU.
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cuda_device_id: int = Field(0, ge=0)
-    #: ONNX Runtime intra-op threads per session (0: ONNX Runtime's default, one per core).
+    #: ONNX Runtime intra-op threads per session call (0: the model.yaml's ``cpu_serving`` for an
+    #: online CPU session, else ONNX Runtime's default of one per core, capped at a container's
+    #: CPU quota; ``genoserve.runtime.placement``).
     intra_op_threads: int = Field(0, ge=0)
     inter_op_threads: int = Field(0, ge=0)
     #: Let ONNX Runtime's idle threads spin. Off by default: the server's event loop shares the
@@ -131,8 +133,10 @@ class RuntimeSettings(_Section):
     #: the dense counts it lays out anyway (CPU sessions only); a Gemm over a Concat of inputs
     #: becomes a Gemm per input.
     graph_rewrites: bool = True
-    #: Concurrent session calls per model version (Triton's instance count).
-    instances: int = Field(1, gt=0)
+    #: Concurrent session calls per model version (Triton's instance count). 0: the model.yaml's
+    #: ``cpu_serving`` for a CPU session (the variants models: one single-threaded call per core),
+    #: else 1.
+    instances: int = Field(0, ge=0)
     #: glibc malloc keeps up to this many MiB of freed memory for reuse (server and worker
     #: processes), so large requests do not page-fault in fresh memory every time
     #: (``genoserve.core.memory``); 0: glibc's defaults.

@@ -9,14 +9,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from genoserve.core import metrics
+from genoserve.core.cpus import cpu_budget
 from genoserve.core.errors import GenoserveError, NotFound, Unavailable
 from genoserve.core.settings import RuntimeSettings
 from genoserve.runtime import registry
 from genoserve.runtime.batcher import BatcherConfig, DynamicBatcher
 from genoserve.runtime.loader import load_session
 from genoserve.runtime.model import ServedModel
+from genoserve.runtime.placement import placement
 from genoserve.runtime.registry import ModelState, ModelVersionRecord
-from genoserve.runtime.session import OrtSession
+from genoserve.runtime.session import CPU, OrtSession
 from genoserve.runtime.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -39,7 +41,9 @@ class ModelStatus:
         return self.state is ModelState.READY
 
 
-def batcher_config(spec: ModelSpec, settings: RuntimeSettings) -> BatcherConfig:
+def batcher_config(spec: ModelSpec, settings: RuntimeSettings, provider: str = "") -> BatcherConfig:
+    """The model's batching over the server's defaults; ``provider``: its session's, once loaded
+    (the instance count depends on it: ``genoserve.runtime.placement``)."""
     defaults = settings.batching
     own = spec.batching
     return BatcherConfig(
@@ -48,7 +52,7 @@ def batcher_config(spec: ModelSpec, settings: RuntimeSettings) -> BatcherConfig:
         if own.max_queue_delay_us is not None
         else defaults.max_queue_delay_us,
         max_queue_size=own.max_queue_size or defaults.max_queue_size,
-        instances=settings.instances,
+        instances=placement(spec, settings, provider == CPU, online=True).instances,
     )
 
 
@@ -59,7 +63,8 @@ class ModelRepository:
         self.settings = settings
         self._records: list[ModelVersionRecord] = []
         self._served: dict[tuple[str, str], ServedModel] = {}
-        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ort")
+        # Threads start on demand: room for every core's instance of a per-core model.
+        self._executor = ThreadPoolExecutor(max_workers=max(4, 2 * cpu_budget().usable), thread_name_prefix="ort")
         self._listeners: list[Callable[[], None]] = []
 
     def on_change(self, listener: Callable[[], None]) -> None:
@@ -75,7 +80,7 @@ class ModelRepository:
     def _load_version(self, record: ModelVersionRecord) -> OrtSession | None:
         """Check the file and the graph, create the session and warm it up (runs in a thread)."""
         try:
-            session = load_session(record, self.settings)
+            session = load_session(record, self.settings, online=True)
         except GenoserveError as exc:
             record.fail(exc.message)
             return None
@@ -95,16 +100,17 @@ class ModelRepository:
                 metrics.MODEL_READY.labels(record.name, record.version_label).set(0)
                 self._changed()
                 continue
-            batcher = DynamicBatcher(
-                record.name, session.run, batcher_config(record.spec, self.settings), self._executor
-            )
+            config = batcher_config(record.spec, self.settings, session.provider)
+            batcher = DynamicBatcher(record.name, session.run, config, self._executor)
             batcher.start()
             self._served[(record.name, record.version_label)] = ServedModel(
                 record.spec, record.version, session, batcher
             )
             record.state = ModelState.READY
             metrics.MODEL_READY.labels(record.name, record.version_label).set(1)
-            log.info("model %s version %s ready on %s", record.name, record.version_label, record.provider)
+            threads = session.intra_op_threads or "default"
+            log.info("model %s version %s ready on %s (%d session call(s) at once, intra-op threads: %s)",
+                     record.name, record.version_label, record.provider, config.instances, threads)  # fmt: skip
             self._changed()
 
     async def close(self, timeout: float | None = None) -> None:
@@ -122,7 +128,7 @@ class ModelRepository:
     def statuses(self) -> list[ModelStatus]:
         out = []
         for r in self._records:
-            cfg = batcher_config(r.spec, self.settings) if r.spec else BatcherConfig()
+            cfg = batcher_config(r.spec, self.settings, r.provider) if r.spec else BatcherConfig()
             out.append(ModelStatus(r.name, r.version_label, r.spec, r.state, r.reason, r.provider, cfg))
         return out
 

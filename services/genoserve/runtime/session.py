@@ -45,6 +45,11 @@ def choose_providers(settings: RuntimeSettings, available: Sequence[str]) -> lis
     return providers
 
 
+def runs_on_cpu(settings: RuntimeSettings) -> bool:
+    """Whether a session made with ``settings`` would run on the CPU provider."""
+    return bool(choose_providers(settings, ort.get_available_providers())[0] == CPU)
+
+
 def _rewritten(path: Path, fold_log1p: bool) -> tuple[bytes, frozenset[str]] | None:
     """The graph's bytes after ``prologue.rewrite`` and the inputs whose log1p was folded out, or
     None when nothing changed. Graphs with weights in external files are left alone (their bytes
@@ -89,11 +94,14 @@ class OrtSession:
     (``settings.graph_rewrites``, ``genoserve.runtime.prologue``): ``run`` takes log1p(x) for them, not x.
     """
 
-    def __init__(self, path: Path, settings: RuntimeSettings) -> None:
+    def __init__(self, path: Path, settings: RuntimeSettings, intra_op_threads: int | None = None) -> None:
+        """``intra_op_threads``: threads per call (None: ``settings.intra_op_threads``; 0: ONNX
+        Runtime's default); ``genoserve.runtime.placement`` decides it for the loader."""
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if settings.intra_op_threads:
-            options.intra_op_num_threads = settings.intra_op_threads
+        threads = settings.intra_op_threads if intra_op_threads is None else intra_op_threads
+        if threads:
+            options.intra_op_num_threads = threads
         if settings.inter_op_threads:
             options.inter_op_num_threads = settings.inter_op_threads
         spin = "1" if settings.allow_spinning else "0"
@@ -123,6 +131,7 @@ class OrtSession:
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad graphs
             raise ModelLoadError(f"ONNX Runtime cannot load {path}: {exc}") from exc
         self.provider: str = self._session.get_providers()[0]
+        self.intra_op_threads = threads
         self._device_id = settings.cuda_device_id
         self._output_names = [o.name for o in self._session.get_outputs()]
 

@@ -102,6 +102,19 @@ class BatchingSpec(_Strict):
     max_queue_size: int | None = Field(None, gt=0)
 
 
+class CpuServingSpec(_Strict):
+    """How the server runs this model on a CPU (Triton's ``instance_group`` count and its ONNX
+    Runtime backend's ``intra_op_thread_count``): ``instances`` session calls at once, each on
+    ``intra_op_threads`` threads; ``instances: 0`` is one per available core (divided by the
+    threads). Separate single-threaded calls keep every core busy where one call on all cores
+    stalls at each layer's barrier while the server's own work takes a core. Only the online
+    server uses it (a bulk worker makes one call at a time, on every core); the operator's
+    ``runtime.intra_op_threads`` / ``runtime.instances``, when set, win."""
+
+    intra_op_threads: int = Field(1, gt=0)
+    instances: int = Field(0, ge=0)
+
+
 class VersionSpec(_Strict):
     version: int = Field(gt=0)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -120,6 +133,7 @@ class ModelSpec(_Strict):
     #: Family-specific pre/post-processing parameters (validated by the family).
     preprocessing: dict[str, Any] = {}
     batching: BatchingSpec = BatchingSpec()
+    cpu_serving: CpuServingSpec | None = None
     versions: tuple[VersionSpec, ...] = Field(min_length=1)
 
     @model_validator(mode="after")
