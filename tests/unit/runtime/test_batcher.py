@@ -86,6 +86,21 @@ async def test_full_batch_runs_without_waiting_for_the_delay(make: Any) -> None:
     assert time.perf_counter() - started < 0.5
 
 
+async def test_without_delay_requests_queued_while_busy_form_one_batch(make: Any) -> None:
+    """max_queue_delay_us 0 (the variants models): a lone request runs at once, and the requests
+    that arrive while the session is busy still go in together."""
+    gate = threading.Event()
+    run = Recorder(gate)
+    batcher = make(run, max_batch_size=64, max_queue_delay_us=0)
+    first = asyncio.ensure_future(batcher.submit(rows(0, 5)))
+    assert await asyncio.to_thread(run.started.wait, 5)
+    queued = [asyncio.ensure_future(batcher.submit(rows(100 * i, 4))) for i in range(1, 6)]
+    await asyncio.sleep(0.05)
+    gate.set()
+    await asyncio.gather(first, *queued)
+    assert [len(b) for b in run.batches] == [5, 20]
+
+
 async def test_oversize_request_is_split_and_reassembled_in_order(make: Any) -> None:
     run = Recorder()
     batcher = make(run, max_batch_size=16, max_queue_delay_us=0)

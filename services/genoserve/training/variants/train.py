@@ -294,7 +294,10 @@ def spec(channels: int) -> dict[str, Any]:
             }
         ],
         "preprocessing": {"height": 100, "width": 221, "channels": list(names), "layout": "NHWC"},
-        "batching": {"max_batch_size": 128, "max_queue_delay_us": 2000, "max_queue_size": 4096},
+        # No waiting for a batch to fill: requests carry tens to hundreds of examples, and a session
+        # call that waits for more leaves its core idle (batches still form from the requests
+        # queued while every instance is busy).
+        "batching": {"max_batch_size": 128, "max_queue_delay_us": 0, "max_queue_size": 4096},
         # A convolution-heavy model fed in batches of ~100 examples: on a CPU, one single-threaded
         # call per core beats one call on every core (tests/bench/variants_bench.py).
         "cpu_serving": {"intra_op_threads": 1, "instances": 0},
