@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from genoserve.core import metrics
-from genoserve.core.cpus import cpu_budget
+from genoserve.core.cpus import CpuBudget, cpu_budget
 from genoserve.core.errors import GenoserveError, NotFound, Unavailable
 from genoserve.core.settings import RuntimeSettings
 from genoserve.runtime import registry
@@ -41,9 +41,11 @@ class ModelStatus:
         return self.state is ModelState.READY
 
 
-def batcher_config(spec: ModelSpec, settings: RuntimeSettings, provider: str = "") -> BatcherConfig:
-    """The model's batching over the server's defaults; ``provider``: its session's, once loaded
-    (the instance count depends on it: ``genoserve.runtime.placement``)."""
+def batcher_config(
+    spec: ModelSpec, settings: RuntimeSettings, provider: str = "", budget: CpuBudget | None = None
+) -> BatcherConfig:
+    """The model's batching over the server's defaults; ``provider``: its session's, once loaded,
+    and ``budget`` the server's CPUs (the instance count depends on both: ``genoserve.runtime.placement``)."""
     defaults = settings.batching
     own = spec.batching
     return BatcherConfig(
@@ -52,7 +54,7 @@ def batcher_config(spec: ModelSpec, settings: RuntimeSettings, provider: str = "
         if own.max_queue_delay_us is not None
         else defaults.max_queue_delay_us,
         max_queue_size=own.max_queue_size or defaults.max_queue_size,
-        instances=placement(spec, settings, provider == CPU, online=True).instances,
+        instances=placement(spec, settings, provider == CPU, online=True, budget=budget).instances,
     )
 
 
@@ -63,8 +65,9 @@ class ModelRepository:
         self.settings = settings
         self._records: list[ModelVersionRecord] = []
         self._served: dict[tuple[str, str], ServedModel] = {}
+        self._budget = cpu_budget()
         # Threads start on demand: room for every core's instance of a per-core model.
-        self._executor = ThreadPoolExecutor(max_workers=max(4, 2 * cpu_budget().usable), thread_name_prefix="ort")
+        self._executor = ThreadPoolExecutor(max_workers=max(4, 2 * self._budget.usable), thread_name_prefix="ort")
         self._listeners: list[Callable[[], None]] = []
 
     def on_change(self, listener: Callable[[], None]) -> None:
@@ -100,7 +103,7 @@ class ModelRepository:
                 metrics.MODEL_READY.labels(record.name, record.version_label).set(0)
                 self._changed()
                 continue
-            config = batcher_config(record.spec, self.settings, session.provider)
+            config = batcher_config(record.spec, self.settings, session.provider, self._budget)
             batcher = DynamicBatcher(record.name, session.run, config, self._executor)
             batcher.start()
             self._served[(record.name, record.version_label)] = ServedModel(
@@ -128,7 +131,7 @@ class ModelRepository:
     def statuses(self) -> list[ModelStatus]:
         out = []
         for r in self._records:
-            cfg = batcher_config(r.spec, self.settings, r.provider) if r.spec else BatcherConfig()
+            cfg = batcher_config(r.spec, self.settings, r.provider, self._budget) if r.spec else BatcherConfig()
             out.append(ModelStatus(r.name, r.version_label, r.spec, r.state, r.reason, r.provider, cfg))
         return out
 

@@ -83,3 +83,17 @@ async def test_repository_serves_with_the_plan(tmp_path: Path) -> None:
         assert repository.get("hinted").session.intra_op_threads == 1
     finally:
         await repository.close(1)
+
+
+async def test_bad_cpu_serving_keeps_the_model_out_with_its_reason(tmp_path: Path) -> None:
+    write_model(tmp_path, linear_spec("bad", cpu_serving={"intra_op_threads": 0, "instances": 0}), {1: linear_onnx()})
+    write_model(tmp_path, linear_spec("good"), {1: linear_onnx()})
+    repository = ModelRepository(RuntimeSettings(model_dir=tmp_path, device="cpu"))
+    await repository.load()
+    try:
+        statuses = {s.name: s for s in repository.statuses()}
+        assert not statuses["bad"].ready
+        assert "cpu_serving" in statuses["bad"].reason and "intra_op_threads" in statuses["bad"].reason
+        assert statuses["good"].ready
+    finally:
+        await repository.close(1)
