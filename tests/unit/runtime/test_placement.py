@@ -93,7 +93,8 @@ async def test_bad_cpu_serving_keeps_the_model_out_with_its_reason(tmp_path: Pat
     try:
         statuses = {s.name: s for s in repository.statuses()}
         assert not statuses["bad"].ready
-        assert "cpu_serving" in statuses["bad"].reason and "intra_op_threads" in statuses["bad"].reason
+        assert "cpu_serving" in statuses["bad"].reason
+        assert "intra_op_threads" in statuses["bad"].reason
         assert statuses["good"].ready
     finally:
         await repository.close(1)
