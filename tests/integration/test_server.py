@@ -22,6 +22,7 @@ from onnx import TensorProto, helper
 from genoserve.api.codecs import tensor as codec
 from genoserve.client import AsyncClient, Client
 from genoserve.client.client import embed_request
+from genoserve.core.cpus import cpu_budget
 from genoserve.core.errors import InvalidArgument, NotFound
 from genoserve.v1 import models_pb2, models_pb2_grpc, tensor_pb2
 from tests.support.models import linear_onnx, linear_spec, write_model
@@ -48,6 +49,7 @@ def test_list_models_shows_contract_and_readiness(server: ServerProcess) -> None
     with Client(server.address) as client:
         [info] = [m for m in client.list_models() if m.name == "platform-mlp"]
         binding = client.list_models(family="binding")
+        [variants] = [m for m in client.list_models(family="variants") if m.name == "deepvariant-cnn-7ch"]
     # The family filter keeps only that family's models, with their task names (labels).
     assert {m.family for m in binding} == {"binding"}
     assert "platform-mlp" not in {m.name for m in binding}
@@ -58,6 +60,10 @@ def test_list_models_shows_contract_and_readiness(server: ServerProcess) -> None
     assert [(t.name, t.dtype, list(t.shape)) for t in info.inputs] == [("x", tensor_pb2.DATA_TYPE_FLOAT32, [-1, 128])]
     assert [(t.name, list(t.shape)) for t in info.outputs] == [("y", [-1, 16])]
     assert info.batching.max_batch_size == 256
+    assert info.batching.instances == 1
+    # The variants models' model.yaml asks for one single-threaded session call per core.
+    assert variants.batching.instances == cpu_budget().usable
+    assert variants.batching.max_queue_delay_us == 0
     assert info.provider == "CPUExecutionProvider"
     assert len(info.sha256) == 64
 

@@ -38,6 +38,7 @@ def model_info(status: ModelStatus) -> models_pb2.ModelInfo:
             max_batch_size=status.batching.max_batch_size,
             max_queue_delay_us=status.batching.max_queue_delay_us,
             max_queue_size=status.batching.max_queue_size,
+            instances=status.batching.instances,
         ),
     )
     spec = status.spec
