@@ -106,8 +106,9 @@ class CpuServingSpec(_Strict):
     """How the server runs this model on a CPU (Triton's ``instance_group`` count and its ONNX
     Runtime backend's ``intra_op_thread_count``): ``instances`` session calls at once, each on
     ``intra_op_threads`` threads; ``instances: 0`` is one per available core (divided by the
-    threads). Separate single-threaded calls keep every core busy where one call on all cores
-    stalls at each layer's barrier while the server's own work takes a core. Only the online
+    threads). On a CPU shared with the server's own work, separate single-threaded calls can
+    keep the cores busier than one call on all of them (measured for the variants models:
+    tests/bench/variants_bench.py). Only the online
     server uses it (a bulk worker makes one call at a time, on every core); the operator's
     ``runtime.intra_op_threads`` / ``runtime.instances``, when set, win."""
 
