@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from genoserve.training.segmentation.diagnose import classify, contrast_to_noise, network_output
+from genoserve.training.segmentation.diagnose import (
+    Case,
+    ap,
+    ap50_ignoring_faint,
+    classify,
+    contrast_to_noise,
+    network_output,
+)
 
 
 def test_classify_names_each_kind_of_error() -> None:
@@ -65,3 +72,23 @@ def test_contrast_to_noise_is_the_step_over_the_pixel_noise() -> None:
     # The blur-subtracted noise estimate is a little under the pixel sd (the blur keeps some noise).
     assert 9.0 < ratios[0] < 13.0
     assert 1.5 < ratios[1] < 3.0
+
+
+def test_ap_ignoring_faint_masks_neither_rewards_nor_punishes_them() -> None:
+    rng = np.random.default_rng(2)
+    true = np.zeros((64, 64), np.int32)
+    true[5:15, 5:15], true[5:15, 30:40], true[40:50, 5:15], true[40:50, 40:50] = 1, 2, 3, 4
+    image = 100 + rng.normal(0, 2.0, true.shape)
+    image[(true == 1) | (true == 2) | (true == 3)] += 30.0  # clearly visible
+    image[true == 4] += 1.0  # half a noise sd: "faint"
+    pred = np.where((true == 1) | (true == 2), true, 0).astype(np.int32)  # 3 is missed...
+    pred[55:60, 25:30] = 5  # ...and one false positive on background
+    cases = [Case("x", image.astype(np.float32), true)]
+    # Counting every mask: 2 TP, 1 FP, 2 FN (3 and 4).
+    assert ap([(true, pred)])[0.5] == 2 / 5
+    score, ignored = ap50_ignoring_faint(cases, [pred])
+    assert ignored == 1
+    assert score == 2 / 4  # the faint 4 is no FN
+    found = pred.copy()
+    found[true == 4] = 6  # finding the faint one is no TP either
+    assert ap50_ignoring_faint(cases, [found]) == (2 / 4, 1)

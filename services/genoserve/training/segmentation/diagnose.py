@@ -199,6 +199,26 @@ def found_by_contrast(members: Sequence[Case], preds: Sequence[Array]) -> dict[t
     return out
 
 
+def ap50_ignoring_faint(members: Sequence[Case], preds: Sequence[Array], min_cnr: float = 2.0) -> tuple[float, int]:
+    """AP@0.5 with true masks below ``min_cnr`` contrast-to-noise ignored, as COCO ignores its
+    "crowd" regions: such a mask is no false negative when missed, and a prediction matched to it
+    is neither a true nor a false positive. A diagnostic only (the model.yaml metric counts every
+    mask). Returns (AP, masks ignored)."""
+    tp = fp = fn = ignored = 0
+    for c, p in zip(members, preds, strict=True):
+        labels, _, ratios = contrast_to_noise(c.masks, c.image)
+        faint = {int(v) for v in labels[ratios < min_cnr]}
+        true_ids = np.unique(c.masks[c.masks > 0])  # iou_matrix's rows, in this order
+        iou = iou_matrix(c.masks, p)
+        rows, cols = matched_pairs(iou, 0.5)
+        matched = {int(true_ids[r]) for r in rows}
+        tp += sum(int(true_ids[r]) not in faint for r in rows)
+        fn += sum(int(t) not in faint and int(t) not in matched for t in true_ids)
+        fp += iou.shape[1] - len(cols)
+        ignored += len(faint)
+    return (tp / (tp + fp + fn) if tp + fp + fn else 1.0), ignored
+
+
 def describe_missed(records: Sequence[dict[str, Any]]) -> Counter[str]:
     """Missed true masks by a few attributes (a mask can count under several)."""
     out: Counter[str] = Counter()
@@ -263,6 +283,8 @@ def report(forward: Forward, contract: SegmentationContract, root: Path, sweep: 
             triples = zip(members, alt, preds, strict=True)
             gained = sum(tp_count(c.masks, a) - tp_count(c.masks, p) for c, a, p in triples)
             print(f"  {label}: TP change {gained:+d}, AP@0.5 {ap50(members, alt):.3f}")
+        faint_ap, ignored = ap50_ignoring_faint(members, preds)
+        print(f"  AP@0.5 with the {ignored} true masks below contrast-to-noise 2 ignored (diagnostic): {faint_ap:.3f}")
         perfect = reconstruct([true_output(c.masks) for c in members], base)
         print(f"  true flows + cellprob: AP@0.5 {ap50(members, perfect):.3f}")
     if not sweep:
