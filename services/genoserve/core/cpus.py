@@ -22,7 +22,8 @@ def quota_cpus(root: Path = CGROUP) -> float | None:
         quota, period = (root / "cpu.max").read_text().split()[:2]  # cgroup v2: "max 100000" or "200000 100000"
         if quota == "max":
             return None
-        return int(quota) / int(period)
+        quota_us, period_us = int(quota), int(period)
+        return quota_us / period_us if quota_us > 0 and period_us > 0 else None
     except (OSError, ValueError):
         pass
     try:  # cgroup v1

@@ -30,6 +30,8 @@ def test_no_or_unreadable_cgroup_files_mean_no_quota(tmp_path: Path) -> None:
     assert quota_cpus(tmp_path) is None
     (tmp_path / "cpu.max").write_text("garbage")
     assert quota_cpus(tmp_path) is None
+    (tmp_path / "cpu.max").write_text("100000 0\n")  # a zero period must not stop the server starting
+    assert quota_cpus(tmp_path) is None
 
 
 @pytest.mark.parametrize(
