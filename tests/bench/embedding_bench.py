@@ -19,7 +19,7 @@ labels.
   folded", runs that same rewritten graph in a raw session over counts whose log1p was taken
   beforehand, outside the timing: Embed against it is the serving overhead alone.
 * Embed: a real ``genoserve serve`` on loopback; the Python client sends CSR requests of 4096
-  cells, one at a time and then two in flight (threads on one channel), gene names (and batch
+  cells with 1, 2 and 4 requests in flight (``--in-flight``; threads on one channel), gene names (and batch
   labels) with every request, aligned by name on the server: cells/s,
   and the ratio to the mean of raw ONNX Runtime measured right before and right after it
   (interleaved, median over the repeats); each with the matrices on the gRPC channel and in
@@ -257,9 +257,11 @@ def run_job(address: str, config: Path, args: argparse.Namespace, source: sp.csr
 #: How Embed's matrices reach the server: on the gRPC channel, or in shared memory (same machine).
 CHANNEL, SHARED = "channel", "shared memory"
 TRANSPORTS = (CHANNEL, SHARED)
+#: Requests outstanding at once (threads on one channel), as perf_analyzer's concurrency sweep.
+IN_FLIGHT = (1, 2, 4)
 
 
-def online(address: str, cells: Cells, repeats: int) -> list[dict[str, Any]]:
+def online(address: str, cells: Cells, repeats: int, in_flights: tuple[int, ...] = IN_FLIGHT) -> list[dict[str, Any]]:
     """Embed vs raw ONNX Runtime, interleaved: raw ORT right before and right after each Embed run,
     the ratio against their mean, so that a load change on a shared machine hits both sides alike.
     Each repeat runs Embed with the matrices on the channel and in shared memory."""
@@ -268,7 +270,7 @@ def online(address: str, cells: Cells, repeats: int) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     raw, raw_folded = raw_rate(cells.model, feeds), raw_rate(cells.model, folded_feeds, folded=True)
     for _ in range(repeats):
-        for in_flight in (1, 2):
+        for in_flight in in_flights:
             for transport in TRANSPORTS:
                 served = embed_rate(address, cells, in_flight, shared=transport == SHARED)
                 after, after_folded = raw_rate(cells.model, feeds), raw_rate(cells.model, folded_feeds, folded=True)
@@ -318,18 +320,30 @@ def raw_cpu_ms(session: ort.InferenceSession, feeds: dict[str, np.ndarray], requ
     return (time.process_time() - started) / requests * 1e3
 
 
+def _row(medians: dict[tuple[str, int, str], float], model: str, in_flights: tuple[int, ...], transport: str) -> str:
+    return " / ".join(f"{medians[model, f, transport]:.2f}" for f in in_flights)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", type=int, default=20_000)
     parser.add_argument("--job-cells", type=int, default=200_000, help="0 skips the bulk job")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument(
+        "--in-flight",
+        default=",".join(map(str, IN_FLIGHT)),
+        help="Requests outstanding at once for Embed, comma-separated (each measured).",
+    )
+    parser.add_argument("--models", default=f"{MODEL},scvi-sim-batch", help="Online part: these models only.")
     parser.add_argument("--no-tune", action="store_true", help="Leave this process's malloc at glibc's defaults.")
     parser.add_argument("--scratch", type=Path, default=Path("/tmp/genoserve-embedding-bench"))
     args = parser.parse_args()
+    in_flights = tuple(int(f) for f in args.in_flight.split(","))
+    models = args.models.split(",")
     args.scratch.mkdir(parents=True, exist_ok=True)
     tuned = False if args.no_tune else tune_allocator()
     source, genes = pbmc_csr()
-    report: dict[str, Any] = {"models": [MODEL, "scvi-sim-batch"], "cells": args.cells, "online": [],
+    report: dict[str, Any] = {"models": models, "in_flight": in_flights, "cells": args.cells, "online": [],
                               "nproc": os.cpu_count(), "client_allocator_tuned": tuned,
                               "load_average_start": os.getloadavg()}  # fmt: skip
     config = args.scratch / "genoserve.yaml"
@@ -342,8 +356,9 @@ def main() -> None:
     server_args = ("--config", str(config), "--shared-memory")
     with ServerProcess(*server_args, log_path=args.scratch / "server.log") as server:
         report["cpu"] = []
-        for cells in (pbmc_cells(args.cells), simulated_cells(args.cells)):
-            report["online"] += online(server.address, cells, args.repeats)
+        makers = {MODEL: pbmc_cells, "scvi-sim-batch": simulated_cells}
+        for cells in (makers[m](args.cells) for m in models):
+            report["online"] += online(server.address, cells, args.repeats, in_flights)
             assert server.proc is not None
             for shared in (False, True):
                 report["cpu"].append(cpu_split(server.address, server.proc.pid, cells, shared=shared))
@@ -359,12 +374,12 @@ def main() -> None:
         (m, f, t): sorted(r["ratio"] for r in rows if (r["model"], r["in_flight"], r["transport"]) == (m, f, t))[
             args.repeats // 2
         ]
-        for m in report["models"] for f in (1, 2) for t in TRANSPORTS
+        for m in models for f in in_flights for t in TRANSPORTS
     }  # fmt: skip
     folded_medians = {
         (m, f, t): sorted(r["ratio_folded"] for r in rows
                           if (r["model"], r["in_flight"], r["transport"]) == (m, f, t))[args.repeats // 2]
-        for m in report["models"] for f in (1, 2) for t in TRANSPORTS
+        for m in models for f in in_flights for t in TRANSPORTS
     }  # fmt: skip
     lines = [
         f"# Embedding benchmark ({os.cpu_count()} cores, client allocator {'tuned' if tuned else 'glibc defaults'})",
@@ -383,13 +398,13 @@ def main() -> None:
           f"{'?' if c['server_ms'] is None else format(c['server_ms'], '.1f')} | {c['client_ms']:.1f} |"
           for c in report["cpu"]],
         "",
-        f"Embed ratio, median of {args.repeats} (1 / 2 in flight), matrix on the channel | in shared memory: "
-        + "; ".join(f"{m} {medians[m, 1, CHANNEL]:.2f} / {medians[m, 2, CHANNEL]:.2f} | "
-                    f"{medians[m, 1, SHARED]:.2f} / {medians[m, 2, SHARED]:.2f}" for m in report["models"])
+        f"Embed ratio, median of {args.repeats} ({' / '.join(map(str, in_flights))} in flight), matrix on the "
+        "channel | in shared memory: "
+        + "; ".join(f"{m} {_row(medians, m, in_flights, CHANNEL)} | {_row(medians, m, in_flights, SHARED)}"
+                    for m in models)
         + ". To the raw folded graph, the same way: "
-        + "; ".join(f"{m} {folded_medians[m, 1, CHANNEL]:.2f} / {folded_medians[m, 2, CHANNEL]:.2f} | "
-                    f"{folded_medians[m, 1, SHARED]:.2f} / {folded_medians[m, 2, SHARED]:.2f}"
-                    for m in report["models"])
+        + "; ".join(f"{m} {_row(folded_medians, m, in_flights, CHANNEL)} | "
+                    f"{_row(folded_medians, m, in_flights, SHARED)}" for m in models)
         + ". Job worker peak RSS: "
         + "; ".join(f"{j['worker_peak_rss_mb']:.0f} MB for {j['cells']:,} cells ({j['file_mb']:.0f} MB file)"
                     for j in report["jobs"]) + ".",

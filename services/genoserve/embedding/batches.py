@@ -33,8 +33,7 @@ def one_hot(labels: Sequence[str], categories: Sequence[str], n_cells: int, fiel
     if len(labels) == 1:
         codes = np.full(n_cells, position[labels[0]], dtype=np.int64)
     else:
-        lookup = {x: position[x] for x in distinct}
-        codes = np.fromiter((lookup[x] for x in labels), dtype=np.int64, count=n_cells)
+        codes = np.fromiter(map(position.__getitem__, labels), dtype=np.int64, count=n_cells)
     out = np.zeros((n_cells, len(categories)), dtype=np.float32)
     out[np.arange(n_cells), codes] = 1.0
     return out

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from genoserve.core import parallel
 from genoserve.core.errors import InvalidArgument
 from genoserve.embedding.genes import GeneAlignment
 
@@ -43,6 +44,11 @@ class CsrCounts:
 
 
 Counts = CsrCounts | Array
+
+try:  # the C++ loop behind scipy's CSR toarray (scipy >= 0.14); without it, no row ranges
+    from scipy.sparse._sparsetools import csr_todense as _csr_todense
+except ImportError:  # pragma: no cover - a scipy that moved it
+    _csr_todense = None
 
 
 def check_csr(matrix: CsrCounts, field: str = "counts.csr") -> None:
@@ -149,18 +155,17 @@ class _Where:
         if self.n_cols:
             cell, column = divmod(flat, self.n_cols)
             return f"{count} bad value(s), first at cell {self.first_cell + cell}, gene column {column}"
-        if self.indptr is not None:
+        if self.indptr is not None:  # a row range's slice of the matrix's indptr: values from indptr[0]
+            flat += int(self.indptr[0])
             cell = int(np.searchsorted(self.indptr, flat, side="right")) - 1
             return f"{count} bad value(s), first at cell {self.first_cell + cell} (value index {flat})"
         return f"{count} bad value(s), first at value index {flat}"
 
 
-def check(counts: Counts, n_genes: int, allow_non_integer: bool, field: str = "counts", first_cell: int = 0) -> int:
-    """Validate a CSR or dense [n_cells, n_genes] matrix; returns n_cells. Cells in messages are
-    numbered from ``first_cell``."""
+def check_structure(counts: Counts, n_genes: int, field: str = "counts") -> int:
+    """The matrix's shape (CSR structure, or dense rank and width) without its values; n_cells."""
     if isinstance(counts, CsrCounts):
         check_csr(counts, f"{field}.csr")
-        check_values(counts.data, allow_non_integer, f"{field}.csr.data", indptr=counts.indptr, first_cell=first_cell)
         return counts.n_cells
     if counts.ndim != 2 or counts.dtype.kind not in "biuf":
         raise InvalidArgument.field(
@@ -172,8 +177,99 @@ def check(counts: Counts, n_genes: int, allow_non_integer: bool, field: str = "c
         )
     if counts.shape[0] < 1:
         raise InvalidArgument.field(f"{field}.dense", "needs at least one cell")
-    check_values(counts, allow_non_integer, f"{field}.dense", counts.shape[1], first_cell=first_cell)
     return int(counts.shape[0])
+
+
+def check_values_of(counts: Counts, allow_non_integer: bool, field: str = "counts", first_cell: int = 0) -> None:
+    """``check_values`` on a matrix whose structure was checked (``check_structure``)."""
+    if isinstance(counts, CsrCounts):
+        check_values(counts.data, allow_non_integer, f"{field}.csr.data", indptr=counts.indptr, first_cell=first_cell)
+    else:
+        check_values(counts, allow_non_integer, f"{field}.dense", counts.shape[1], first_cell=first_cell)
+
+
+def check(counts: Counts, n_genes: int, allow_non_integer: bool, field: str = "counts", first_cell: int = 0) -> int:
+    """Validate a CSR or dense [n_cells, n_genes] matrix; returns n_cells. Cells in messages are
+    numbered from ``first_cell``."""
+    n_cells = check_structure(counts, n_genes, field)
+    check_values_of(counts, allow_non_integer, field, first_cell)
+    return n_cells
+
+
+#: Fewest cells per core when a CSR matrix is checked and laid out on several: below it a thread
+#: hand-off costs more than it saves.
+MIN_ROWS_PER_PART = 512
+
+
+def checked_dense(
+    counts: Counts,
+    alignment: GeneAlignment,
+    allow_non_integer: bool,
+    log1p: bool = False,
+    field: str = "counts",
+    first_cell: int = 0,
+    parts: int | None = None,
+) -> Array:
+    """``check``'s value rules, then ``aligned_dense``. A CSR matrix is done per row range on the
+    process's usable cores (``genoserve.core.parallel``; ``parts`` overrides how many): each
+    range's values checked, laid out into its rows of the result and log1p taken, all while in
+    cache. A bad value is reported as ``check`` reports it (the message comes from checking the
+    whole matrix). The structure must have been checked (``check_structure``): the layout trusts it."""
+    if not isinstance(counts, CsrCounts) or _csr_todense is None:
+        parts = 1
+    elif parts is None:
+        parts = parallel.parts_for(counts.n_cells, MIN_ROWS_PER_PART)
+    if parts <= 1:
+        check_values_of(counts, allow_non_integer, field, first_cell)
+        return aligned_dense(counts, alignment, log1p)
+    assert isinstance(counts, CsrCounts)
+    out = np.empty((counts.n_cells, alignment.n_model_genes), dtype=np.float32)
+
+    def work(lo: int, hi: int) -> None:
+        start, stop = int(counts.indptr[lo]), int(counts.indptr[hi])
+        check_values(counts.data[start:stop], allow_non_integer, f"{field}.csr.data",
+                     indptr=counts.indptr[lo : hi + 1], first_cell=first_cell + lo)  # fmt: skip
+        rows = out[lo:hi]
+        rows.fill(0.0)
+        _layout(counts.rows(lo, hi), alignment, rows)
+        if log1p:
+            np.log1p(rows, out=rows)
+
+    try:
+        parallel.over_ranges(work, counts.n_cells, parts)
+    except InvalidArgument:
+        # A range counts only its own bad values: the whole matrix's check words the message.
+        check_values_of(counts, allow_non_integer, field, first_cell)
+        raise
+    return out
+
+
+def _csr_arrays(counts: CsrCounts, alignment: GeneAlignment) -> tuple[Array, Array, Array]:
+    """(indptr, indices, data) with each column renamed to its model column and float32 values;
+    both index arrays int32 when the values fit (scipy's choice: no int64 copies inside)."""
+    data = counts.data.astype(np.float32, copy=False)
+    indptr = np.asarray(counts.indptr)
+    if alignment.identity:
+        indices = counts.indices
+    else:
+        # take(mode="wrap") skips fancy indexing's bounds checks (indices were checked in range).
+        indices = alignment.column_map32.take(counts.indices, mode="wrap")
+        dropped = indices < 0
+        if dropped.any():
+            data = data.copy()
+            data[dropped] = 0.0
+            np.maximum(indices, 0, out=indices)
+    index_dtype = np.int32 if data.size < 2**31 else np.int64
+    return indptr.astype(index_dtype, copy=False), indices.astype(index_dtype, copy=False), data
+
+
+def _layout(counts: CsrCounts, alignment: GeneAlignment, out: Array) -> None:
+    """Add ``counts`` (a row range, its indptr from 0) into the zeroed float32 rows ``out`` with
+    scipy's C++ ``csr_todense`` itself: ``toarray`` would first copy a range's index and value
+    arrays (scipy prunes arrays that view less than half of their base)."""
+    assert _csr_todense is not None
+    indptr, indices, data = _csr_arrays(counts, alignment)
+    _csr_todense(counts.n_cells, alignment.n_model_genes, indptr, indices, data, out)
 
 
 def aligned_dense(counts: Counts, alignment: GeneAlignment, log1p: bool = False) -> Array:
@@ -188,20 +284,7 @@ def aligned_dense(counts: Counts, alignment: GeneAlignment, log1p: bool = False)
     had it folded out: ``genoserve.runtime.prologue``), taken in place on the new dense array."""
     width = alignment.n_model_genes
     if isinstance(counts, CsrCounts):
-        data = counts.data.astype(np.float32, copy=False)
-        indptr = np.asarray(counts.indptr)
-        if alignment.identity:
-            indices = counts.indices
-        else:
-            # take(mode="wrap") skips fancy indexing's bounds checks (indices were checked in range).
-            indices = alignment.column_map32.take(counts.indices, mode="wrap")
-            dropped = indices < 0
-            if dropped.any():
-                data = data.copy()
-                data[dropped] = 0.0
-                np.maximum(indices, 0, out=indices)
-        if data.size < 2**31:  # scipy's index dtype: int32 when it fits (no int64 copies inside)
-            indices, indptr = indices.astype(np.int32, copy=False), indptr.astype(np.int32, copy=False)
+        indptr, indices, data = _csr_arrays(counts, alignment)
         matrix = sp.csr_matrix((data, indices, indptr), shape=(counts.n_cells, width), copy=False)
         dense: Array = matrix.toarray()
         if log1p:  # after the sum of repeated entries (log1p of a sum is not the sum of log1p's)

@@ -9,6 +9,7 @@ refused.
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +71,9 @@ class GeneAlignment:
 
 def check_unique(names: Sequence[str], field: str) -> None:
     """InvalidArgument naming the first repeated name (names must identify columns)."""
+    distinct = set(names)
+    if len(distinct) == len(names) and "" not in distinct:
+        return
     seen: dict[str, int] = {}
     for i, name in enumerate(names):
         if name in seen:
@@ -98,7 +102,7 @@ def align(
         raise InvalidArgument.field(field, "at least one gene name is required")
     check_unique(data_genes, field)
     position = {name: j for j, name in enumerate(model_genes)}
-    column_map = np.fromiter((position.get(g, -1) for g in data_genes), dtype=np.int64, count=len(data_genes))
+    column_map = np.fromiter(map(position.get, data_genes, itertools.repeat(-1)), dtype=np.int64, count=len(data_genes))
     source = np.flatnonzero(column_map >= 0)
     target = column_map[source]
     present = np.zeros(len(model_genes), dtype=bool)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -11,7 +12,7 @@ import numpy as np
 from genoserve.core.errors import InvalidArgument
 from genoserve.embedding import batches, contract
 from genoserve.embedding.contract import EmbeddingContract
-from genoserve.embedding.counts import Counts, CsrCounts, aligned_dense, check
+from genoserve.embedding.counts import Counts, CsrCounts, check_structure, checked_dense
 from genoserve.embedding.genes import DEFAULT_MIN_OVERLAP, GeneAlignment, align
 
 Array = np.ndarray[Any, Any]
@@ -30,6 +31,22 @@ class Prepared:
     @property
     def n_cells(self) -> int:
         return int(self.inputs[contract.COUNTS].shape[0])
+
+
+#: Default ids are kept for requests up to this many cells (pipelines send chunks of one size).
+CACHED_IDS = 65_536
+
+
+def default_ids(first: int, n: int) -> tuple[str, ...]:
+    """``cell<first>`` .. ``cell<first + n - 1>``, the ids of cells a request leaves unnamed."""
+    return _cached_ids(first, n) if n <= CACHED_IDS else _ids(first, n)
+
+
+def _ids(first: int, n: int) -> tuple[str, ...]:
+    return tuple(f"cell{i}" for i in range(first, first + n))
+
+
+_cached_ids = functools.lru_cache(maxsize=8)(_ids)
 
 
 def prepare(
@@ -54,14 +71,14 @@ def prepare(
         raise InvalidArgument.field(field, "gene count mismatch")  # cannot happen through the codec
     if alignment is None:
         alignment = align(gene_names, model.genes, min_overlap or DEFAULT_MIN_OVERLAP)
-    n_cells = check(counts, len(gene_names), not_raw_counts, first_cell=first_cell)
+    n_cells = check_structure(counts, len(gene_names))
+    log1p = contract.COUNTS in log1p_inputs
+    inputs = {contract.COUNTS: checked_dense(counts, alignment, not_raw_counts, log1p, first_cell=first_cell)}
     if cell_ids and len(cell_ids) != n_cells:
         raise InvalidArgument.field(
             "counts.cell_ids", f"has {len(cell_ids)} ids for {n_cells} cells; give one per cell or none"
         )
-    ids = list(cell_ids) if cell_ids else [f"cell{first_cell + i}" for i in range(n_cells)]
-    log1p = contract.COUNTS in log1p_inputs
-    inputs = {contract.COUNTS: aligned_dense(counts, alignment, log1p)}
+    ids = list(cell_ids) if cell_ids else list(default_ids(first_cell, n_cells))
     if model.takes_batch or batch_labels:
         inputs[contract.BATCH] = batches.one_hot(batch_labels, model.batches, n_cells)
     return Prepared(inputs, alignment, ids, frozenset({contract.COUNTS}) if log1p else frozenset())
