@@ -231,9 +231,14 @@ def checked_dense(
                      indptr=counts.indptr[lo : hi + 1], first_cell=first_cell + lo)  # fmt: skip
         rows = out[lo:hi]
         rows.fill(0.0)
-        _layout(counts.rows(lo, hi), alignment, rows)
-        if log1p:
-            np.log1p(rows, out=rows)
+        part = counts.rows(lo, hi)
+        if log1p and _distinct_columns(part):  # log1p of each value is log1p of each entry's sum
+            part = CsrCounts(part.indptr, part.indices, np.log1p(part.data, dtype=np.float32), part.n_genes)
+            _layout(part, alignment, rows)
+        else:
+            _layout(part, alignment, rows)
+            if log1p:
+                np.log1p(rows, out=rows)
 
     try:
         parallel.over_ranges(work, counts.n_cells, parts)
@@ -261,6 +266,18 @@ def _csr_arrays(counts: CsrCounts, alignment: GeneAlignment) -> tuple[Array, Arr
             np.maximum(indices, 0, out=indices)
     index_dtype = np.int32 if data.size < 2**31 else np.int64
     return indptr.astype(index_dtype, copy=False), indices.astype(index_dtype, copy=False), data
+
+
+def _distinct_columns(counts: CsrCounts) -> bool:
+    """No column twice within a row, known cheaply: each row's column indices strictly increase
+    (scipy's canonical form, what .h5ad writers and scipy itself produce). False when unsure."""
+    indices = counts.indices
+    if indices.size < 2:
+        return True
+    rising = indices[1:] > indices[:-1]
+    starts = counts.indptr[1:-1]  # rows begin here: a fall across a row boundary is allowed
+    rising[starts[(starts > 0) & (starts < indices.size)] - 1] = True
+    return bool(rising.all())
 
 
 def _layout(counts: CsrCounts, alignment: GeneAlignment, out: Array) -> None:

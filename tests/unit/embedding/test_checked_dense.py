@@ -82,3 +82,27 @@ def test_non_integers_pass_when_the_data_are_not_raw() -> None:
 def test_default_ids_count_from_the_first_cell() -> None:
     assert default_ids(0, 3) == ("cell0", "cell1", "cell2")
     assert default_ids(4096, 2) == ("cell4096", "cell4097")
+
+
+@pytest.mark.parametrize("row", [0, 749, 750, 1499])
+def test_one_repeated_or_unsorted_row_in_any_range_is_still_summed_before_log1p(row: int) -> None:
+    """Rows with strictly rising columns take log1p on the values before the layout; one row with a
+    column given twice (or out of order) anywhere sends its range down the dense path."""
+    dense = counts()
+    dense[row, :6] = [1, 2, 0, 3, 0, 4]
+    matrix = csr_of(dense)
+    alignment = align(MODEL + [f"x{i}" for i in range(10)], MODEL)
+    expected = aligned_dense(matrix, alignment, log1p=True)
+    start = int(matrix.indptr[row])
+    repeated = matrix.indices.copy()
+    repeated[start + 1] = repeated[start]  # columns 0, 0, 3, 5: counts 1 + 2 in column 0
+    twice = CsrCounts(matrix.indptr, repeated, matrix.data, 40)
+    got = checked_dense(twice, alignment, False, log1p=True, parts=2)
+    np.testing.assert_allclose(got[row, :6], np.log1p([3, 0, 0, 3, 0, 4]), rtol=1e-6)
+    np.testing.assert_array_equal(np.delete(got, row, axis=0), np.delete(expected, row, axis=0))
+    unsorted = matrix.indices.copy()
+    unsorted[[start, start + 1]] = unsorted[[start + 1, start]]  # columns 1, 0, 3, 5
+    got = checked_dense(CsrCounts(matrix.indptr, unsorted, matrix.data[[*range(start), start + 1, start,
+                                                                          *range(start + 2, matrix.data.size)]], 40),
+                        alignment, False, log1p=True, parts=2)  # fmt: skip
+    np.testing.assert_array_equal(got, expected)
