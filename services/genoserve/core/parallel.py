@@ -8,6 +8,7 @@ for its turn. Work below ``min_rows`` per part stays on the calling thread.
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,6 +19,7 @@ from genoserve.core.cpus import cpu_budget
 T = TypeVar("T")
 
 _pool: ThreadPoolExecutor | None = None
+_pool_pid = 0
 _pool_lock = threading.Lock()
 
 
@@ -28,10 +30,13 @@ def usable_cores() -> int:
 
 
 def _shared_pool() -> ThreadPoolExecutor:
-    global _pool
+    """The process's pool; a forked child (prefork job workers) makes its own, since the parent's
+    threads do not survive the fork."""
+    global _pool, _pool_pid
     with _pool_lock:
-        if _pool is None:
+        if _pool is None or _pool_pid != os.getpid():
             _pool = ThreadPoolExecutor(max(1, usable_cores() - 1), thread_name_prefix="split")
+            _pool_pid = os.getpid()
         return _pool
 
 

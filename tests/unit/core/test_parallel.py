@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -56,3 +58,27 @@ def test_the_first_failing_range_is_raised_after_all_finished() -> None:
     with pytest.raises(ValueError, match="range 250"):
         parallel.over_ranges(work, 1000, 4)
     assert sorted(finished) == [0, 250, 500, 750]
+
+
+def test_a_forked_child_gets_its_own_pool() -> None:
+    """Prefork job workers: a pool made before the fork has no threads in the child."""
+    parallel.over_ranges(lambda lo, hi: None, 10, 2)  # the parent's pool exists
+    pid = os.fork()
+    if pid == 0:  # the child: ranges must still run (a hang here fails the wait below)
+        out = np.zeros(10)
+
+        def work(lo: int, hi: int) -> None:
+            out[lo:hi] = 1
+
+        parallel.over_ranges(work, 10, 2)
+        os._exit(0 if out.all() else 1)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    raise AssertionError("the child's ranges never ran")
