@@ -135,8 +135,8 @@ class Rig:
     def client(self) -> Client:
         return Client(self.server.address, timeout=30)
 
-    def worker(self, name: str) -> WorkerProcess:
-        worker = WorkerProcess(self.config, self.root / f"worker-{name}.log").start()
+    def worker(self, name: str, env: dict[str, str] | None = None) -> WorkerProcess:
+        worker = WorkerProcess(self.config, self.root / f"worker-{name}.log", env=env).start()
         self.workers.append(worker)
         return worker
 
@@ -220,7 +220,9 @@ def wait_mid_shard(client: Client, job_id: str, after_s: float = 0.2) -> jobs_pb
 
 @pytest.mark.parametrize("rig", ["embedded", "redis"], indirect=True)
 def test_worker_killed_mid_shard_another_worker_completes_the_job(rig: Rig, big: Input) -> None:
-    doomed = rig.worker("doomed")
+    # Small session batches make the doomed worker's shards take seconds, not a quarter of one on a
+    # fast machine, so the kill lands inside a claimed shard rather than between two.
+    doomed = rig.worker("doomed", env={"GENOSERVE_WORKER__BATCH_SIZE": "64"})
     out = rig.output_dir("kill9")
     with rig.client() as client:
         job = client.submit_job(KIND, [str(big.path)], str(out), {"shard_size": str(SHARD_ROWS)})
