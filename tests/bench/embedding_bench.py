@@ -340,6 +340,8 @@ def main() -> None:
     args = parser.parse_args()
     in_flights = tuple(int(f) for f in args.in_flight.split(","))
     models = args.models.split(",")
+    if unknown := set(models) - {MODEL, "scvi-sim-batch"}:
+        parser.error(f"--models: no benchmark cells for {sorted(unknown)}; choose from {MODEL}, scvi-sim-batch")
     args.scratch.mkdir(parents=True, exist_ok=True)
     tuned = False if args.no_tune else tune_allocator()
     source, genes = pbmc_csr()

@@ -12,11 +12,8 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
 
 from genoserve.core.cpus import cpu_budget
-
-T = TypeVar("T")
 
 _pool: ThreadPoolExecutor | None = None
 _pool_pid = 0
@@ -38,11 +35,6 @@ def _shared_pool() -> ThreadPoolExecutor:
             _pool = ThreadPoolExecutor(max(1, usable_cores() - 1), thread_name_prefix="split")
             _pool_pid = os.getpid()
         return _pool
-
-
-def submit(function: Callable[..., T], *args: Any) -> Future[T]:
-    """``function(*args)`` on the shared pool."""
-    return _shared_pool().submit(function, *args)
 
 
 def bounds(n: int, parts: int) -> list[int]:

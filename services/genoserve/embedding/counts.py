@@ -155,8 +155,7 @@ class _Where:
         if self.n_cols:
             cell, column = divmod(flat, self.n_cols)
             return f"{count} bad value(s), first at cell {self.first_cell + cell}, gene column {column}"
-        if self.indptr is not None:  # a row range's slice of the matrix's indptr: values from indptr[0]
-            flat += int(self.indptr[0])
+        if self.indptr is not None:
             cell = int(np.searchsorted(self.indptr, flat, side="right")) - 1
             return f"{count} bad value(s), first at cell {self.first_cell + cell} (value index {flat})"
         return f"{count} bad value(s), first at value index {flat}"
@@ -226,15 +225,13 @@ def checked_dense(
     out = np.empty((counts.n_cells, alignment.n_model_genes), dtype=np.float32)
 
     def work(lo: int, hi: int) -> None:
-        start, stop = int(counts.indptr[lo]), int(counts.indptr[hi])
-        check_values(counts.data[start:stop], allow_non_integer, f"{field}.csr.data",
-                     indptr=counts.indptr[lo : hi + 1], first_cell=first_cell + lo)  # fmt: skip
+        part = counts.rows(lo, hi)
+        check_values(part.data, allow_non_integer, f"{field}.csr.data")  # its message is not kept (below)
         rows = out[lo:hi]
         rows.fill(0.0)
-        part = counts.rows(lo, hi)
         if log1p and _distinct_columns(part):  # log1p of each value is log1p of each entry's sum
-            part = CsrCounts(part.indptr, part.indices, np.log1p(part.data, dtype=np.float32), part.n_genes)
-            _layout(part, alignment, rows)
+            logged = np.log1p(part.data, dtype=np.float32)
+            _layout(CsrCounts(part.indptr, part.indices, logged, part.n_genes), alignment, rows, own_data=True)
         else:
             _layout(part, alignment, rows)
             if log1p:
@@ -249,10 +246,12 @@ def checked_dense(
     return out
 
 
-def _csr_arrays(counts: CsrCounts, alignment: GeneAlignment) -> tuple[Array, Array, Array]:
+def _csr_arrays(counts: CsrCounts, alignment: GeneAlignment, own_data: bool = False) -> tuple[Array, Array, Array]:
     """(indptr, indices, data) with each column renamed to its model column and float32 values;
-    both index arrays int32 when the values fit (scipy's choice: no int64 copies inside)."""
+    both index arrays int32 when the values fit (scipy's choice: no int64 copies inside).
+    ``own_data``: ``counts.data`` is a float32 array made here, free to change in place."""
     data = counts.data.astype(np.float32, copy=False)
+    own_data = own_data or data is not counts.data
     indptr = np.asarray(counts.indptr)
     if alignment.identity:
         indices = counts.indices
@@ -261,7 +260,8 @@ def _csr_arrays(counts: CsrCounts, alignment: GeneAlignment) -> tuple[Array, Arr
         indices = alignment.column_map32.take(counts.indices, mode="wrap")
         dropped = indices < 0
         if dropped.any():
-            data = data.copy()
+            if not own_data:
+                data = data.copy()
             data[dropped] = 0.0
             np.maximum(indices, 0, out=indices)
     index_dtype = np.int32 if data.size < 2**31 else np.int64
@@ -280,12 +280,13 @@ def _distinct_columns(counts: CsrCounts) -> bool:
     return bool(rising.all())
 
 
-def _layout(counts: CsrCounts, alignment: GeneAlignment, out: Array) -> None:
+def _layout(counts: CsrCounts, alignment: GeneAlignment, out: Array, own_data: bool = False) -> None:
     """Add ``counts`` (a row range, its indptr from 0) into the zeroed float32 rows ``out`` with
     scipy's C++ ``csr_todense`` itself: ``toarray`` would first copy a range's index and value
-    arrays (scipy prunes arrays that view less than half of their base)."""
+    arrays (scipy prunes arrays that view less than half of their base). ``own_data``: as for
+    ``_csr_arrays``."""
     assert _csr_todense is not None
-    indptr, indices, data = _csr_arrays(counts, alignment)
+    indptr, indices, data = _csr_arrays(counts, alignment, own_data)
     _csr_todense(counts.n_cells, alignment.n_model_genes, indptr, indices, data, out)
 
 
