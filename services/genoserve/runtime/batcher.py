@@ -6,7 +6,10 @@ waited ``max_queue_delay_us``, and no more than ``instances`` batches run at onc
 bounded (full: RESOURCE_EXHAUSTED at once), requests whose deadline passed are dropped before
 compute (DEADLINE_EXCEEDED), a request larger than ``max_batch_size`` is split and its parts
 reassembled, outputs are sliced back per request, and when a batch fails each of its requests is
-re-run alone so that one bad request fails by itself.
+re-run alone so that one bad request fails by itself. With ``split_rows`` set, a batch that finds
+nothing else queued and other instances idle is split by rows across them (parts of at least
+``split_rows`` rows, run at once, outputs concatenated): items are independent along the batch
+dimension, which dynamic batching already relies on.
 
 Note: asyncio timers have millisecond resolution on Linux (epoll), so delays below 1 ms round up.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections import deque
@@ -33,6 +37,7 @@ from genoserve.core.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from genoserve.core.parallel import bounds
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,7 @@ class BatcherConfig:
     max_queue_delay_us: int = 500
     max_queue_size: int = 1024
     instances: int = 1
+    split_rows: int = 0
 
 
 @dataclass(eq=False)
@@ -239,9 +245,26 @@ class DynamicBatcher:
                 continue
             batch = self._take_batch()
             self._m_depth.set(len(self._queue))
-            task = asyncio.get_running_loop().create_task(self._execute(batch))
+            parts = 1 + await self._idle_slots(sum(p.size for p in batch))
+            task = asyncio.get_running_loop().create_task(self._execute(batch, parts))
             self._running.add(task)
             task.add_done_callback(self._task_done)
+
+    async def _idle_slots(self, size: int) -> int:
+        """Take the idle instances a batch of ``size`` rows may be split across (``split_rows``):
+        only when nothing else waits, so a split never delays a queued request."""
+        extra = 0
+        split = self.config.split_rows
+        while (
+            split
+            and not self._queue
+            and extra + 1 < self.config.instances
+            and size >= (extra + 2) * split
+            and not self._slots.locked()
+        ):
+            await self._slots.acquire()  # free: returns at once
+            extra += 1
+        return extra
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
@@ -261,7 +284,20 @@ class DynamicBatcher:
                 raise InternalError(f"model {self.model}: output {name} has shape {array.shape}, expected batch {size}")
         return outputs
 
-    async def _execute(self, batch: list[_Pending]) -> None:
+    async def _call_split(self, inputs: Mapping[str, Array], size: int, parts: int) -> Tensors:
+        """``_call`` on ``parts`` row ranges at once (each on its own instance), concatenated."""
+        if parts <= 1:
+            return await self._call(inputs, size)
+        ranges = itertools.pairwise(bounds(size, parts))
+        calls = [self._call({n: a[lo:hi] for n, a in inputs.items()}, hi - lo) for lo, hi in ranges]
+        results = await asyncio.gather(*calls, return_exceptions=True)  # every part done with the inputs
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        done = [r for r in results if not isinstance(r, BaseException)]
+        return {name: np.concatenate([r[name] for r in done]) for name in done[0]}
+
+    async def _execute(self, batch: list[_Pending], parts: int = 1) -> None:
         try:
             now = self._clock()
             for p in batch:
@@ -272,7 +308,7 @@ class DynamicBatcher:
             else:
                 merged = {name: np.concatenate([p.inputs[name] for p in batch]) for name in batch[0].inputs}
             try:
-                outputs = await self._call(merged, total)
+                outputs = await self._call_split(merged, total, parts)
             except Exception as exc:
                 if len(batch) == 1:
                     self._fail(batch[0], exc)
@@ -285,7 +321,8 @@ class DynamicBatcher:
                     p.future.set_result({name: a[offset : offset + p.size] for name, a in outputs.items()})
                 offset += p.size
         finally:
-            self._slots.release()
+            for _ in range(parts):
+                self._slots.release()
             self._wakeup.set()
 
     async def _isolate(self, batch: list[_Pending]) -> None:

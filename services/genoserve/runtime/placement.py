@@ -22,6 +22,8 @@ class Placement:
     intra_op_threads: int
     #: Session calls at once (the batcher's concurrent batches).
     instances: int
+    #: A lone batch is split across idle instances, parts of at least this many rows (0: never).
+    split_rows: int = 0
 
 
 def placement(
@@ -42,4 +44,5 @@ def placement(
         instances = 1
     if not threads and cpu and cpus < budget.affinity:
         threads = cpus  # ONNX Runtime would start one per visible core, past the quota
-    return Placement(threads, instances)
+    split = hint.split_rows if hint and instances > 1 else 0
+    return Placement(threads, instances, split)

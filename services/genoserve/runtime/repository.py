@@ -48,13 +48,15 @@ def batcher_config(
     and ``budget`` the server's CPUs (the instance count depends on both: ``genoserve.runtime.placement``)."""
     defaults = settings.batching
     own = spec.batching
+    plan = placement(spec, settings, provider == CPU, online=True, budget=budget)
     return BatcherConfig(
         max_batch_size=own.max_batch_size or defaults.max_batch_size,
         max_queue_delay_us=own.max_queue_delay_us
         if own.max_queue_delay_us is not None
         else defaults.max_queue_delay_us,
         max_queue_size=own.max_queue_size or defaults.max_queue_size,
-        instances=placement(spec, settings, provider == CPU, online=True, budget=budget).instances,
+        instances=plan.instances,
+        split_rows=plan.split_rows,
     )
 
 
@@ -112,8 +114,10 @@ class ModelRepository:
             record.state = ModelState.READY
             metrics.MODEL_READY.labels(record.name, record.version_label).set(1)
             threads = session.intra_op_threads or "default"
-            log.info("model %s version %s ready on %s (%d session call(s) at once, intra-op threads: %s)",
-                     record.name, record.version_label, record.provider, config.instances, threads)  # fmt: skip
+            rows = 2 * config.split_rows
+            split = f"; a lone batch of {rows}+ rows split across idle calls" if config.split_rows else ""
+            log.info("model %s version %s ready on %s (%d session call(s) at once, intra-op threads: %s%s)",
+                     record.name, record.version_label, record.provider, config.instances, threads, split)  # fmt: skip
             self._changed()
 
     async def close(self, timeout: float | None = None) -> None:

@@ -110,10 +110,15 @@ class CpuServingSpec(_Strict):
     keep the cores busier than one call on all of them (measured for the variants models:
     tests/bench/variants_bench.py). Only the online
     server uses it (a bulk worker makes one call at a time, on every core); the operator's
-    ``runtime.intra_op_threads`` / ``runtime.instances``, when set, win."""
+    ``runtime.intra_op_threads`` / ``runtime.instances``, when set, win. ``split_rows`` (0: never):
+    a batch that finds nothing else queued and other instances idle is split by rows across them,
+    each part at least this many rows, so that one request alone still uses every core (without
+    ONNX Runtime's intra-op threads, whose per-operator hand-offs stall when the server's other
+    threads take a core)."""
 
     intra_op_threads: int = Field(1, gt=0)
     instances: int = Field(0, ge=0)
+    split_rows: int = Field(0, ge=0)
 
 
 class VersionSpec(_Strict):

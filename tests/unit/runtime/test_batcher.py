@@ -228,3 +228,86 @@ async def test_instances_bound_concurrent_calls(make: Any) -> None:
         await asyncio.gather(*(batcher.submit(rows(i, 1)) for i in range(10)))
         await batcher.close(1)
     assert peak == 2
+
+
+class Overlap:
+    """y = 2x + 1, recording each call's rows and how many calls ran at once at most."""
+
+    def __init__(self, seconds: float = 0.05) -> None:
+        self.seconds = seconds
+        self.sizes: list[int] = []
+        self.active = self.peak = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
+        x = np.array(inputs["x"])
+        with self.lock:
+            self.sizes.append(len(x))
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        time.sleep(self.seconds)
+        with self.lock:
+            self.active -= 1
+        if np.isnan(x).any():
+            raise ValueError("NaN in batch")
+        return {"y": 2 * x + 1}
+
+
+def split_batcher(run: Overlap, instances: int, split_rows: int) -> DynamicBatcher:
+    """On the event loop's default executor (at least five threads)."""
+    config = BatcherConfig(max_batch_size=64, max_queue_delay_us=0, instances=instances, split_rows=split_rows)
+    return DynamicBatcher("test", run, config)
+
+
+@pytest.mark.parametrize(
+    ("instances", "split_rows", "size", "sizes"),
+    [
+        (2, 8, 20, [10, 10]),  # split in two halves, run at once
+        (3, 4, 13, [4, 4, 5]),
+        (4, 8, 20, [10, 10]),  # parts of at least split_rows: two, though four instances are idle
+        (2, 8, 15, [15]),  # too small to make two parts of 8
+        (2, 0, 20, [20]),  # split_rows 0: never
+        (1, 8, 20, [20]),  # no other instance
+    ],
+)
+async def test_lone_batch_is_split_across_idle_instances(instances: int, split_rows: int, size: int,
+                                                         sizes: list[int]) -> None:  # fmt: skip
+    run = Overlap()
+    batcher = split_batcher(run, instances, split_rows)
+    batcher.start()
+    request = rows(100, size)
+    result = await batcher.submit(request)
+    await batcher.close(1)
+    np.testing.assert_array_equal(result["y"], 2 * request["x"] + 1)  # parts back in row order
+    assert sorted(run.sizes) == sorted(sizes)
+    assert run.peak == len(sizes), "the parts should run at once"
+
+
+async def test_split_never_holds_back_a_queued_request() -> None:
+    """Two requests queued together run side by side, each whole, rather than one split in two."""
+    run = Overlap()
+    batcher = split_batcher(run, 2, 4)
+    batcher.start()
+    first, second = rows(0, 64), rows(1000, 64)  # each a full batch
+    results = await asyncio.gather(batcher.submit(first), batcher.submit(second))
+    await batcher.close(1)
+    for request, result in zip((first, second), results, strict=True):
+        np.testing.assert_array_equal(result["y"], 2 * request["x"] + 1)
+    assert run.sizes == [64, 64]
+    assert run.peak == 2
+
+
+async def test_split_batch_with_a_failing_part_fails_only_its_bad_request() -> None:
+    run = Overlap(seconds=0.01)
+    batcher = split_batcher(run, 2, 4)
+    batcher.start()
+    bad = rows(0, 16)
+    bad["x"][12, 0] = np.nan  # in the second part
+    with pytest.raises(InternalError):
+        await batcher.submit(bad)
+    good = rows(50, 16)
+    result = await batcher.submit(good)  # both instances were given back
+    await batcher.close(1)
+    np.testing.assert_array_equal(result["y"], 2 * good["x"] + 1)
+    assert run.sizes[:2] == [8, 8]
+    assert run.sizes[-2:] == [8, 8]

@@ -62,16 +62,30 @@ def test_default_threads_capped_at_a_containers_quota() -> None:
     assert placement(spec(None), RuntimeSettings(), cpu=False, online=True, budget=pod) == Placement(0, 1)
 
 
-def test_committed_variants_models_ask_for_one_call_per_core() -> None:
+def test_split_rows_follow_the_hint_where_more_than_one_call_runs() -> None:
+    hint = CpuServingSpec(intra_op_threads=1, instances=0, split_rows=512)
+    assert placement(spec(hint), RuntimeSettings(), cpu=True, online=True, budget=EIGHT) == Placement(1, 8, 512)
+    one = RuntimeSettings(instances=1)  # nothing to split across
+    assert placement(spec(hint), one, cpu=True, online=True, budget=EIGHT) == Placement(1, 1, 0)
+    assert placement(spec(hint), RuntimeSettings(), cpu=False, online=True, budget=EIGHT) == Placement(0, 1, 0)
+
+
+def test_committed_models_ask_for_one_call_per_core() -> None:
     records = {r.name: r for r in registry.scan(REPO / "models")}
-    for name in ("deepvariant-cnn-6ch", "deepvariant-cnn-7ch"):
+    plans = {
+        "deepvariant-cnn-6ch": CpuServingSpec(intra_op_threads=1, instances=0),
+        "deepvariant-cnn-7ch": CpuServingSpec(intra_op_threads=1, instances=0),
+        "scvi-pbmc": CpuServingSpec(intra_op_threads=1, instances=0, split_rows=512),
+        "scvi-sim-batch": CpuServingSpec(intra_op_threads=1, instances=0, split_rows=512),
+    }
+    for name, plan in plans.items():
         spec_ = records[name].spec
         assert spec_ is not None
-        assert spec_.cpu_serving == CpuServingSpec(intra_op_threads=1, instances=0)
+        assert spec_.cpu_serving == plan
 
 
 async def test_repository_serves_with_the_plan(tmp_path: Path) -> None:
-    hinted = linear_spec("hinted", cpu_serving={"intra_op_threads": 1, "instances": 3})
+    hinted = linear_spec("hinted", cpu_serving={"intra_op_threads": 1, "instances": 3, "split_rows": 16})
     write_model(tmp_path, hinted, {1: linear_onnx()})
     write_model(tmp_path, linear_spec("plain"), {1: linear_onnx()})
     repository = ModelRepository(RuntimeSettings(model_dir=tmp_path, device="cpu"))
@@ -79,7 +93,9 @@ async def test_repository_serves_with_the_plan(tmp_path: Path) -> None:
     try:
         statuses = {s.name: s for s in repository.statuses()}
         assert statuses["hinted"].batching.instances == 3
+        assert statuses["hinted"].batching.split_rows == 16
         assert statuses["plain"].batching.instances == 1
+        assert statuses["plain"].batching.split_rows == 0
         assert repository.get("hinted").session.intra_op_threads == 1
     finally:
         await repository.close(1)

@@ -240,6 +240,9 @@ def model_spec(name: str, description: str, genes: list[str], config: VaeConfig,
             "n_latent": config.n_latent, "encode_covariates": config.encode_covariates, "batch_key": batch_key,
         },
         "batching": {"max_batch_size": 4096, "max_queue_delay_us": 1000, "max_queue_size": 4096},
+        # On a CPU: one single-threaded call per core, a lone request split across the idle ones
+        # (tests/bench/embedding_bench.py; genoserve.runtime.batcher).
+        "cpu_serving": {"intra_op_threads": 1, "instances": 0, "split_rows": 512},
     }  # fmt: skip
 
 
