@@ -140,4 +140,12 @@ def test_compact_is_exact_or_leaves_the_values_alone() -> None:
         values = np.array(bad, np.float32)
         assert compact(values) is values
     assert compact(np.array([-3, 4], np.int32)).dtype == np.int32
+    for dtype in (np.int32, np.int64, np.uint32, np.uint64):  # integers: a range check
+        edge = np.array([0, 65535, 12], dtype)
+        assert compact(edge).dtype == np.uint16
+        np.testing.assert_array_equal(compact(edge), edge)
+        over = np.array([3, 65536], dtype)
+        assert compact(over) is over
+    empty = np.zeros(0, np.int32)
+    assert compact(empty) is empty
     assert compact(np.array([1, 2], np.uint8)).dtype == np.uint8  # already small
