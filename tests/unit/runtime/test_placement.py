@@ -73,8 +73,8 @@ def test_split_rows_follow_the_hint_where_more_than_one_call_runs() -> None:
 def test_committed_models_ask_for_one_call_per_core() -> None:
     records = {r.name: r for r in registry.scan(REPO / "models")}
     plans = {
-        "deepvariant-cnn-6ch": CpuServingSpec(intra_op_threads=1, instances=0),
-        "deepvariant-cnn-7ch": CpuServingSpec(intra_op_threads=1, instances=0),
+        "deepvariant-cnn-6ch": CpuServingSpec(intra_op_threads=1, instances=0, split_rows=16),
+        "deepvariant-cnn-7ch": CpuServingSpec(intra_op_threads=1, instances=0, split_rows=16),
         "scvi-pbmc": CpuServingSpec(intra_op_threads=1, instances=0, split_rows=512),
         "scvi-sim-batch": CpuServingSpec(intra_op_threads=1, instances=0, split_rows=512),
     }
