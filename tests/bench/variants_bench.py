@@ -7,7 +7,8 @@ Run from the repository root::
 Measures, with the committed model (uint8 [batch, 100, 221, 7] -> float32 [batch, 3]):
 
 * **examples/s through CallVariants** (a real ``genoserve serve --family variants`` subprocess on
-  loopback, with the model's own set-up, one single-threaded session call per core, and with one
+  loopback, with the model's own set-up, one single-threaded session call per core and a lone
+  request split across the idle ones; the same without the split; and with one
   call at a time on 1 and on 2 ONNX Runtime intra-op threads; asyncio clients at
   concurrency 1 / 2 / 4 / 16, each sending the 84 golden DeepVariant examples per request,
   encoded from numpy on every request into one batched uint8 ``pileups`` tensor: encode, gRPC,
@@ -42,6 +43,8 @@ import datetime as dt
 import json
 import os
 import platform
+import re
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -68,18 +71,34 @@ WHOLE = "chr20:10000000-10100000"
 
 
 #: Server set-ups: the model's own (model.yaml ``cpu_serving``: one single-threaded session call
-#: per core), and one call at a time on 1 and on 2 intra-op threads (compared with raw ONNX Runtime
-#: on as many threads).
+#: per core, a lone request split across the idle ones), the same without the split (a copy of the
+#: model whose ``split_rows`` is 0), and one call at a time on 1 and on 2 intra-op threads
+#: (compared with raw ONNX Runtime on as many threads).
+UNSPLIT = "model_unsplit"
 SETUPS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "model_default": ((), {}),
+    UNSPLIT: ((), {}),
     "threads_1": (("--intra-op-threads", "1"), {"GENOSERVE_RUNTIME__INSTANCES": "1"}),
     "threads_2": (("--intra-op-threads", "2"), {"GENOSERVE_RUNTIME__INSTANCES": "1"}),
 }
 LABELS = {
-    "model_default": "model's set-up (1 call per core, 1 thread each)",
+    "model_default": "model's set-up (1 call per core, 1 thread each, a lone request split)",
+    UNSPLIT: "model's set-up without the split (split_rows 0)",
     "threads_1": "1 call at a time on 1 thread",
     "threads_2": "1 call at a time on 2 threads",
 }
+
+
+def unsplit_copy(model: str, scratch: Path) -> Path:
+    """A model directory holding a copy of ``model`` whose model.yaml says ``split_rows: 0``."""
+    source = REPO / "models" / model
+    target = scratch / model
+    shutil.copytree(source, target)
+    text = (target / "model.yaml").read_text()
+    changed = re.sub(r"(?m)^(\s+split_rows:) \d+$", r"\1 0", text)
+    assert changed != text, f"{model}: no split_rows in its model.yaml"
+    (target / "model.yaml").write_text(changed)
+    return scratch
 
 
 def raw_throughput(onnx: Path, batch: np.ndarray, duration: float) -> dict[str, float]:  # type: ignore[type-arg]
@@ -229,11 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     served: dict[str, dict[str, float]] = {}
     served_shm: dict[str, dict[str, float]] = {}
     messages_path: dict[str, float] = {}
+    scratch = Path(tempfile.mkdtemp(prefix="genoserve-variants-bench-"))
+    unsplit_dir = unsplit_copy(args.model, scratch)
     for setup, (flags, env) in SETUPS.items():
         served[setup], served_shm[setup] = {}, {}
-        with ServerProcess(
-            "--family", "variants", *flags, "--shared-memory", model_dir=REPO / "models", env=env
-        ) as server:
+        model_dir = unsplit_dir if setup == UNSPLIT else REPO / "models"
+        with ServerProcess("--family", "variants", *flags, "--shared-memory", model_dir=model_dir, env=env) as server:
             for concurrency in (1, 2, 4, 16):
                 for shared, into in ((False, served), (True, served_shm)):
                     into[setup][f"concurrency_{concurrency}"] = asyncio.run(
@@ -242,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             messages_path[setup] = asyncio.run(
                 served_throughput(server.address, messages, args.model, 4, args.duration)
             )
+    shutil.rmtree(scratch)
     loads["after_served"] = load()
     raw_after = raw_throughput(onnx, batch, args.duration)
     loads["after_raw"] = load()

@@ -101,8 +101,13 @@ async def test_repository_serves_with_the_plan(tmp_path: Path) -> None:
         await repository.close(1)
 
 
-async def test_bad_cpu_serving_keeps_the_model_out_with_its_reason(tmp_path: Path) -> None:
-    write_model(tmp_path, linear_spec("bad", cpu_serving={"intra_op_threads": 0, "instances": 0}), {1: linear_onnx()})
+@pytest.mark.parametrize(
+    ("block", "key"),
+    [({"intra_op_threads": 0, "instances": 0}, "intra_op_threads"), ({"split_rows": -1}, "split_rows")],
+)
+async def test_bad_cpu_serving_keeps_the_model_out_with_its_reason(tmp_path: Path, block: dict[str, int],
+                                                                   key: str) -> None:  # fmt: skip
+    write_model(tmp_path, linear_spec("bad", cpu_serving=block), {1: linear_onnx()})
     write_model(tmp_path, linear_spec("good"), {1: linear_onnx()})
     repository = ModelRepository(RuntimeSettings(model_dir=tmp_path, device="cpu"))
     await repository.load()
@@ -110,7 +115,7 @@ async def test_bad_cpu_serving_keeps_the_model_out_with_its_reason(tmp_path: Pat
         statuses = {s.name: s for s in repository.statuses()}
         assert not statuses["bad"].ready
         assert "cpu_serving" in statuses["bad"].reason
-        assert "intra_op_threads" in statuses["bad"].reason
+        assert key in statuses["bad"].reason
         assert statuses["good"].ready
     finally:
         await repository.close(1)
