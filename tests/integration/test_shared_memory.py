@@ -5,9 +5,13 @@ as INVALID_ARGUMENT with the server still serving, and a server without the sett
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
 from multiprocessing import shared_memory
 from pathlib import Path
 
@@ -16,6 +20,7 @@ import numpy as np
 import pysam
 import pytest
 import tifffile
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from genoserve.api.codecs.tensor import from_numpy, to_numpy
 from genoserve.client import AsyncClient, Client, masks_of
@@ -219,3 +224,96 @@ async def test_the_async_client_uses_shared_memory_too(shm_server: ServerProcess
         names = shm.shared_memory.names
         assert names
     assert not any((SHM / n).exists() for n in names)
+
+
+def _ref(name: str, rows: int = 2) -> tensor_pb2.Tensor:
+    """A platform-mlp ``x`` of ``rows`` rows said to be in shared-memory object ``name``."""
+    tensor = from_numpy(np.zeros((rows, 128), np.float32))
+    tensor.ClearField("data")
+    tensor.shared_memory.name = name
+    return tensor
+
+
+@pytest.fixture
+def shm_name() -> Iterator[str]:
+    """A free name under /dev/shm for one test, removed afterwards whatever it became."""
+    name = f"genoserve-test-{os.getpid()}-{os.urandom(4).hex()}"
+    yield name
+    path = SHM / name
+    if path.is_dir() and not path.is_symlink():
+        path.rmdir()
+    else:
+        path.unlink(missing_ok=True)
+
+
+def test_a_fifo_is_refused_and_the_server_keeps_answering_everyone(shm_server: ServerProcess, shm_name: str) -> None:
+    """A FIFO held the event loop in open() until someone wrote to it: health and every client waited."""
+    os.mkfifo(SHM / shm_name)
+    x = np.ones((2, 128), np.float32)
+    with (
+        grpc.insecure_channel(shm_server.address) as channel,
+        futures.ThreadPoolExecutor(1) as pool,
+        Client(shm_server.address, timeout=10) as client,
+    ):
+        client.infer("platform-mlp", {"x": x})  # connected and warm: the timings below are the server's
+        fifo_call = pool.submit(_infer, shm_server.address, _ref(shm_name))
+        try:
+            time.sleep(0.5)  # the FIFO request has reached the server
+            started = time.monotonic()
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            assert client.infer("platform-mlp", {"x": x}, timeout=5)["y"].shape == (2, 16)
+            assert time.monotonic() - started < 3.0
+            with pytest.raises(grpc.RpcError) as caught:
+                fifo_call.result(timeout=5)
+        finally:
+            if not fifo_call.done():  # a stuck server: let its open() return so the module can go on
+                with contextlib.suppress(OSError):
+                    os.close(os.open(SHM / shm_name, os.O_WRONLY | os.O_NONBLOCK))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "inputs[x].shared_memory.name" in caught.value.details()
+    assert "regular shared-memory object" in caught.value.details()
+
+
+def _symlink_to_a_private_file(path: Path, tmp_path: Path) -> int:
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"s" * 7919)
+    secret.chmod(0o600)
+    path.symlink_to(secret)
+    return 7919
+
+
+def _symlink_to_etc_shadow(path: Path, tmp_path: Path) -> int:
+    target = Path("/etc/shadow") if Path("/etc/shadow").exists() else Path("/etc/passwd")
+    path.symlink_to(target)
+    return target.stat().st_size
+
+
+def _directory(path: Path, tmp_path: Path) -> int:
+    path.mkdir()
+    return -1
+
+
+def _object_of_another_user(path: Path, tmp_path: Path) -> int:
+    path.write_bytes(np.ones((2, 128), np.float32).tobytes() + b"\0" * 5007)
+    os.chown(path, 12345, 12345)
+    return path.stat().st_size
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another uid needs root")
+@pytest.mark.parametrize(
+    "make", [_symlink_to_a_private_file, _symlink_to_etc_shadow, _directory, _object_of_another_user]
+)
+def test_what_is_not_the_servers_own_regular_object_is_refused_without_its_size(
+    shm_server: ServerProcess, shm_name: str, tmp_path: Path, make: Callable[[Path, Path], int]
+) -> None:
+    size = make(SHM / shm_name, tmp_path)
+    for rows in (2, 10_000):  # fits inside the target (was read), and past its end (said its size)
+        with pytest.raises(grpc.RpcError) as caught:
+            _infer(shm_server.address, _ref(shm_name, rows))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+        details = caught.value.details()
+        assert details.startswith("inputs[x].shared_memory.name: must name a regular shared-memory object owned by")
+        assert str(size) not in details.replace(shm_name, "")
+    with Client(shm_server.address) as client:
+        assert client.infer("platform-mlp", {"x": np.ones((1, 128), np.float32)})["y"].shape == (1, 16)

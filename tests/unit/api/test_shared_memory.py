@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from multiprocessing import shared_memory
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -159,3 +161,75 @@ def test_a_write_after_the_pool_closed_fails_instead_of_reaching_a_reused_descri
         lease.place([np.ones(16, np.uint8)])
     with pytest.raises(RuntimeError, match="closed"):
         pool.lease().place([np.ones(16, np.uint8)])
+
+
+# -- objects that are not the server's own regular shared-memory objects ---------------------------
+
+
+def _refused(name: str, nbytes: int = 8) -> str:
+    """The INVALID_ARGUMENT message the reader gives for ``name`` (it must refuse it)."""
+    with pytest.raises(InvalidArgument) as caught:
+        SharedMemoryReader().read(tensor_pb2.SharedMemoryRegion(name=name), nbytes, "inputs[x].shared_memory")
+    message = str(caught.value)
+    assert message.startswith("inputs[x].shared_memory.name: "), message
+    return message.replace(name, "<name>")  # what is left may not reveal a size
+
+
+@pytest.fixture
+def shm_path() -> Iterator[str]:
+    """A free name under /dev/shm for this test (removed afterwards, whatever it became)."""
+    name = f"genoserve-test-{os.getpid()}-{os.urandom(4).hex()}"
+    yield name
+    path = SHM_DIR / name
+    if path.is_dir() and not path.is_symlink():
+        path.rmdir()
+    else:
+        path.unlink(missing_ok=True)
+
+
+def test_a_fifo_is_refused_at_once_instead_of_waiting_for_a_writer(shm_path: str) -> None:
+    os.mkfifo(SHM_DIR / shm_path)
+    outcome: list[str] = []
+    worker = threading.Thread(target=lambda: outcome.append(_refused(shm_path)), daemon=True)
+    worker.start()
+    worker.join(5)
+    if worker.is_alive():  # the reader is stuck in open(): release it before failing
+        os.close(os.open(SHM_DIR / shm_path, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(5)
+        pytest.fail("opening a FIFO blocked the reader until a writer came")
+    assert "regular" in outcome[0]
+
+
+def test_a_symlink_is_not_followed_and_its_targets_size_is_not_revealed(shm_path: str, tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"s" * 7919)
+    secret.chmod(0o600)
+    (SHM_DIR / shm_path).symlink_to(secret)
+    assert "7919" not in _refused(shm_path, 8)  # small enough to fit: still refused, not read
+    message = _refused(shm_path, 10**6)  # too big: refused without the size of what it points at
+    assert "7919" not in message
+    assert "symbolic link" in message or "regular" in message
+
+
+def test_a_symlink_to_a_root_only_file_is_refused(shm_path: str) -> None:
+    target = Path("/etc/shadow")
+    if not target.exists():
+        pytest.skip("no /etc/shadow here")
+    (SHM_DIR / shm_path).symlink_to(target)
+    message = _refused(shm_path, 10**6)
+    assert str(target.stat().st_size) not in message
+
+
+def test_a_directory_is_invalid_argument_not_an_internal_error(shm_path: str) -> None:
+    (SHM_DIR / shm_path).mkdir()
+    assert "regular" in _refused(shm_path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another uid needs root")
+def test_an_object_of_another_user_is_refused_without_its_size(shm_path: str) -> None:
+    path = SHM_DIR / shm_path
+    path.write_bytes(b"\1" * 6007)
+    os.chown(path, 12345, 12345)
+    message = _refused(shm_path)
+    assert "owned by the server's user" in message
+    assert "6007" not in _refused(shm_path, 10**6)
