@@ -57,7 +57,7 @@ MODEL_READY = Gauge(
 )
 BATCH_REJECTED = Counter(
     "genoserve_batcher_rejected",
-    "Requests refused or dropped by the batcher, by reason (queue_full, deadline).",
+    "Requests refused or dropped by the batcher, by reason (queue_full, deadline, deadline_estimate).",
     ["model", "reason"],
 )
 

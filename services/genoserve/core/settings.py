@@ -107,6 +107,12 @@ class BatchingSettings(_Section):
     max_batch_size: int = Field(64, gt=0)
     max_queue_delay_us: int = Field(500, ge=0)
     max_queue_size: int = Field(1024, gt=0)
+    #: Refuse at once (RESOURCE_EXHAUSTED) a request with a deadline when the work queued ahead of
+    #: it, as estimated from the model's recently timed session calls, cannot finish before that
+    #: deadline, instead of queueing it to miss it (``genoserve.runtime.admission``). Never before
+    #: a call was timed nor while the queue is empty; requests without a deadline are bounded by
+    #: ``max_queue_size`` only.
+    deadline_admission: bool = True
 
 
 class RuntimeSettings(_Section):
@@ -241,6 +247,18 @@ class SegmentationSettings(_Section):
     reconstruction_block: int = Field(2048, ge=64)
 
 
+class VariantsSettings(_Section):
+    """Variant calling: request limits."""
+
+    #: Most alt alleles one example's site may have (its ``alts``, or a tf.Example's
+    #: ``alternate_bases``); an example over it gets INVALID_ARGUMENT before any work. A site with
+    #: n alts takes n + n(n-1)/2 examples and n(n+1)/2 + n + 1 genotypes (PL values). 32 is the
+    #: per-site allele limit of the joint-calling setups DeepVariant output goes to (GLnexus's
+    #: DeepVariant preset: max_alleles_per_site 32; Parabricks' DeepVariant: 32 alts per candidate
+    #: before release 4.2.0-1, 64 after).
+    max_alts_per_site: int = Field(32, gt=0)
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_format: bool = False
@@ -253,6 +271,7 @@ class Settings(_Section):
     worker: WorkerSettings = WorkerSettings()
     binding: BindingSettings = BindingSettings()
     segmentation: SegmentationSettings = SegmentationSettings()
+    variants: VariantsSettings = VariantsSettings()
     logging: LoggingSettings = LoggingSettings()
 
 

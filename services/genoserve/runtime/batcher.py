@@ -11,6 +11,13 @@ nothing else queued and other instances idle is split by rows across them (parts
 ``split_rows`` rows, run at once, outputs concatenated): items are independent along the batch
 dimension, which dynamic batching already relies on.
 
+Admission by deadline (``deadline_admission``, on by default): a request with a deadline is
+refused at once with RESOURCE_EXHAUSTED when the work queued ahead of it, the calls still running
+and its own rows cannot finish before that deadline, as estimated from the session calls timed so
+far (``genoserve.runtime.admission``); rather than accepted only to miss it. Nothing is refused
+this way before a call has been timed, nor while the queue is empty. Requests without a deadline
+are bounded by ``max_queue_size`` only.
+
 Note: asyncio timers have millisecond resolution on Linux (epoll), so delays below 1 ms round up.
 """
 
@@ -20,6 +27,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -38,6 +46,7 @@ from genoserve.core.errors import (
     Unavailable,
 )
 from genoserve.core.parallel import bounds
+from genoserve.runtime.admission import CallCost
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +62,8 @@ class BatcherConfig:
     max_queue_size: int = 1024
     instances: int = 1
     split_rows: int = 0
+    #: Refuse a request whose deadline the queued work will not let it meet (module docstring).
+    deadline_admission: bool = True
 
 
 @dataclass(eq=False)
@@ -98,6 +109,10 @@ class DynamicBatcher:
         self._executor = executor
         self._clock = clock
         self._queue: deque[_Pending] = deque()
+        self._queued_rows = 0  # rows of the requests in _queue (cancelled ones until purged)
+        self._cost = CallCost()  # how long session calls take, for admission by deadline
+        self._calls: dict[int, tuple[float, int]] = {}  # running session calls: perf_counter start, rows
+        self._call_ids = itertools.count()
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(config.instances)
         self._running: set[asyncio.Task[None]] = set()
@@ -143,11 +158,14 @@ class DynamicBatcher:
             raise ResourceExhausted(
                 f"model {self.model}: queue full ({self.config.max_queue_size} requests waiting); retry later"
             )
+        if deadline is not None and self.config.deadline_admission:
+            self._admit(size, len(parts), deadline - now)
         loop = asyncio.get_running_loop()
         pending = [
             _Pending(part, _batch_size(part), _shape_key(part), loop.create_future(), deadline, now) for part in parts
         ]
         self._queue.extend(pending)
+        self._queued_rows += size
         self._m_depth.set(len(self._queue))
         self._wakeup.set()
         try:
@@ -159,6 +177,33 @@ class DynamicBatcher:
         if len(results) == 1:
             return results[0]
         return {name: np.concatenate([r[name] for r in results]) for name in results[0]}
+
+    def estimated_wait(self) -> float:
+        """Seconds until the queued requests have all run: the running calls' remaining time and
+        the queued rows' (in full batches), shared among the instances. 0 before any call was timed."""
+        if not self._cost.measured:
+            return 0.0
+        now = time.perf_counter()
+        running = sum(max(0.0, self._cost.seconds(rows) - (now - start)) for start, rows in self._calls.values())
+        rows = self._queued_rows
+        queued = self._cost.seconds(rows, math.ceil(rows / self.config.max_batch_size))
+        return (running + queued) / self.config.instances
+
+    def _admit(self, size: int, parts: int, left: float) -> None:
+        """Refuse (RESOURCE_EXHAUSTED) a request of ``size`` rows in ``parts`` parts that the queued
+        work will not let finish in the ``left`` seconds to its deadline."""
+        if not self._queue or not self._cost.measured:
+            return
+        wait = self.estimated_wait()
+        own = self._cost.seconds(size, parts) / min(parts, self.config.instances)
+        if wait + own <= left:
+            return
+        metrics.BATCH_REJECTED.labels(self.model, "deadline_estimate").inc()
+        raise ResourceExhausted(
+            f"model {self.model}: overloaded; the {self._queued_rows} rows queued ahead need an estimated "
+            f"{wait:.3f} s and this request {own:.3f} s more, but its deadline is {left:.3f} s away; "
+            "retry later, elsewhere or with a longer deadline"
+        )
 
     async def close(self, timeout: float | None = None) -> None:
         """Refuse new requests, let queued and running ones finish (up to ``timeout``), stop."""
@@ -173,6 +218,7 @@ class DynamicBatcher:
             if not p.future.done():
                 p.future.set_exception(Unavailable(f"model {self.model} shut down before this request ran"))
         self._queue.clear()
+        self._queued_rows = 0
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -186,6 +232,7 @@ class DynamicBatcher:
             return
         now = self._clock()
         kept: deque[_Pending] = deque()
+        rows = 0
         for p in self._queue:
             if p.future.done():
                 continue
@@ -197,7 +244,9 @@ class DynamicBatcher:
                 )
                 continue
             kept.append(p)
+            rows += p.size
         self._queue = kept
+        self._queued_rows = rows
 
     def _ready_items(self, key: tuple[Any, ...]) -> int:
         return sum(p.size for p in self._queue if p.key == key)
@@ -214,6 +263,7 @@ class DynamicBatcher:
             else:
                 rest.append(p)
         self._queue = rest
+        self._queued_rows -= total
         return batch
 
     async def _loop(self) -> None:
@@ -275,9 +325,17 @@ class DynamicBatcher:
 
     async def _call(self, inputs: Mapping[str, Array], size: int) -> Tensors:
         loop = asyncio.get_running_loop()
+        call = next(self._call_ids)
         started = time.perf_counter()
-        outputs = await loop.run_in_executor(self._executor, self._run, inputs)
-        self._m_infer.observe(time.perf_counter() - started)
+        self._calls[call] = (started, size)
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._run, inputs)
+        finally:
+            del self._calls[call]
+        seconds = time.perf_counter() - started
+        self._m_infer.observe(seconds)
+        if size:
+            self._cost.observe(size, seconds)
         self._m_batch.observe(size)
         for name, array in outputs.items():
             if array.ndim == 0 or array.shape[0] != size:

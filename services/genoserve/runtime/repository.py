@@ -57,6 +57,7 @@ def batcher_config(
         max_queue_size=own.max_queue_size or defaults.max_queue_size,
         instances=plan.instances,
         split_rows=plan.split_rows,
+        deadline_admission=defaults.deadline_admission,
     )
 
 
