@@ -174,6 +174,15 @@ class JobsSettings(_Section):
     #: Redis broker: a fetched but unacknowledged task is redelivered after this long. Must exceed
     #: the longest shard.
     visibility_timeout_s: float = Field(4 * 3600.0, gt=0)
+    #: Most shards one job may have; a submit that would make more is INVALID_ARGUMENT (before
+    #: anything is recorded or enqueued), asking for a larger shard_size.
+    max_shards_per_job: int = Field(10_000, gt=0)
+    #: A running shard reads its job's state at most this often (between batches) and stops
+    #: when the job was cancelled or has failed.
+    cancel_check_s: float = Field(1.0, gt=0)
+    #: Server threads that run Jobs.Submit (input inspection), apart from those of other calls:
+    #: slow submits wait for one of these and never hold up Get, Watch or the online services.
+    submit_threads: int = Field(4, gt=0)
 
     @model_validator(mode="after")
     def _urls(self) -> JobsSettings:
@@ -252,10 +261,8 @@ class VariantsSettings(_Section):
 
     #: Most alt alleles one example's site may have (its ``alts``, or a tf.Example's
     #: ``alternate_bases``); an example over it gets INVALID_ARGUMENT before any work. A site with
-    #: n alts takes n + n(n-1)/2 examples and n(n+1)/2 + n + 1 genotypes (PL values). 32 is the
-    #: per-site allele limit of the joint-calling setups DeepVariant output goes to (GLnexus's
-    #: DeepVariant preset: max_alleles_per_site 32; Parabricks' DeepVariant: 32 alts per candidate
-    #: before release 4.2.0-1, 64 after).
+    #: n alts takes n(n+1)/2 examples and has (n+1)(n+2)/2 genotypes (PL values). Default 32 (see
+    #: ``genoserve.variants.checks.MAX_ALTS_SOURCES`` for where the number comes from).
     max_alts_per_site: int = Field(32, gt=0)
 
 
