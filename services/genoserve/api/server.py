@@ -105,7 +105,7 @@ class GenoserveServer:
                 "binding",
             ),
             (
-                VariantCallingServicer(self.repository, self.shared),
+                VariantCallingServicer(self.repository, self.settings.variants, self.shared),
                 add_variant_calling,  # its own request deserializer (pileup pixels not copied)
                 "variants",
             ),

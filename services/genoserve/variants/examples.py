@@ -26,6 +26,7 @@ from google.protobuf.message import DecodeError
 from genoserve.core.errors import InvalidArgument
 from genoserve.nucleus import variants_pb2
 from genoserve.tfexample import example_pb2, feature_pb2
+from genoserve.variants.checks import SiteFields, check_site, count
 from genoserve.variants.tfrecord import read_records, write_records
 
 #: DeepVariant's channel enum values (deepvariant.proto ``DeepVariantChannelEnum``) by name.
@@ -91,16 +92,21 @@ def _values(values: Iterable[variants_pb2.Value]) -> list[float]:
     return out
 
 
-def call_info(variant: variants_pb2.Variant) -> tuple[CallInfo, str]:
-    """AD/DP/VAF and the sample name from the variant's first call (empty when it has none)."""
+def call_info(variant: variants_pb2.Variant, where: str = "variant") -> tuple[CallInfo, str]:
+    """AD/DP/VAF and the sample name from the variant's first call (empty when it has none).
+    DP and AD must be whole numbers >= 0 and VAF in [0, 1] (``InvalidArgument`` naming ``where``)."""
     if not variant.calls:
         return CallInfo(), ""
     call = variant.calls[0]
     info = call.info
-    dp = _values(info["DP"].values) if "DP" in info else []
-    ad = _values(info["AD"].values) if "AD" in info else []
+    field = f"{where} calls[0].info"
+    dp = [count(v, f"{field}[DP]") for v in _values(info["DP"].values)] if "DP" in info else []
+    ad = [count(v, f"{field}[AD]") for v in _values(info["AD"].values)] if "AD" in info else []
     vaf = _values(info["VAF"].values) if "VAF" in info else []
-    return CallInfo(int(dp[0]) if dp else 0, [int(x) for x in ad], vaf), call.call_set_name
+    for fraction in vaf:
+        if not 0.0 <= fraction <= 1.0:  # NaN fails too
+            raise InvalidArgument.field(f"{field}[VAF]", f"must be in [0, 1], got {fraction}")
+    return CallInfo(dp[0] if dp else 0, ad, vaf), call.call_set_name
 
 
 def _feature(features: feature_pb2.Features, name: str, where: str) -> feature_pb2.Feature:
@@ -109,8 +115,46 @@ def _feature(features: feature_pb2.Features, name: str, where: str) -> feature_p
     return features.feature[name]
 
 
-def parse_example(data: bytes, where: str = "example") -> PileupExample:
-    """Decode one serialized tf.Example from make_examples; ``where`` names it in errors."""
+def tf_example_fields(where: str) -> SiteFields:
+    """What errors call the parts of a tf.Example ``where`` (its Variant's fields, its indices)."""
+    variant = f"{where} variant/encoded"
+    return SiteFields(
+        chrom=f"{variant} reference_name", pos=f"{variant} start", end=f"{variant} end",
+        ref=f"{variant} reference_bases", alts=f"{variant} alternate_bases",
+        alt_allele_indices=f"{where} alt_allele_indices/encoded", depth=f"{variant} calls[0].info[DP]",
+        allele_depths=f"{variant} calls[0].info[AD]", one_based=False,
+    )  # fmt: skip
+
+
+def _image_shape(shape: tuple[int, ...], size: int, where: str) -> tuple[int, int, int]:
+    """``image/shape`` checked against the ``size`` bytes of ``image/encoded`` (exact integers:
+    no product that overflows or turns positive from two negatives)."""
+    field = f"{where} image/shape"
+    if len(shape) != 3:
+        raise InvalidArgument.field(field, f"need 3 values [height, width, channels], got {list(shape)}")
+    if min(shape) < 1:
+        raise InvalidArgument.field(field, f"each must be >= 1, got {list(shape)}")
+    height, width, channels = shape
+    if height * width * channels != size:
+        raise InvalidArgument.field(field, f"{list(shape)} does not match {size} bytes of image/encoded (uint8 HWC)")
+    return height, width, channels
+
+
+def _label(features: feature_pb2.Features, where: str) -> int | None:
+    if "label" not in features.feature:
+        return None
+    values = features.feature["label"].int64_list.value
+    if len(values) != 1:
+        raise InvalidArgument.field(f"{where} label", f"must hold one int64 when present, got {len(values)} values")
+    return int(values[0])
+
+
+def parse_example(data: bytes, where: str = "example", max_alts: int | None = None) -> PileupExample:
+    """Decode one serialized tf.Example from make_examples; ``where`` names it in errors.
+
+    The candidate passes the same site, allele and read-count checks as request examples
+    (``genoserve.variants.checks.check_site``), at most ``max_alts`` alts when given.
+    """
     try:
         example = example_pb2.Example.FromString(data)
         features = example.features
@@ -122,26 +166,22 @@ def parse_example(data: bytes, where: str = "example") -> PileupExample:
         indices = variants_pb2.CallVariantsOutput.AltAlleleIndices.FromString(indices_bytes)
     except (DecodeError, ValueError) as exc:
         raise InvalidArgument.field(where, f"not a DeepVariant example: {exc}") from exc
-    if len(shape) != 3 or int(np.prod(shape)) != len(encoded):
-        raise InvalidArgument.field(
-            where, f"image/shape {list(shape)} does not match {len(encoded)} bytes of image/encoded (uint8 HWC)"
-        )
-    n_alts = len(variant.alternate_bases)
-    alt_indices = tuple(int(i) for i in indices.indices)
-    if not alt_indices or any(not 0 <= i < n_alts for i in alt_indices):
-        raise InvalidArgument.field(where, f"alt_allele_indices {list(alt_indices)} out of range for {n_alts} alts")
-    label = None
-    if "label" in features.feature:
-        label = int(features.feature["label"].int64_list.value[0])
-    info, sample = call_info(variant)
-    image = np.frombuffer(encoded, dtype=np.uint8).reshape(shape)
+    height, width, channels = _image_shape(shape, len(encoded), where)
+    fields = tf_example_fields(where)
+    info, sample = call_info(variant, f"{where} variant/encoded")
+    site = check_site(
+        variant.reference_name, int(variant.start), int(variant.end), variant.reference_bases,
+        variant.alternate_bases, indices.indices, info.ad, fields, max_alts,
+    )  # fmt: skip
+    label = _label(features, where)
+    image = np.frombuffer(encoded, dtype=np.uint8).reshape(height, width, channels)
     return PileupExample(
         reference_name=variant.reference_name,
         start=int(variant.start),
         end=int(variant.end),
-        reference_bases=variant.reference_bases,
-        alternate_bases=list(variant.alternate_bases),
-        alt_allele_indices=alt_indices,
+        reference_bases=site.reference_bases,
+        alternate_bases=site.alternate_bases,
+        alt_allele_indices=tuple(int(i) for i in indices.indices),
         image=image,
         call=info,
         sample_name=sample,

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from genoserve.core.errors import InvalidArgument
+from genoserve.variants.checks import alt_set_count, valid_alt_set
 from genoserve.variants.examples import CallInfo
 
 MAX_CONFIDENCE = 1.0 - 1.25e-10
@@ -108,6 +109,12 @@ def genotype_order(n_alleles: int) -> list[tuple[int, int]]:
     return [(i, j) for j in range(n_alleles) for i in range(j + 1)]
 
 
+def genotype_at(index: int) -> tuple[int, int]:
+    """``genotype_order(n)[index]`` (for any n > the genotype's alleles), without the list."""
+    j = (math.isqrt(8 * index + 1) - 1) // 2
+    return index - j * (j + 1) // 2, j
+
+
 def simplify_alleles(alleles: list[str]) -> list[str]:
     """Trim the suffix common to every allele, leaving at least one base each."""
     shortest = min(len(a) for a in alleles)
@@ -138,15 +145,20 @@ def _alts_to_remove(group: list[ExampleCall], qual_filter: float) -> set[str]:
 
 
 def _check_group(group: list[ExampleCall]) -> None:
+    """``group`` has exactly one example per alt and per alt pair (counted: for n alts, the n(n+1)/2
+    sets are never listed, so the work follows the examples given, not n squared)."""
     n = len(group[0].alternate_bases)
-    expected = sorted([[i] for i in range(n)] + [[i, j] for i in range(n) for j in range(i + 1, n)])
-    got = sorted(list(e.alt_allele_indices) for e in group)
-    if got != expected:
+    want = alt_set_count(n)
+    sets = {e.alt_allele_indices for e in group}
+    if len(group) != want or len(sets) != want or not all(valid_alt_set(s, n) for s in sets):
         first = group[0]
+        got = sorted(list(e.alt_allele_indices) for e in group)
+        shown = f"{got[:12]}{' ...' if len(got) > 12 else ''}"
         raise InvalidArgument.field(
             "examples",
-            f"{first.reference_name}:{first.start + 1}: alt_allele_indices {got} do not cover the "
-            f"{n} alts as DeepVariant does (expected {expected})",
+            f"{first.reference_name}:{first.start + 1}: alt_allele_indices {shown} do not cover the "
+            f"{n} alts as DeepVariant does (one example per alt and per alt pair: {want} examples, "
+            f"got {len(group)})",
         )
 
 
@@ -189,7 +201,7 @@ def call_site(group: list[ExampleCall], options: PostprocessOptions | None = Non
     vaf = [v for v, k in zip(first.call.vaf, keep[1:], strict=False) if k]
     simplified = simplify_alleles(alleles)
     index = max(range(len(predictions)), key=lambda i: predictions[i])
-    genotype: tuple[int, int] = genotype_order(len(alleles))[index]
+    genotype: tuple[int, int] = genotype_at(index)
     gq, qual = compute_quals(predictions, index)
     gls = [bounded_log10(p) for p in predictions]
     if first.call.ad and sum(ad) == 0:

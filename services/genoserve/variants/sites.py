@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from genoserve.core.errors import InvalidArgument
-from genoserve.variants.candidates import alt_allele_sets
+from genoserve.variants.checks import alt_set_count, valid_alt_set
 from genoserve.variants.examples import CHANNELS_6, CHANNELS_7
 from genoserve.variants.postprocess import ExampleCall
 
@@ -30,43 +30,58 @@ def site_key(example: ExampleCall) -> SiteKey:
     )
 
 
-def describe(key: SiteKey) -> str:
+def describe(key: SiteKey, most: int = 8) -> str:
+    """``chr1:100 A>C,G``; past ``most`` alts, the first ones and how many more."""
     contig, start, _, ref, alts = key
-    return f"{contig}:{start + 1} {ref}>{','.join(alts)}"
+    shown = ",".join(alts[:most]) + (f",... ({len(alts)} alts)" if len(alts) > most else "")
+    return f"{contig}:{start + 1} {ref}>{shown}"
+
+
+@dataclass
+class _Pending:
+    examples: list[tuple[str, ExampleCall]] = field(default_factory=list)
+    sets: set[tuple[int, ...]] = field(default_factory=set)
 
 
 @dataclass
 class SiteBuffer:
-    """Examples by site until each site has every alt-allele set DeepVariant makes."""
+    """Examples by site until each site has every alt-allele set DeepVariant makes.
 
-    pending: dict[SiteKey, list[tuple[str, ExampleCall]]] = field(default_factory=dict)
+    Work and memory per example are bounded by the example itself: a site is complete when it
+    holds n(n+1)/2 distinct valid alt sets, counted, so the sets of an n-alt site are never listed.
+    """
+
+    pending: dict[SiteKey, _Pending] = field(default_factory=dict)
 
     def add(self, example_id: str, example: ExampleCall) -> list[list[tuple[str, ExampleCall]]]:
         """Add one example; returns the sites it completes (each a list of (id, example))."""
         key = site_key(example)
-        group = self.pending.setdefault(key, [])
-        if any(e.alt_allele_indices == example.alt_allele_indices for _, e in group):
+        indices = example.alt_allele_indices
+        n_alts = len(example.alternate_bases)
+        if not valid_alt_set(indices, n_alts):
             raise InvalidArgument.field(
                 f"examples[{example_id}]",
-                f"site {describe(key)} already has an example for alt_allele_indices "
-                f"{list(example.alt_allele_indices)}",
+                f"site {describe(key)}: alt_allele_indices {list(indices)} are not 1 or 2 sorted distinct "
+                f"indices into its {n_alts} alts",
             )
-        group.append((example_id, example))
-        expected = set(alt_allele_sets(len(example.alternate_bases)))
-        if {e.alt_allele_indices for _, e in group} == expected:
+        site = self.pending.setdefault(key, _Pending())
+        if indices in site.sets:
+            raise InvalidArgument.field(
+                f"examples[{example_id}]",
+                f"site {describe(key)} already has an example for alt_allele_indices {list(indices)}",
+            )
+        site.sets.add(indices)
+        site.examples.append((example_id, example))
+        if len(site.sets) == alt_set_count(n_alts):
             del self.pending[key]
-            return [group]
+            return [site.examples]
         return []
 
     def leftovers(self) -> list[tuple[SiteKey, list[str]]]:
         """Sites still incomplete, with the ids of the examples they have."""
-        out = [(key, [i for i, _ in group]) for key, group in self.pending.items()]
+        out = [(key, [i for i, _ in site.examples]) for key, site in self.pending.items()]
         self.pending.clear()
         return out
-
-    @staticmethod
-    def missing(key: SiteKey, have: list[tuple[int, ...]]) -> list[list[int]]:
-        return [list(s) for s in alt_allele_sets(len(key[4])) if s not in have]
 
 
 def expected_layout(channels: int) -> str:

@@ -13,11 +13,11 @@ from genoserve.api.codecs import wire
 from genoserve.api.codecs.tensor import Placer, RegionReader, from_numpy, to_numpy
 from genoserve.core.errors import InvalidArgument
 from genoserve.v1 import common_pb2, tensor_pb2, variants_pb2
+from genoserve.variants.checks import SiteFields, check_site, count
 from genoserve.variants.examples import CallInfo, PileupExample, parse_example
 from genoserve.variants.postprocess import ExampleCall, VariantCall
 from genoserve.variants.sites import check_pileup, check_pileups
 
-_BASES = frozenset("ACGTN")
 #: Field numbers (protos/genoserve/v1): CallVariantsRequest.pileups and Tensor.data.
 _REQUEST_PILEUPS = variants_pb2.CallVariantsRequest.PILEUPS_FIELD_NUMBER
 _TENSOR_DATA = tensor_pb2.Tensor.DATA_FIELD_NUMBER
@@ -57,33 +57,29 @@ def _item_error(field: str, message: str) -> common_pb2.ItemError:
     return common_pb2.ItemError(field=field, message=message)
 
 
-def _from_fields(message: variants_pb2.PileupExample, field: str) -> ExampleCall:
-    if not message.chrom:
-        raise InvalidArgument.field(f"{field}.chrom", "is required")
-    if message.pos < 1:
-        raise InvalidArgument.field(f"{field}.pos", f"must be >= 1 (1-based), got {message.pos}")
-    ref = message.ref.upper()
-    if not ref or set(ref) - _BASES:
-        raise InvalidArgument.field(f"{field}.ref", f"must be non-empty A/C/G/T/N, got {message.ref!r}")
-    alts = [a.upper() for a in message.alts]
-    if not alts or any(not a or set(a) - _BASES for a in alts) or ref in alts:
-        raise InvalidArgument.field(f"{field}.alts", f"need one or more A/C/G/T/N alleles other than REF, got {alts}")
-    indices = tuple(int(i) for i in message.alt_allele_indices)
-    if not 1 <= len(indices) <= 2 or len(set(indices)) != len(indices) or any(not 0 <= i < len(alts) for i in indices):
-        raise InvalidArgument.field(
-            f"{field}.alt_allele_indices", f"need 1 or 2 distinct indices into {len(alts)} alts, got {list(indices)}"
-        )
-    depths = [int(d) for d in message.allele_depths]
-    if depths and len(depths) != len(alts) + 1:
-        raise InvalidArgument.field(
-            f"{field}.allele_depths", f"need {len(alts) + 1} values (REF first), got {len(depths)}"
-        )
-    depth = int(message.depth) or sum(depths)
-    fractions = [d / depth if depth else 0.0 for d in depths[1:]]
+def _request_fields(field: str) -> SiteFields:
+    """What errors call the parts of request example ``field`` (``examples[i]``)."""
+    return SiteFields(
+        chrom=f"{field}.chrom", pos=f"{field}.pos", end=f"{field}.pos", ref=f"{field}.ref", alts=f"{field}.alts",
+        alt_allele_indices=f"{field}.alt_allele_indices", depth=f"{field}.depth",
+        allele_depths=f"{field}.allele_depths", one_based=True,
+    )  # fmt: skip
+
+
+def _from_fields(message: variants_pb2.PileupExample, field: str, max_alts: int) -> ExampleCall:
+    """The example's site from its fields, checked (``genoserve.variants.checks``) before any work:
+    the alt count first."""
     start = int(message.pos) - 1
+    site = check_site(
+        message.chrom, start, None, message.ref, message.alts, message.alt_allele_indices, message.allele_depths,
+        _request_fields(field), max_alts,
+    )  # fmt: skip
+    depths = [count(d, f"{field}.allele_depths") for d in message.allele_depths]
+    depth = count(message.depth, f"{field}.depth") or sum(depths)
+    fractions = [d / depth if depth else 0.0 for d in depths[1:]]
     return ExampleCall(
-        message.chrom, start, start + len(ref), ref, alts, tuple(sorted(indices)), (0.0, 0.0, 0.0),
-        CallInfo(depth, depths, fractions),
+        message.chrom, start, start + len(site.reference_bases), site.reference_bases, site.alternate_bases,
+        site.alt_allele_indices, (0.0, 0.0, 0.0), CallInfo(depth, depths, fractions),
     )  # fmt: skip
 
 
@@ -101,16 +97,21 @@ def examples(
     pileups: tensor_pb2.Tensor | None = None,
     pileups_data: Any = None,
     shared: RegionReader | None = None,
+    *,
+    max_alts: int,
 ) -> DecodedExamples:
-    """Decode every example. Site and allele problems become that example's error; a pileup with
-    the wrong layout (or mixed channel counts) fails the whole request with INVALID_ARGUMENT.
+    """Decode every example. Site, allele and read-count problems (``genoserve.variants.checks``,
+    the same rules for request fields and tf.Examples; at most ``max_alts`` alts per site, the
+    setting ``variants.max_alts_per_site``) become that example's error, found before its pileup
+    is looked at; a pileup with the wrong layout (or mixed channel counts) fails the whole request
+    with INVALID_ARGUMENT.
 
     ``pileups`` (the request's batched tensor, when set; its bytes in ``pileups_data`` when kept
     out of the message) holds every example's pileup: it is used as the batch without a copy
     when every example is usable. ``shared`` reads tensors given in shared memory.
     """
     if pileups is not None:
-        return _with_batch(messages, sample_name, pileups, pileups_data, shared)
+        return _with_batch(messages, sample_name, pileups, pileups_data, shared, max_alts)
     items: list[DecodedExample] = []
     images: list[npt.NDArray[np.uint8]] = []
     channels: int | None = None
@@ -119,7 +120,7 @@ def examples(
         example_id = message.id or str(index)
         try:
             if message.tf_example:
-                parsed = parse_example(message.tf_example, f"{field}.tf_example")
+                parsed = parse_example(message.tf_example, f"{field}.tf_example", max_alts)
                 image = parsed.image
                 call = ExampleCall(
                     parsed.reference_name, parsed.start, parsed.end, parsed.reference_bases,
@@ -128,12 +129,12 @@ def examples(
                 )  # fmt: skip
                 check_pileup(image, channels, f"{field}.tf_example image/encoded")
             else:
+                call = _from_fields(message, field, max_alts)
+                call.sample_name = sample_name
                 if not message.HasField("pileup"):
                     raise InvalidArgument.field(f"{field}.pileup", "is required (or set tf_example or request pileups)")
                 image = to_numpy(message.pileup, f"{field}.pileup", shared=shared)
                 check_pileup(image, channels, f"{field}.pileup")
-                call = _from_fields(message, field)
-                call.sample_name = sample_name
         except InvalidArgument as exc:
             items.append(_site_error_or_raise(exc, field, example_id))
             continue
@@ -150,6 +151,7 @@ def _with_batch(
     pileups: tensor_pb2.Tensor,
     data: Any,
     shared: RegionReader | None,
+    max_alts: int,
 ) -> DecodedExamples:
     batch = to_numpy(pileups, "pileups", data, shared)
     check_pileups(batch, len(messages), "pileups")
@@ -163,7 +165,7 @@ def _with_batch(
             )
         example_id = message.id or str(index)
         try:
-            call = _from_fields(message, field)
+            call = _from_fields(message, field, max_alts)
         except InvalidArgument as exc:
             items.append(_site_error_or_raise(exc, field, example_id))
             continue

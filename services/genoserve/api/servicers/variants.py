@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
+import numpy as np
+import numpy.typing as npt
 
 from genoserve.api.codecs import variants as codec
 from genoserve.api.codecs.tensor import RegionReader
 from genoserve.api.deadlines import deadline_of
 from genoserve.api.servicers.registration import add_parsed_servicer
 from genoserve.core.errors import InvalidArgument
+from genoserve.core.settings import VariantsSettings
 from genoserve.runtime.model import ServedModel
 from genoserve.runtime.repository import ModelRepository
 from genoserve.v1 import variants_pb2
@@ -25,8 +29,11 @@ class VariantCallingServicer:
     SERVICE_NAME = "genoserve.v1.VariantCalling"
     FAMILY = "variants"
 
-    def __init__(self, repository: ModelRepository, shared: RegionReader | None = None) -> None:
+    def __init__(
+        self, repository: ModelRepository, settings: VariantsSettings, shared: RegionReader | None = None
+    ) -> None:
         self.repository = repository
+        self.settings = settings
         self.shared = shared
 
     def _model(self, name: str, version: str, channels: int) -> ServedModel:
@@ -50,62 +57,33 @@ class VariantCallingServicer:
             )
         return model
 
+    def _decode(self, parsed: codec.ParsedCallRequest) -> codec.DecodedExamples:
+        request = parsed.message
+        return codec.examples(
+            request.examples, request.sample_name, parsed.pileups, parsed.pileups_data, self.shared,
+            max_alts=self.settings.max_alts_per_site,
+        )  # fmt: skip
+
     async def _call(
         self, parsed: codec.ParsedCallRequest, context: grpc.aio.ServicerContext, buffer: SiteBuffer | None
     ) -> variants_pb2.CallVariantsResponse:
         request = parsed.message
         if not request.examples:
             raise InvalidArgument.field("examples", "at least one example is required")
-        decoded = codec.examples(
-            request.examples, request.sample_name, parsed.pileups, parsed.pileups_data, self.shared
-        )
+        # Decoding and calling sites take time in proportion to the request: off the event loop,
+        # which keeps serving health checks and other requests meanwhile.
+        decoded = await asyncio.to_thread(self._decode, parsed)
         usable = decoded.usable
         if not usable:
             first = decoded.items[0].error
             field = first.field if first else "examples"
-            raise InvalidArgument.field(field, first.message if first else "no usable examples")
+            message = first.message if first else "no usable examples"
+            raise InvalidArgument.field(field, message.removeprefix(f"{field}: "))
         channels = int(decoded.images.shape[3])
         model = self._model(request.model, request.version, channels)
         outputs = await model.infer({model.spec.inputs[0].name: decoded.images}, deadline_of(context))
         probabilities = outputs[model.spec.outputs[0].name]
-        results = [
-            variants_pb2.ExampleResult(id=d.id, error=d.error)
-            if d.row is None
-            else codec.example_result(d.id, probabilities[d.row])
-            for d in decoded.items
-        ]
-        local = buffer if buffer is not None else SiteBuffer()
-        calls: list[variants_pb2.VariantCall] = []
-        site_errors = []
-        completed: list[list[tuple[str, ExampleCall]]] = []
-        for d, p in zip(usable, probabilities.tolist(), strict=True):
-            assert d.call is not None  # usable examples have their call
-            d.call.probabilities = (p[0], p[1], p[2])
-            try:
-                completed.extend(local.add(d.id, d.call))
-            except InvalidArgument as exc:
-                site_errors.append(codec.site_error(exc.violations[0].field, exc.message))
-        made = []
-        for group in completed:
-            try:
-                made.append((call_site([e for _, e in group]), [i for i, _ in group]))
-            except InvalidArgument as exc:
-                site_errors.append(codec.site_error("examples", exc.message))
-        order = {contig: rank for rank, contig in enumerate(dict.fromkeys(c.reference_name for c, _ in made))}
-        for site, ids in sorted(made, key=lambda m: (order[m[0].reference_name], m[0].start, m[0].end)):
-            calls.append(codec.variant_call(site, ids))
-        if buffer is None:
-            for key, ids in local.leftovers():
-                site_errors.append(
-                    codec.site_error(
-                        "examples",
-                        f"site {describe(key)}: incomplete, has examples {ids}; DeepVariant makes one per alt "
-                        "and one per alt pair, all needed to call it",
-                    )
-                )
-        return variants_pb2.CallVariantsResponse(
-            model=model.name, version=model.version, results=results, calls=calls, site_errors=site_errors
-        )
+        return await asyncio.to_thread(_respond, model, decoded, probabilities, buffer)
 
     async def CallVariants(
         self, request: codec.ParsedCallRequest, context: grpc.aio.ServicerContext
@@ -137,6 +115,56 @@ class VariantCallingServicer:
                     for key, ids in leftovers
                 ],
             )
+
+
+def _respond(
+    model: ServedModel,
+    decoded: codec.DecodedExamples,
+    probabilities: npt.NDArray[np.floating],
+    buffer: SiteBuffer | None,
+) -> variants_pb2.CallVariantsResponse:
+    """The response: each example's probabilities or error, and the calls of the sites completed
+    (in ``buffer`` across a stream's requests, else in this request alone)."""
+    usable = decoded.usable
+    results = [
+        variants_pb2.ExampleResult(id=d.id, error=d.error)
+        if d.row is None
+        else codec.example_result(d.id, probabilities[d.row])
+        for d in decoded.items
+    ]
+    local = buffer if buffer is not None else SiteBuffer()
+    site_errors = []
+    completed: list[list[tuple[str, ExampleCall]]] = []
+    for d, p in zip(usable, probabilities.tolist(), strict=True):
+        assert d.call is not None  # usable examples have their call
+        d.call.probabilities = (p[0], p[1], p[2])
+        try:
+            completed.extend(local.add(d.id, d.call))
+        except InvalidArgument as exc:
+            site_errors.append(codec.site_error(exc.violations[0].field, exc.message))
+    made = []
+    for group in completed:
+        try:
+            made.append((call_site([e for _, e in group]), [i for i, _ in group]))
+        except InvalidArgument as exc:
+            site_errors.append(codec.site_error("examples", exc.message))
+    order = {contig: rank for rank, contig in enumerate(dict.fromkeys(c.reference_name for c, _ in made))}
+    calls = [
+        codec.variant_call(site, ids)
+        for site, ids in sorted(made, key=lambda m: (order[m[0].reference_name], m[0].start, m[0].end))
+    ]
+    if buffer is None:
+        for key, ids in local.leftovers():
+            site_errors.append(
+                codec.site_error(
+                    "examples",
+                    f"site {describe(key)}: incomplete, has examples {ids}; DeepVariant makes one per alt "
+                    "and one per alt pair, all needed to call it",
+                )
+            )
+    return variants_pb2.CallVariantsResponse(
+        model=model.name, version=model.version, results=results, calls=calls, site_errors=site_errors
+    )
 
 
 def add_to_server(servicer: VariantCallingServicer, server: grpc.aio.Server) -> None:
