@@ -220,12 +220,19 @@ class WorkerSettings(_Section):
 
 
 class BindingSettings(_Section):
-    """Sequence binding: reference genomes for ScoreVariants and the VCF/BED job kinds."""
+    """Sequence binding: reference genomes for ScoreVariants and the VCF/BED job kinds, and the
+    size of an online request (each stream message on its own)."""
 
     #: name -> FASTA (plain or bgzip, with .fai / .gzi beside it).
     references: dict[str, Path] = {}
     #: Used when a request names none (default: the only one, if exactly one is registered).
     default_reference: str = ""
+    #: Most sequences per Predict request, variants per ScoreVariants request.
+    max_sequences: int = Field(4096, gt=0)
+    #: Most bases the model runs on per request, one strand: sequences x the model's input length
+    #: (Predict), variants x 2 (ref, alt) x length (ScoreVariants), (1 + 3 x length) x length
+    #: (Mutagenesis).
+    max_bases: int = Field(4 * 1024 * 1024, gt=0)
 
     @model_validator(mode="after")
     def _default(self) -> BindingSettings:
@@ -243,8 +250,13 @@ class BindingSettings(_Section):
 class SegmentationSettings(_Section):
     """Cell segmentation: request limits and how many tiles go to the model per call."""
 
-    #: Largest image (H x W) a Segment request or a job image may have.
+    #: Largest image (H x W) a Segment request or a job image may have; a TIFF/PNG declaring a
+    #: larger one is refused before it is decoded.
     max_pixels: int = Field(4096 * 4096, gt=0)
+    #: Most pixels the network runs on for one Segment request: tiles x tile x tile, after
+    #: rescaling for the request's diameter and padding to whole tiles. 0: 3 x max_pixels (room
+    #: for any image within max_pixels whose sides are at least one tile).
+    max_network_pixels: int = Field(0, ge=0)
     #: Tiles per model call (the dynamic batcher may merge calls of several requests).
     tile_batch: int = Field(8, gt=0)
     #: How flows are followed: numpy (vectorised, CPU), onnx (the flow-following ONNX graph in
@@ -266,6 +278,16 @@ class VariantsSettings(_Section):
     max_alts_per_site: int = Field(32, gt=0)
 
 
+class EmbeddingSettings(_Section):
+    """Single-cell embedding: the size of an online request (each stream message on its own)."""
+
+    #: Most cells (rows) per Embed request.
+    max_cells: int = Field(16384, gt=0)
+    #: Most values of the dense matrix a request is laid out as: cells x the model's genes
+    #: (float32, 4 bytes each).
+    max_dense_values: int = Field(16 * 1024 * 1024, gt=0)
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_format: bool = False
@@ -278,6 +300,7 @@ class Settings(_Section):
     worker: WorkerSettings = WorkerSettings()
     binding: BindingSettings = BindingSettings()
     segmentation: SegmentationSettings = SegmentationSettings()
+    embedding: EmbeddingSettings = EmbeddingSettings()
     variants: VariantsSettings = VariantsSettings()
     logging: LoggingSettings = LoggingSettings()
 
