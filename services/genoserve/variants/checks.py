@@ -69,6 +69,18 @@ def valid_alt_set(indices: tuple[int, ...], n_alts: int) -> bool:
     )
 
 
+def shown(value: object, most: int = 40) -> str:
+    """``repr(value)``, cut to about ``most`` characters: errors echo what a client sent, and an
+    error's message travels in gRPC metadata, which has a size limit (16 KiB by default)."""
+    if isinstance(value, (list, tuple)) and len(value) > 8:
+        return f"[{', '.join(shown(v, most) for v in value[:4])}, ... ({len(value)} values)]"
+    text = repr(value)
+    if len(text) <= most:
+        return text
+    size = f" ({len(value)} chars)" if isinstance(value, str) else ""
+    return f"{text[:most]}...{size}"
+
+
 def _label(field: str) -> str:
     """``examples[2].alts`` -> ``alts``; ``... variant/encoded alternate_bases`` -> ``alternate_bases``."""
     return field.rsplit(" ", 1)[-1].rsplit(".", 1)[-1]
@@ -91,7 +103,7 @@ def check_alleles(ref: str, alts: Sequence[str], fields: SiteFields, max_alts: i
         )
     upper_ref = ref.upper()
     if not upper_ref or not BASES.issuperset(upper_ref):
-        raise InvalidArgument.field(fields.ref, f"must be non-empty A/C/G/T/N, got {ref!r}")
+        raise InvalidArgument.field(fields.ref, f"must be non-empty A/C/G/T/N, got {shown(ref)}")
     if not alts:
         raise InvalidArgument.field(fields.alts, "at least one alt allele is required")
     name = _label(fields.alts)
@@ -100,11 +112,11 @@ def check_alleles(ref: str, alts: Sequence[str], fields: SiteFields, max_alts: i
     for index, alt in enumerate(alts):
         upper = alt.upper()
         if not upper or not BASES.issuperset(upper):
-            raise InvalidArgument.field(fields.alts, f"{name}[{index}] must be non-empty A/C/G/T/N, got {alt!r}")
+            raise InvalidArgument.field(fields.alts, f"{name}[{index}] must be non-empty A/C/G/T/N, got {shown(alt)}")
         if upper == upper_ref:
-            raise InvalidArgument.field(fields.alts, f"{name}[{index}] {alt!r} equals REF")
+            raise InvalidArgument.field(fields.alts, f"{name}[{index}] {shown(alt)} equals REF")
         if upper in seen:
-            raise InvalidArgument.field(fields.alts, f"{name}[{index}] {alt!r} repeats {name}[{seen[upper]}]")
+            raise InvalidArgument.field(fields.alts, f"{name}[{index}] {shown(alt)} repeats {name}[{seen[upper]}]")
         seen[upper] = index
         upper_alts.append(upper)
     return upper_ref, upper_alts
@@ -126,7 +138,7 @@ def check_site(
     naming the field (from ``fields``) and the rule."""
     upper_ref, upper_alts = check_alleles(ref, alts, fields, max_alts)
     if not chrom or any(c.isspace() for c in chrom):
-        raise InvalidArgument.field(fields.chrom, f"is required, without whitespace, got {chrom!r}")
+        raise InvalidArgument.field(fields.chrom, f"is required, without whitespace, got {shown(chrom)}")
     base = 1 if fields.one_based else 0
     if start < 0:
         raise InvalidArgument.field(fields.pos, f"must be >= {base} ({base}-based), got {start + base}")
@@ -136,7 +148,8 @@ def check_site(
     n = len(upper_alts)
     if not 1 <= len(indices) <= 2 or len(set(indices)) != len(indices) or not all(0 <= i < n for i in indices):
         raise InvalidArgument.field(
-            fields.alt_allele_indices, f"need 1 or 2 distinct indices into {n} alts, got {list(alt_allele_indices)}"
+            fields.alt_allele_indices,
+            f"need 1 or 2 distinct indices into {n} alts, got {shown(list(alt_allele_indices))}",
         )
     if allele_depths and len(allele_depths) != n + 1:
         raise InvalidArgument.field(fields.allele_depths, f"need {n + 1} values (REF first), got {len(allele_depths)}")

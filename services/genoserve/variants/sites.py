@@ -30,11 +30,16 @@ def site_key(example: ExampleCall) -> SiteKey:
     )
 
 
+def _cut(text: str, most: int = 40) -> str:
+    return text if len(text) <= most else f"{text[:most]}..."
+
+
 def describe(key: SiteKey, most: int = 8) -> str:
-    """``chr1:100 A>C,G``; past ``most`` alts, the first ones and how many more."""
+    """``chr1:100 A>C,G``, bounded: long names and alleles cut, past ``most`` alts the first ones
+    and how many there are."""
     contig, start, _, ref, alts = key
-    shown = ",".join(alts[:most]) + (f",... ({len(alts)} alts)" if len(alts) > most else "")
-    return f"{contig}:{start + 1} {ref}>{shown}"
+    listed = ",".join(_cut(a) for a in alts[:most]) + (f",... ({len(alts)} alts)" if len(alts) > most else "")
+    return f"{_cut(contig)}:{start + 1} {_cut(ref)}>{listed}"
 
 
 @dataclass

@@ -146,3 +146,18 @@ def test_layout_errors_still_fail_the_whole_request(golden: list[PileupExample])
     bad.pileup.shape[:] = [221, 100, 7]
     with pytest.raises(InvalidArgument, match=r"examples\[0\]\.pileup"):
         _decode([bad])
+
+
+def test_errors_echo_a_bounded_part_of_what_was_sent(golden: list[PileupExample]) -> None:
+    # An error's message travels in gRPC metadata (16 KiB at most): a long value is cut, not echoed.
+    edits = [
+        _set(ref="X" * 100_000),
+        _set(alts=["T", "Q" * 100_000]),
+        _set(chrom=" " * 100_000),
+        _set(alt_allele_indices=list(range(100_000))),
+    ]
+    for edit in edits:
+        error = _decode([_fields(golden[0], edit)]).items[0].error
+        assert error is not None
+        assert len(error.message) < 200, error.message
+    assert "(100000 chars)" in str(_decode([_fields(golden[0], edits[0])]).items[0].error)
