@@ -113,6 +113,10 @@ class BatchingSettings(_Section):
     #: a call was timed nor while the queue is empty; requests without a deadline are bounded by
     #: ``max_queue_size`` only.
     deadline_admission: bool = True
+    #: With ``deadline_admission``: the fraction of the time left to a request's deadline kept for
+    #: what follows the model call (post-processing, the response) and for the estimate's error;
+    #: the queued work and the request's own must be estimated to finish within the rest.
+    deadline_headroom: float = Field(0.2, ge=0, lt=1)
 
 
 class RuntimeSettings(_Section):
@@ -266,6 +270,10 @@ class SegmentationSettings(_Section):
     #: Masks are reconstructed in blocks of this many pixels per side (plus a halo of context),
     #: so that the memory of reconstruction is bounded by the block, not by the image.
     reconstruction_block: int = Field(2048, ge=64)
+
+    @property
+    def resolved_max_network_pixels(self) -> int:
+        return self.max_network_pixels or 3 * self.max_pixels
 
 
 class VariantsSettings(_Section):

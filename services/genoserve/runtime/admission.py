@@ -11,7 +11,9 @@ back off or go elsewhere, and the queue holds only work that can still be delive
 
 from __future__ import annotations
 
-#: Weight of the newest call in the running means (about the last 10-20 calls count).
+#: Weight of the newest call in the running means (about the last 10-20 calls count). The first
+#: calls are averaged with equal weights (1/k for the k-th), so that a slow model, whose calls are
+#: few, is not judged for long by its first, often unrepresentative, call.
 WEIGHT = 0.1
 #: A call counts as at most this many times its prediction (a stall, e.g. a page-in or a GC pause,
 #: moves the estimate by at most ``WEIGHT * (CLIP - 1)``, and a lasting slowdown is still followed).
@@ -23,7 +25,10 @@ class CallCost:
     least-squares fit to the calls observed (per-call overhead ``a``, per-row cost ``b``).
 
     While every call has the same size (a saturated queue makes full batches) there is nothing to
-    fit a line to, and the cost is taken as proportional to rows (``a = 0``)."""
+    fit a line to, and where the fit says bigger calls cost less than nothing per call (``a < 0``,
+    e.g. a lone call that had the machine to itself, then full batches on a busy one), the cost is
+    taken as proportional to rows: ``a = 0`` and ``b`` the least-squares slope through the origin,
+    which the biggest calls weigh on most."""
 
     def __init__(self, weight: float = WEIGHT) -> None:
         self.weight = weight
@@ -42,7 +47,7 @@ class CallCost:
             limit = CLIP * self.seconds(rows)
             if limit > 0:
                 seconds = min(seconds, limit)
-            w = self.weight
+            w = max(self.weight, 1 / (self.calls + 1))
             self._n += w * (rows - self._n)
             self._d += w * (seconds - self._d)
             self._nn += w * (rows * rows - self._nn)
@@ -54,7 +59,7 @@ class CallCost:
 
     def _fit(self) -> None:
         variance = self._nn - self._n * self._n
-        proportional = self._d / self._n
+        proportional = self._nd / self._nn
         if variance <= (0.05 * self._n) ** 2:  # (nearly) one size only: no slope to see
             self.overhead, self.per_row = 0.0, proportional
             return

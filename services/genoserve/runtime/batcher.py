@@ -13,10 +13,11 @@ dimension, which dynamic batching already relies on.
 
 Admission by deadline (``deadline_admission``, on by default): a request with a deadline is
 refused at once with RESOURCE_EXHAUSTED when the work queued ahead of it, the calls still running
-and its own rows cannot finish before that deadline, as estimated from the session calls timed so
-far (``genoserve.runtime.admission``); rather than accepted only to miss it. Nothing is refused
-this way before a call has been timed, nor while the queue is empty. Requests without a deadline
-are bounded by ``max_queue_size`` only.
+and its own rows, as estimated from the session calls timed so far (``genoserve.runtime.admission``),
+would not finish within ``1 - deadline_headroom`` of the time left to that deadline (the rest is
+kept for the work after the model: post-processing, the response), rather than accepted only to
+miss it. Nothing is refused this way before a call has been timed, nor while the queue is empty.
+Requests without a deadline are bounded by ``max_queue_size`` only.
 
 Note: asyncio timers have millisecond resolution on Linux (epoll), so delays below 1 ms round up.
 """
@@ -64,6 +65,8 @@ class BatcherConfig:
     split_rows: int = 0
     #: Refuse a request whose deadline the queued work will not let it meet (module docstring).
     deadline_admission: bool = True
+    #: Fraction of the time left to a deadline not given to the batcher's estimated work.
+    deadline_headroom: float = 0.2
 
 
 @dataclass(eq=False)
@@ -189,6 +192,13 @@ class DynamicBatcher:
         queued = self._cost.seconds(rows, math.ceil(rows / self.config.max_batch_size))
         return (running + queued) / self.config.instances
 
+    def admit(self, size: int, deadline: float | None) -> None:
+        """Raise ResourceExhausted now if ``submit`` would refuse a request of ``size`` rows with this
+        ``deadline`` by admission: for callers with work to do before ``submit`` (preprocessing)
+        that they would rather not do for a request the queue cannot serve in time."""
+        if deadline is not None and self.config.deadline_admission:
+            self._admit(size, math.ceil(size / self.config.max_batch_size), deadline - self._clock())
+
     def _admit(self, size: int, parts: int, left: float) -> None:
         """Refuse (RESOURCE_EXHAUSTED) a request of ``size`` rows in ``parts`` parts that the queued
         work will not let finish in the ``left`` seconds to its deadline."""
@@ -196,12 +206,13 @@ class DynamicBatcher:
             return
         wait = self.estimated_wait()
         own = self._cost.seconds(size, parts) / min(parts, self.config.instances)
-        if wait + own <= left:
+        if wait + own <= left * (1 - self.config.deadline_headroom):
             return
         metrics.BATCH_REJECTED.labels(self.model, "deadline_estimate").inc()
         raise ResourceExhausted(
             f"model {self.model}: overloaded; the {self._queued_rows} rows queued ahead need an estimated "
-            f"{wait:.3f} s and this request {own:.3f} s more, but its deadline is {left:.3f} s away; "
+            f"{wait:.3f} s and this request {own:.3f} s more, but its deadline is {left:.3f} s away "
+            f"({1 - self.config.deadline_headroom:.0%} of it is what the model may take); "
             "retry later, elsewhere or with a longer deadline"
         )
 

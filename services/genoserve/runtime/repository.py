@@ -58,6 +58,7 @@ def batcher_config(
         instances=plan.instances,
         split_rows=plan.split_rows,
         deadline_admission=defaults.deadline_admission,
+        deadline_headroom=defaults.deadline_headroom,
     )
 
 

@@ -81,6 +81,39 @@ async def test_a_request_the_queued_work_would_make_miss_its_deadline_is_refused
     assert all(500 not in c for c in run.calls), "the refused request reached the model"
 
 
+@pytest.mark.parametrize(("headroom", "refused"), [(0.5, True), (0.0, False)])
+async def test_the_headroom_keeps_part_of_the_time_left_for_what_follows_the_model(
+    make: Make, headroom: float, refused: bool
+) -> None:
+    """~1.1 s of work ahead and its own with 1.8 s left: served with no headroom, refused when
+    half the time left is kept for the work after the model."""
+    batcher = make(Slow(0.1), max_batch_size=1, deadline_headroom=headroom)
+    await batcher.submit(rows(0))
+    queued = [asyncio.ensure_future(batcher.submit(rows(10 + i))) for i in range(10)]
+    await asyncio.sleep(0.02)
+    request = batcher.submit(rows(500), deadline=time.monotonic() + 1.8)
+    if refused:
+        with pytest.raises(ResourceExhausted, match="50% of it is what the model may take"):
+            await request
+    else:
+        assert float((await request)["y"][0, 0]) == 1001
+    await asyncio.gather(*queued)
+
+
+async def test_admit_tells_before_any_preprocessing_whether_a_request_would_be_refused(make: Make) -> None:
+    batcher = make(Slow(0.1), max_batch_size=1)
+    await batcher.submit(rows(0))
+    queued = [asyncio.ensure_future(batcher.submit(rows(10 + i))) for i in range(10)]
+    await asyncio.sleep(0.02)
+    depth = batcher.queue_depth
+    with pytest.raises(ResourceExhausted, match="overloaded"):
+        batcher.admit(1, time.monotonic() + 0.3)
+    batcher.admit(1, time.monotonic() + 8)  # time enough: no error
+    batcher.admit(1, None)  # no deadline: only the queue bound applies, at submit
+    assert batcher.queue_depth == depth  # nothing was queued
+    await asyncio.gather(*queued)
+
+
 async def test_the_estimate_counts_batches_of_rows_shared_among_instances(make: Make) -> None:
     """Two instances, 0.1 s a call of up to 4 rows: 16 one-row requests queued are ~0.2 s of wait
     (four calls on two instances), not 16 x 0.1 s; a request with 0.6 s left is served in time."""
