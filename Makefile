@@ -75,6 +75,7 @@ bench: setup
 	$(PY) -m tests.bench.variants_bench
 	$(PY) -m tests.bench.segmentation_bench
 	$(PY) -m tests.bench.embedding_bench
+	$(PY) -m tests.bench.overload_bench
 
 # Everything under deploy/, offline (also part of `make test`): hadolint, kustomize build of every
 # overlay, strict Kubernetes and CRD schema validation, policy checks, promtool check/test rules,
