@@ -4,6 +4,7 @@ and the sweeper that recovers lost shards. Blocking (store and file IO): call fr
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -13,12 +14,13 @@ from pathlib import Path
 from celery import Celery
 
 from genoserve.core import metrics
-from genoserve.core.errors import AlreadyExists, GenoserveError, InvalidArgument, NotFound
+from genoserve.core.errors import AlreadyExists, GenoserveError, InvalidArgument, NotFound, PermissionDenied
 from genoserve.core.settings import Settings
 from genoserve.jobs import lifecycle
 from genoserve.jobs.celery_app import enqueue_merge, enqueue_shard
 from genoserve.jobs.kinds import get_kind
-from genoserve.jobs.paths import confine, remove_staging
+from genoserve.jobs.kinds.base import check_model_name
+from genoserve.jobs.paths import NAME_MAX, claim, confine, open_output_folder, owner, remove_staging
 from genoserve.jobs.records import Job, JobState, Shard, ShardState, new_job_id
 from genoserve.jobs.store import JobStore
 from genoserve.runtime.registry import read_spec
@@ -57,6 +59,7 @@ class JobService:
         kind = get_kind(kind_name)
         parsed = kind.parse_params(params)
         model_name, version = kind.model(parsed)
+        check_model_name(model_name)  # before the name comes near the filesystem
         try:
             spec = read_spec(self.settings.runtime.model_dir / model_name)
         except ValueError as exc:
@@ -68,21 +71,49 @@ class JobService:
             )
         if not inputs:
             raise InvalidArgument.field("inputs", "at least one input is required")
+        if len(inputs) > jobs.max_shards_per_job:
+            raise InvalidArgument.field(
+                "inputs",
+                f"{len(inputs)} inputs; a job may have at most {jobs.max_shards_per_job} shards "
+                "(setting jobs.max_shards_per_job)",
+            )
         paths = [confine(raw, jobs.input_roots, f"inputs[{i}]", must_exist=True) for i, raw in enumerate(inputs)]
+        folders = [i for i, path in enumerate(paths) if path.is_dir()]
+        if folders and not kind.takes_folders:
+            first = folders[0]
+            raise InvalidArgument.field(f"inputs[{first}]", f"{paths[first]} is a folder; {kind.name} reads files")
         out = confine(output_dir, jobs.output_roots, "output_dir", must_exist=False)
-        if out.exists() and not out.is_dir():
+        if os.path.lexists(out) and not out.is_dir():
             raise InvalidArgument.field("output_dir", f"{out} exists and is not a folder")
+        self._check_owner(out, tenant)
         planned = kind.plan(paths, parsed, spec, self.settings)
         if not planned:
             raise InvalidArgument.field("inputs", "the inputs hold no items")
-        finals = kind.outputs(paths, out, parsed)
+        if len(planned) > jobs.max_shards_per_job:
+            raise InvalidArgument.field(
+                "params[shard_size]" if "shard_size" in parsed else "inputs",
+                f"{len(planned)} shards; a job may have at most {jobs.max_shards_per_job} "
+                "(setting jobs.max_shards_per_job)" + (": use a larger shard_size" if "shard_size" in parsed else ""),
+            )
+        finals = kind.outputs(paths, out, parsed, jobs.input_roots)
         clashes = [p for p, n in Counter(finals).items() if n > 1]
         if clashes:
             raise InvalidArgument.field("inputs", f"several inputs would write the same output {clashes[0]}")
-        existing = [p for p in finals if p.exists()]
-        if existing and parsed.get("overwrite", "false").lower() != "true":
+        too_long = [p for p in finals if len(os.fsencode(p.name)) > NAME_MAX]
+        if too_long:
+            raise InvalidArgument.field(
+                "inputs",
+                f"the output name {too_long[0].name[:60]!r}... would be longer than {NAME_MAX} bytes (NAME_MAX)",
+            )
+        existing = [p for p in finals if os.path.lexists(p)]
+        if existing and parsed.get("overwrite") != "true":
             raise AlreadyExists(f"output_dir: {existing[0]} already exists; pass param overwrite=true to replace it")
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InvalidArgument.field("output_dir", f"{out} cannot be made: {exc.strerror}") from exc
+        with open_output_folder(out, jobs.output_roots) as folder:
+            claim(folder, tenant)
         now = time.time()
         job = Job(
             id=new_job_id(), kind=kind.name, queue=kind.queue, tenant=tenant,
@@ -102,6 +133,18 @@ class JobService:
         log.info("job %s (%s) submitted: %d shards, %d items", job.id, job.kind, len(job.shards), job.items_total)
         return job
 
+    def _check_owner(self, out: Path, tenant: str) -> None:
+        """PERMISSION_DENIED when the output folder holds another tenant's outputs (checked before
+        any input is inspected; ``claim`` settles it again when the folder is taken)."""
+        if not out.is_dir():
+            return
+        with open_output_folder(out, self.settings.jobs.output_roots) as folder:
+            current = owner(folder)
+        if current is not None and current != tenant:
+            raise PermissionDenied(
+                f"output_dir: {out} holds the outputs of another tenant's jobs; choose another folder"
+            )
+
     # -- read / cancel ----------------------------------------------------------------------------
 
     def get(self, tenant: str, job_id: str) -> Job:
@@ -119,7 +162,7 @@ class JobService:
         self.get(tenant, job_id)
         job, decision = self.store.transition(job_id, lambda j: lifecycle.cancel(j, time.time()))
         if decision.run:
-            remove_staging(Path(job.output_dir), job.id)
+            remove_staging(Path(job.output_dir), job.id, self.settings.jobs.output_roots)
             log.info("job %s cancelled", job_id)
         return job
 

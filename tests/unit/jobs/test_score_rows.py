@@ -42,7 +42,7 @@ def run_all(inputs: list[Path], out: Path, params: dict[str, str]) -> list[Path]
         )  # fmt: skip
         assert KIND.run_shard(ctx) == shard.items
         results.append((shard, KIND.shard_result(stem)))
-    return KIND.merge(inputs, results, out, parsed)
+    return KIND.merge(inputs, results, out, parsed, [out])
 
 
 def rows(n: int, start: int = 0) -> npt.NDArray[Any]:

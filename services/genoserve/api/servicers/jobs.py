@@ -1,10 +1,18 @@
-"""genoserve.v1.Jobs: thin servicer over JobService (blocking calls run in threads)."""
+"""genoserve.v1.Jobs: thin servicer over JobService.
+
+Its blocking calls run on its own threads, apart from the event loop's default executor that the
+online services use: Submit (which inspects inputs) on ``jobs.submit_threads`` threads, the
+others on a second small pool, so that slow submits hold up neither job reads nor predictions.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import grpc
 
@@ -15,6 +23,10 @@ from genoserve.v1 import jobs_pb2, jobs_pb2_grpc
 
 #: How often Watch looks at the job store for changes.
 WATCH_POLL_S = 0.2
+#: Threads for Get, List, Cancel and Watch's store reads.
+READ_THREADS = 4
+
+T = TypeVar("T")
 
 
 class JobsServicer(jobs_pb2_grpc.JobsServicer):
@@ -23,31 +35,39 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
     def __init__(self, service: JobService) -> None:
         self.service = service
         self._closing = asyncio.Event()
+        self._submits = ThreadPoolExecutor(service.settings.jobs.submit_threads, thread_name_prefix="jobs-submit")
+        self._reads = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="jobs-read")
 
     def close(self) -> None:
         """Server shutdown: end Watch streams now (clients re-attach) instead of at the grace period."""
-        self._closing.set()
+        self._closing.set()  # the pools stay: calls in flight during the grace period still use them
+
+    async def _run(self, pool: ThreadPoolExecutor, call: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(pool, call)
 
     async def Submit(self, request: jobs_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.Job:
-        job = await asyncio.to_thread(
+        submit = functools.partial(
             self.service.submit, current_tenant.get(), request.kind, list(request.inputs), request.output_dir,
             dict(request.params),
         )  # fmt: skip
+        job = await self._run(self._submits, submit)
         return codec.job_message(job)
 
     async def Get(self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.Job:
-        job = await asyncio.to_thread(self.service.get, current_tenant.get(), request.id)
+        job = await self._run(self._reads, functools.partial(self.service.get, current_tenant.get(), request.id))
         return codec.job_message(job)
 
     async def List(
         self, request: jobs_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.ListJobsResponse:
         state = codec.state_from_proto(request.state)
-        jobs = await asyncio.to_thread(self.service.list, current_tenant.get(), state, request.limit)
+        jobs = await self._run(
+            self._reads, functools.partial(self.service.list, current_tenant.get(), state, request.limit)
+        )
         return jobs_pb2.ListJobsResponse(jobs=[codec.job_message(j) for j in jobs])
 
     async def Cancel(self, request: jobs_pb2.CancelJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.Job:
-        job = await asyncio.to_thread(self.service.cancel, current_tenant.get(), request.id)
+        job = await self._run(self._reads, functools.partial(self.service.cancel, current_tenant.get(), request.id))
         return codec.job_message(job)
 
     async def Watch(
@@ -56,7 +76,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         tenant = current_tenant.get()
         version = -1
         while True:
-            job = await asyncio.to_thread(self.service.get, tenant, request.id)
+            job = await self._run(self._reads, functools.partial(self.service.get, tenant, request.id))
             if job.version != version:
                 version = job.version
                 yield codec.job_event(job)

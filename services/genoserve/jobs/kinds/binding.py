@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -32,6 +32,8 @@ from genoserve.jobs.kinds.base import (
     JobKind,
     PlannedShard,
     ShardContext,
+    check_shard_count,
+    flag,
     positive_int,
     required_model,
 )
@@ -65,8 +67,7 @@ def _strand(params: Mapping[str, str], contract: BindingContract) -> StrandMode:
 def check_strand_and_crop(params: Mapping[str, str], contract: BindingContract) -> None:
     """At submit time, so that a bad value is refused at once, not retried in every shard."""
     _strand(params, contract)
-    if params.get("crop", "false").lower() not in ("true", "false"):
-        raise InvalidArgument.field("params[crop]", f"must be true or false, got {params['crop']!r}")
+    flag(params, "crop")
 
 
 def score_sequences(ctx: ShardContext, sequences: list[str]) -> tuple[Array, Array]:
@@ -128,7 +129,9 @@ class _TableKind(JobKind):
             raise InvalidArgument.field("params[format]", f"must be parquet or tsv, got {params['format']!r}")
         return positive_int(params, "shard_size")
 
-    def outputs(self, inputs: list[Path], output_dir: Path, params: Mapping[str, str]) -> list[Path]:
+    def outputs(
+        self, inputs: list[Path], output_dir: Path, params: Mapping[str, str], roots: Sequence[Path]
+    ) -> list[Path]:
         ext = ".tsv" if params.get("format") == "tsv" else ".parquet"
         return [output_dir / f"{_stem(p)}{self.suffix}{ext}" for p in inputs]
 
@@ -136,8 +139,8 @@ class _TableKind(JobKind):
         return output_stem.with_suffix(".parquet")
 
     def merge(self, inputs: list[Path], shards: list[tuple[PlannedShard, Path]], output_dir: Path,
-              params: Mapping[str, str]) -> list[Path]:  # fmt: skip
-        finals = self.outputs(inputs, output_dir, params)
+              params: Mapping[str, str], roots: Sequence[Path]) -> list[Path]:  # fmt: skip
+        finals = self.outputs(inputs, output_dir, params, roots)
         for index, final in enumerate(finals):
             _merge_tables([p for s, p in shards if s.input_index == index], final, params.get("format", "parquet"))
         return finals
@@ -156,6 +159,7 @@ class ScoreFasta(_TableKind):
     name = "binding.score_fasta"
     queue = "binding"
     defaults: ClassVar[Mapping[str, str]] = {**_TableKind.defaults, "crop": "false"}
+    flags: ClassVar[frozenset[str]] = frozenset({"overwrite", "crop"})
 
     def plan(self, inputs: list[Path], params: Mapping[str, str], spec: ModelSpec,
              settings: Settings) -> list[PlannedShard]:  # fmt: skip
@@ -163,6 +167,7 @@ class ScoreFasta(_TableKind):
         shards: list[PlannedShard] = []
         for index, path in enumerate(inputs):
             count, marks = fasta_offsets(path, size)
+            check_shard_count(len(shards) + len(marks), size, settings, count)
             if count == 0:
                 raise InvalidArgument.field(f"inputs[{index}]", f"{path}: no FASTA records ('>' headers)")
             for first, offset, _line in marks:
@@ -174,7 +179,7 @@ class ScoreFasta(_TableKind):
     def run_shard(self, ctx: ShardContext) -> int:
         path = ctx.inputs[ctx.input_index]
         contract = BindingContract.of(ctx.spec)
-        crop = ctx.params.get("crop", "false").lower() == "true"
+        crop = flag(ctx.params, "crop")
         try:
             # Line numbers count from the shard's first record; made absolute only for an error.
             block = read_fasta_block(path, ctx.start, ctx.stop, ctx.offset, 1)
@@ -229,6 +234,7 @@ class ScoreBed(_TableKind):
         shards: list[PlannedShard] = []
         for index, path in enumerate(inputs):
             count, marks = line_offsets(path, size)
+            check_shard_count(len(shards) + len(marks), size, settings, count)
             if count == 0:
                 raise InvalidArgument.field(f"inputs[{index}]", f"{path}: empty BED file")
             shards += [PlannedShard(index, first, min(first + size, count), min(first + size, count) - first,

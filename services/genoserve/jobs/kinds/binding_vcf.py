@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,9 +31,10 @@ from genoserve.jobs.kinds.base import (
     ShardContext,
     positive_int,
     required_model,
+    shard_ranges,
 )
 from genoserve.jobs.kinds.binding import check_strand_and_crop, reference_for, score_sequences
-from genoserve.jobs.paths import temporary_name
+from genoserve.jobs.paths import input_file, temporary_name
 from genoserve.runtime.spec import ModelSpec
 
 #: Problems that leave an ALT unscored ('.') instead of failing the job.
@@ -76,11 +77,12 @@ class ScoreVcf(JobKind):
                     count = sum(1 for _ in vcf)
             except (OSError, ValueError) as exc:
                 raise InvalidArgument.field(f"inputs[{index}]", f"{path}: not a readable VCF: {exc}") from exc
-            shards += [PlannedShard(index, s, min(s + size, count), min(s + size, count) - s)
-                       for s in range(0, count, size)]  # fmt: skip
+            shards += shard_ranges(index, count, size, len(shards), settings)
         return shards
 
-    def outputs(self, inputs: list[Path], output_dir: Path, params: Mapping[str, str]) -> list[Path]:
+    def outputs(
+        self, inputs: list[Path], output_dir: Path, params: Mapping[str, str], roots: Sequence[Path]
+    ) -> list[Path]:
         names = [p.name.removesuffix(".gz").removesuffix(".bgz").removesuffix(".vcf") for p in inputs]
         return [output_dir / f"{n}.binding.vcf.gz" for n in names]
 
@@ -122,10 +124,11 @@ class ScoreVcf(JobKind):
         return ctx.stop - ctx.start
 
     def merge(self, inputs: list[Path], shards: list[tuple[PlannedShard, Path]], output_dir: Path,
-              params: Mapping[str, str]) -> list[Path]:  # fmt: skip
-        finals = self.outputs(inputs, output_dir, params)
+              params: Mapping[str, str], roots: Sequence[Path]) -> list[Path]:  # fmt: skip
+        finals = self.outputs(inputs, output_dir, params, roots)
         model = params["model"]
         for index, (path, final) in enumerate(zip(inputs, finals, strict=True)):
+            path = input_file(path, roots)
             effects: dict[tuple[int, int], tuple[list[float], list[float]]] = {}
             tasks: list[str] = []
             for shard, part in shards:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
@@ -34,10 +34,12 @@ from genoserve.jobs.kinds.base import (
     JobKind,
     PlannedShard,
     ShardContext,
+    flag,
     positive_int,
     required_model,
+    shard_ranges,
 )
-from genoserve.jobs.paths import temporary_name, write_atomically
+from genoserve.jobs.paths import input_file, temporary_name, write_atomically
 from genoserve.runtime.spec import ModelSpec
 
 Array = np.ndarray[Any, Any]
@@ -59,13 +61,6 @@ def _save_npy(target: Path, array: Array) -> None:
     os.replace(tmp, target)
 
 
-def _flag(params: Mapping[str, str], name: str) -> bool:
-    value = params.get(name, "false").lower()
-    if value not in ("true", "false"):
-        raise InvalidArgument.field(f"params[{name}]", f"must be true or false, got {params[name]!r}")
-    return value == "true"
-
-
 def _min_overlap(params: Mapping[str, str]) -> float:
     try:
         value = float(params.get("min_gene_overlap") or DEFAULT_MIN_OVERLAP)
@@ -84,6 +79,7 @@ class EmbedH5ad(JobKind):
         "min_gene_overlap": "", "not_raw_counts": "false", "variances": "false", "plot": "false", "color_by": "",
         "overwrite": "false",
     }  # fmt: skip
+    flags: ClassVar[frozenset[str]] = frozenset({"overwrite", "not_raw_counts", "variances", "plot"})
 
     def model(self, params: Mapping[str, str]) -> tuple[str, str]:
         return required_model(params, "an embedding model, e.g. scvi-pbmc")
@@ -92,9 +88,9 @@ class EmbedH5ad(JobKind):
              settings: Settings) -> list[PlannedShard]:  # fmt: skip
         model = EmbeddingContract.of(spec)
         size = positive_int(params, "shard_size")
-        _flag(params, "not_raw_counts")
-        _flag(params, "variances")
-        _flag(params, "plot")
+        flag(params, "not_raw_counts")
+        flag(params, "variances")
+        flag(params, "plot")
         shards: list[PlannedShard] = []
         for index, path in enumerate(inputs):
             try:
@@ -106,7 +102,7 @@ class EmbedH5ad(JobKind):
                 raise InvalidArgument.field(f"inputs[{index}]", exc.message) from exc
             if n == 0:
                 raise InvalidArgument.field(f"inputs[{index}]", f"{path}: no cells")
-            shards += [PlannedShard(index, s, min(s + size, n), min(s + size, n) - s) for s in range(0, n, size)]
+            shards += shard_ranges(index, n, size, len(shards), settings)
         return shards
 
     @staticmethod
@@ -133,9 +129,11 @@ class EmbedH5ad(JobKind):
             )
         read_obs_column(path, key, 0, 1)  # the column exists
 
-    def outputs(self, inputs: list[Path], output_dir: Path, params: Mapping[str, str]) -> list[Path]:
+    def outputs(
+        self, inputs: list[Path], output_dir: Path, params: Mapping[str, str], roots: Sequence[Path]
+    ) -> list[Path]:
         out = [output_dir / f"{_stem(p)}.embedded.h5ad" for p in inputs]
-        if params.get("plot", "false").lower() == "true":
+        if flag(params, "plot"):
             out += [output_dir / f"{_stem(p)}.embedding.png" for p in inputs]
         return out
 
@@ -147,8 +145,8 @@ class EmbedH5ad(JobKind):
         model = EmbeddingContract.of(ctx.spec)
         params = ctx.params
         key = self._batch_key(model, params) if model.takes_batch and not params.get("batch") else ""
-        not_raw = _flag(params, "not_raw_counts")
-        outputs = [names.MEAN, names.VAR] if _flag(params, "variances") else [names.MEAN]
+        not_raw = flag(params, "not_raw_counts")
+        outputs = [names.MEAN, names.VAR] if flag(params, "variances") else [names.MEAN]
         blocks: dict[str, list[Array]] = {name: [] for name in outputs}
         with open_counts(path, params.get("layer", "")) as counts:
             alignment = align(counts.genes, model.genes, _min_overlap(params))
@@ -193,13 +191,14 @@ class EmbedH5ad(JobKind):
         return ctx.stop - ctx.start
 
     def merge(self, inputs: list[Path], shards: list[tuple[PlannedShard, Path]], output_dir: Path,
-              params: Mapping[str, str]) -> list[Path]:  # fmt: skip
+              params: Mapping[str, str], roots: Sequence[Path]) -> list[Path]:  # fmt: skip
         finals: list[Path] = []
         for index, path in enumerate(inputs):
+            path = input_file(path, roots)
             parts = [p for s, p in shards if s.input_index == index]
             target = output_dir / f"{_stem(path)}.embedded.h5ad"
             first = np.load(parts[0], mmap_mode="r")
-            variances = _flag(params, "variances")
+            variances = flag(params, "variances")
             with open_counts(path, params.get("layer", "")) as counts:
                 var_key = VAR_KEY if variances else ""
                 writer = EmbeddingWriter(counts, target, int(first.shape[1]), variances_key=var_key)
@@ -212,7 +211,7 @@ class EmbedH5ad(JobKind):
                     writer.abort()
                     raise
             finals.append(target)
-        if _flag(params, "plot"):
+        if flag(params, "plot"):
             for path, h5ad in zip(inputs, list(finals), strict=True):
                 finals.append(embedding_png(h5ad, output_dir / f"{_stem(path)}.embedding.png",
                                             color_by=params.get("color_by", "")))  # fmt: skip
@@ -220,6 +219,6 @@ class EmbedH5ad(JobKind):
 
     def _provenance(self, params: Mapping[str, str], part: Path, path: Path) -> dict[str, str | float | int]:
         about: dict[str, str | float | int] = json.loads(part.with_suffix(".json").read_text())
-        extra = {"variances_key": VAR_KEY} if _flag(params, "variances") else {}
+        extra = {"variances_key": VAR_KEY} if flag(params, "variances") else {}
         return {**about, "source": str(path), "layer": params.get("layer") or "X", "key": KEY, **extra,
                 "written_by": self.name, "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip

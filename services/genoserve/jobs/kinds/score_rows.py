@@ -8,7 +8,7 @@ order. A row with a non-finite value fails the job naming the file and row.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -18,7 +18,15 @@ import pyarrow.parquet as pq
 
 from genoserve.core.errors import InvalidArgument
 from genoserve.core.settings import Settings
-from genoserve.jobs.kinds.base import InputRecordError, JobKind, PlannedShard, ShardContext, positive_int
+from genoserve.jobs.kinds.base import (
+    InputRecordError,
+    JobKind,
+    PlannedShard,
+    ShardContext,
+    check_model_name,
+    positive_int,
+    shard_ranges,
+)
 from genoserve.jobs.paths import temporary_name
 from genoserve.runtime.spec import ModelSpec
 
@@ -60,6 +68,7 @@ class ScoreRows(JobKind):
     }
 
     def model(self, params: Mapping[str, str]) -> tuple[str, str]:
+        check_model_name(params["model"])
         return params["model"], params["version"]
 
     def plan(
@@ -71,7 +80,7 @@ class ScoreRows(JobKind):
         size = positive_int(params, "shard_size")
         shards: list[PlannedShard] = []
         for index, path in enumerate(inputs):
-            if path.suffix not in SUFFIXES or not path.is_file():
+            if path.suffix not in SUFFIXES:
                 raise InvalidArgument.field(f"inputs[{index}]", f"{path}: must be a .npy or .parquet file")
             try:
                 columns, rows = _columns(path), _rows(path)
@@ -81,13 +90,12 @@ class ScoreRows(JobKind):
                 raise InvalidArgument.field(
                     f"inputs[{index}]", f"{path}: has {columns} columns, model {spec.name} takes {width}"
                 )
-            shards += [
-                PlannedShard(index, start, min(start + size, rows), min(start + size, rows) - start)
-                for start in range(0, rows, size)
-            ]
+            shards += shard_ranges(index, rows, size, len(shards), settings)
         return shards
 
-    def outputs(self, inputs: list[Path], output_dir: Path, params: Mapping[str, str]) -> list[Path]:
+    def outputs(
+        self, inputs: list[Path], output_dir: Path, params: Mapping[str, str], roots: Sequence[Path]
+    ) -> list[Path]:
         return [output_dir / f"{path.stem}.scores{path.suffix}" for path in inputs]
 
     def shard_result(self, output_stem: Path) -> Path:
@@ -130,9 +138,14 @@ class ScoreRows(JobKind):
         return ctx.stop - ctx.start
 
     def merge(
-        self, inputs: list[Path], shards: list[tuple[PlannedShard, Path]], output_dir: Path, params: Mapping[str, str]
+        self,
+        inputs: list[Path],
+        shards: list[tuple[PlannedShard, Path]],
+        output_dir: Path,
+        params: Mapping[str, str],
+        roots: Sequence[Path],
     ) -> list[Path]:
-        finals = self.outputs(inputs, output_dir, params)
+        finals = self.outputs(inputs, output_dir, params, roots)
         for index, (path, final) in enumerate(zip(inputs, finals, strict=True)):
             parts = [result for shard, result in shards if shard.input_index == index]
             arrays = [np.load(part, mmap_mode="r") for part in parts]

@@ -2,7 +2,9 @@
 a label TIFF per image, one CSV of per-cell statistics and optional PNG overlays out.
 
 Inputs are image files or folders (the files in a folder matching ``params[pattern]``, a
-comma-separated list of globs, sorted by name). Each page of a multi-page TIFF is one image.
+comma-separated list of file-name globs, sorted by name; subfolders are not searched). Each page
+of a multi-page TIFF is one image. Every file is checked against the input roots where it is
+listed and again where it is read (``genoserve.jobs.paths``).
 Outputs in ``output_dir``: ``<name>.labels.tif`` per image (``<name>`` is the file's stem, with
 ``_p<page>`` for pages of a stack), ``<name>.overlay.png`` when ``params[overlays]`` is true,
 and ``cells.csv`` (one row per cell, images in input order). Shards write into the job's staging
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,10 +30,12 @@ from genoserve.jobs.kinds.base import (
     JobKind,
     PlannedShard,
     ShardContext,
+    flag,
     positive_int,
     required_model,
+    shard_ranges,
 )
-from genoserve.jobs.paths import temporary_name
+from genoserve.jobs.paths import folder_files, input_file, name_patterns, temporary_name
 from genoserve.runtime.spec import ModelSpec
 from genoserve.segmentation import images
 from genoserve.segmentation.contract import SegmentationContract
@@ -62,13 +66,21 @@ def _is_stack(path: Path) -> int:
     return pages if pages > 1 else 0
 
 
-def list_items(path: Path, pattern: str) -> list[ImageItem]:
-    """The images of one input (a file, a multi-page TIFF, or a folder), in a fixed order."""
-    files = sorted({f for glob in pattern.split(",") if glob.strip() for f in path.glob(glob.strip())})
-    files = [f for f in files if f.is_file()] if path.is_dir() else [path]
+def list_items(path: Path, pattern: str, roots: Sequence[Path], field: str = "inputs") -> list[ImageItem]:
+    """The images of one input (a file, a multi-page TIFF, or a folder), in a fixed order.
+
+    A folder's files are those matching the file-name globs of ``pattern``; every file must
+    lie under ``roots`` and be a regular file (PathError naming ``field`` and the file).
+    """
+    globs = name_patterns(pattern, "params[pattern]")
+    if os.path.isdir(path):
+        files = folder_files(path, globs, roots, field)
+    else:
+        input_file(path, roots, field)
+        files = [path]
     items: list[ImageItem] = []
     for f in files:
-        pages = _is_stack(f)
+        pages = _is_stack(input_file(f, roots, field))
         if pages:
             items.extend(ImageItem(f, k, image_name(f, k)) for k in range(pages))
         else:
@@ -120,15 +132,14 @@ class SegmentImages(JobKind):
         "diameter": "0", "cellprob_threshold": "0", "flow_threshold": "0.4", "min_size": "15", "niter": "200",
         "overlays": "false", "shard_size": "4", "overwrite": "false",
     }  # fmt: skip
+    flags: ClassVar[frozenset[str]] = frozenset({"overwrite", "overlays"})
+    takes_folders: ClassVar[bool] = True
 
     def model(self, params: Mapping[str, str]) -> tuple[str, str]:
         return required_model(params, "a segmentation model")
 
     def _overlays(self, params: Mapping[str, str]) -> bool:
-        value = params.get("overlays", "false").lower()
-        if value not in ("true", "false"):
-            raise InvalidArgument.field("params[overlays]", f"must be true or false, got {value!r}")
-        return value == "true"
+        return flag(params, "overlays")
 
     def plan(
         self, inputs: list[Path], params: Mapping[str, str], spec: ModelSpec, settings: Settings
@@ -138,22 +149,22 @@ class SegmentImages(JobKind):
         _channels(params)
         self._overlays(params)
         size = positive_int(params, "shard_size")
+        name_patterns(params["pattern"], "params[pattern]")
         shards: list[PlannedShard] = []
         for index, path in enumerate(inputs):
-            items = list_items(path, params["pattern"])
+            items = list_items(path, params["pattern"], settings.jobs.input_roots, f"inputs[{index}]")
             if not items:
                 raise InvalidArgument.field(f"inputs[{index}]", f"{path} holds no images matching {params['pattern']}")
-            shards.extend(
-                PlannedShard(index, start, min(start + size, len(items)), min(size, len(items) - start))
-                for start in range(0, len(items), size)
-            )
+            shards += shard_ranges(index, len(items), size, len(shards), settings)
         return shards
 
-    def outputs(self, inputs: list[Path], output_dir: Path, params: Mapping[str, str]) -> list[Path]:
+    def outputs(
+        self, inputs: list[Path], output_dir: Path, params: Mapping[str, str], roots: Sequence[Path]
+    ) -> list[Path]:
         overlays = self._overlays(params)
         finals: list[Path] = []
-        for path in inputs:
-            for item in list_items(path, params["pattern"]):
+        for index, path in enumerate(inputs):
+            for item in list_items(path, params["pattern"], roots, f"inputs[{index}]"):
                 finals.append(output_dir / f"{item.name}.labels.tif")
                 if overlays:
                     finals.append(output_dir / f"{item.name}.overlay.png")
@@ -164,11 +175,12 @@ class SegmentImages(JobKind):
 
     def _read(self, item: ImageItem, settings: Settings) -> Array:
         record = item.path.name if item.page is None else f"page {item.page}"
+        real = input_file(item.path, settings.jobs.input_roots)
         try:
             if item.page is None:
-                [raw] = images.read_images(str(item.path))[:1]
+                [raw] = images.read_images(str(real))[:1]
             else:
-                with tifffile.TiffFile(item.path) as tif:
+                with tifffile.TiffFile(real) as tif:
                     raw = np.asarray(tif.pages[item.page].asarray())
             return images.check(raw, "image", settings.segmentation.max_pixels)
         except InvalidArgument as exc:
@@ -182,7 +194,7 @@ class SegmentImages(JobKind):
         diameter = _float(ctx.params, "diameter")
         channels = _channels(ctx.params)
         overlays = self._overlays(ctx.params)
-        items = list_items(ctx.inputs[ctx.input_index], ctx.params["pattern"])[ctx.start : ctx.stop]
+        items = list_items(ctx.inputs[ctx.input_index], ctx.params["pattern"], ctx.roots)[ctx.start : ctx.stop]
         tile_batch = min(ctx.batch_size, ctx.settings.segmentation.tile_batch)
 
         def forward(batch: Array) -> Array:
@@ -224,9 +236,9 @@ class SegmentImages(JobKind):
         return len(items)
 
     def merge(self, inputs: list[Path], shards: list[tuple[PlannedShard, Path]], output_dir: Path,
-              params: Mapping[str, str]) -> list[Path]:  # fmt: skip
+              params: Mapping[str, str], roots: Sequence[Path]) -> list[Path]:  # fmt: skip
         overlays = self._overlays(params)
-        listings = [list_items(p, params["pattern"]) for p in inputs]
+        listings = [list_items(p, params["pattern"], roots) for p in inputs]
         csv_final = output_dir / CELLS_CSV
         tmp_csv = temporary_name(csv_final)
         finals: list[Path] = []

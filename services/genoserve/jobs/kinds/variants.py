@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import ClassVar
@@ -29,12 +29,12 @@ import pysam
 
 from genoserve.core.errors import InvalidArgument
 from genoserve.core.settings import Settings
-from genoserve.jobs.kinds.base import InputRecordError, JobKind, PlannedShard, ShardContext
-from genoserve.jobs.paths import confine, temporary_name
+from genoserve.jobs.kinds.base import InputRecordError, JobKind, PlannedShard, ShardContext, check_shard_count, flag
+from genoserve.jobs.paths import confine, input_file, temporary_name
 from genoserve.runtime.spec import ModelSpec
 from genoserve.variants.evaluate import read_bed
 from genoserve.variants.examples import parse_example
-from genoserve.variants.make_examples import Region, make_examples
+from genoserve.variants.make_examples import PARTITION_SIZE, Region, make_examples
 from genoserve.variants.pipeline import Predict, call_examples
 from genoserve.variants.postprocess import VariantCall
 from genoserve.variants.tfrecord import RecordError, read_records
@@ -54,10 +54,22 @@ def _channels(spec: ModelSpec) -> int:
 
 def _realign(params: Mapping[str, str]) -> bool:
     """``params[realign]``: local realignment of reads before pileups (default true, as DeepVariant)."""
-    raw = params.get("realign", "true").strip().lower()
-    if raw not in ("true", "false", "1", "0", "yes", "no"):
-        raise InvalidArgument.field("params[realign]", f"must be true or false, got {params['realign']!r}")
-    return raw in ("true", "1", "yes")
+    return flag({"realign": params.get("realign", "true")}, "realign")
+
+
+def _beside(path: Path, roots: Sequence[Path], field: str, suffixes: Sequence[str]) -> None:
+    """Files that libraries open next to ``path`` (an index), where present, are confined too."""
+    for suffix in suffixes:
+        for candidate in (Path(f"{path}{suffix}"), path.with_suffix(suffix)):
+            if os.path.lexists(candidate):
+                input_file(candidate, roots, field)
+
+
+def alignments(path: Path, roots: Sequence[Path], field: str = "inputs") -> Path:
+    """A BAM/CRAM input about to be opened: it and the index files beside it lie under ``roots``."""
+    real = input_file(path, roots, field)
+    _beside(path, roots, field, (".bai", ".csi", ".crai"))
+    return real
 
 
 def _predict(ctx: ShardContext) -> Predict:
@@ -82,15 +94,21 @@ def resolve_reference(settings: Settings, raw: str, required: bool = True) -> Pa
     if raw in settings.binding.references:
         return Path(settings.binding.references[raw])
     registered = sorted(settings.binding.references)
-    if not Path(raw).exists() and "/" not in raw and not raw.endswith((".fa", ".fasta", ".gz")):
-        raise InvalidArgument.field(
-            "params[reference]",
-            f"{raw!r} is neither a registered reference (registered: {registered}; setting binding.references) "
-            "nor a FASTA file",
-        )
-    path = confine(raw, list(settings.jobs.input_roots), "params[reference]", must_exist=True)
-    if not Path(f"{path}.fai").exists():
+    roots = settings.jobs.input_roots
+    try:
+        path = confine(raw, roots, "params[reference]", must_exist=True)
+    except InvalidArgument as exc:
+        if "/" not in raw and not raw.endswith((".fa", ".fasta", ".gz")) and "does not exist" in exc.message:
+            raise InvalidArgument.field(
+                "params[reference]",
+                f"{raw!r} is neither a registered reference (registered: {registered}; setting "
+                "binding.references) nor a FASTA file",
+            ) from exc
+        raise
+    path = input_file(path, roots, "params[reference]")
+    if not os.path.lexists(f"{path}.fai"):
         raise InvalidArgument.field("params[reference]", f"{raw}: no .fai index beside the FASTA (samtools faidx)")
+    _beside(path, roots, "params[reference]", (".fai", ".gzi"))
     return path
 
 
@@ -123,8 +141,9 @@ def _read_part(path: Path) -> tuple[list[VariantCall], list[tuple[str, int]]]:
 def _contigs_param(settings: Settings, params: Mapping[str, str]) -> list[tuple[str, int]] | None:
     """Contig lengths for the VCF header: the ``contigs`` file (a .fai), else the reference's."""
     if params.get("contigs"):
-        path = confine(params["contigs"], list(settings.jobs.input_roots), "params[contigs]", must_exist=True)
-        return read_contigs(path, "params[contigs]")
+        roots = settings.jobs.input_roots
+        path = confine(params["contigs"], roots, "params[contigs]", must_exist=True)
+        return read_contigs(input_file(path, roots, "params[contigs]"), "params[contigs]")
     reference = resolve_reference(settings, params.get("reference", ""), required=False)
     return reference_contigs(reference) if reference is not None else None
 
@@ -160,7 +179,8 @@ class CallBam(_VariantsKind):
     def _regions(self, path: Path, params: Mapping[str, str], settings: Settings) -> list[Region]:
         regions = [Region.parse(r, "params[regions]") for r in params.get("regions", "").split(",") if r.strip()]
         if params.get("bed"):
-            bed = confine(params["bed"], list(settings.jobs.input_roots), "params[bed]", must_exist=True)
+            roots = settings.jobs.input_roots
+            bed = input_file(confine(params["bed"], roots, "params[bed]", must_exist=True), roots, "params[bed]")
             regions += [Region(c, s, e) for c, spans in read_bed(bed, "params[bed]").items() for s, e in spans]
         if not regions:  # every contig of the BAM
             try:
@@ -170,7 +190,9 @@ class CallBam(_VariantsKind):
                 raise InvalidArgument.field("inputs", f"{path}: not a readable BAM: {exc}") from exc
         return regions
 
-    def _chunks(self, path: Path, params: Mapping[str, str], settings: Settings) -> list[Region]:
+    def _chunks(self, path: Path, params: Mapping[str, str], settings: Settings, planned: int = 0) -> list[Region]:
+        """The input's regions cut into shards of ``shard_size`` bp (``planned``: shards of the
+        job's earlier inputs, counted against ``jobs.max_shards_per_job``)."""
         try:
             size = int(params.get("shard_size", "1000000"))
         except ValueError:
@@ -179,8 +201,10 @@ class CallBam(_VariantsKind):
             raise InvalidArgument.field(
                 "params[shard_size]", f"must be an integer >= 1000 bp, got {params['shard_size']!r}"
             )
+        regions = self._regions(path, params, settings)
+        check_shard_count(planned + sum(-(-(r.end - r.start) // size) for r in regions), size, settings)
         chunks = []
-        for region in self._regions(path, params, settings):
+        for region in regions:
             for start in range(region.start, region.end, size):
                 chunks.append(Region(region.contig, start, min(region.end, start + size)))
         return chunks
@@ -190,35 +214,47 @@ class CallBam(_VariantsKind):
         _channels(spec)
         _realign(params)
         resolve_reference(settings, params.get("reference", ""))
-        shards = []
+        shards: list[PlannedShard] = []
         for index, path in enumerate(inputs):
-            for k, chunk in enumerate(self._chunks(path, params, settings)):
+            path = alignments(path, settings.jobs.input_roots, f"inputs[{index}]")
+            for k, chunk in enumerate(self._chunks(path, params, settings, len(shards))):
                 shards.append(PlannedShard(index, k, k + 1, chunk.end - chunk.start))
         return shards
 
-    def outputs(self, inputs: list[Path], output_dir: Path, params: Mapping[str, str]) -> list[Path]:
+    def outputs(
+        self, inputs: list[Path], output_dir: Path, params: Mapping[str, str], roots: Sequence[Path]
+    ) -> list[Path]:
         return [output_dir / f"{p.name.removesuffix('.bam').removesuffix('.cram')}.vcf.gz" for p in inputs]
 
     def run_shard(self, ctx: ShardContext) -> int:
-        path = ctx.inputs[ctx.input_index]
+        path = alignments(ctx.inputs[ctx.input_index], ctx.roots)
         reference = resolve_reference(ctx.settings, ctx.params.get("reference", ""))
         assert reference is not None
         region = self._chunks(path, ctx.params, ctx.settings)[ctx.start]
-        try:
-            _, examples = make_examples(
-                path, reference, region, channels=_channels(ctx.spec), realign=_realign(ctx.params)
-            )
-        except InvalidArgument as exc:
-            raise InputRecordError(str(path), f"region {region}", exc.message) from exc
+        examples = []
+        # make_examples works in partitions of PARTITION_SIZE bp, each on its own: calling it per
+        # partition gives the same examples and lets a cancelled job stop between partitions.
+        for start in range(region.start, region.end, PARTITION_SIZE):
+            ctx.check()
+            partition = Region(region.contig, start, min(region.end, start + PARTITION_SIZE))
+            try:
+                _, made = make_examples(
+                    path, reference, partition, channels=_channels(ctx.spec), realign=_realign(ctx.params)
+                )
+            except InvalidArgument as exc:
+                raise InputRecordError(str(path), f"region {region}", exc.message) from exc
+            examples.extend(made)
         calls = call_examples(examples, _predict(ctx))
+        ctx.check()
         _write_part(self.shard_result(ctx.output_stem), calls)
         return region.end - region.start
 
     def merge(self, inputs: list[Path], shards: list[tuple[PlannedShard, Path]], output_dir: Path,
-              params: Mapping[str, str]) -> list[Path]:  # fmt: skip
+              params: Mapping[str, str], roots: Sequence[Path]) -> list[Path]:  # fmt: skip
         from genoserve.variants.make_examples import sample_name
 
-        finals = self.outputs(inputs, output_dir, params)
+        finals = self.outputs(inputs, output_dir, params, roots)
+        inputs = [alignments(p, roots) for p in inputs]
         for index, final in enumerate(finals):
             calls = [c for shard, part in shards if shard.input_index == index for c in _read_part(part)[0]]
             sample = params.get("sample", "")
@@ -245,7 +281,9 @@ class CallExamples(_VariantsKind):
         _contigs_param(settings, params)
         return [PlannedShard(i, 0, 1, 1) for i in range(len(inputs))]
 
-    def outputs(self, inputs: list[Path], output_dir: Path, params: Mapping[str, str]) -> list[Path]:
+    def outputs(
+        self, inputs: list[Path], output_dir: Path, params: Mapping[str, str], roots: Sequence[Path]
+    ) -> list[Path]:
         return [output_dir / "calls.vcf.gz"]
 
     def run_shard(self, ctx: ShardContext) -> int:
@@ -277,8 +315,8 @@ class CallExamples(_VariantsKind):
         return 1
 
     def merge(self, inputs: list[Path], shards: list[tuple[PlannedShard, Path]], output_dir: Path,
-              params: Mapping[str, str]) -> list[Path]:  # fmt: skip
-        [final] = self.outputs(inputs, output_dir, params)
+              params: Mapping[str, str], roots: Sequence[Path]) -> list[Path]:  # fmt: skip
+        [final] = self.outputs(inputs, output_dir, params, roots)
         parts = [_read_part(part) for _, part in shards]
         calls = [c for part_calls, _ in parts for c in part_calls]
         # Lengths come from the shards (resolved there from `contigs` or `reference`, which needs
