@@ -165,11 +165,11 @@ def _check_group(group: list[ExampleCall]) -> None:
 def merge_predictions(group: list[ExampleCall], options: PostprocessOptions) -> tuple[list[str], list[float], set[str]]:
     """Alleles (ref first), per-genotype probabilities and pruned alts for one site's examples."""
     first = group[0]
-    if len(group) == 1:
-        if len(first.alt_allele_indices) != 1:
-            _check_group(group)
-        return [first.reference_bases, *first.alternate_bases], list(first.probabilities), set()
+    # Every alt and alt pair once: a lone example of a multi-allelic site would give 3 genotype
+    # probabilities for a site with more genotypes (a PL the VCF cannot hold).
     _check_group(group)
+    if len(group) == 1:
+        return [first.reference_bases, *first.alternate_bases], list(first.probabilities), set()
     removed = _alts_to_remove(group, options.multi_allelic_qual_filter)
     ref = first.reference_bases
     probs: dict[tuple[str, str], list[float]] = {}

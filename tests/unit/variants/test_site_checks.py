@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pysam
 import pytest
 
 from genoserve.core.errors import InvalidArgument
@@ -18,6 +19,7 @@ from genoserve.tfexample import example_pb2
 from genoserve.variants.examples import PileupExample, parse_example, read_examples, serialize_example, to_variant
 from genoserve.variants.postprocess import ExampleCall, call_site, postprocess
 from genoserve.variants.sites import SiteBuffer
+from genoserve.variants.vcf import write_vcf
 
 GOLDEN = Path(__file__).resolve().parents[2] / "data" / "deepvariant" / "golden.calling_examples.tfrecord.gz"
 WHERE = "examples[3].tf_example"
@@ -66,12 +68,33 @@ def test_site_buffer_completes_a_site_once_every_alt_and_pair_is_in() -> None:
     assert buffer.leftovers() == []
 
 
-def test_calling_one_example_of_a_many_alt_site_is_bounded() -> None:
-    # Before: the VCF genotype order of all 2,001 alleles was built to pick one of 3 genotypes.
-    calls: list[Any] = []
-    assert _peak_mib(lambda: calls.append(call_site([_call(MANY, (0,))]))) < 8
-    assert calls[0].genotype == (0, 1)
-    assert len(calls[0].pl) == 3
+def test_one_example_of_a_multi_allelic_site_is_refused_boundedly() -> None:
+    # Before: called from its 3 probabilities as if complete (a PL of 3 values for 3 alleles, which
+    # write_vcf then failed on: pysam wants 6), after building the genotype order of every allele.
+    with pytest.raises(InvalidArgument, match=r"do not cover the 2 alts as DeepVariant does .*3 examples, got 1"):
+        call_site([_call(["C", "G"], (0,))])
+    errors: list[InvalidArgument] = []
+
+    def run() -> None:
+        try:
+            call_site([_call(MANY, (0,))])
+        except InvalidArgument as exc:
+            errors.append(exc)
+
+    assert _peak_mib(run) < 8
+    assert "2001000 examples, got 1" in errors[0].message
+
+
+def test_a_complete_multi_allelic_site_writes_a_vcf_record(tmp_path: Path) -> None:
+    alts = ["C", "G", "T"]
+    group = [_call(alts, s, (0.05, 0.05, 0.9) if s == (0, 1) else (0.3, 0.4, 0.3)) for s in
+             [(0,), (1,), (2,), (0, 1), (0, 2), (1, 2)]]  # fmt: skip
+    [call] = postprocess(group)
+    assert len(call.pl) == 10  # (n+1)(n+2)/2 genotypes for n = 3 alts
+    write_vcf(tmp_path / "x.vcf", [call], [("chr1", 1000)], "S")
+    with pysam.VariantFile(str(tmp_path / "x.vcf")) as vcf:
+        [record] = list(vcf)
+    assert (record.alts, len(record.samples[0]["PL"])) == (("C", "G", "T"), 10)
 
 
 def test_an_incomplete_many_alt_site_is_refused_without_listing_every_pair() -> None:
