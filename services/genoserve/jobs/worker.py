@@ -101,6 +101,7 @@ class WorkerRuntime:
                 model = self.models.get(*kind.model(job.params))
                 out = open_output_folder(Path(job.output_dir), jobs.output_roots)
                 folders.append(out)
+                claim(out, job.tenant)  # the folder may have changed hands since submit
                 mine = out.sub(STAGING, create=True).sub(job.id, create=True)
                 items = kind.run_shard(
                     ShardContext(
@@ -125,7 +126,7 @@ class WorkerRuntime:
             log.info("job %s shard %d stopped: %s", job_id, index, exc)
             self._cleanup_if_over(job_id)
             return
-        except (InputRecordError, PathError) as exc:
+        except (InputRecordError, PathError, PermissionDenied) as exc:
             reason = _unmask(folders, exc.message)
             log.info("job %s shard %d: bad input: %s", job_id, index, reason)
             self.store.transition(
@@ -214,6 +215,7 @@ class WorkerRuntime:
         kind = get_kind(job.kind)
         outputs: list[Path] = []
         folders: list[Folder] = []
+        touched = False  # whether this merge began to write outputs (a refusal before that leaves all as it was)
 
         def beat() -> bool:
             _, d = self.store.update(job_id, lambda j: lifecycle.merge_heartbeat(j, time.time()))
@@ -237,6 +239,7 @@ class WorkerRuntime:
                 if missing:
                     raise FileNotFoundError(f"shard outputs missing: {missing[:3]}")
                 inputs = [Path(p) for p in job.inputs]
+                touched = True
                 outputs = kind.merge(inputs, parts, out.path, job.params, jobs.input_roots)
                 manifest = {
                     "job": job.id, "kind": job.kind, "tenant": job.tenant, "inputs": job.inputs,
@@ -263,7 +266,7 @@ class WorkerRuntime:
             if failed.merge:
                 enqueue_merge(self.app, job.queue, job_id)
             else:
-                if folders:
+                if folders and touched:
                     self._remove(folders[0], outputs)
                 self._cleanup_if_over(job_id)
             return
