@@ -20,12 +20,19 @@ from grpc_status import rpc_status
 
 from genoserve.api.auth import TokenTable, current_tenant
 from genoserve.core import metrics
-from genoserve.core.errors import GenoserveError, InvalidArgument
+from genoserve.core.errors import FieldViolation, GenoserveError, InvalidArgument, clipped
 
 log = logging.getLogger(__name__)
 
 #: Methods reachable without a token: Kubernetes gRPC probes cannot send metadata.
 PUBLIC_PREFIXES = ("/grpc.health.v1.Health/",)
+
+#: Bytes of ``google.rpc.BadRequest`` field violations sent with an INVALID_ARGUMENT: with the
+#: message (``genoserve.core.errors.MAX_MESSAGE_BYTES``) the status stays well inside the 8 KiB of
+#: trailing metadata a gRPC client accepts.
+MAX_DETAILS_BYTES = 1536
+_FIELD_BYTES = 200
+_DESCRIPTION_BYTES = 512
 
 UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 StreamBehavior = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
@@ -58,20 +65,36 @@ def _rewrap(
     return grpc.stream_stream_rpc_method_handler(stream(handler.stream_stream), **kwargs)
 
 
-async def abort_with(context: grpc.aio.ServicerContext, error: GenoserveError) -> None:
-    """Abort the RPC with the error's status; InvalidArgument carries google.rpc.BadRequest."""
-    code = grpc.StatusCode[error.code]
-    if isinstance(error, InvalidArgument) and error.violations:
-        detail = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                for v in error.violations
-            ]
+def _violations(violations: list[FieldViolation]) -> list[error_details_pb2.BadRequest.FieldViolation]:
+    """The violations as sent: each field and description clipped, and as many as fit in
+    ``MAX_DETAILS_BYTES`` (the count of the others in a last one)."""
+    out: list[error_details_pb2.BadRequest.FieldViolation] = []
+    size = 0
+    for i, v in enumerate(violations):
+        item = error_details_pb2.BadRequest.FieldViolation(
+            field=clipped(v.field, _FIELD_BYTES), description=clipped(v.description, _DESCRIPTION_BYTES)
         )
-        status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=error.message)
+        size += item.ByteSize() + 4
+        if size > MAX_DETAILS_BYTES - 64:
+            rest = len(violations) - i
+            out.append(error_details_pb2.BadRequest.FieldViolation(
+                field="...", description=f"{rest} more violation(s) left out"))  # fmt: skip
+            break
+        out.append(item)
+    return out
+
+
+async def abort_with(context: grpc.aio.ServicerContext, error: GenoserveError) -> None:
+    """Abort the RPC with the error's status; InvalidArgument carries google.rpc.BadRequest. The
+    message and details are clipped so that the status always fits in gRPC's metadata."""
+    code = grpc.StatusCode[error.code]
+    message = clipped(error.message)
+    if isinstance(error, InvalidArgument) and error.violations:
+        detail = error_details_pb2.BadRequest(field_violations=_violations(error.violations))
+        status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=message)
         status.details.add().Pack(detail)
         await context.abort_with_status(rpc_status.to_status(status))
-    await context.abort(code, error.message)
+    await context.abort(code, message)
 
 
 class _WrappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -121,7 +144,7 @@ class ErrorsAndMetrics(_WrappingInterceptor):
                 if exc.code == "INTERNAL":
                     log.error("%s/%s failed", service, method, exc_info=exc)
                     await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-                log.info("%s/%s -> %s: %s", service, method, exc.code, exc.message)
+                log.info("%s/%s -> %s: %s", service, method, exc.code, clipped(exc.message))
                 await abort_with(context, exc)
             log.exception("%s/%s failed unexpectedly", service, method, exc_info=exc)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")

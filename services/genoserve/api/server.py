@@ -100,7 +100,9 @@ class GenoserveServer:
             (ModelsServicer(self.repository, self.shared), models_pb2_grpc.add_ModelsServicer_to_server, None),
             (self.jobs_servicer, jobs_pb2_grpc.add_JobsServicer_to_server, None),
             (
-                SequenceBindingServicer(self.repository, self.references, self.settings.binding.resolved_default),
+                SequenceBindingServicer(
+                    self.repository, self.references, self.settings.binding.resolved_default, self.settings.binding
+                ),
                 binding_pb2_grpc.add_SequenceBindingServicer_to_server,
                 "binding",
             ),
@@ -115,7 +117,7 @@ class GenoserveServer:
                 "segmentation",
             ),
             (
-                CellEmbeddingServicer(self.repository, self.shared),
+                CellEmbeddingServicer(self.repository, self.shared, self.settings.embedding),
                 add_cell_embedding,  # its own request deserializer (matrix values not copied)
                 "embedding",
             ),

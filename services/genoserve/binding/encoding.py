@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from genoserve.core.errors import FieldViolation, InvalidArgument
+from genoserve.core.errors import FieldViolation, InvalidArgument, quoted
 
 Array = np.ndarray[Any, Any]
 
@@ -76,7 +76,7 @@ def _check_each(sequences: Sequence[NamedSequence], length: int, crop: bool, fie
     fitted: list[str] = []
     for i, seq in enumerate(sequences):
         where = f"{field}[{i}].bases"
-        label = f"sequence {seq.id!r}" if seq.id else f"sequence {i}"
+        label = f"sequence {quoted(seq.id)}" if seq.id else f"sequence {i}"
         if not seq.bases:
             violations.append(FieldViolation(where, f"{label} is empty"))
             continue

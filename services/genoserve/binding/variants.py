@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from genoserve.core.errors import FailedPrecondition
+from genoserve.core.errors import FailedPrecondition, quoted
 
 BASES = set("ACGTN")
 #: Largest REF or ALT allele scored ("small indels").
@@ -24,13 +24,13 @@ def unknown_reference(name: str, registered: Iterable[str]) -> str:
     names = sorted(registered)
     if not names:
         return (
-            f"no reference genome is registered on the server{f' (asked for {name!r})' if name else ''}; "
+            f"no reference genome is registered on the server{f' (asked for {quoted(name)})' if name else ''}; "
             "register FASTAs in the setting binding.references (name: path), "
             """e.g. GENOSERVE_BINDING__REFERENCES='{"hg19": "/data/hg19.fa"}'"""
         )
     if not name:
         return f"no reference named and binding.default_reference is not set; name one of {names}"
-    return f"unknown reference {name!r}; registered: {names}"
+    return f"unknown reference {quoted(name)}; registered: {names}"
 
 
 @dataclass(frozen=True)
@@ -74,21 +74,21 @@ def check_variant(variant: VariantSpec, reference: ReferenceGenome) -> str | Non
     """The rule this variant breaks, or None (REF is compared with the reference here)."""
     if variant.chrom not in reference.lengths:
         known = sorted(reference.lengths)[:5]
-        return f"chrom {variant.chrom!r} is not in reference {reference.name} (contigs: {known}...)"
+        return f"chrom {quoted(variant.chrom)} is not in reference {reference.name} (contigs: {known}...)"
     if variant.pos < 1 or variant.pos > reference.lengths[variant.chrom]:
         return f"pos {variant.pos} is outside {variant.chrom} (1..{reference.lengths[variant.chrom]})"
     for name, allele in (("ref", variant.ref), ("alt", variant.alt)):
         if not allele:
             return f"{name} is empty"
         if not set(allele.upper()) <= BASES:
-            return f"{name} {allele!r} must be bases A, C, G, T, N (symbolic and '*' alleles are not scored)"
+            return f"{name} {quoted(allele)} must be bases A, C, G, T, N (symbolic and '*' alleles are not scored)"
         if len(allele) > MAX_ALLELE:
             return f"{name} has {len(allele)} bases; at most {MAX_ALLELE} are scored (small indels)"
     if variant.ref.upper() == variant.alt.upper():
         return "alt equals ref"
     actual = reference.fetch(variant.chrom, variant.pos - 1, variant.pos - 1 + len(variant.ref))
     if actual != variant.ref.upper():
-        return f"REF {variant.ref!r} does not match the reference {actual!r} at {variant.chrom}:{variant.pos}"
+        return f"REF {quoted(variant.ref)} does not match the reference {actual!r} at {variant.chrom}:{variant.pos}"
     return None
 
 

@@ -9,6 +9,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: Characters of a client's value quoted in an error (``quoted``); the rest is counted, not echoed.
+QUOTED_CHARS = 64
+#: Bytes (UTF-8) of an error message sent to a client (``clipped``): gRPC sends the message twice
+#: in its trailing metadata (``grpc-message``, percent-encoded, and inside
+#: ``grpc-status-details-bin``), and a client refuses metadata over 8 KiB as RESOURCE_EXHAUSTED,
+#: which would hide the real status.
+MAX_MESSAGE_BYTES = 1024
+
+
+def quoted(value: str, limit: int = QUOTED_CHARS) -> str:
+    """``repr(value)``, or for a value longer than ``limit`` characters the repr of its first
+    ``limit`` and how long it is: for error messages that name a client's value (an id, a name),
+    so that a megabyte id does not come back as a megabyte message."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
+
+
+def clipped(text: str, limit: int = MAX_MESSAGE_BYTES) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes (at a character boundary), saying how much
+    was left out."""
+    data = text.encode("utf-8", errors="replace")
+    if len(data) <= limit:
+        return text
+    note = f" ... ({len(text)} characters in all)"
+    head = data[: max(0, limit - len(note.encode()))].decode("utf-8", errors="ignore")
+    return head + note
+
 
 @dataclass(frozen=True)
 class FieldViolation:

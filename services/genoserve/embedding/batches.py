@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from genoserve.core.errors import InvalidArgument
+from genoserve.core.errors import InvalidArgument, quoted
 
 Array = np.ndarray[Any, Any]
 
@@ -29,7 +29,9 @@ def one_hot(labels: Sequence[str], categories: Sequence[str], n_cells: int, fiel
     distinct = sorted(set(labels))
     unknown = [x for x in distinct if x not in position]
     if unknown:
-        raise InvalidArgument.field(field, f"unknown batch label {unknown[0]!r}; known batches: {list(categories)}")
+        raise InvalidArgument.field(
+            field, f"unknown batch label {quoted(unknown[0])}; known batches: {list(categories)}"
+        )
     if len(labels) == 1:
         codes = np.full(n_cells, position[labels[0]], dtype=np.int64)
     else:

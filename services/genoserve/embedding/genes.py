@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from genoserve.core.errors import InvalidArgument
+from genoserve.core.errors import InvalidArgument, quoted
 
 Array = np.ndarray[Any, Any]
 
@@ -78,7 +78,7 @@ def check_unique(names: Sequence[str], field: str) -> None:
     for i, name in enumerate(names):
         if name in seen:
             raise InvalidArgument.field(
-                field, f"gene names must be unique; {name!r} appears at columns {seen[name]} and {i}"
+                field, f"gene names must be unique; {quoted(name)} appears at columns {seen[name]} and {i}"
             )
         if not name:
             raise InvalidArgument.field(field, f"gene name at column {i} is empty")

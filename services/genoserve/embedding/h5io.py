@@ -25,7 +25,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from genoserve.core.errors import InvalidArgument
+from genoserve.core.errors import InvalidArgument, quoted
 from genoserve.embedding.counts import Counts, CsrCounts
 
 Array = np.ndarray[Any, Any]
@@ -74,7 +74,7 @@ class H5adCounts(CountsFile):
         where = f"layers/{layer}" if layer else "X"
         if layer and (("layers" not in handle) or layer not in handle["layers"]):
             known = sorted(handle["layers"]) if "layers" in handle else []
-            raise InvalidArgument.field("layer", f"{path}: no layer {layer!r}; its layers: {known}")
+            raise InvalidArgument.field("layer", f"{path}: no layer {quoted(layer)}; its layers: {known}")
         if where not in handle:
             raise InvalidArgument.field("inputs", f"{path}: no {where} in this .h5ad")
         element = handle[where]
@@ -325,7 +325,9 @@ def read_obs_column(path: Path, column: str, start: int, stop: int) -> list[str]
         obs = handle["obs"]
         if column not in obs:
             known = [k for k in obs if k != _attr(obs, "_index")]
-            raise InvalidArgument.field("params[color_by]", f"{path}: obs has no column {column!r}; columns: {known}")
+            raise InvalidArgument.field(
+                "params[color_by]", f"{path}: obs has no column {quoted(column)}; columns: {known}"
+            )
         node = obs[column]
         if isinstance(node, h5py.Group):  # categorical
             categories = _strings(node["categories"])

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 import tifffile
-from PIL import Image
+from PIL import Image, PngImagePlugin
 from scipy import ndimage
 
-from genoserve.core.errors import InvalidArgument
+from genoserve.core.errors import InvalidArgument, clipped
 
 Array = np.ndarray[Any, Any]
 
@@ -27,18 +27,31 @@ TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def decode(data: bytes, field: str = "image.encoded") -> Array:
-    """TIFF or PNG bytes -> the stored array (pages of a multi-page TIFF stacked first)."""
+def decode(data: bytes, field: str = "image.encoded", max_pixels: int | None = None) -> Array:
+    """TIFF or PNG bytes -> the stored array (pages of a multi-page TIFF stacked first).
+
+    With ``max_pixels`` (setting ``segmentation.max_pixels``), the image the file declares in its
+    header is checked as ``check`` checks arrays (layout, channels, pixels) before anything is
+    decoded: a small compressed file may declare gigabytes of pixels."""
     if not data:
         raise InvalidArgument.field(field, "is empty")
     try:
         if data[:4] in TIFF_MAGIC:
-            array = np.asarray(tifffile.imread(io.BytesIO(data)))
+            with tifffile.TiffFile(io.BytesIO(data)) as tif:
+                if max_pixels is not None and tif.series:
+                    check_shape(tuple(tif.series[0].shape), field, max_pixels, declared="TIFF")
+                array = np.asarray(tif.asarray())
             if array.size == 0:
                 raise InvalidArgument.field(field, "cannot be decoded: the TIFF holds no image data")
             return array
         if data[:8] == _PNG_MAGIC:
-            with Image.open(io.BytesIO(data)) as opened:
+            # The PNG plugin itself, not Image.open: its decompression-bomb check would refuse a
+            # huge image before its size could be checked against (and named as) the setting.
+            opener = PngImagePlugin.PngImageFile if max_pixels is not None else Image.open
+            with opener(io.BytesIO(data)) as opened:
+                if max_pixels is not None:
+                    width, height = opened.size
+                    check_shape((height, width), field, max_pixels, declared="PNG")
                 opened.load()
                 im: Image.Image = opened
                 if im.mode in ("P", "LA", "PA", "1", "CMYK", "YCbCr"):
@@ -47,41 +60,70 @@ def decode(data: bytes, field: str = "image.encoded") -> Array:
     except InvalidArgument:
         raise
     except Exception as exc:
-        raise InvalidArgument.field(field, f"cannot be decoded: {exc}") from exc
+        raise InvalidArgument.field(field, f"cannot be decoded: {clipped(str(exc), 300)}") from exc
     raise InvalidArgument.field(field, "must be TIFF or PNG bytes (unknown file signature)")
 
 
-def read_images(path: str) -> list[Array]:
-    """The images of a TIFF/PNG file: one per page of a multi-page TIFF. Errors name the path."""
+def read_images(path: str, max_pixels: int | None = None) -> list[Array]:
+    """The images of a TIFF/PNG file: one per page of a multi-page TIFF. Errors name the path.
+    ``max_pixels``: as for ``decode``, each page's declared size checked before it is decoded."""
     with open(path, "rb") as handle:
         data = handle.read()
     if data[:4] in TIFF_MAGIC:
         try:
             with tifffile.TiffFile(io.BytesIO(data)) as tif:
                 if len(tif.pages) > 1:
-                    return [np.asarray(page.asarray()) for page in tif.pages]
+                    out = []
+                    for page in tif.pages:
+                        if max_pixels is not None:
+                            check_shape(tuple(page.shape), path, max_pixels, declared="TIFF page")
+                        out.append(np.asarray(page.asarray()))
+                    return out
+        except InvalidArgument:
+            raise
         except Exception as exc:
-            raise InvalidArgument.field(path, f"cannot be decoded: {exc}") from exc
-    return [decode(data, field=path)]
+            raise InvalidArgument.field(path, f"cannot be decoded: {clipped(str(exc), 300)}") from exc
+    return [decode(data, path, max_pixels)]
+
+
+def _hwc(shape: tuple[int, ...], field: str) -> tuple[int, int, int]:
+    """The [H, W, C] that ``check`` reads an array of ``shape`` as."""
+    if len(shape) == 3 and shape[0] <= MAX_CHANNELS < min(shape[1], shape[2]):
+        return shape[1], shape[2], shape[0]  # stored channels first
+    if len(shape) == 2:
+        return shape[0], shape[1], 1
+    if len(shape) != 3:
+        raise InvalidArgument.field(f"{field}.shape", f"must be [H, W] or [H, W, C], got rank {len(shape)}")
+    return shape[0], shape[1], shape[2]
+
+
+def check_shape(
+    shape: tuple[int, ...], field: str, max_pixels: int, min_side: int = 1, declared: str = ""
+) -> tuple[int, int, int]:
+    """``check``'s rules on a shape alone (also a file's declared one, before decoding; ``declared``
+    names the format in messages); the [H, W, C] it is read as."""
+    h, w, c = _hwc(shape, field)
+    if h < min_side or w < min_side or c < 1:
+        raise InvalidArgument.field(f"{field}.shape", f"empty or under {min_side} pixels: {list(shape)}")
+    if c > MAX_CHANNELS:
+        raise InvalidArgument.field(f"{field}.shape", f"at most {MAX_CHANNELS} channels (last axis), got {c}")
+    if h * w > max_pixels:
+        what = f"the {declared} declares {h}x{w}" if declared else f"{h}x{w}"
+        raise InvalidArgument.field(
+            f"{field}.shape", f"{what} = {h * w} pixels exceeds the limit segmentation.max_pixels = {max_pixels}"
+        )
+    return h, w, c
 
 
 def check(array: Array, field: str, max_pixels: int, min_side: int = 1) -> Array:
     """Validate one image and return it as [H, W, C] (C >= 1), dtype unchanged."""
     if array.dtype.name not in SUPPORTED_DTYPES:
         raise InvalidArgument.field(f"{field}.dtype", f"must be one of {list(SUPPORTED_DTYPES)}, got {array.dtype}")
-    if array.ndim == 3 and array.shape[0] <= MAX_CHANNELS < min(array.shape[1], array.shape[2], array.shape[-1]):
-        array = np.moveaxis(array, 0, -1)
+    h, w, c = check_shape(array.shape, field, max_pixels, min_side)
     if array.ndim == 2:
         array = array[:, :, None]
-    if array.ndim != 3:
-        raise InvalidArgument.field(f"{field}.shape", f"must be [H, W] or [H, W, C], got rank {array.ndim}")
-    h, w, c = array.shape
-    if h < min_side or w < min_side or c < 1:
-        raise InvalidArgument.field(f"{field}.shape", f"empty or under {min_side} pixels: {list(array.shape)}")
-    if c > MAX_CHANNELS:
-        raise InvalidArgument.field(f"{field}.shape", f"at most {MAX_CHANNELS} channels (last axis), got {c}")
-    if h * w > max_pixels:
-        raise InvalidArgument.field(f"{field}.shape", f"{h}x{w} = {h * w} pixels exceeds the limit of {max_pixels}")
+    elif array.shape != (h, w, c):
+        array = np.moveaxis(array, 0, -1)
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise InvalidArgument.field(f"{field}.data", "contains NaN or infinite values")
     return array

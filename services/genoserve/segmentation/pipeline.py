@@ -64,13 +64,42 @@ def check_params(diameter: float, params: MaskParams) -> None:
         raise InvalidArgument.field("min_size", f"must be >= 0, got {params.min_size}")
 
 
+def network_shape(shape: tuple[int, int], contract: SegmentationContract, diameter: float) -> tuple[int, int]:
+    """The (h, w) the network sees for an image of ``shape`` (H, W): rescaled so that cells of
+    ``diameter`` become the model's own diameter (0: not rescaled), as ``prepare`` does."""
+    return scaled_shape(shape, contract.diameter / diameter) if diameter > 0 else shape
+
+
+def check_network_size(
+    shape: tuple[int, int], contract: SegmentationContract, diameter: float, max_network_pixels: int, field: str
+) -> None:
+    """The network's work for an image of ``shape`` (H, W): its tiles after rescaling for
+    ``diameter`` and padding to whole tiles, at most ``max_network_pixels`` pixels (setting
+    ``segmentation.max_network_pixels``). Checked before anything is rescaled or tiled."""
+    scaled = network_shape(shape, contract, diameter)
+    tiles = tiling.tile_count(scaled, contract.tile, contract.overlap)
+    pixels = tiles * contract.tile * contract.tile
+    if pixels <= max_network_pixels:
+        return
+    image = f"the {shape[0]}x{shape[1]} image"
+    if scaled != shape:
+        image += (
+            f" rescaled for diameter {diameter:g} (the model's cell diameter is {contract.diameter:g}) "
+            f"to {scaled[0]}x{scaled[1]}"
+        )
+    raise InvalidArgument.field(
+        f"{field}.shape",
+        f"{image} runs as {tiles} tiles of {contract.tile}x{contract.tile} = {pixels} network pixels, which exceeds "
+        f"segmentation.max_network_pixels = {max_network_pixels}",
+    )
+
+
 def prepare(channels_first: Array, contract: SegmentationContract, diameter: float) -> Prepared:
     """channels_first: float32 [C, H, W] (channels already selected) -> ``Prepared``."""
     shape = (int(channels_first.shape[1]), int(channels_first.shape[2]))
     normalised = percentile_normalize(channels_first)
     if diameter > 0:
-        target = scaled_shape(shape, contract.diameter / diameter)
-        normalised = resize(normalised, target)
+        normalised = resize(normalised, network_shape(shape, contract, diameter))
     return Prepared(normalised, shape, channels_first.mean(axis=0), diameter or contract.diameter)
 
 

@@ -28,11 +28,22 @@ class TileGrid:
     corners: tuple[tuple[int, int], ...]
 
 
+def _count(length: int, tile: int, overlap: float) -> int:
+    """Tiles along one axis of ``length`` pixels (padded to at least one tile)."""
+    if length <= tile:
+        return 1
+    return int(np.ceil((length - tile) / (tile * (1.0 - overlap)))) + 1
+
+
 def _starts(length: int, tile: int, overlap: float) -> list[int]:
     if length <= tile:
         return [0]
-    count = int(np.ceil((length - tile) / (tile * (1.0 - overlap)))) + 1
-    return [round(v) for v in np.linspace(0, length - tile, count)]
+    return [round(v) for v in np.linspace(0, length - tile, _count(length, tile, overlap))]
+
+
+def tile_count(shape: tuple[int, int], tile: int, overlap: float = 0.1) -> int:
+    """How many tiles ``grid`` cuts an image of ``shape`` into, without listing them."""
+    return _count(shape[0], tile, overlap) * _count(shape[1], tile, overlap)
 
 
 def grid(shape: tuple[int, int], tile: int, overlap: float = 0.1) -> TileGrid:

@@ -16,8 +16,11 @@ from genoserve.v1 import segmentation_pb2
 Array = np.ndarray[Any, Any]
 
 
-def image(message: segmentation_pb2.SegmentRequest, shared: RegionReader | None = None) -> Array:
-    """The request's image as stored (array or decoded file), not yet checked; an array in shared
+def image(
+    message: segmentation_pb2.SegmentRequest, shared: RegionReader | None = None, max_pixels: int | None = None
+) -> Array:
+    """The request's image as stored (array or decoded file), not yet checked, but a file's
+    declared size is checked against ``max_pixels`` before it is decoded; an array in shared
     memory is read through ``shared``."""
     which = message.image.WhichOneof("source")
     if which == "array":
@@ -26,7 +29,7 @@ def image(message: segmentation_pb2.SegmentRequest, shared: RegionReader | None 
         # (a NaN then would reach the flow following). Images are small next to their compute.
         return array.copy() if message.image.array.HasField("shared_memory") else array
     if which == "encoded":
-        return images.decode(message.image.encoded, "image.encoded")
+        return images.decode(message.image.encoded, "image.encoded", max_pixels)
     raise InvalidArgument.field("image", "is required (array or encoded TIFF/PNG bytes)")
 
 

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from genoserve.api.codecs import wire
-from genoserve.core.errors import FieldViolation, InvalidArgument
+from genoserve.core.errors import QUOTED_CHARS, FieldViolation, InvalidArgument, quoted
 from genoserve.runtime.spec import DTYPES
 from genoserve.v1 import tensor_pb2
 
@@ -54,10 +54,8 @@ def to_numpy(tensor: tensor_pb2.Tensor, field: str, data: Any = None, shared: Re
         raise InvalidArgument.field(
             f"{field}.dtype", f"must be one of {sorted(_TO_PROTO)}, got enum value {tensor.dtype}"
         )
-    shape = tuple(tensor.shape)
-    if any(d < 0 for d in shape):
-        raise InvalidArgument.field(f"{field}.shape", f"dimensions must be >= 0, got {list(shape)}")
     dtype = DTYPES[name][0]
+    shape = check_shape(tensor.shape, dtype.itemsize, f"{field}.shape")
     expected = math.prod(shape) * dtype.itemsize
     if data is None:
         data = tensor.data  # each attribute read copies the bytes out of the message (upb): read once
@@ -73,6 +71,31 @@ def to_numpy(tensor: tensor_pb2.Tensor, field: str, data: Any = None, shared: Re
             f"has {len(data)} bytes; shape {list(shape)} of {name} needs {expected}",
         )
     return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+#: Most dimensions a Tensor may have (numpy's own limit is 32 in numpy 1, 64 in numpy 2).
+MAX_RANK = 32
+#: Most bytes an array may describe, zero dimensions aside (numpy: its size in bytes must fit in
+#: a signed 64-bit integer, even when another dimension is 0).
+_MAX_NBYTES = 2**63 - 1
+
+
+def check_shape(dims: Sequence[int], itemsize: int, field: str) -> tuple[int, ...]:
+    """A Tensor's shape as a tuple, or InvalidArgument (naming ``field``) when no array can have
+    it: more than ``MAX_RANK`` dimensions, a negative one, or so many elements (zeros aside) that
+    their bytes do not fit in an int64. Checked before any arithmetic or allocation on it."""
+    if len(dims) > MAX_RANK:
+        raise InvalidArgument.field(field, f"at most {MAX_RANK} dimensions, got {len(dims)}")
+    shape = tuple(dims)
+    if any(d < 0 for d in shape):
+        raise InvalidArgument.field(field, f"dimensions must be >= 0, got {list(shape)}")
+    nonzero = math.prod(d for d in shape if d) * itemsize
+    if nonzero > _MAX_NBYTES:
+        raise InvalidArgument.field(
+            field, f"{list(shape)} is too large: its dimensions (zeros aside) describe {nonzero} bytes, "
+            f"more than any array can hold (2**63 - 1)"
+        )  # fmt: skip
+    return shape
 
 
 class Placer(Protocol):
@@ -153,8 +176,9 @@ def map_to_numpy(
     out: dict[str, Array] = {}
     violations: list[FieldViolation] = []
     for name, tensor in tensors.items():
+        label = name if len(name) <= QUOTED_CHARS else quoted(name)  # names come from the client
         try:
-            out[name] = to_numpy(tensor, f"{field}[{name}]", shared=shared)
+            out[name] = to_numpy(tensor, f"{field}[{label}]", shared=shared)
         except InvalidArgument as exc:
             violations.extend(exc.violations)
     if violations:

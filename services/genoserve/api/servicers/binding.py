@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -13,24 +13,54 @@ from genoserve.api.codecs import binding as codec
 from genoserve.api.deadlines import deadline_of
 from genoserve.binding import encoding, mutagenesis, strands
 from genoserve.binding.contract import BindingContract
+from genoserve.binding.limits import RequestLimits
 from genoserve.binding.strands import StrandMode
 from genoserve.binding.variants import ReferenceGenome, VariantSpec, check_variant, unknown_reference, windows
 from genoserve.core.errors import InvalidArgument
+from genoserve.core.settings import BindingSettings
 from genoserve.runtime.model import ServedModel
 from genoserve.runtime.repository import ModelRepository
 from genoserve.v1 import binding_pb2, binding_pb2_grpc
 
 Array = np.ndarray[Any, Any]
+T = TypeVar("T")
+
+#: Requests of more bases than this are one-hot encoded off the event loop (for a small request
+#: the thread hand-off costs more than the encoding).
+INLINE_BASES = 1 << 16
+
+
+async def _off_loop_if_large(bases: int, fn: Callable[..., T], *args: Any) -> T:
+    if bases > INLINE_BASES:
+        return await asyncio.to_thread(fn, *args)
+    return fn(*args)
+
+
+def _encoded(named: list[encoding.NamedSequence], length: int, crop: bool, mode: StrandMode) -> Array:
+    """Checked, fitted, one-hot sequences with their reverse complements as ``mode`` asks."""
+    return strands.with_reverse(encoding.encode(named, length, crop), mode)
+
+
+def _one_hot_both(sequences: list[str], mode: StrandMode) -> Array:
+    return strands.with_reverse(encoding.one_hot(sequences), mode)
 
 
 class SequenceBindingServicer(binding_pb2_grpc.SequenceBindingServicer):
     SERVICE_NAME = "genoserve.v1.SequenceBinding"
     FAMILY = "binding"
 
-    def __init__(self, repository: ModelRepository, references: dict[str, ReferenceGenome], default: str) -> None:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        references: dict[str, ReferenceGenome],
+        default: str,
+        settings: BindingSettings | None = None,
+    ) -> None:
         self.repository = repository
         self.references = references
         self.default_reference = default
+        settings = settings or BindingSettings()
+        self.limits = RequestLimits(settings.max_sequences, settings.max_bases)
 
     def _model(self, name: str, version: str) -> tuple[ServedModel, BindingContract]:
         if not name:
@@ -40,10 +70,10 @@ class SequenceBindingServicer(binding_pb2_grpc.SequenceBindingServicer):
 
     @staticmethod
     async def _logits(
-        model: ServedModel, contract: BindingContract, onehot: Array, mode: StrandMode, deadline: float | None
+        model: ServedModel, contract: BindingContract, both: Array, mode: StrandMode, deadline: float | None
     ) -> Array:
-        """One batched pass over both strands (as asked) -> combined logits [B, T]."""
-        outputs = await model.infer({contract.input: strands.with_reverse(onehot, mode)}, deadline)
+        """One batched pass over both strands (``strands.with_reverse``) -> combined logits [B, T]."""
+        outputs = await model.infer({contract.input: both}, deadline)
         return strands.combine(outputs[contract.output], mode)
 
     async def Predict(
@@ -51,11 +81,13 @@ class SequenceBindingServicer(binding_pb2_grpc.SequenceBindingServicer):
     ) -> binding_pb2.PredictResponse:
         model, contract = self._model(request.model, request.version)
         mode = codec.strand(request.strand, contract.default_strand)
+        self.limits.check_predict(len(request.sequences), contract.length)
         named = codec.sequences(request.sequences)
         if not named:
             raise InvalidArgument.field("sequences", "at least one sequence is required")
-        batch = encoding.encode(named, contract.length, request.crop)
-        logits = await self._logits(model, contract, batch, mode, deadline_of(context))
+        work = max(len(named) * contract.length, sum(len(s.bases) for s in named))  # fitted, or as sent
+        both = await _off_loop_if_large(work, _encoded, named, contract.length, request.crop, mode)
+        logits = await self._logits(model, contract, both, mode, deadline_of(context))
         return codec.predict_response(model.name, model.version, contract.tasks, [s.id for s in named], logits,
                                       strands.sigmoid(logits))  # fmt: skip
 
@@ -75,6 +107,7 @@ class SequenceBindingServicer(binding_pb2_grpc.SequenceBindingServicer):
     ) -> binding_pb2.ScoreVariantsResponse:
         model, contract = self._model(request.model, request.version)
         mode = codec.strand(request.strand, contract.default_strand)
+        self.limits.check_variants(len(request.variants), contract.length)
         name = request.reference or self.default_reference
         reference = self.references.get(name)
         if reference is None:
@@ -87,7 +120,8 @@ class SequenceBindingServicer(binding_pb2_grpc.SequenceBindingServicer):
         results: list[binding_pb2.VariantScores] = []
         if good:
             seqs = [s for i in good for s in checked[i]]
-            logits = await self._logits(model, contract, encoding.one_hot(seqs), mode, deadline_of(context))
+            both = await _off_loop_if_large(len(seqs) * contract.length, _one_hot_both, seqs, mode)
+            logits = await self._logits(model, contract, both, mode, deadline_of(context))
             ref_logit, alt_logit = logits[0::2], logits[1::2]
             ref_score, alt_score = strands.sigmoid(ref_logit), strands.sigmoid(alt_logit)
         position = {i: k for k, i in enumerate(good)}
@@ -105,10 +139,13 @@ class SequenceBindingServicer(binding_pb2_grpc.SequenceBindingServicer):
     ) -> binding_pb2.MutagenesisResponse:
         model, contract = self._model(request.model, request.version)
         mode = codec.strand(request.strand, contract.default_strand)
+        self.limits.check_mutagenesis(contract.length)
         named = codec.sequences([request.sequence])
         [fitted] = encoding.check(named, contract.length, request.crop, field="sequence")
-        batch, positions, bases = mutagenesis.saturation_batch(encoding.one_hot([fitted])[0])
-        logits = await self._logits(model, contract, batch, mode, deadline_of(context))
+        both, positions, bases = await _off_loop_if_large(
+            (1 + 3 * contract.length) * contract.length, _saturation, fitted, mode
+        )
+        logits = await self._logits(model, contract, both, mode, deadline_of(context))
         scores = strands.sigmoid(logits)
         return codec.mutagenesis_response(
             model.name, model.version, contract.tasks, request.sequence.id, fitted, scores[0],
@@ -126,3 +163,9 @@ def _windows_or_errors(
         problem = check_variant(variant, reference)
         out.append(problem if problem else windows(variant, reference, length))
     return out
+
+
+def _saturation(fitted: str, mode: StrandMode) -> tuple[Array, Array, Array]:
+    """``mutagenesis.saturation_batch`` of one fitted sequence, with reverse complements as asked."""
+    batch, positions, bases = mutagenesis.saturation_batch(encoding.one_hot([fitted])[0])
+    return strands.with_reverse(batch, mode), positions, bases

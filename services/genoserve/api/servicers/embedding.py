@@ -12,6 +12,7 @@ from genoserve.api.codecs.tensor import RegionReader
 from genoserve.api.deadlines import deadline_of
 from genoserve.api.servicers.registration import add_parsed_servicer
 from genoserve.core.errors import InvalidArgument
+from genoserve.core.settings import EmbeddingSettings
 from genoserve.embedding import contract
 from genoserve.embedding.contract import EmbeddingContract
 from genoserve.embedding.request import Prepared, prepare
@@ -27,9 +28,12 @@ class CellEmbeddingServicer:
     SERVICE_NAME = "genoserve.v1.CellEmbedding"
     FAMILY = "embedding"
 
-    def __init__(self, repository: ModelRepository, shared: RegionReader | None = None) -> None:
+    def __init__(
+        self, repository: ModelRepository, shared: RegionReader | None = None, settings: EmbeddingSettings | None = None
+    ) -> None:
         self.repository = repository
         self.shared = shared
+        self.settings = settings or EmbeddingSettings()
 
     def _model(self, name: str, version: str) -> tuple[ServedModel, EmbeddingContract]:
         if not name:
@@ -44,7 +48,8 @@ class CellEmbeddingServicer:
         return prepare(
             model, list(request.counts.gene_names), codec.counts(parsed, shared=self.shared),
             list(request.counts.cell_ids), list(request.batch_labels), request.min_gene_overlap,
-            request.not_raw_counts, first_cell, log1p_inputs=log1p_inputs,
+            request.not_raw_counts, first_cell, log1p_inputs=log1p_inputs, max_cells=self.settings.max_cells,
+            max_dense_values=self.settings.max_dense_values,
         )  # fmt: skip
 
     async def _embed(

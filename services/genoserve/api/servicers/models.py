@@ -8,8 +8,10 @@ from genoserve.api.codecs import models as model_codec
 from genoserve.api.codecs import tensor as tensor_codec
 from genoserve.api.codecs.tensor import RegionReader
 from genoserve.api.deadlines import deadline_of
-from genoserve.core.errors import InvalidArgument, NotFound
+from genoserve.core.errors import InvalidArgument, NotFound, quoted
+from genoserve.runtime.model import ServedModel
 from genoserve.runtime.repository import ModelRepository
+from genoserve.segmentation.contract import SegmentationContract
 from genoserve.v1 import models_pb2, models_pb2_grpc
 
 
@@ -37,12 +39,12 @@ class ModelsServicer(models_pb2_grpc.ModelsServicer):
             raise InvalidArgument.field("name", "is required")
         statuses = [s for s in self.repository.statuses() if s.name == request.name]
         if not statuses:
-            raise NotFound(f"model {request.name!r} is not in the repository")
+            raise NotFound(f"model {quoted(request.name)} is not in the repository")
         if request.version:
             chosen = [s for s in statuses if s.version == request.version]
             if not chosen:
                 raise NotFound(
-                    f"model {request.name!r} has no version {request.version!r}; "
+                    f"model {quoted(request.name)} has no version {quoted(request.version)}; "
                     f"versions: {[s.version for s in statuses]}"
                 )
             return model_codec.model_info(chosen[0])
@@ -57,9 +59,21 @@ class ModelsServicer(models_pb2_grpc.ModelsServicer):
             raise InvalidArgument.field("model", "is required")
         model = self.repository.get(request.model, request.version)
         inputs = tensor_codec.map_to_numpy(request.inputs, "inputs", self.shared)
+        _check_family_rules(model, inputs)
         outputs = await model.infer(inputs, deadline_of(context))
         return models_pb2.InferResponse(
             model=model.name,
             version=model.version,
             outputs={name: tensor_codec.from_numpy(array) for name, array in outputs.items()},
         )
+
+
+def _check_family_rules(model: ServedModel, inputs: dict[str, tensor_codec.Array]) -> None:
+    """Rules a family's model has beyond its declared input shapes, checked before the session
+    sees the arrays (else ONNX Runtime fails the call, an INTERNAL error): a segmentation network
+    takes H and W in multiples of its size_multiple, up to one tile."""
+    if model.family == "segmentation":
+        contract = SegmentationContract.of(model.spec)
+        image = inputs.get(contract.input)
+        if image is not None:
+            contract.check_network_input(image.shape, f"inputs[{contract.input}]")

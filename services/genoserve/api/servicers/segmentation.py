@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import grpc
+import numpy as np
 
 from genoserve.api.codecs import segmentation as codec
 from genoserve.api.codecs.tensor import RegionReader
@@ -18,6 +20,8 @@ from genoserve.segmentation.contract import SegmentationContract
 from genoserve.segmentation.dynamics import FollowFn
 from genoserve.segmentation.follow_graph import GRAPH_PATH, OnnxFollower
 from genoserve.v1 import segmentation_pb2, segmentation_pb2_grpc
+
+Array = np.ndarray[Any, Any]
 
 
 class SegmentationServicer(segmentation_pb2_grpc.SegmentationServicer):
@@ -45,10 +49,9 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServicer):
         contract = SegmentationContract.of(model.spec)
         params = codec.params(request)
         pipeline.check_params(request.diameter, params)
-        raw = codec.image(request, self.shared)
-        field = "image.array" if request.image.WhichOneof("source") == "array" else "image.encoded"
-        checked = images.check(raw, field, self.settings.max_pixels)
-        selected = images.select_channels(checked, list(request.channels), contract.channels)
+        # Off the event loop: decoding a TIFF/PNG, checking values and selecting channels take
+        # time in proportion to the image (after its declared size is checked against the limit).
+        selected = await asyncio.to_thread(self._image, request, contract)
         prepared = await asyncio.to_thread(pipeline.prepare, selected, contract, request.diameter)
         layout = tiling.grid(prepared.network_input.shape[1:], contract.tile, contract.overlap)
         stitcher = tiling.Stitcher(layout)
@@ -60,6 +63,16 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServicer):
             pipeline.finish, prepared, stitcher.result(), params, self.follow, self.settings.reconstruction_block
         )
         return codec.segment_response(model.name, model.version, result, request.return_flows)
+
+    def _image(self, request: segmentation_pb2.SegmentRequest, contract: SegmentationContract) -> Array:
+        """The request's image checked against every limit, channels selected: float32 [C, H, W]."""
+        raw = codec.image(request, self.shared, self.settings.max_pixels)
+        field = "image.array" if request.image.WhichOneof("source") == "array" else "image.encoded"
+        checked = images.check(raw, field, self.settings.max_pixels)
+        shape = (int(checked.shape[0]), int(checked.shape[1]))
+        limit = self.settings.resolved_max_network_pixels
+        pipeline.check_network_size(shape, contract, request.diameter, limit, field)
+        return images.select_channels(checked, list(request.channels), contract.channels)
 
 
 def follower(settings: SegmentationSettings, runtime: RuntimeSettings) -> FollowFn | None:
