@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from genoserve.core.errors import InvalidArgument
 
 BASES = frozenset("ACGTN")
+#: Largest read count (DP, each AD, their sum): the response's and the VCF's integers are 32-bit.
+MAX_COUNT = 2**31 - 1
 
 #: Where the default limit of 32 alt alleles per site (setting ``variants.max_alts_per_site``)
 #: comes from. DeepVariant's own make_examples (r1.9 ``pileup_image._alt_allele_combinations``)
@@ -87,9 +89,9 @@ def _label(field: str) -> str:
 
 
 def count(value: float, field: str) -> int:
-    """A read count: a whole number >= 0 (not NaN, not infinite)."""
-    if not (math.isfinite(value) and value >= 0 and value == int(value)):
-        raise InvalidArgument.field(field, f"must be a whole number >= 0, got {value}")
+    """A read count: a whole number in [0, ``MAX_COUNT``] (not NaN, not infinite)."""
+    if not (math.isfinite(value) and 0 <= value <= MAX_COUNT and value == int(value)):
+        raise InvalidArgument.field(field, f"must be a whole number >= 0 and <= {MAX_COUNT}, got {value}")
     return int(value)
 
 

@@ -115,14 +115,23 @@ def test_read_counts_must_be_counts(golden: list[PileupExample]) -> None:
     bad_depth = _fields(golden[0], _set(depth=-3))
     bad_ad = _fields(golden[0], _set(allele_depths=[25, -1]))
     short_ad = _fields(golden[0], _set(allele_depths=[25]))
-    items = _decode([bad_depth, bad_ad, short_ad, codec.pileup_example(golden[1])]).items
-    errors = [(i.error.field, i.error.message) for i in items[:3] if i.error is not None]
+    # The response's depth is an int32: a sum past it was an INTERNAL error when the call was made.
+    big_sum = _fields(golden[0], _set(depth=0, allele_depths=[2**31 - 1, 2]))
+    items = _decode([bad_depth, bad_ad, short_ad, big_sum, codec.pileup_example(golden[1])]).items
+    errors = [(i.error.field, i.error.message) for i in items[:4] if i.error is not None]
     assert errors == [
-        ("examples[0].depth", "examples[0].depth: must be a whole number >= 0, got -3"),
-        ("examples[1].allele_depths", "examples[1].allele_depths: must be a whole number >= 0, got -1"),
+        ("examples[0].depth", "examples[0].depth: must be a whole number >= 0 and <= 2147483647, got -3"),
+        (
+            "examples[1].allele_depths",
+            "examples[1].allele_depths: must be a whole number >= 0 and <= 2147483647, got -1",
+        ),
         ("examples[2].allele_depths", "examples[2].allele_depths: need 2 values (REF first), got 1"),
+        (
+            "examples[3].allele_depths",
+            "examples[3].allele_depths: sum 2147483649 (the depth, as depth is 0) must be <= 2147483647",
+        ),
     ]
-    assert items[3].row == 0
+    assert items[4].row == 0
 
 
 def test_a_broken_tf_example_is_its_own_error(golden: list[PileupExample]) -> None:

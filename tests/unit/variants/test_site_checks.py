@@ -158,9 +158,10 @@ def _cases(g: PileupExample) -> Iterator[tuple[str, bytes, str, str]]:
     yield "shape 2 dims", _tf(g, _shape([100, 1547])), f"{WHERE} image/shape", "need 3 values"
     yield "label empty", _tf(g, lambda f: f["label"].int64_list.SetInParent()), f"{WHERE} label", "one int64"
     dp, ad, vaf = (f"{var} calls[0].info[{k}]" for k in ("DP", "AD", "VAF"))
-    for value in (math.nan, math.inf, -3.0, 2.5):
-        yield f"DP {value}", _tf(g, _info(g, "DP", value)), dp, f"must be a whole number >= 0, got {value}"
-        yield f"AD {value}", _tf(g, _info(g, "AD", value)), ad, f"must be a whole number >= 0, got {value}"
+    for value in (math.nan, math.inf, -3.0, 2.5, 1e12):  # 1e12: past the response's int32
+        rule = f"must be a whole number >= 0 and <= 2147483647, got {value}"
+        yield f"DP {value}", _tf(g, _info(g, "DP", value)), dp, rule
+        yield f"AD {value}", _tf(g, _info(g, "AD", value)), ad, rule
     yield "VAF nan", _tf(g, _info(g, "VAF", math.nan)), vaf, "must be in [0, 1], got nan"
 
 

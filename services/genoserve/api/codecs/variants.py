@@ -13,7 +13,7 @@ from genoserve.api.codecs import wire
 from genoserve.api.codecs.tensor import Placer, RegionReader, from_numpy, to_numpy
 from genoserve.core.errors import InvalidArgument
 from genoserve.v1 import common_pb2, tensor_pb2, variants_pb2
-from genoserve.variants.checks import SiteFields, check_site, count
+from genoserve.variants.checks import MAX_COUNT, SiteFields, check_site, count
 from genoserve.variants.examples import CallInfo, PileupExample, parse_example
 from genoserve.variants.postprocess import ExampleCall, VariantCall
 from genoserve.variants.sites import check_pileup, check_pileups
@@ -76,6 +76,10 @@ def _from_fields(message: variants_pb2.PileupExample, field: str, max_alts: int)
     )  # fmt: skip
     depths = [count(d, f"{field}.allele_depths") for d in message.allele_depths]
     depth = count(message.depth, f"{field}.depth") or sum(depths)
+    if depth > MAX_COUNT:
+        raise InvalidArgument.field(
+            f"{field}.allele_depths", f"sum {depth} (the depth, as depth is 0) must be <= {MAX_COUNT}"
+        )
     fractions = [d / depth if depth else 0.0 for d in depths[1:]]
     return ExampleCall(
         message.chrom, start, start + len(site.reference_bases), site.reference_bases, site.alternate_bases,
