@@ -4,48 +4,40 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 INSTALLED := $(VENV)/.installed
-STUBS := services/genoserve/v1/.generated
-PROTOS := $(wildcard protos/genoserve/v1/*.proto)
-TFEXAMPLE_STUBS := services/genoserve/tfexample/.generated
-TFEXAMPLE_PROTOS := $(wildcard protos/genoserve/tfexample/*.proto protos/genoserve/nucleus/*.proto)
+STUBS := services/genoserve/.stubs-generated
+PROTOS := $(wildcard protos/genoserve/*/*.proto) protos/generate.py
 PYTEST_ARGS ?=
 
 .PHONY: setup serve test lint protos models bench clean deploy-check deploy-sync deploy-lock
 
-setup: $(INSTALLED) $(STUBS) $(TFEXAMPLE_STUBS)
+setup: $(INSTALLED) $(STUBS)
 
-$(INSTALLED): pyproject.toml
+$(INSTALLED): pyproject.toml setup.py
 	@# The job tests start their own redis-server (real, never mocked): install it where missing.
 	command -v redis-server >/dev/null 2>&1 || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server; }
 	@# deploy-check runs a real Prometheus and promtool (Debian's prometheus package has both).
 	command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+	@# tests/deploy/test_image.py builds the image's venv and runs it as the image's uid (10001),
+	@# which cannot run an interpreter under /root (pyenv): it uses the system's python3 with venv.
+	/usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv python3-pip; }
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[cpu,dev,train]'
 	touch $@
 
-# gRPC stubs + typed .pyi, generated into the package module genoserve.v1 (never hand-edited).
+# gRPC stubs + typed .pyi for every package under protos/ (genoserve.v1, and the message-only
+# genoserve.tfexample and genoserve.nucleus for reading DeepVariant TFRecords without TensorFlow),
+# generated into the package by protos/generate.py, the script the wheel build runs too (setup.py).
 protos: $(INSTALLED)
-	rm -f $(STUBS) $(TFEXAMPLE_STUBS)
-	$(MAKE) $(STUBS) $(TFEXAMPLE_STUBS)
+	rm -f $(STUBS)
+	$(MAKE) $(STUBS)
 
 $(STUBS): $(PROTOS) $(INSTALLED)
-	mkdir -p services/genoserve/v1
-	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m grpc_tools.protoc -Iprotos \
-		--python_out=services --grpc_python_out=services \
-		--mypy_out=services --mypy_grpc_out=services $(PROTOS)
-	touch services/genoserve/v1/__init__.py $@
-
-# tf.Example (wire-compatible copy of TensorFlow's, package genoserve.tfexample) and a Nucleus
-# Variant subset (package genoserve.nucleus): messages only, for reading DeepVariant TFRecords
-# without TensorFlow.
-$(TFEXAMPLE_STUBS): $(TFEXAMPLE_PROTOS) $(INSTALLED)
-	mkdir -p services/genoserve/tfexample services/genoserve/nucleus
-	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m grpc_tools.protoc -Iprotos \
-		--python_out=services --mypy_out=services $(TFEXAMPLE_PROTOS)
-	touch services/genoserve/tfexample/__init__.py services/genoserve/nucleus/__init__.py $@
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) protos/generate.py services --mypy
+	touch $@
 
 # The gRPC server plus one bulk-job worker on the embedded broker (no broker process needed);
 # set GENOSERVE_BROKER_URL=redis://host:6379/0 to use Redis instead.
@@ -92,4 +84,4 @@ deploy-lock: setup
 	$(PY) deploy/docker/lock.py
 
 clean:
-	rm -rf $(VENV) services/genoserve/v1 services/genoserve/tfexample services/genoserve/nucleus .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(STUBS) services/genoserve/v1 services/genoserve/tfexample services/genoserve/nucleus .mypy_cache .ruff_cache .pytest_cache

@@ -3,16 +3,28 @@
 The images install these pins (so that an image build is reproducible) plus one ONNX Runtime
 wheel per image (``onnxruntime`` for CPU, ``onnxruntime-gpu`` for GPU, pinned in the Dockerfile).
 Run from an environment with genoserve installed (``make deploy-lock`` uses .venv).
+
+The pins hold for every patch release of the images' Python minor version: a dependency that
+only an older patch release needs (redis needs async-timeout below 3.11.3) is pinned too, and
+installed here first (with ``--no-deps``) when this interpreter does not need it, to learn its
+version. An image on a newer patch release installs it without using it.
 """
 
 from __future__ import annotations
 
+import platform
 import re
+import subprocess
 import sys
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 from packaging.requirements import Requirement
+
+#: Marker environments the pins must cover: this interpreter and the first patch release of its
+#: minor version (``python_full_version`` markers differ between them).
+_MINOR = ".".join(platform.python_version_tuple()[:2])
+ENVIRONMENTS = ({"extra": ""}, {"extra": "", "python_full_version": f"{_MINOR}.0", "python_version": _MINOR})
 
 #: Installed per image, pinned in the Dockerfile.
 PER_IMAGE = {"genoserve", "onnxruntime", "onnxruntime-gpu"}
@@ -34,8 +46,21 @@ def closure(name: str, pins: dict[str, str]) -> None:
     pins[key] = dist.version
     for raw in dist.requires or []:
         requirement = Requirement(raw)
-        if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+        marker = requirement.marker
+        if marker is None or marker.evaluate(ENVIRONMENTS[0]):
             closure(requirement.name, pins)
+        elif any(marker.evaluate(env) for env in ENVIRONMENTS[1:]):
+            _install_for_older_patch(requirement)
+            closure(requirement.name, pins)
+
+
+def _install_for_older_patch(requirement: Requirement) -> None:
+    """Install ``requirement`` (needed on an older patch release of this Python) to learn its version."""
+    try:
+        distribution(requirement.name)
+    except PackageNotFoundError:
+        spec = f"{requirement.name}{requirement.specifier}"
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", spec], check=True)
 
 
 def main() -> None:
