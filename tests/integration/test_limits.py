@@ -351,3 +351,30 @@ def test_megabyte_names_come_back_with_their_own_status_truncated(rig: Rig) -> N
     error = refused(lambda: _infer(rig, shape, np.zeros(shape, np.float32).tobytes(), name="i" * MEGA))
     assert_invalid(error, "iiii")
     _short(error)
+
+
+def test_thousands_of_bad_sequences_come_back_with_the_details_that_fit(rig: Rig) -> None:
+    request = binding_pb2.PredictRequest(
+        model="deepbind-ctcf", sequences=[binding_pb2.Sequence(id=f"s{i}", bases="ACGTX") for i in range(4000)]
+    )
+    channel, stub = _binding(rig)
+    with channel:
+        error = refused(lambda: stub.Predict(request, timeout=60))
+    assert_invalid(error, "sequences[0].bases: sequence 's0': invalid character 'X' at position 4")
+    _short(error)
+    status = rpc_status.from_call(error)
+    assert status is not None
+    bad_request = error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(bad_request)
+    assert bad_request.ByteSize() <= 1536
+    shown = bad_request.field_violations
+    assert [v.field for v in shown[:2]] == ["sequences[0].bases", "sequences[1].bases"]
+    assert shown[-1].description == f"{4000 - (len(shown) - 1)} more violation(s) left out"
+
+
+def test_a_megabyte_duplicate_gene_name_comes_back_invalid_argument_truncated(rig: Rig) -> None:
+    big = "G" * MEGA
+    request = embed_request("scvi-pbmc", [big, big], _empty_cells(1, 2))
+    error = refused(lambda: _embed(rig, request))
+    assert_invalid(error, "counts.gene_names", "must be unique", f"{MEGA} characters", "columns 0 and 1")
+    _short(error)

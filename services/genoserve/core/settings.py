@@ -259,7 +259,8 @@ class SegmentationSettings(_Section):
     max_pixels: int = Field(4096 * 4096, gt=0)
     #: Most pixels the network runs on for one Segment request: tiles x tile x tile, after
     #: rescaling for the request's diameter and padding to whole tiles. 0: 3 x max_pixels (room
-    #: for any image within max_pixels whose sides are at least one tile).
+    #: for any image within max_pixels whose sides are at least one tile, at its own scale, when
+    #: max_pixels is at least two tiles).
     max_network_pixels: int = Field(0, ge=0)
     #: Tiles per model call (the dynamic batcher may merge calls of several requests).
     tile_batch: int = Field(8, gt=0)

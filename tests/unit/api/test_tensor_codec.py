@@ -56,3 +56,40 @@ def test_unspecified_dtype_and_negative_dims_are_refused() -> None:
         codec.to_numpy(tensor_pb2.Tensor(shape=[1], data=b"\0" * 4), "t")
     with pytest.raises(InvalidArgument, match=r"t\.shape"):
         codec.to_numpy(tensor_pb2.Tensor(dtype=tensor_pb2.DATA_TYPE_UINT8, shape=[-1], data=b""), "t")
+
+
+@pytest.mark.parametrize(
+    ("shape", "rule"),
+    [
+        ([1] * 33, "at most 32 dimensions, got 33"),
+        ([1] * 100_000, "at most 32 dimensions, got 100000"),
+        ([0, 2**62, 2**62], "too large"),
+        ([0, 2**31, 2**31], "too large"),  # 2**62 float32 values: 2**64 bytes
+        ([2**62, 4, 0], "too large"),
+    ],
+)
+def test_shapes_no_array_can_have_are_refused_before_any_arithmetic(shape: list[int], rule: str) -> None:
+    tensor = tensor_pb2.Tensor(dtype=tensor_pb2.DATA_TYPE_FLOAT32, shape=shape, data=b"")
+    with pytest.raises(InvalidArgument, match=rule) as info:
+        codec.to_numpy(tensor, "inputs[x]")
+    [violation] = info.value.violations
+    assert violation.field == "inputs[x].shape"
+    assert len(info.value.message) < 400
+
+
+def test_empty_tensors_with_large_but_possible_dims_decode() -> None:
+    tensor = tensor_pb2.Tensor(dtype=tensor_pb2.DATA_TYPE_UINT8, shape=[0, 2**40, 2**20], data=b"")
+    assert codec.to_numpy(tensor, "t").shape == (0, 2**40, 2**20)
+    assert (
+        codec.to_numpy(tensor_pb2.Tensor(dtype=tensor_pb2.DATA_TYPE_UINT8, shape=[1] * 32, data=b"\0"), "t").size == 1
+    )
+
+
+def test_a_huge_input_name_is_cut_in_the_field_it_names() -> None:
+    tensor = tensor_pb2.Tensor(dtype=tensor_pb2.DATA_TYPE_FLOAT32, shape=[2], data=b"")
+    with pytest.raises(InvalidArgument) as info:
+        codec.map_to_numpy({"n" * 100_000: tensor}, "inputs")
+    [violation] = info.value.violations
+    assert violation.field.startswith("inputs['nnnn")
+    assert "(100000 characters)" in violation.field
+    assert len(info.value.message) < 400
