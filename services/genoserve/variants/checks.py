@@ -13,7 +13,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from genoserve.core.errors import InvalidArgument
+from genoserve.core.errors import InvalidArgument, quoted
 
 BASES = frozenset("ACGTN")
 #: Largest read count (DP, each AD, their sum): the response's and the VCF's integers are 32-bit.
@@ -71,16 +71,12 @@ def valid_alt_set(indices: tuple[int, ...], n_alts: int) -> bool:
     )
 
 
-def shown(value: object, most: int = 40) -> str:
-    """``repr(value)``, cut to about ``most`` characters: errors echo what a client sent, and an
-    error's message travels in gRPC metadata, which has a size limit (16 KiB by default)."""
-    if isinstance(value, (list, tuple)) and len(value) > 8:
-        return f"[{', '.join(shown(v, most) for v in value[:4])}, ... ({len(value)} values)]"
-    text = repr(value)
-    if len(text) <= most:
-        return text
-    size = f" ({len(value)} chars)" if isinstance(value, str) else ""
-    return f"{text[:most]}...{size}"
+def listed(values: Sequence[int], most: int = 8) -> str:
+    """``[1, 2]``, or past ``most`` values the first few and how many there are: errors echo
+    what a client sent, and an error's message travels in size-limited gRPC metadata."""
+    if len(values) <= most:
+        return str(list(values))
+    return f"[{', '.join(str(v) for v in values[:4])}, ... ({len(values)} values)]"
 
 
 def _label(field: str) -> str:
@@ -105,7 +101,7 @@ def check_alleles(ref: str, alts: Sequence[str], fields: SiteFields, max_alts: i
         )
     upper_ref = ref.upper()
     if not upper_ref or not BASES.issuperset(upper_ref):
-        raise InvalidArgument.field(fields.ref, f"must be non-empty A/C/G/T/N, got {shown(ref)}")
+        raise InvalidArgument.field(fields.ref, f"must be non-empty A/C/G/T/N, got {quoted(ref)}")
     if not alts:
         raise InvalidArgument.field(fields.alts, "at least one alt allele is required")
     name = _label(fields.alts)
@@ -114,11 +110,11 @@ def check_alleles(ref: str, alts: Sequence[str], fields: SiteFields, max_alts: i
     for index, alt in enumerate(alts):
         upper = alt.upper()
         if not upper or not BASES.issuperset(upper):
-            raise InvalidArgument.field(fields.alts, f"{name}[{index}] must be non-empty A/C/G/T/N, got {shown(alt)}")
+            raise InvalidArgument.field(fields.alts, f"{name}[{index}] must be non-empty A/C/G/T/N, got {quoted(alt)}")
         if upper == upper_ref:
-            raise InvalidArgument.field(fields.alts, f"{name}[{index}] {shown(alt)} equals REF")
+            raise InvalidArgument.field(fields.alts, f"{name}[{index}] {quoted(alt)} equals REF")
         if upper in seen:
-            raise InvalidArgument.field(fields.alts, f"{name}[{index}] {shown(alt)} repeats {name}[{seen[upper]}]")
+            raise InvalidArgument.field(fields.alts, f"{name}[{index}] {quoted(alt)} repeats {name}[{seen[upper]}]")
         seen[upper] = index
         upper_alts.append(upper)
     return upper_ref, upper_alts
@@ -140,7 +136,7 @@ def check_site(
     naming the field (from ``fields``) and the rule."""
     upper_ref, upper_alts = check_alleles(ref, alts, fields, max_alts)
     if not chrom or any(c.isspace() for c in chrom):
-        raise InvalidArgument.field(fields.chrom, f"is required, without whitespace, got {shown(chrom)}")
+        raise InvalidArgument.field(fields.chrom, f"is required, without whitespace, got {quoted(chrom)}")
     base = 1 if fields.one_based else 0
     if start < 0:
         raise InvalidArgument.field(fields.pos, f"must be >= {base} ({base}-based), got {start + base}")
@@ -151,7 +147,7 @@ def check_site(
     if not 1 <= len(indices) <= 2 or len(set(indices)) != len(indices) or not all(0 <= i < n for i in indices):
         raise InvalidArgument.field(
             fields.alt_allele_indices,
-            f"need 1 or 2 distinct indices into {n} alts, got {shown(list(alt_allele_indices))}",
+            f"need 1 or 2 distinct indices into {n} alts, got {listed(alt_allele_indices)}",
         )
     if allele_depths and len(allele_depths) != n + 1:
         raise InvalidArgument.field(fields.allele_depths, f"need {n + 1} values (REF first), got {len(allele_depths)}")

@@ -26,7 +26,7 @@ from google.protobuf.message import DecodeError
 from genoserve.core.errors import InvalidArgument
 from genoserve.nucleus import variants_pb2
 from genoserve.tfexample import example_pb2, feature_pb2
-from genoserve.variants.checks import SiteFields, check_site, count, shown
+from genoserve.variants.checks import SiteFields, check_site, count, listed
 from genoserve.variants.tfrecord import read_records, write_records
 
 #: DeepVariant's channel enum values (deepvariant.proto ``DeepVariantChannelEnum``) by name.
@@ -131,14 +131,12 @@ def _image_shape(shape: tuple[int, ...], size: int, where: str) -> tuple[int, in
     no product that overflows or turns positive from two negatives)."""
     field = f"{where} image/shape"
     if len(shape) != 3:
-        raise InvalidArgument.field(field, f"need 3 values [height, width, channels], got {shown(list(shape))}")
+        raise InvalidArgument.field(field, f"need 3 values [height, width, channels], got {listed(shape)}")
     if min(shape) < 1:
-        raise InvalidArgument.field(field, f"each must be >= 1, got {shown(list(shape))}")
+        raise InvalidArgument.field(field, f"each must be >= 1, got {listed(shape)}")
     height, width, channels = shape
     if height * width * channels != size:
-        raise InvalidArgument.field(
-            field, f"{shown(list(shape))} does not match {size} bytes of image/encoded (uint8 HWC)"
-        )
+        raise InvalidArgument.field(field, f"{listed(shape)} does not match {size} bytes of image/encoded (uint8 HWC)")
     return height, width, channels
 
 

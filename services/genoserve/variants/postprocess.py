@@ -156,7 +156,7 @@ def _check_group(group: list[ExampleCall]) -> None:
         shown = f"{got[:12]}{' ...' if len(got) > 12 else ''}"
         raise InvalidArgument.field(
             "examples",
-            f"{first.reference_name}:{first.start + 1}: alt_allele_indices {shown} do not cover the "
+            f"{first.reference_name[:40]}:{first.start + 1}: alt_allele_indices {shown} do not cover the "
             f"{n} alts as DeepVariant does (one example per alt and per alt pair: {want} examples, "
             f"got {len(group)})",
         )

@@ -169,4 +169,4 @@ def test_errors_echo_a_bounded_part_of_what_was_sent(golden: list[PileupExample]
         error = _decode([_fields(golden[0], edit)]).items[0].error
         assert error is not None
         assert len(error.message) < 200, error.message
-    assert "(100000 chars)" in str(_decode([_fields(golden[0], edits[0])]).items[0].error)
+    assert "(100000 characters)" in str(_decode([_fields(golden[0], edits[0])]).items[0].error)
