@@ -25,6 +25,7 @@ import pytest
 
 from genoserve.client import Client
 from genoserve.client.client import FINAL_JOB_STATES
+from genoserve.jobs.paths import OWNER_MARKER
 from genoserve.v1 import jobs_pb2
 from tests.support.jobs import WorkerProcess, job_server, wait_for_job, write_config
 from tests.support.redis import RedisServer
@@ -111,11 +112,14 @@ def assert_scored(job: jobs_pb2.Job, source: Input, output_dir: Path) -> None:
 
 def assert_nothing_presented(job: jobs_pb2.Job, output_dir: Path) -> None:
     """A failed job has no outputs and no success marker; the worker also removes its shards'
-    staged results (right after the job turns FAILED, hence the short wait)."""
+    staged results (right after the job turns FAILED, hence the short wait). Only the folder's
+    owner marker (which tenant may write there) stays."""
     assert list(job.outputs) == []
     assert not (output_dir / "_SUCCESS.json").exists()
     end = time.monotonic() + 5.0
-    while left := sorted(str(p.relative_to(output_dir)) for p in output_dir.rglob("*") if p.is_file()):
+    while left := sorted(
+        str(p.relative_to(output_dir)) for p in output_dir.rglob("*") if p.is_file() and p.name != OWNER_MARKER
+    ):
         assert time.monotonic() < end, f"left behind by failed job {job.id}: {left}"
         time.sleep(0.05)
 
