@@ -2,20 +2,23 @@
 
 Run from the repository root (``make bench`` runs it with the defaults)::
 
-    .venv/bin/python -m tests.bench.overload_bench [--clients 200] [--deadline 10] [--duration 10]
+    .venv/bin/python -m tests.bench.overload_bench [--clients 200] [--deadline S] [--duration 10]
         [--workloads infer,segment] [--admission on,off]
 
 For each workload and each admission setting (``runtime.batching.deadline_admission``, set through
 ``GENOSERVE_RUNTIME__BATCHING__DEADLINE_ADMISSION``) a fresh ``genoserve serve`` serving only that
 model starts on loopback, and ``--clients`` asyncio tasks (on 8 ``grpc.aio`` channels) send
-requests back to back for ``--duration`` seconds, each with a ``--deadline`` second gRPC deadline;
+requests back to back for ``--duration`` seconds, each with a gRPC deadline (``--deadline``, else
+the workload's own, below);
 a client refused with RESOURCE_EXHAUSTED backs off 0.5-1.5 s (random) before its next request, as
 a well-behaved client does. Then every request in flight is let finish (at most one deadline).
 
 * ``infer``: ``Models.Infer`` on ``platform-mlp`` (MLP 128-512-512-16), 2,048 rows per request (8
-  parts of the model's max batch 256; its queue holds 2,048 parts).
+  parts of the model's max batch 256), 2 s deadlines: its queue holds at most 2,048 parts, about
+  5-7 s of work on a 2-core machine (17 s on the machine of the hardening issue), so 10 s
+  deadlines would not overload it here.
 * ``segment``: ``Segmentation.Segment`` on ``cellpose-nuclei``, the 256 x 256 nuclei image of
-  tests/data/segmentation.
+  tests/data/segmentation (one tile, ~0.3 s a tile on 2 cores), 10 s deadlines.
 
 Reported per run: requests sent, the share refused with RESOURCE_EXHAUSTED (and the server's own
 split by reason from ``genoserve_batcher_rejected_total``), the median time to that refusal, p50 /
@@ -63,6 +66,7 @@ BACKOFF_S = (0.5, 1.5)
 class Workload:
     name: str
     model: str
+    deadline_s: float
     #: (channel) -> an awaitable call taking a timeout
     call: Callable[[grpc.aio.Channel], Callable[[float], Any]]
 
@@ -81,8 +85,8 @@ def segment_call(channel: grpc.aio.Channel) -> Callable[[float], Any]:
 
 
 WORKLOADS = {
-    "infer": Workload("infer", "platform-mlp", infer_call),
-    "segment": Workload("segment", "cellpose-nuclei", segment_call),
+    "infer": Workload("infer", "platform-mlp", 2.0, infer_call),
+    "segment": Workload("segment", "cellpose-nuclei", 10.0, segment_call),
 }
 
 
@@ -164,7 +168,8 @@ def run_one(workload: Workload, admission: bool, args: argparse.Namespace) -> di
     with ServerProcess("--model", workload.model, env=env) as server:
         assert server.proc is not None
         started = time.monotonic()
-        tally = asyncio.run(drive(server.address, workload, args.clients, args.deadline, args.duration))
+        deadline = args.deadline or workload.deadline_s
+        tally = asyncio.run(drive(server.address, workload, args.clients, deadline, args.duration))
         wall = time.monotonic() - started
         rss = peak_rss_mib(server.proc.pid)
         reasons = rejected_by_reason(scrape(server), workload.model)
@@ -177,7 +182,7 @@ def run_one(workload: Workload, admission: bool, args: argparse.Namespace) -> di
         "model": workload.model,
         "admission": admission,
         "clients": args.clients,
-        "deadline_s": args.deadline,
+        "deadline_s": deadline,
         "wall_s": round(wall, 1),
         "sent": sent,
         "outcomes": dict(tally.outcomes),
@@ -194,17 +199,22 @@ def run_one(workload: Workload, admission: bool, args: argparse.Namespace) -> di
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ("| workload | admission | sent | RESOURCE_EXHAUSTED | refused in (p50) | served p50 / p99 | "
+    head = ("| workload | deadline | admission | sent | RESOURCE_EXHAUSTED | refused in (p50) | served p50 / p99 | "
             "accepted that missed the deadline | served/s | server peak RSS |")  # fmt: skip
-    lines = [head, "|" + "---|" * 9]
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
         lines.append(
-            f"| {r['workload']} ({r['model']}) | {'on' if r['admission'] else 'off'} | {r['sent']} | "
-            f"{_pct(r['resource_exhausted_share'])} | {r['refused_p50_ms']} ms | "
-            f"{r['served_p50_ms']} / {r['served_p99_ms']} ms | {_pct(r['accepted_missed_deadline_share'])} | "
+            f"| {r['workload']} ({r['model']}) | {r['deadline_s']:g} s | {'on' if r['admission'] else 'off'} | "
+            f"{r['sent']} | "
+            f"{_pct(r['resource_exhausted_share'])} | {_ms(r['refused_p50_ms'])} | "
+            f"{_ms(r['served_p50_ms'])} / {_ms(r['served_p99_ms'])} | {_pct(r['accepted_missed_deadline_share'])} | "
             f"{r['served_per_s']} | {r['server_peak_rss_mib']} MiB |"
         )
     return "\n".join(lines)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:g} ms"
 
 
 def _pct(share: float | None) -> str:
@@ -214,7 +224,7 @@ def _pct(share: float | None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--clients", type=int, default=200)
-    parser.add_argument("--deadline", type=float, default=10.0, help="seconds, per request")
+    parser.add_argument("--deadline", type=float, help="seconds, per request (default: the workload's)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per run")
     parser.add_argument("--workloads", default="infer,segment")
     parser.add_argument("--admission", default="on,off", help="on, off or both (on,off)")
@@ -237,8 +247,7 @@ def main() -> None:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "overload.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\n{os.cpu_count()} CPUs; {args.clients} clients, {args.deadline:g} s deadlines, "
-          f"{args.duration:g} s of load per run\n")  # fmt: skip
+    print(f"\n{os.cpu_count()} CPUs; {args.clients} clients, {args.duration:g} s of load per run\n")
     print(table(rows))
 
 

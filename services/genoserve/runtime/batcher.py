@@ -114,6 +114,8 @@ class DynamicBatcher:
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0  # rows of the requests in _queue (cancelled ones until purged)
         self._cost = CallCost()  # how long session calls take, for admission by deadline
+        self._drain = CallCost()  # time between batch completions while the queue was never empty
+        self._last_done: float | None = None  # perf_counter of the last completion, if the queue was busy
         self._calls: dict[int, tuple[float, int]] = {}  # running session calls: perf_counter start, rows
         self._call_ids = itertools.count()
         self._wakeup = asyncio.Event()
@@ -162,7 +164,7 @@ class DynamicBatcher:
                 f"model {self.model}: queue full ({self.config.max_queue_size} requests waiting); retry later"
             )
         if deadline is not None and self.config.deadline_admission:
-            self._admit(size, len(parts), deadline - now)
+            self._admit(size, deadline - now)
         loop = asyncio.get_running_loop()
         pending = [
             _Pending(part, _batch_size(part), _shape_key(part), loop.create_future(), deadline, now) for part in parts
@@ -181,37 +183,43 @@ class DynamicBatcher:
             return results[0]
         return {name: np.concatenate([r[name] for r in results]) for name in results[0]}
 
-    def estimated_wait(self) -> float:
-        """Seconds until the queued requests have all run: the running calls' remaining time and
-        the queued rows' (in full batches), shared among the instances. 0 before any call was timed."""
+    def estimated_wait(self, size: int = 0) -> float:
+        """Seconds until the queued requests, and then ``size`` more rows, have all run: the running
+        calls' remaining time, then the rows in full batches, at the pace of the session calls
+        timed (shared among the instances) or, when slower, at the pace the queue was seen to
+        drain (which counts the batcher's and the event loop's own work between calls too).
+        0 before any call was timed."""
         if not self._cost.measured:
             return 0.0
+        instances = self.config.instances
         now = time.perf_counter()
         running = sum(max(0.0, self._cost.seconds(rows) - (now - start)) for start, rows in self._calls.values())
-        rows = self._queued_rows
-        queued = self._cost.seconds(rows, math.ceil(rows / self.config.max_batch_size))
-        return (running + queued) / self.config.instances
+        rows = self._queued_rows + size
+        calls = math.ceil(rows / self.config.max_batch_size)
+        compute = self._cost.seconds(rows, calls) / instances
+        if self._drain.measured:
+            compute = max(compute, self._drain.seconds(rows, calls))
+        return running / instances + compute
 
     def admit(self, size: int, deadline: float | None) -> None:
         """Raise ResourceExhausted now if ``submit`` would refuse a request of ``size`` rows with this
         ``deadline`` by admission: for callers with work to do before ``submit`` (preprocessing)
         that they would rather not do for a request the queue cannot serve in time."""
         if deadline is not None and self.config.deadline_admission:
-            self._admit(size, math.ceil(size / self.config.max_batch_size), deadline - self._clock())
+            self._admit(size, deadline - self._clock())
 
-    def _admit(self, size: int, parts: int, left: float) -> None:
-        """Refuse (RESOURCE_EXHAUSTED) a request of ``size`` rows in ``parts`` parts that the queued
-        work will not let finish in the ``left`` seconds to its deadline."""
+    def _admit(self, size: int, left: float) -> None:
+        """Refuse (RESOURCE_EXHAUSTED) a request of ``size`` rows that the queued work will not let
+        finish in the ``left`` seconds to its deadline (less the headroom)."""
         if not self._queue or not self._cost.measured:
             return
-        wait = self.estimated_wait()
-        own = self._cost.seconds(size, parts) / min(parts, self.config.instances)
-        if wait + own <= left * (1 - self.config.deadline_headroom):
+        needed = self.estimated_wait(size)
+        if needed <= left * (1 - self.config.deadline_headroom):
             return
         metrics.BATCH_REJECTED.labels(self.model, "deadline_estimate").inc()
         raise ResourceExhausted(
-            f"model {self.model}: overloaded; the {self._queued_rows} rows queued ahead need an estimated "
-            f"{wait:.3f} s and this request {own:.3f} s more, but its deadline is {left:.3f} s away "
+            f"model {self.model}: overloaded; the {self._queued_rows} rows queued ahead and this request's "
+            f"{size} need an estimated {needed:.3f} s, but its deadline is {left:.3f} s away "
             f"({1 - self.config.deadline_headroom:.0%} of it is what the model may take); "
             "retry later, elsewhere or with a longer deadline"
         )
@@ -389,10 +397,19 @@ class DynamicBatcher:
                 if not p.future.done():
                     p.future.set_result({name: a[offset : offset + p.size] for name, a in outputs.items()})
                 offset += p.size
+            self._completed(total)
         finally:
             for _ in range(parts):
                 self._slots.release()
             self._wakeup.set()
+
+    def _completed(self, rows: int) -> None:
+        """A batch of ``rows`` rows is done: while the queue never emptied, the time since the last
+        completion is what the batcher took per batch (the pace ``estimated_wait`` drains at)."""
+        now = time.perf_counter()
+        if self._last_done is not None and rows:
+            self._drain.observe(rows, now - self._last_done)
+        self._last_done = now if self._queue else None
 
     async def _isolate(self, batch: list[_Pending]) -> None:
         """The batch failed: run each request alone so only the failing ones get an error."""

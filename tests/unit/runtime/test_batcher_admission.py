@@ -131,6 +131,25 @@ async def test_the_estimate_counts_batches_of_rows_shared_among_instances(make: 
     await asyncio.gather(*queued)
 
 
+async def test_the_estimate_follows_the_pace_the_queue_drains_at_not_only_the_session_calls(make: Make) -> None:
+    """Session calls of 10 ms, but each caller then spends 30 ms on the event loop with its result
+    (encoding a response) before the next batch can start: 20 queued requests take ~0.8 s, not
+    0.2 s, and a request with 0.6 s left is refused rather than accepted to miss its deadline."""
+    batcher = make(Slow(0.01), max_batch_size=1)
+
+    async def caller(i: int) -> None:
+        await batcher.submit(rows(i))
+        time.sleep(0.03)  # noqa: ASYNC251 -- the point: work on the event loop between calls
+
+    await asyncio.gather(*(caller(i) for i in range(6)))  # timed, with a queue behind each call
+    queued = [asyncio.ensure_future(caller(10 + i)) for i in range(20)]
+    await asyncio.sleep(0)
+    assert batcher.estimated_wait() > 0.5
+    with pytest.raises(ResourceExhausted):
+        await batcher.submit(rows(500), deadline=time.monotonic() + 0.6)
+    await asyncio.gather(*queued)
+
+
 async def test_nothing_is_refused_by_estimate_before_a_call_was_timed(make: Make) -> None:
     """No timing yet: the request is accepted, and dropped uncomputed when its deadline passes
     in the queue (DEADLINE_EXCEEDED, as without admission)."""
