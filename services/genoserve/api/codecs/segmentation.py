@@ -19,12 +19,15 @@ Array = np.ndarray[Any, Any]
 def image(
     message: segmentation_pb2.SegmentRequest, shared: RegionReader | None = None, max_pixels: int | None = None
 ) -> Array:
-    """The request's image as stored (array or decoded file), not yet checked, but a file's
-    declared size is checked against ``max_pixels`` before it is decoded; an array in shared
-    memory is read through ``shared``."""
+    """The request's image as stored (array or decoded file), not yet checked but for its size:
+    with ``max_pixels``, an array's shape and a file's declared size are checked (as
+    ``images.check_shape``) before it is copied or decoded. An array in shared memory is read
+    through ``shared``."""
     which = message.image.WhichOneof("source")
     if which == "array":
         array = to_numpy(message.image.array, "image.array", shared=shared)
+        if max_pixels is not None:  # before the copy below (a shared memory object may be large)
+            images.check_shape(array.shape, "image.array", max_pixels)
         # A private copy of an image in shared memory: the client could change it after the checks
         # (a NaN then would reach the flow following). Images are small next to their compute.
         return array.copy() if message.image.array.HasField("shared_memory") else array
