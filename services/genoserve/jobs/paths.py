@@ -29,6 +29,8 @@ from types import TracebackType
 
 from genoserve.core.errors import FieldViolation, InvalidArgument, PermissionDenied
 
+#: Shard outputs of a job stage in ``<output_dir>/STAGING/<job id>``, inside the output folder so
+#: that the merge's renames are atomic.
 STAGING = ".genoserve-staging"
 SUCCESS_MARKER = "_SUCCESS.json"
 #: ``{"tenant": ...}``: the tenant whose jobs may write into this output folder.
@@ -370,11 +372,6 @@ def claim(folder: Folder, tenant: str) -> None:
         raise PermissionDenied(
             f"output_dir: {folder.shown} holds the outputs of another tenant's jobs; choose another folder"
         )
-
-
-def staging_dir(output_dir: Path, job_id: str) -> Path:
-    """Shard outputs of one job, inside its output folder so that the final rename is atomic."""
-    return output_dir / STAGING / job_id
 
 
 def write_atomically(path: Path, data: bytes) -> None:

@@ -128,7 +128,7 @@ class WorkerRuntime:
             return
         except (InputRecordError, PathError, PermissionDenied) as exc:
             reason = _unmask(folders, exc.message)
-            log.info("job %s shard %d: bad input: %s", job_id, index, reason)
+            log.info("job %s shard %d refused: %s", job_id, index, reason)
             self.store.transition(
                 job_id, lambda j: lifecycle.fail_shard(j, index, reason, False, time.time(), jobs.max_attempts)
             )
