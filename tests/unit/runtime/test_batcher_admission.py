@@ -70,7 +70,7 @@ async def test_a_request_the_queued_work_would_make_miss_its_deadline_is_refused
     started = time.monotonic()
     with pytest.raises(ResourceExhausted) as caught:
         await batcher.submit(rows(500), deadline=time.monotonic() + 0.3)
-    assert time.monotonic() - started < 0.05  # refused at once, not after waiting
+    assert time.monotonic() - started < 0.2  # refused at once, not when the 0.3 s deadline passed
     message = str(caught.value)
     assert "overloaded" in message
     assert "estimated" in message
