@@ -78,6 +78,11 @@ class ServedModel(LoadedModel):
         super().__init__(spec, version, session, batcher.config.max_batch_size)
         self.batcher = batcher
 
+    def admit(self, rows: int, deadline: float | None) -> None:
+        """Raise ResourceExhausted now if the batcher would refuse ``rows`` rows by this ``deadline``
+        (for callers that prepare a request before ``infer``: no preparation for a refusal)."""
+        self.batcher.admit(rows, deadline)
+
     async def infer(
         self, inputs: Mapping[str, Array], deadline: float | None = None, log1p_applied: Collection[str] = ()
     ) -> dict[str, Array]:

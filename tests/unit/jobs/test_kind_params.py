@@ -94,3 +94,10 @@ def test_too_many_shards_are_refused_before_they_are_made(tmp_path: Path) -> Non
         get_kind("variants.call_bam")._chunks(  # type: ignore[attr-defined]
             tmp_path / "x.bam", {"shard_size": "1000", "regions": "chr1:1-100000,chr2:1-100000"}, settings
         )
+
+
+def test_call_bam_takes_realign_as_a_flag() -> None:
+    """``realign`` (DeepVariant's local realignment, on by default) is a documented call_bam param."""
+    job = get_kind("variants.call_bam")
+    assert job.parse_params({})["realign"] == "true"
+    assert job.parse_params({"realign": "FALSE"})["realign"] == "false"

@@ -49,13 +49,14 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServicer):
         contract = SegmentationContract.of(model.spec)
         params = codec.params(request)
         pipeline.check_params(request.diameter, params)
+        deadline = deadline_of(context)
+        model.admit(1, deadline)  # an overloaded model refuses before the image is decoded and prepared
         # Off the event loop: decoding a TIFF/PNG, checking values and selecting channels take
         # time in proportion to the image (after its declared size is checked against the limit).
         selected = await asyncio.to_thread(self._image, request, contract)
         prepared = await asyncio.to_thread(pipeline.prepare, selected, contract, request.diameter)
         layout = tiling.grid(prepared.network_input.shape[1:], contract.tile, contract.overlap)
         stitcher = tiling.Stitcher(layout)
-        deadline = deadline_of(context)
         for chunk in tiling.batches(prepared.network_input, layout, self.settings.tile_batch):
             outputs = await model.infer({contract.input: chunk}, deadline)
             stitcher.add(outputs[contract.output])

@@ -178,10 +178,12 @@ class SegmentImages(JobKind):
         real = input_file(item.path, settings.jobs.input_roots)
         try:
             if item.page is None:
-                [raw] = images.read_images(str(real))[:1]
+                [raw] = images.read_images(str(real), max_pixels=settings.segmentation.max_pixels)[:1]
             else:
                 with tifffile.TiffFile(real) as tif:
-                    raw = np.asarray(tif.pages[item.page].asarray())
+                    page = tif.pages[item.page]
+                    images.check_shape(tuple(page.shape), "image", settings.segmentation.max_pixels, declared="TIFF")
+                    raw = np.asarray(page.asarray())
             return images.check(raw, "image", settings.segmentation.max_pixels)
         except InvalidArgument as exc:
             raise InputRecordError(str(item.path), record, exc.message) from exc

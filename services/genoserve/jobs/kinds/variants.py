@@ -173,8 +173,9 @@ class CallBam(_VariantsKind):
     name = "variants.call_bam"
     defaults: ClassVar[Mapping[str, str]] = {
         "model": "", "version": "", "reference": "", "regions": "", "bed": "", "shard_size": "1000000",
-        "sample": "", "overwrite": "false",
+        "sample": "", "overwrite": "false", "realign": "true",
     }  # fmt: skip
+    flags: ClassVar[frozenset[str]] = frozenset({"overwrite", "realign"})
 
     def _regions(self, path: Path, params: Mapping[str, str], settings: Settings) -> list[Region]:
         regions = [Region.parse(r, "params[regions]") for r in params.get("regions", "").split(",") if r.strip()]
@@ -292,7 +293,7 @@ class CallExamples(_VariantsKind):
         examples = []
         try:
             for index, data in enumerate(read_records(path)):
-                example = parse_example(data, f"{path}: record {index}")
+                example = parse_example(data, f"{path}: record {index}", ctx.settings.variants.max_alts_per_site)
                 if example.image.shape != (100, 221, channels):
                     raise InputRecordError(
                         str(path),
