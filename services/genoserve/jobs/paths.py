@@ -23,7 +23,7 @@ import os
 import shutil
 import stat
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -148,20 +148,15 @@ def _stat(real: Path, raw: str, field: str) -> os.stat_result:
 def input_file(path: Path | str, roots: Sequence[Path], field: str = "inputs") -> Path:
     """Where a job is about to open ``path``: its real path, if that is still under ``roots``
     and a regular file (``stat`` only; nothing is opened). PathError naming ``path`` otherwise."""
-    raw = str(path)
-    check_text(raw, field)
-    real = Path(os.path.realpath(raw))
-    rule = _outside(real, roots)
-    if rule:
-        raise PathError.field(field, f"{raw} resolves to {real}, {rule}")
-    mode = _stat(real, raw, field).st_mode
-    if not stat.S_ISREG(mode):
-        raise PathError.field(field, f"{raw} is {describe(mode)}, not a regular file")
-    return real
+    return _confined_now(path, roots, field, stat.S_ISREG, "a regular file")
 
 
 def input_folder(path: Path | str, roots: Sequence[Path], field: str = "inputs") -> Path:
     """As ``input_file``, for a folder."""
+    return _confined_now(path, roots, field, stat.S_ISDIR, "a folder")
+
+
+def _confined_now(path: Path | str, roots: Sequence[Path], field: str, kind: Callable[[int], bool], what: str) -> Path:
     raw = str(path)
     check_text(raw, field)
     real = Path(os.path.realpath(raw))
@@ -169,8 +164,8 @@ def input_folder(path: Path | str, roots: Sequence[Path], field: str = "inputs")
     if rule:
         raise PathError.field(field, f"{raw} resolves to {real}, {rule}")
     mode = _stat(real, raw, field).st_mode
-    if not stat.S_ISDIR(mode):
-        raise PathError.field(field, f"{raw} is {describe(mode)}, not a folder")
+    if not kind(mode):
+        raise PathError.field(field, f"{raw} is {describe(mode)}, not {what}")
     return real
 
 
