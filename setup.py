@@ -26,7 +26,8 @@ class BuildPyWithStubs(build_py):
         if not script.is_file():
             raise RuntimeError(f"{script} is missing: build from a checkout (or an sdist) that has protos/")
         spec = importlib.util.spec_from_file_location("genoserve_protos_generate", script)
-        assert spec is not None and spec.loader is not None
+        assert spec is not None
+        assert spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         module.generate(Path(self.build_lib), mypy=True)

@@ -18,10 +18,11 @@ import yaml
 
 from genoserve.api.codecs.variants import pileup_example
 from genoserve.client import Client
-from genoserve.tfexample import example_pb2
 from genoserve.v1 import variants_pb2, variants_pb2_grpc
-from genoserve.variants.examples import PileupExample, read_examples, serialize_example, to_variant
+from genoserve.variants.examples import PileupExample, read_examples, to_variant
 from tests.support.server import ServerProcess
+from tests.support.tf_examples import tf_example as _tf
+from tests.support.tf_examples import with_shape as _shape
 from tests.support.variants_models import write_fraction_model
 
 pytestmark = pytest.mark.integration
@@ -91,23 +92,6 @@ def test_a_50000_alt_example_is_refused_at_once_and_the_server_stays_well(
     with Client(server.address) as client:
         assert client.health("genoserve.v1.VariantCalling") == "SERVING"
         assert len(client.call_variants(golden).calls) == 78  # a normal request after
-
-
-def _tf(example: PileupExample, edit: Callable[[Any], None] | None = None) -> bytes:
-    message = example_pb2.Example.FromString(serialize_example(example))
-    if edit is not None:
-        edit(message.features.feature)
-    return message.SerializeToString()
-
-
-def _shape(shape: list[int], encoded: bytes | None = None) -> Callable[[Any], None]:
-    def edit(feature: Any) -> None:
-        del feature["image/shape"].int64_list.value[:]
-        feature["image/shape"].int64_list.value.extend(shape)
-        if encoded is not None:
-            feature["image/encoded"].bytes_list.value[0] = encoded
-
-    return edit
 
 
 def _dp(example: PileupExample, value: float) -> Callable[[Any], None]:

@@ -15,11 +15,12 @@ import pysam
 import pytest
 
 from genoserve.core.errors import InvalidArgument
-from genoserve.tfexample import example_pb2
 from genoserve.variants.examples import PileupExample, parse_example, read_examples, serialize_example, to_variant
 from genoserve.variants.postprocess import ExampleCall, call_site, postprocess
 from genoserve.variants.sites import SiteBuffer
 from genoserve.variants.vcf import write_vcf
+from tests.support.tf_examples import tf_example as _tf
+from tests.support.tf_examples import with_shape as _shape
 
 GOLDEN = Path(__file__).resolve().parents[2] / "data" / "deepvariant" / "golden.calling_examples.tfrecord.gz"
 WHERE = "examples[3].tf_example"
@@ -110,23 +111,6 @@ def test_an_incomplete_many_alt_site_is_refused_without_listing_every_pair() -> 
     assert _peak_mib(run) < 8
     assert "2001000 examples" in errors[0].message  # 2,000 alts + 1,999,000 pairs
     assert len(errors[0].message) < 1000
-
-
-def _tf(example: PileupExample, edit: Callable[[Any], None] | None = None) -> bytes:
-    message = example_pb2.Example.FromString(serialize_example(example))
-    if edit is not None:
-        edit(message.features.feature)
-    return message.SerializeToString()
-
-
-def _shape(shape: list[int], encoded: bytes | None = None) -> Callable[[Any], None]:
-    def edit(feature: Any) -> None:
-        del feature["image/shape"].int64_list.value[:]
-        feature["image/shape"].int64_list.value.extend(shape)
-        if encoded is not None:
-            feature["image/encoded"].bytes_list.value[0] = encoded
-
-    return edit
 
 
 def _info(example: PileupExample, key: str, value: float) -> Callable[[Any], None]:
