@@ -58,6 +58,7 @@ from genoserve.binding import encoding, strands
 from genoserve.client import Client
 from genoserve.v1 import binding_pb2, binding_pb2_grpc, jobs_pb2
 from tests.bench.platform_bench import batcher_stats, run_for, summarize
+from tests.bench.report import run_info
 from tests.support.jobs import WorkerProcess, wait_for_job, write_config
 from tests.support.server import REPO, ServerProcess
 
@@ -341,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         conc["on (committed model.yaml)"]["sequences_per_s"] / conc["off (max_batch_size 1)"]["sequences_per_s"]
     )
     report: dict[str, Any] = {
+        "run": run_info(),
         "environment": {
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "cpu_count": os.cpu_count(),

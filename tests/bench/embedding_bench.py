@@ -60,6 +60,7 @@ import yaml
 from genoserve.client import Client, tune_allocator
 from genoserve.client.client import FINAL_JOB_STATES
 from genoserve.runtime.prologue import rewrite
+from tests.bench.report import run_info
 from tests.support.cpu import process_cpu_s
 from tests.support.embedding import PBMC, pbmc_csr
 from tests.support.jobs import WorkerProcess
@@ -371,6 +372,7 @@ def main() -> None:
             report["jobs"] = [run_job(server.address, config, args, source, genes, n, big_raw)
                               for n in (args.job_cells // 4, args.job_cells)]  # fmt: skip
     report["load_average_end"] = os.getloadavg()
+    report["run"] = run_info()
     rows = report["online"]
     medians = {
         (m, f, t): sorted(r["ratio"] for r in rows if (r["model"], r["in_flight"], r["transport"]) == (m, f, t))[

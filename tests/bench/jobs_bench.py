@@ -97,6 +97,7 @@ from genoserve.jobs.records import Job
 from genoserve.jobs.store import open_store
 from genoserve.runtime.session import OrtSession
 from genoserve.v1 import jobs_pb2
+from tests.bench.report import run_info
 from tests.support.jobs import WorkerProcess, job_server, wait_for_job, write_config
 from tests.support.redis import RedisServer
 from tests.support.server import REPO, ServerProcess
@@ -722,6 +723,7 @@ def main(argv: list[str] | None = None) -> int:
             jobs += run_broker(broker, base, x, reference, procs, args)
 
     report: dict[str, Any] = {
+        "run": run_info(),
         "environment": {
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "cpu_count": os.cpu_count(),

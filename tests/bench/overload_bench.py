@@ -26,7 +26,7 @@ p99 latency of the accepted requests that were served, the share of accepted req
 not refused) that missed their deadline (DEADLINE_EXCEEDED), served requests per second, and the
 server's peak resident memory (``VmHWM`` of /proc/<pid>/status at the end).
 
-Output: printed, and ``tests/bench/results/overload.json``.
+Output: printed, and ``tests/bench/results/overload.json`` and ``overload.md``.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ import tifffile
 from genoserve.api.codecs.tensor import from_numpy
 from genoserve.client.client import segment_request
 from genoserve.v1 import models_pb2, models_pb2_grpc, segmentation_pb2_grpc
+from tests.bench.report import run_info
 from tests.support.server import REPO, ServerProcess, scrape
 
 RESULTS = REPO / "tests" / "bench" / "results"
@@ -240,6 +241,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             rows.append(row)
     report = {
+        "run": run_info(),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "args": vars(args),
@@ -247,6 +249,7 @@ def main() -> None:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "overload.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / "overload.md").write_text(table(rows) + "\n")
     print(f"\n{os.cpu_count()} CPUs; {args.clients} clients, {args.duration:g} s of load per run\n")
     print(table(rows))
 

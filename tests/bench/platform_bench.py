@@ -53,6 +53,7 @@ import numpy as np
 import onnxruntime as ort
 
 from genoserve.client import AsyncClient, Client
+from tests.bench.report import run_info
 from tests.support.cpu import process_cpu_s
 from tests.support.server import REPO, ServerProcess
 
@@ -415,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     added_256 = served_lat[256]["p50_ms"] - raw_lat[256]["p50_ms"]
     report: dict[str, Any] = {
+        "run": run_info(),
         "environment": {
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "cpu_count": os.cpu_count(),

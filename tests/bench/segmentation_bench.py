@@ -65,6 +65,7 @@ from genoserve.segmentation.follow_graph import GRAPH_PATH, OnnxFollower
 from genoserve.segmentation.pipeline import prepare, segment_sync
 from genoserve.segmentation.tiling import run_tiled
 from genoserve.training.segmentation.simulator import SimConfig, simulate
+from tests.bench.report import run_info
 from tests.bench.segmentation_reference import reference_compute_masks
 from tests.support.server import REPO, ServerProcess
 
@@ -152,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
         return np.asarray(session.run(None, {contract.input: batch})[0])
 
     results: dict[str, Any] = {
+        "run": run_info(),
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
         "machine": platform.processor() or platform.machine(), "model": MODEL,
         "load_average_start": os.getloadavg(),

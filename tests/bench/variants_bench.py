@@ -59,6 +59,7 @@ from genoserve.variants.examples import read_examples
 from genoserve.variants.make_examples import Region, make_examples
 from genoserve.variants.pipeline import call_examples
 from genoserve.variants.vcf import reference_contigs, write_vcf
+from tests.bench.report import run_info
 from tests.support.cpu import process_cpu_s
 from tests.support.server import REPO, ServerProcess
 
@@ -286,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     loads["end"] = load()
     result = {
+        "run": run_info(),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
         "load_average_1_5_15": loads,
