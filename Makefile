@@ -68,6 +68,7 @@ bench: setup
 	$(PY) -m tests.bench.segmentation_bench
 	$(PY) -m tests.bench.embedding_bench
 	$(PY) -m tests.bench.overload_bench
+	$(PY) -m tests.bench.report
 
 # Everything under deploy/, offline (also part of `make test`): hadolint, kustomize build of every
 # overlay, strict Kubernetes and CRD schema validation, policy checks, promtool check/test rules,
