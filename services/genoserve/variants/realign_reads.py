@@ -9,7 +9,8 @@ written here from its description:
    a non-reference haplotype is dropped when, at a position (outside the reference flanks) whose
    32-mer some read holds, no read placed so far covers it;
 2. reads placed on no haplotype are aligned to every supported haplotype by Smith-Waterman
-   (``genoserve.variants.realign_sw``); haplotypes are aligned to the reference the same way;
+   (``genoserve.variants.realign_sw``: the SSW library, as DeepVariant); haplotypes are aligned
+   to the reference the same way;
 3. each read takes its best haplotype (haplotypes ordered by total read score, fewest first; a
    tie goes to a non-reference haplotype), and its read->haplotype and haplotype->reference
    CIGARs are merged into a read->reference alignment. An alignment whose indels could shift
@@ -25,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from genoserve.variants.reads import OP_D, OP_I, OP_M, OP_S, Read, with_alignment
-from genoserve.variants.realign_sw import Cigar, Scoring, align_similar, local_align, local_scores
+from genoserve.variants.realign_sw import Cigar, LocalAlignment, QueryAligner, Scoring
 
 KMER_SIZE = 32
 MAX_MISMATCHES = 2
@@ -307,7 +308,7 @@ def align_reads(task: AlignTask, reads: list[Read], scoring: Scoring | None = No
         if hap == task.reference:
             h.is_reference, h.cigar, h.ref_pos = True, [(OP_M, len(hap))], 0
         else:
-            aln = align_similar(hap, task.reference, scoring)
+            aln = QueryAligner(hap, scoring).align(task.reference)
             if aln.score > 0:
                 h.cigar, h.ref_pos = aln.cigar, aln.target_begin
                 h.is_reference = (
@@ -315,37 +316,35 @@ def align_reads(task: AlignTask, reads: list[Read], scoring: Scoring | None = No
                     and hap == task.reference[aln.target_begin : aln.target_begin + len(hap)]
                 )
         h.to_ref_shift = _shift_map(len(hap), h.cigar)
-    # Reads placed on no haplotype: Smith-Waterman against every supported haplotype. Only the
-    # scores decide which haplotype a read takes, so all are scored in one batch and the full
-    # alignment is computed for the winner alone.
+    # Reads placed on no haplotype: Smith-Waterman against every supported haplotype; the read
+    # takes the alignment to its best one.
     supported = [h for h in haps if h.score != 0]
-    sw_scores: dict[int, dict[int, int]] = {}
-    sw_ends: dict[int, dict[int, int]] = {}
+    sw_alignments: dict[int, dict[int, LocalAlignment]] = {}
     for r, seq in enumerate(seqs):
         if any(h.reads[r].score > 0 for h in haps) or not supported:
             continue
-        scores = local_scores(seq, [task.haplotypes[h.index] for h in supported], scoring)
-        sw_scores[r] = {h.index: s for h, (s, _) in zip(supported, scores, strict=True) if s > 0 and s >= threshold}
-        sw_ends[r] = {h.index: end for h, (_, end) in zip(supported, scores, strict=True)}
+        aligner = QueryAligner(seq, scoring)
+        found = {h.index: aligner.align(task.haplotypes[h.index]) for h in supported}
+        sw_alignments[r] = {i: aln for i, aln in found.items() if aln.score > 0 and aln.score >= threshold}
     ordered = sorted(haps, key=lambda h: h.score)
     out: list[Read] = []
     for r, read in enumerate(reads):
         best: _Haplotype | None = None
         best_score = 0
         for h in ordered:
-            s = sw_scores[r].get(h.index, 0) if r in sw_scores else h.reads[r].score
+            if r in sw_alignments:
+                to_hap = sw_alignments[r].get(h.index)
+                s = to_hap.score if to_hap is not None else 0
+            else:
+                s = h.reads[r].score
             if s > best_score or (best_score > 0 and s == best_score and not h.is_reference):
                 best, best_score = h, s
         if best is None or not best.cigar:
             out.append(read)
             continue
-        if r in sw_scores:
-            # The alignment ends at the column found while scoring; it cannot span more than
-            # 3 read lengths of haplotype (gaps cost more than matches gain).
-            end = sw_ends[r][best.index]
-            lo = max(0, end - 3 * len(seqs[r]))
-            aln = local_align(seqs[r], task.haplotypes[best.index][lo:end], scoring)
-            best.reads[r] = _Placement(aln.score, aln.target_begin + lo, aln.cigar)
+        if r in sw_alignments:
+            chosen = sw_alignments[r][best.index]
+            best.reads[r] = _Placement(chosen.score, chosen.target_begin, chosen.cigar)
         placement = best.reads[r]
         if placement.position >= len(best.to_ref_shift):
             out.append(read)
