@@ -78,7 +78,9 @@ class GenoserveServer:
         self.settings = settings
         self.repository = ModelRepository(settings.runtime)
         self.store = open_store(settings.jobs.resolved_store_url)
-        self.jobs = JobService(settings, self.store, make_celery(settings.jobs))
+        self.jobs = JobService(
+            settings, self.store, make_celery(settings.jobs), self.repository.store, self.repository.latest_version
+        )
         self.jobs_servicer = JobsServicer(self.jobs)
         # Reference genomes for ScoreVariants: a broken path fails the start, not the first request.
         self.references = {name: ReferenceGenome(name, path) for name, path in settings.binding.references.items()}
@@ -97,7 +99,11 @@ class GenoserveServer:
     def _servicers(self) -> list[tuple[Any, Any, str | None]]:
         """(servicer, add_to_server function, family it needs) for every genoserve service."""
         return [
-            (ModelsServicer(self.repository, self.shared), models_pb2_grpc.add_ModelsServicer_to_server, None),
+            (
+                ModelsServicer(self.repository, self.shared, self.settings.server.auth),
+                models_pb2_grpc.add_ModelsServicer_to_server,
+                None,
+            ),
             (self.jobs_servicer, jobs_pb2_grpc.add_JobsServicer_to_server, None),
             (
                 SequenceBindingServicer(

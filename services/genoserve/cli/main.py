@@ -32,7 +32,15 @@ def cli() -> None:
 @click.option("--port", type=int, help="gRPC port (default 50051; 0 picks a free one).")
 @click.option("--metrics-port", type=int, help="Prometheus /metrics port (default 9095; 0 disables).")
 @click.option("--health-port", type=int, help="Plaintext grpc.health.v1-only port for probes (default 0: off).")
-@click.option("--model-dir", type=click.Path(path_type=Path), help="Model repository (default models/).")
+@click.option(
+    "--model-dir",
+    help="Model repository: a folder, a mounted volume or s3://bucket/prefix (default models/).",
+)
+@click.option(
+    "--model-control", type=click.Choice(["none", "poll", "explicit"]),
+    help="none: serve what the repository holds at start; poll: follow it; explicit: models load/unload.",
+)  # fmt: skip
+@click.option("--poll-interval", type=float, help="Seconds between reads of the repository (--model-control poll).")
 @click.option("--model", "models", multiple=True, help="Serve only this model (repeatable).")
 @click.option("--family", "families", multiple=True, help="Serve only models of this family (repeatable).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Execution provider.")
@@ -66,7 +74,9 @@ def serve(config: Path | None, **flags: Any) -> None:
         "server.tls.cert_file": flags["tls_cert"],
         "server.tls.key_file": flags["tls_key"],
         "server.tls.client_ca_file": flags["tls_client_ca"],
-        "runtime.model_dir": flags["model_dir"],
+        "runtime.model_repository": flags["model_dir"],
+        "runtime.model_control": flags["model_control"],
+        "runtime.poll_interval_s": flags["poll_interval"],
         "runtime.models": list(flags["models"]) or None,
         "runtime.families": list(flags["families"]) or None,
         "runtime.device": flags["device"],
@@ -94,14 +104,21 @@ def serve(config: Path | None, **flags: Any) -> None:
 def _check_selection(runtime: RuntimeSettings) -> None:
     """Refuse a model folder that does not exist and --model/--family names that select nothing."""
     from genoserve.jobs.celery_app import FAMILY_QUEUES
+    from genoserve.runtime.store import LocalStore, open_store
 
-    folder = runtime.model_dir
-    if not folder.is_dir():
-        raise InvalidArgument.field("runtime.model_dir", f"model directory {str(folder)!r} does not exist")
-    present = sorted(p.parent.name for p in folder.glob("*/model.yaml"))
-    unknown = [name for name in runtime.models if name not in present]
-    if unknown:
-        raise InvalidArgument.field("runtime.models", f"{unknown} not in {str(folder)!r}; its models: {present}")
+    try:
+        store = open_store(runtime)
+    except ValueError as exc:
+        raise InvalidArgument.field("runtime.model_repository", str(exc)) from exc
+    if isinstance(store, LocalStore):  # object storage is read (and retried) once the server runs
+        folder = store.path
+        field = "runtime.model_repository" if runtime.model_repository else "runtime.model_dir"
+        if not folder.is_dir():
+            raise InvalidArgument.field(field, f"model directory {str(folder)!r} does not exist")
+        present = sorted(p.parent.name for p in folder.glob("*/model.yaml"))
+        unknown = [name for name in runtime.models if name not in present]
+        if unknown:
+            raise InvalidArgument.field("runtime.models", f"{unknown} not in {str(folder)!r}; its models: {present}")
     families = [name for name in runtime.families if name not in FAMILY_QUEUES]
     if families:
         raise InvalidArgument.field("runtime.families", f"unknown families {families}; known: {list(FAMILY_QUEUES)}")
@@ -186,12 +203,61 @@ def models_show(name: str, version: str, **conn: Any) -> None:
     click.echo(json.dumps(json_format.MessageToDict(info, preserving_proto_field_name=True), indent=2))
 
 
+@models.command("load")
+@client_options
+@click.argument("name")
+@click.option("--version", default="", help="Only this version (default: every version in the store).")
+def models_load(name: str, version: str, **conn: Any) -> None:
+    """Load a model from the model store now (server with --model-control explicit)."""
+    with make_client(**conn) as client:
+        infos = or_exit(lambda: client.load_model(name, version))
+    for info in infos:
+        state = "ready" if info.ready else f"failed: {info.reason}"
+        click.echo(f"{info.name} version {info.version}: {state}")
+    if not any(info.ready for info in infos):
+        sys.exit(1)
+
+
+@models.command("unload")
+@client_options
+@click.argument("name")
+@click.option("--version", default="", help="Only this version (default: every loaded version).")
+def models_unload(name: str, version: str, **conn: Any) -> None:
+    """Stop serving a model; returns once its running requests have finished."""
+    with make_client(**conn) as client:
+        versions = or_exit(lambda: client.unload_model(name, version))
+    click.echo(f"{name}: unloaded version(s) {', '.join(versions)}")
+
+
+@models.command("index")
+@client_options
+def models_index(**conn: Any) -> None:
+    """Every model version in the server's model store, loaded or not."""
+    from genoserve.v1 import models_pb2
+
+    with make_client(**conn) as client:
+        entries = or_exit(lambda: client.repository_index())
+    if not entries:
+        click.echo("the model store holds no models")
+        return
+    rows = [("MODEL", "VERSION", "STATE", "REASON")]
+    for entry in entries:
+        state = models_pb2.ModelState.Name(entry.state).removeprefix("MODEL_STATE_").lower()
+        rows.append((entry.name, entry.version or "?", state, entry.reason))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for row in rows:
+        click.echo(("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[3]).rstrip())
+
+
 @cli.command()
 @click.option("--config", type=click.Path(path_type=Path, exists=True), help="YAML settings file.")
 @click.option("--queues", help="Comma-separated queues (families) to consume; default all.")
 @click.option("--concurrency", type=int, help="Prefork worker processes (default 1).")
 @click.option("--metrics-port", type=int, help="Worker /metrics port (default 9096; 0 disables).")
-@click.option("--model-dir", type=click.Path(path_type=Path), help="Model repository (default models/).")
+@click.option(
+    "--model-dir",
+    help="Model repository: a folder, a mounted volume or s3://bucket/prefix (default models/).",
+)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Execution provider.")
 @click.option("--intra-op-threads", type=int, help="ONNX Runtime threads per session.")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
@@ -205,7 +271,7 @@ def worker(config: Path | None, **flags: Any) -> None:
         "worker.queues": queues,
         "worker.concurrency": flags["concurrency"],
         "worker.metrics_port": flags["metrics_port"],
-        "runtime.model_dir": flags["model_dir"],
+        "runtime.model_repository": flags["model_dir"],
         "runtime.device": flags["device"],
         "runtime.intra_op_threads": flags["intra_op_threads"],
         "logging.level": flags["log_level"],

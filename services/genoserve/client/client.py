@@ -354,6 +354,22 @@ class Client:
         )
         return info
 
+    def load_model(self, name: str, version: str = "", timeout: float | None = None) -> list[models_pb2.ModelInfo]:
+        """Load a model (every version in the store, or ``version``) on a server whose
+        ``runtime.model_control`` is explicit; the versions with their state."""
+        request = models_pb2.LoadModelRequest(name=name, version=version)
+        return list(self._call(self.models.Load, request, timeout).models)
+
+    def unload_model(self, name: str, version: str = "", timeout: float | None = None) -> list[str]:
+        """Stop serving a model (every version, or ``version``); returns once its running
+        requests have finished. The versions unloaded."""
+        request = models_pb2.UnloadModelRequest(name=name, version=version)
+        return list(self._call(self.models.Unload, request, timeout).versions)
+
+    def repository_index(self, timeout: float | None = None) -> list[models_pb2.RepositoryIndexResponse.Entry]:
+        """Every model version in the server's model store, loaded or not."""
+        return list(self._call(self.models.RepositoryIndex, models_pb2.RepositoryIndexRequest(), timeout).models)
+
     def infer(
         self, model: str, inputs: Mapping[str, Array], version: str = "", timeout: float | None = None
     ) -> dict[str, Array]:
@@ -574,6 +590,26 @@ class AsyncClient:
             self.models.GetModel, models_pb2.GetModelRequest(name=name, version=version), timeout
         )
         return info
+
+    async def load_model(
+        self, name: str, version: str = "", timeout: float | None = None
+    ) -> list[models_pb2.ModelInfo]:
+        """Load a model (every version in the store, or ``version``) on a server whose
+        ``runtime.model_control`` is explicit; the versions with their state."""
+        request = models_pb2.LoadModelRequest(name=name, version=version)
+        return list((await self._call(self.models.Load, request, timeout)).models)
+
+    async def unload_model(self, name: str, version: str = "", timeout: float | None = None) -> list[str]:
+        """Stop serving a model (every version, or ``version``); returns once its running
+        requests have finished. The versions unloaded."""
+        request = models_pb2.UnloadModelRequest(name=name, version=version)
+        return list((await self._call(self.models.Unload, request, timeout)).versions)
+
+    async def repository_index(self, timeout: float | None = None) -> list[models_pb2.RepositoryIndexResponse.Entry]:
+        """Every model version in the server's model store, loaded or not."""
+        return list(
+            (await self._call(self.models.RepositoryIndex, models_pb2.RepositoryIndexRequest(), timeout)).models
+        )
 
     async def infer(
         self, model: str, inputs: Mapping[str, Array], version: str = "", timeout: float | None = None

@@ -28,6 +28,7 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "GENOSERVE_METRICS_PORT": ("server", "metrics_port"),
     "GENOSERVE_HEALTH_PORT": ("server", "health_port"),
     "GENOSERVE_MODEL_DIR": ("runtime", "model_dir"),
+    "GENOSERVE_MODEL_REPOSITORY": ("runtime", "model_repository"),
     "GENOSERVE_DEVICE": ("runtime", "device"),
     "GENOSERVE_TOKENS_FILE": ("server", "auth", "tokens_file"),
     "GENOSERVE_LOG_LEVEL": ("logging", "level"),
@@ -69,6 +70,9 @@ class AuthSettings(_Section):
     """Bearer-token auth. ``tokens_file`` holds one ``<token> [tenant]`` per line (# comments)."""
 
     tokens_file: Path | None = None
+    #: Tenants allowed to change what is served (``Models/Load``, ``Models/Unload``) when tokens
+    #: are on; with auth off, anyone who reaches the port may.
+    admin_tenants: tuple[str, ...] = ("admin",)
 
     @property
     def enabled(self) -> bool:
@@ -119,8 +123,44 @@ class BatchingSettings(_Section):
     deadline_headroom: float = Field(0.2, ge=0, lt=1)
 
 
+class ModelStoreSettings(_Section):
+    """S3-compatible object storage for ``runtime.model_repository: s3://bucket/prefix``.
+
+    Empty fields fall back to the standard ``AWS_*`` environment variables (``AWS_ACCESS_KEY_ID``,
+    ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_REGION``, ``AWS_ENDPOINT_URL``), and
+    then to the instance's role credentials, as the AWS SDKs do.
+    """
+
+    #: ``http(s)://host:port`` of a non-AWS server (MinIO, Ceph RGW, GCS's S3 API); empty: AWS.
+    endpoint: str = ""
+    region: str = ""
+    access_key_id: str = ""
+    secret_access_key: str = Field("", repr=False)
+    session_token: str = Field("", repr=False)
+    #: Allow a plain-http endpoint (a MinIO inside the cluster); off: https only.
+    allow_http: bool = False
+    #: Where downloaded model files are kept (checked by sha256 before they load).
+    cache_dir: Path = Path(".genoserve/model-cache")
+
+
 class RuntimeSettings(_Section):
+    #: The model repository on local disk or a mounted volume (``runtime.model_repository``
+    #: overrides it).
     model_dir: Path = Path("models")
+    #: Where the model versions are: empty for ``model_dir``, a local path, or S3-compatible object
+    #: storage ``s3://bucket/prefix`` (``store`` gives the endpoint and credentials); files are
+    #: downloaded to ``store.cache_dir`` and sha256-checked before they load.
+    model_repository: str = ""
+    store: ModelStoreSettings = ModelStoreSettings()
+    #: After Triton's model control modes. ``none``: what the repository holds at start is served
+    #: until the process ends. ``poll``: the repository is re-read every ``poll_interval_s``; new
+    #: versions load (and serve once checked and warmed up), removed ones unload. ``explicit``:
+    #: ``Models/Load`` and ``Models/Unload`` (``genoserve models load|unload``) change what is
+    #: served.
+    model_control: Literal["none", "poll", "explicit"] = "none"
+    poll_interval_s: float = Field(30.0, gt=0)
+    #: An unloaded version lets requests that already hold it finish for up to this long.
+    unload_timeout_s: float = Field(30.0, ge=0)
     #: Serve only these model names (empty: every model in ``model_dir``).
     models: tuple[str, ...] = ()
     #: Serve only models of these families (empty: every family). One Deployment per family

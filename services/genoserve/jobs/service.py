@@ -7,7 +7,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from genoserve.jobs.paths import NAME_MAX, claim, confine, open_output_folder, o
 from genoserve.jobs.records import Job, JobState, Shard, ShardState, new_job_id
 from genoserve.jobs.store import JobStore
 from genoserve.runtime.registry import read_spec
+from genoserve.runtime.store import ModelStore, open_store
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,23 @@ def progress(job: Job, now: float | None = None) -> Progress:
 
 
 class JobService:
-    def __init__(self, settings: Settings, store: JobStore, app: Celery) -> None:
+    """``models``: the model store jobs read their model from (the server's); ``served_version``:
+    the version the server serves of a model as latest ("" when none), which a job without a
+    version is pinned to when the store still has it (else the store's newest)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        app: Celery,
+        models: ModelStore | None = None,
+        served_version: Callable[[str], str] | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.app = app
+        self.models = models or open_store(settings.runtime)
+        self.served_version = served_version
 
     # -- submit ---------------------------------------------------------------------------------
 
@@ -61,7 +75,7 @@ class JobService:
         model_name, version = kind.model(parsed)
         check_model_name(model_name)  # before the name comes near the filesystem
         try:
-            spec = read_spec(self.settings.runtime.model_dir / model_name)
+            spec = read_spec(self.models.sync((model_name,), files=False) / model_name)
         except ValueError as exc:
             raise InvalidArgument.field("params[model]", f"model {model_name!r} is not usable: {exc}") from exc
         known = [str(v.version) for v in spec.versions]
@@ -69,6 +83,10 @@ class JobService:
             raise InvalidArgument.field(
                 "params[version]", f"model {model_name} has no version {version!r}; it has {known}"
             )
+        if not version:  # pinned now: every shard runs the version the job was submitted against
+            served = self.served_version(model_name) if self.served_version else ""
+            version = served if served in known else str(max(v.version for v in spec.versions))
+            parsed = {**parsed, "version": version}
         if not inputs:
             raise InvalidArgument.field("inputs", "at least one input is required")
         if len(inputs) > jobs.max_shards_per_job:

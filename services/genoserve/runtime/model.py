@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -77,6 +78,18 @@ class ServedModel(LoadedModel):
     def __init__(self, spec: ModelSpec, version: VersionSpec, session: OrtSession, batcher: DynamicBatcher) -> None:
         super().__init__(spec, version, session, batcher.config.max_batch_size)
         self.batcher = batcher
+        self._holders: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+
+    def hold(self, task: asyncio.Task[Any]) -> None:
+        """``task`` (a request's handler) uses this version: an unload waits for it."""
+        self._holders.add(task)
+
+    async def released(self, timeout: float) -> None:
+        """Until every task that holds this version is done, for up to ``timeout`` seconds."""
+        current = asyncio.current_task()
+        pending = {t for t in self._holders if not t.done() and t is not current}
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
 
     def admit(self, rows: int, deadline: float | None) -> None:
         """Raise ResourceExhausted now if the batcher would refuse ``rows`` rows by this ``deadline``

@@ -1,16 +1,25 @@
-"""Loads every model version of the repository into sessions and batchers; looks them up."""
+"""Loads the model versions of the store into sessions and batchers, keeps them in step with it
+(``runtime.model_control``), and looks them up.
+
+Versions are immutable: a version number, once loaded, is served as loaded until it is unloaded.
+A new version serves only after its checks and warm-up; a version that fails them is reported
+and the others keep serving. An unloaded version stops being handed out at once, and the
+requests that already hold it finish on it (for up to ``runtime.unload_timeout_s``).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from genoserve.core import metrics
 from genoserve.core.cpus import CpuBudget, cpu_budget
-from genoserve.core.errors import GenoserveError, NotFound, Unavailable
+from genoserve.core.errors import FailedPrecondition, GenoserveError, InvalidArgument, NotFound, Unavailable
 from genoserve.core.settings import RuntimeSettings
 from genoserve.runtime import registry
 from genoserve.runtime.batcher import BatcherConfig, DynamicBatcher
@@ -20,6 +29,7 @@ from genoserve.runtime.placement import placement
 from genoserve.runtime.registry import ModelState, ModelVersionRecord
 from genoserve.runtime.session import CPU, OrtSession
 from genoserve.runtime.spec import ModelSpec
+from genoserve.runtime.store import ModelStore, open_store
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +72,58 @@ def batcher_config(
     )
 
 
-class ModelRepository:
-    """All model versions of ``settings.model_dir``: loaded ones serve, failed ones say why."""
+Key = tuple[str, str]
 
-    def __init__(self, settings: RuntimeSettings) -> None:
+
+def _key(record: ModelVersionRecord) -> Key:
+    return (record.name, record.version_label)
+
+
+def _order(record: ModelVersionRecord) -> tuple[str, int]:
+    return (record.name, record.version.version if record.version else -1)
+
+
+def _fingerprint(record: ModelVersionRecord) -> tuple[str, tuple[int, int] | None, str]:
+    """What a retry of a version that failed would see differently: its declared sha256, its file
+    (size, mtime) and, for a model.yaml that cannot be read, the reason."""
+    if record.version is None:
+        return ("", None, record.reason)
+    try:
+        stat = record.onnx_path.stat()
+        seen: tuple[int, int] | None = (stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        seen = None
+    return (record.version.sha256, seen, "")
+
+
+def _forget_metric(record: ModelVersionRecord) -> None:
+    with contextlib.suppress(KeyError):  # never set: nothing to forget
+        metrics.MODEL_READY.remove(record.name, record.version_label)
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """A model version in the store and what this server makes of it (``state`` None: not loaded)."""
+
+    name: str
+    version: str
+    state: ModelState | None
+    reason: str
+
+
+class ModelRepository:
+    """The model versions of ``runtime.model_repository``: loaded ones serve, failed ones say why."""
+
+    def __init__(self, settings: RuntimeSettings, store: ModelStore | None = None) -> None:
         self.settings = settings
+        self.store = store or open_store(settings)
         self._records: list[ModelVersionRecord] = []
-        self._served: dict[tuple[str, str], ServedModel] = {}
+        self._fingerprints: dict[Key, tuple[str, tuple[int, int] | None, str]] = {}
+        self._served: dict[Key, ServedModel] = {}
+        self._unloading: dict[Key, asyncio.Task[None]] = {}
+        self._loaded_once = False
+        self._lock: asyncio.Lock | None = None
+        self._poller: asyncio.Task[None] | None = None
         self._budget = cpu_budget()
         # Threads start on demand: room for every core's instance of a per-core model.
         self._executor = ThreadPoolExecutor(max_workers=max(4, 2 * self._budget.usable), thread_name_prefix="ort")
@@ -82,6 +137,12 @@ class ModelRepository:
         for listener in self._listeners:
             listener()
 
+    @property
+    def _mutex(self) -> asyncio.Lock:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        return self._lock
+
     # -- loading -------------------------------------------------------------------------------
 
     def _load_version(self, record: ModelVersionRecord) -> OrtSession | None:
@@ -94,42 +155,222 @@ class ModelRepository:
         record.provider = session.provider
         return session
 
-    async def load(self) -> None:
-        """Scan the repository and load each version; a failure keeps only that version out."""
-        self._records = registry.scan(self.settings.model_dir, self.settings.models, self.settings.families)
-        self._changed()
+    async def _serve(self, record: ModelVersionRecord) -> None:
+        """Load one LOADING version; it serves only once checked and warmed up."""
+        assert record.spec is not None
+        assert record.version is not None
         loop = asyncio.get_running_loop()
-        for record in self._records:
-            if record.state is ModelState.FAILED or record.spec is None or record.version is None:
-                continue
-            session = await loop.run_in_executor(self._executor, self._load_version, record)
-            if session is None:
-                metrics.MODEL_READY.labels(record.name, record.version_label).set(0)
-                self._changed()
-                continue
-            config = batcher_config(record.spec, self.settings, session.provider, self._budget)
-            batcher = DynamicBatcher(record.name, session.run, config, self._executor)
-            batcher.start()
-            self._served[(record.name, record.version_label)] = ServedModel(
-                record.spec, record.version, session, batcher
+        session = await loop.run_in_executor(self._executor, self._load_version, record)
+        if session is None:
+            metrics.MODEL_READY.labels(record.name, record.version_label).set(0)
+            self._changed()
+            return
+        config = batcher_config(record.spec, self.settings, session.provider, self._budget)
+        batcher = DynamicBatcher(record.name, session.run, config, self._executor)
+        batcher.start()
+        self._served[_key(record)] = ServedModel(record.spec, record.version, session, batcher)
+        record.state = ModelState.READY
+        metrics.MODEL_READY.labels(record.name, record.version_label).set(1)
+        threads = session.intra_op_threads or "default"
+        rows = 2 * config.split_rows
+        split = f"; a lone batch of {rows}+ rows split across idle calls" if config.split_rows else ""
+        log.info("model %s version %s ready on %s (%d session call(s) at once, intra-op threads: %s%s)",
+                 record.name, record.version_label, record.provider, config.instances, threads, split)  # fmt: skip
+        self._changed()
+
+    async def load(self) -> None:
+        """The first load: every version in the store (of the selected models and families); a
+        failure keeps only that version out. Then, with ``model_control: poll``, the polling."""
+        try:
+            await self.refresh()
+        finally:
+            self._loaded_once = True
+            self._changed()
+            if self.settings.model_control == "poll" and self._poller is None:
+                self._poller = asyncio.create_task(self._poll())
+
+    async def _poll(self) -> None:
+        interval = self.settings.poll_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the store is unreachable: what is loaded keeps serving
+                message = exc.message if isinstance(exc, GenoserveError) else str(exc)
+                log.error("polling %s failed (the loaded versions keep serving): %s", self.store.location, message)
+
+    async def refresh(self, names: tuple[str, ...] = (), version: str = "") -> list[ModelVersionRecord]:
+        """Bring what is served in step with the store: versions new to it load, versions gone
+        from it unload, a failed version whose files changed is tried again; loaded versions are
+        left as they are. ``names`` / ``version`` limit this to those models / that version.
+        Returns the records in that scope."""
+
+        def in_scope(key: Key) -> bool:
+            return (not names or key[0] in names) and (not version or key[1] in (version, ""))
+
+        async with self._mutex:
+            only = names or self.settings.models
+            local = await asyncio.to_thread(self.store.sync, only)
+            found = await asyncio.to_thread(self._scan, local, only)
+            found = [r for r in found if in_scope(_key(r))]
+            current = {_key(r): r for r in self._records}
+            wanted = {_key(r) for r in found}
+            for key, record in current.items():
+                if in_scope(key) and key not in wanted and record.state is not ModelState.UNLOADING:
+                    log.info(
+                        "model %s version %s is gone from %s: unloading", key[0], key[1] or "?", self.store.location
+                    )
+                    self._start_unload(record)
+            todo: list[ModelVersionRecord] = []
+            for record in found:
+                key = _key(record)
+                old = current.get(key)
+                if old is not None and old.state is ModelState.UNLOADING:
+                    await asyncio.shield(self._unloading[key])  # removed and put back: load it anew
+                elif old is not None and not self._retry(old, record):
+                    continue
+                self._fingerprints[key] = _fingerprint(record)
+                self._records = sorted([r for r in self._records if _key(r) != key] + [record], key=_order)
+                if record.state is ModelState.FAILED or record.spec is None or record.version is None:
+                    metrics.MODEL_READY.labels(record.name, record.version_label).set(0)
+                else:
+                    todo.append(record)
+            self._changed()
+            for record in todo:
+                await self._serve(record)
+            return [r for r in self._records if in_scope(_key(r))]
+
+    def _scan(self, local: Path, only: tuple[str, ...]) -> list[ModelVersionRecord]:
+        return registry.scan(local, only, self.settings.families)
+
+    def _retry(self, old: ModelVersionRecord, new: ModelVersionRecord) -> bool:
+        """Whether a version already known is to be loaded again from what the store holds now."""
+        key = _key(old)
+        if old.state is ModelState.FAILED:
+            return self._fingerprints.get(key) != _fingerprint(new)
+        if old.version and new.version and old.version.sha256 != new.version.sha256 and not old.reason:
+            old.reason = (
+                f"the store now declares sha256 {new.version.sha256} for this version; versions are immutable, "
+                "so the one loaded keeps serving: publish the change as a new version"
             )
-            record.state = ModelState.READY
-            metrics.MODEL_READY.labels(record.name, record.version_label).set(1)
-            threads = session.intra_op_threads or "default"
-            rows = 2 * config.split_rows
-            split = f"; a lone batch of {rows}+ rows split across idle calls" if config.split_rows else ""
-            log.info("model %s version %s ready on %s (%d session call(s) at once, intra-op threads: %s%s)",
-                     record.name, record.version_label, record.provider, config.instances, threads, split)  # fmt: skip
+            log.warning("model %s version %s: %s", old.name, old.version_label, old.reason)
+        return False
+
+    # -- unloading -------------------------------------------------------------------------------
+
+    def _start_unload(self, record: ModelVersionRecord) -> None:
+        """Stop handing ``record`` out now; drain it in the background."""
+        key = _key(record)
+        served = self._served.pop(key, None)
+        if served is None:  # failed, or still loading: nothing to drain
+            self._records = [r for r in self._records if r is not record]
+            self._fingerprints.pop(key, None)
+            _forget_metric(record)
+            self._changed()
+            return
+        record.state = ModelState.UNLOADING
+        metrics.MODEL_READY.labels(record.name, record.version_label).set(0)
+        self._changed()
+        self._unloading[key] = asyncio.create_task(self._drain(record, served))
+
+    async def _drain(self, record: ModelVersionRecord, served: ServedModel) -> None:
+        key = _key(record)
+        timeout = self.settings.unload_timeout_s
+        try:
+            await served.released(timeout)
+            await served.batcher.close(timeout)
+        finally:
+            self._records = [r for r in self._records if r is not record]
+            self._fingerprints.pop(key, None)
+            self._unloading.pop(key, None)
+            _forget_metric(record)
+            log.info("model %s version %s unloaded", record.name, record.version_label)
             self._changed()
 
+    # -- explicit control (Models/Load, Models/Unload) -------------------------------------------
+
+    def _require_explicit(self, action: str) -> None:
+        if self.settings.model_control != "explicit":
+            raise FailedPrecondition(
+                f"{action} needs runtime.model_control: explicit; this server's is "
+                f"{self.settings.model_control!r}"
+                + (" (the store decides what is served)" if self.settings.model_control == "poll" else "")
+            )
+
+    async def load_model(self, name: str, version: str = "") -> list[ModelVersionRecord]:
+        """Load ``name`` (all the versions the store holds, or ``version``) from the store now;
+        versions of it gone from the store unload. NOT_FOUND when the store has no such model or
+        version; FAILED_PRECONDITION with the reason when nothing asked for could load."""
+        self._require_explicit("Load")
+        if not name:
+            raise InvalidArgument.field("name", "is required")
+        records = await self.refresh((name,), version)
+        if not records:
+            what = f"model {name!r}" + (f" version {version!r}" if version else "")
+            families = (
+                f" (this server serves the families {list(self.settings.families)})" if self.settings.families else ""
+            )
+            raise NotFound(f"{what} is not in the repository {self.store.location}{families}")
+        if all(r.state is ModelState.FAILED for r in records):
+            reasons = "; ".join(f"version {r.version_label or '?'}: {r.reason}" for r in records)
+            raise FailedPrecondition(f"model {name} did not load: {reasons}")
+        return records
+
+    async def unload(self, name: str, version: str = "") -> list[str]:
+        """Stop serving ``name`` (every version, or ``version``); returns once the requests that
+        held it have finished (up to ``runtime.unload_timeout_s``). The versions unloaded."""
+        self._require_explicit("Unload")
+        if not name:
+            raise InvalidArgument.field("name", "is required")
+        async with self._mutex:
+            chosen = [
+                r
+                for r in self._records
+                if r.name == name and version in ("", r.version_label) and r.state is not ModelState.UNLOADING
+            ]
+            if not chosen:
+                what = f"model {name!r}" + (f" version {version!r}" if version else "")
+                raise NotFound(f"{what} is not loaded")
+            for record in chosen:
+                self._start_unload(record)
+            draining = [self._unloading[_key(r)] for r in chosen if _key(r) in self._unloading]
+        await asyncio.gather(*(asyncio.shield(t) for t in draining))
+        return [r.version_label for r in chosen]
+
+    async def index(self) -> list[IndexEntry]:
+        """Every model version the store holds, loaded or not, and the loaded ones it no longer
+        holds (Triton's RepositoryIndex). Reads the store's model.yaml files, not its model files."""
+        async with self._mutex:
+            local = await asyncio.to_thread(self.store.sync, (), False)
+            found = await asyncio.to_thread(self._scan, local, ())
+        current = {_key(r): r for r in self._records}
+        entries: list[IndexEntry] = []
+        for record in found:
+            known = current.pop(_key(record), None)
+            if known is not None:
+                entries.append(IndexEntry(record.name, record.version_label, known.state, known.reason))
+            else:
+                entries.append(IndexEntry(record.name, record.version_label, None, record.reason))
+        for record in current.values():
+            entries.append(
+                IndexEntry(record.name, record.version_label, record.state, record.reason or "not in the store")
+            )
+        return sorted(entries, key=lambda e: (e.name, int(e.version) if e.version.isdigit() else -1))
+
     async def close(self, timeout: float | None = None) -> None:
-        """Drain every batcher (queued requests finish, new ones get UNAVAILABLE)."""
+        """Stop polling; drain every batcher (queued requests finish, new ones get UNAVAILABLE)."""
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
         for record in self._records:
             if record.state is ModelState.READY:
                 record.state = ModelState.UNLOADING
                 metrics.MODEL_READY.labels(record.name, record.version_label).set(0)
         self._changed()
         await asyncio.gather(*(m.batcher.close(timeout) for m in self._served.values()))
+        await asyncio.gather(*self._unloading.values(), return_exceptions=True)
         self._executor.shutdown(wait=False)
 
     # -- lookup ----------------------------------------------------------------------------------
@@ -142,28 +383,53 @@ class ModelRepository:
         return out
 
     def families_ready(self) -> dict[str, bool]:
-        """Per family: True when every version of that family that was found is ready."""
-        ready: dict[str, bool] = {}
+        """Per family: True when each of its models has a ready version. A model that is only
+        loading (added live) or unloading (removed live) does not count until it settles."""
+        models: dict[str, list[ModelVersionRecord]] = {}
         for r in self._records:
-            if r.spec is None:
+            if r.spec is not None:
+                models.setdefault(r.name, []).append(r)
+        ready: dict[str, bool] = {}
+        for records in models.values():
+            family = records[0].spec.family if records[0].spec else ""
+            if any(r.state is ModelState.READY for r in records):
+                ok = True
+            elif self._loaded_once and all(r.state in (ModelState.LOADING, ModelState.UNLOADING) for r in records):
                 continue
-            ready[r.spec.family] = ready.get(r.spec.family, True) and r.state is ModelState.READY
+            else:
+                ok = False
+            ready[family] = ready.get(family, True) and ok
         return ready
 
     @property
     def all_settled(self) -> bool:
-        """Every record is READY or FAILED (loading is over)."""
-        return all(r.state in (ModelState.READY, ModelState.FAILED) for r in self._records)
+        """The first load is over (each version found then is READY or FAILED)."""
+        return self._loaded_once
+
+    def latest_version(self, name: str) -> str:
+        """The version ``get(name)`` hands out now; "" when none is ready."""
+        try:
+            return self._lookup(name, "").version
+        except GenoserveError:
+            return ""
 
     def get(self, name: str, version: str = "") -> ServedModel:
-        """The named version, or the latest ready one. NOT_FOUND / UNAVAILABLE otherwise."""
+        """The named version, or the latest ready one; NOT_FOUND / UNAVAILABLE otherwise. The
+        calling task holds the version: an unload lets it finish first."""
+        served = self._lookup(name, version)
+        task = asyncio.current_task()
+        if task is not None:
+            served.hold(task)
+        return served
+
+    def _lookup(self, name: str, version: str) -> ServedModel:
         known = [r for r in self._records if r.name == name]
         if not known:
             names = sorted({r.name for r in self._records})
             raise NotFound(f"model {name!r} is not in the repository; known models: {names}")
         if version:
             served = self._served.get((name, version))
-            if served is not None and not self._closing(name, version):
+            if served is not None:
                 return served
             record = next((r for r in known if r.version_label == version), None)
             if record is None:
@@ -172,16 +438,11 @@ class ModelRepository:
             raise Unavailable(
                 f"model {name} version {version} is not ready: {record.state.name.lower()} {record.reason}".rstrip()
             )
-        ready = [r for r in known if r.state is ModelState.READY]
+        ready = [r for r in known if r.state is ModelState.READY and _key(r) in self._served]
         if not ready:
             reasons = "; ".join(
                 f"version {r.version_label or '?'}: {r.state.name.lower()} {r.reason}".rstrip() for r in known
             )
             raise Unavailable(f"model {name} has no ready version ({reasons})")
         latest = max(ready, key=lambda r: r.version.version if r.version else 0)
-        return self._served[(name, latest.version_label)]
-
-    def _closing(self, name: str, version: str) -> bool:
-        return any(
-            r.name == name and r.version_label == version and r.state is ModelState.UNLOADING for r in self._records
-        )
+        return self._served[_key(latest)]

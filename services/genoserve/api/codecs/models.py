@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from genoserve.api.codecs.tensor import dtype_to_proto
 from genoserve.runtime.registry import ModelState
-from genoserve.runtime.repository import ModelStatus
+from genoserve.runtime.repository import IndexEntry, ModelStatus
 from genoserve.runtime.spec import TensorSpec
 from genoserve.v1 import models_pb2, tensor_pb2
 
@@ -53,3 +53,10 @@ def model_info(status: ModelStatus) -> models_pb2.ModelInfo:
             info.metrics.update(version.metrics)
             info.provenance.update(version.provenance)
     return info
+
+
+def index_entry(entry: IndexEntry) -> models_pb2.RepositoryIndexResponse.Entry:
+    state = _STATE[entry.state] if entry.state is not None else models_pb2.MODEL_STATE_UNAVAILABLE
+    return models_pb2.RepositoryIndexResponse.Entry(
+        name=entry.name, version=entry.version, state=state, reason=entry.reason
+    )

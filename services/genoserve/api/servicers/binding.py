@@ -11,6 +11,7 @@ import numpy as np
 
 from genoserve.api.codecs import binding as codec
 from genoserve.api.deadlines import deadline_of
+from genoserve.api.servicers import as_own_request
 from genoserve.binding import encoding, mutagenesis, strands
 from genoserve.binding.contract import BindingContract
 from genoserve.binding.limits import RequestLimits
@@ -97,7 +98,7 @@ class SequenceBindingServicer(binding_pb2_grpc.SequenceBindingServicer):
         number = 0
         async for request in request_iterator:
             try:
-                yield await self.Predict(request, context)
+                yield await as_own_request(self.Predict(request, context))
             except InvalidArgument as exc:
                 raise InvalidArgument(f"batch {number}: {exc.message}", exc.violations) from exc
             number += 1

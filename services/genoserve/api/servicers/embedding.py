@@ -10,6 +10,7 @@ import grpc
 from genoserve.api.codecs import embedding as codec
 from genoserve.api.codecs.tensor import RegionReader
 from genoserve.api.deadlines import deadline_of
+from genoserve.api.servicers import as_own_request
 from genoserve.api.servicers.registration import add_parsed_servicer
 from genoserve.core.errors import InvalidArgument
 from genoserve.core.settings import EmbeddingSettings
@@ -80,7 +81,7 @@ class CellEmbeddingServicer:
                 first = request
             effective = codec.inherit(first, request)
             try:
-                response = await self._embed(effective, context, cells)
+                response = await as_own_request(self._embed(effective, context, cells))
             except InvalidArgument as exc:
                 raise InvalidArgument(f"message {number}: {exc.message}", exc.violations) from exc
             cells += len(response.cell_ids)

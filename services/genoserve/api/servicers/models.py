@@ -1,14 +1,16 @@
-"""genoserve.v1.Models: list, metadata, readiness, and generic tensor inference."""
+"""genoserve.v1.Models: list, metadata, readiness, generic tensor inference, and model control."""
 
 from __future__ import annotations
 
 import grpc
 
+from genoserve.api.auth import current_tenant
 from genoserve.api.codecs import models as model_codec
 from genoserve.api.codecs import tensor as tensor_codec
 from genoserve.api.codecs.tensor import RegionReader
 from genoserve.api.deadlines import deadline_of
-from genoserve.core.errors import InvalidArgument, NotFound, quoted
+from genoserve.core.errors import InvalidArgument, NotFound, PermissionDenied, quoted
+from genoserve.core.settings import AuthSettings
 from genoserve.runtime.model import ServedModel
 from genoserve.runtime.repository import ModelRepository
 from genoserve.segmentation.contract import SegmentationContract
@@ -18,9 +20,21 @@ from genoserve.v1 import models_pb2, models_pb2_grpc
 class ModelsServicer(models_pb2_grpc.ModelsServicer):
     SERVICE_NAME = "genoserve.v1.Models"
 
-    def __init__(self, repository: ModelRepository, shared: RegionReader | None = None) -> None:
+    def __init__(
+        self, repository: ModelRepository, shared: RegionReader | None = None, auth: AuthSettings | None = None
+    ) -> None:
         self.repository = repository
         self.shared = shared
+        self.auth = auth or AuthSettings()
+
+    def _require_admin(self, method: str) -> None:
+        """With tokens on, only ``server.auth.admin_tenants`` change what is served."""
+        tenant = current_tenant.get()
+        if self.auth.enabled and tenant not in self.auth.admin_tenants:
+            raise PermissionDenied(
+                f"Models/{method} changes what this server serves: it needs an admin tenant "
+                f"(server.auth.admin_tenants: {list(self.auth.admin_tenants)}); this token's tenant is {tenant!r}"
+            )
 
     async def ListModels(
         self, request: models_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
@@ -66,6 +80,28 @@ class ModelsServicer(models_pb2_grpc.ModelsServicer):
             version=model.version,
             outputs={name: tensor_codec.from_numpy(array) for name, array in outputs.items()},
         )
+
+    async def Load(
+        self, request: models_pb2.LoadModelRequest, context: grpc.aio.ServicerContext
+    ) -> models_pb2.LoadModelResponse:
+        self._require_admin("Load")
+        records = await self.repository.load_model(request.name, request.version)
+        keys = {(r.name, r.version_label) for r in records}
+        statuses = [s for s in self.repository.statuses() if (s.name, s.version) in keys]
+        return models_pb2.LoadModelResponse(models=[model_codec.model_info(s) for s in statuses])
+
+    async def Unload(
+        self, request: models_pb2.UnloadModelRequest, context: grpc.aio.ServicerContext
+    ) -> models_pb2.UnloadModelResponse:
+        self._require_admin("Unload")
+        versions = await self.repository.unload(request.name, request.version)
+        return models_pb2.UnloadModelResponse(versions=versions)
+
+    async def RepositoryIndex(
+        self, request: models_pb2.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> models_pb2.RepositoryIndexResponse:
+        entries = await self.repository.index()
+        return models_pb2.RepositoryIndexResponse(models=[model_codec.index_entry(e) for e in entries])
 
 
 def _check_family_rules(model: ServedModel, inputs: dict[str, tensor_codec.Array]) -> None:

@@ -12,6 +12,7 @@ import numpy.typing as npt
 from genoserve.api.codecs import variants as codec
 from genoserve.api.codecs.tensor import RegionReader
 from genoserve.api.deadlines import deadline_of
+from genoserve.api.servicers import as_own_request
 from genoserve.api.servicers.registration import add_parsed_servicer
 from genoserve.core.errors import InvalidArgument
 from genoserve.core.settings import VariantsSettings
@@ -98,7 +99,7 @@ class VariantCallingServicer:
         last: variants_pb2.CallVariantsResponse | None = None
         async for request in request_iterator:
             try:
-                last = await self._call(request, context, buffer)
+                last = await as_own_request(self._call(request, context, buffer))
             except InvalidArgument as exc:
                 raise InvalidArgument(f"batch {number}: {exc.message}", exc.violations) from exc
             yield last

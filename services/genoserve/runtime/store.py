@@ -1,0 +1,241 @@
+"""Where model versions come from: a local folder (or mounted volume), or S3-compatible storage.
+
+Both give the repository as a local folder laid out as ``genoserve.runtime.spec`` describes, which
+``genoserve.runtime.registry`` scans and checks. Object storage is mirrored into a cache folder:
+each model's ``model.yaml`` and the files of the versions it lists. A version file is downloaded
+only when the cached copy does not match the sha256 its model.yaml declares; a download that does
+not match is left for the registry's checksum check to keep out (naming both sums), and is not
+fetched again until its object changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlparse
+
+import yaml
+
+from genoserve.core.errors import Unavailable
+from genoserve.core.settings import ModelStoreSettings, RuntimeSettings
+from genoserve.runtime.registry import MODEL_FILE
+
+if TYPE_CHECKING:
+    from obstore.store import ClientConfig, RetryConfig
+
+log = logging.getLogger(__name__)
+
+#: Per cached model: the ETag of each mirrored object, and of downloads refused for their sha256.
+_INDEX = ".store-index.json"
+
+
+class ModelStore(Protocol):
+    """The repository as a local folder that ``sync`` brings up to date."""
+
+    @property
+    def location(self) -> str:
+        """Where the models come from, for logs and errors (``s3://bucket/prefix`` or a path)."""
+        ...
+
+    def sync(self, only: tuple[str, ...] = (), files: bool = True) -> Path:
+        """Bring the local folder up to date (only the models named in ``only``, if given);
+        ``files`` False: the model.yaml files only, not the versions' files."""
+        ...
+
+
+@dataclass
+class LocalStore:
+    """A folder on local disk or a mounted volume (a PVC): used in place."""
+
+    path: Path
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
+    def sync(self, only: tuple[str, ...] = (), files: bool = True) -> Path:
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"model directory {self.path} does not exist")
+        return self.path
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _declared_versions(text: bytes) -> dict[str, str]:
+    """``{version: sha256}`` as a model.yaml lists them; {} when it cannot be read (the registry
+    reports why when it scans the mirrored file)."""
+    try:
+        raw = yaml.safe_load(text)
+        versions = raw.get("versions") or []
+        return {str(v["version"]): str(v.get("sha256", "")) for v in versions if isinstance(v, dict)}
+    except (yaml.YAMLError, AttributeError, KeyError, TypeError):
+        return {}
+
+
+class S3Store:
+    """``s3://bucket/prefix`` mirrored into ``settings.cache_dir/<bucket>/<prefix>``.
+
+    Uses obstore (the Rust ``object_store`` crate: retries, AWS credential chain, any S3 API).
+    """
+
+    def __init__(self, url: str, settings: ModelStoreSettings) -> None:
+        from obstore.store import S3Store as _Client
+
+        parsed = urlparse(url)
+        if parsed.scheme != "s3" or not parsed.netloc:
+            raise ValueError(f"model repository {url!r}: expected s3://bucket/prefix")
+        self._location = url.rstrip("/")
+        self.bucket = parsed.netloc
+        self.prefix = parsed.path.strip("/")
+        self.root = settings.cache_dir / self.bucket / self.prefix if self.prefix else settings.cache_dir / self.bucket
+        options: dict[str, Any] = {}
+        for key, value in (
+            ("endpoint", settings.endpoint),
+            ("region", settings.region),
+            ("access_key_id", settings.access_key_id),
+            ("secret_access_key", settings.secret_access_key),
+            ("token", settings.session_token),
+        ):
+            if value:
+                options[key] = value
+        client_options: ClientConfig = {"allow_http": True} if settings.allow_http else {}
+        # A store that does not answer fails a sync within about half a minute (obstore's default
+        # is 10 retries over 3 minutes), so a poll reports it and the loaded versions keep serving.
+        retry: RetryConfig = {"max_retries": 3, "retry_timeout": timedelta(seconds=30)}
+        self._client = _Client(
+            self.bucket, prefix=self.prefix or None, client_options=client_options, retry_config=retry, **options
+        )
+        self._lock = threading.Lock()
+
+    @property
+    def location(self) -> str:
+        return self._location
+
+    # -- listing ---------------------------------------------------------------------------------
+
+    def _objects(self) -> dict[str, str]:
+        """Every object under the prefix: relative path -> ETag."""
+        import obstore
+
+        objects: dict[str, str] = {}
+        try:
+            for batch in obstore.list(self._client):
+                for meta in batch:
+                    objects[meta["path"]] = meta.get("e_tag") or f"{meta['size']}-{meta['last_modified']}"
+        except Exception as exc:  # obstore raises its own error classes per cause
+            raise Unavailable(f"model repository {self.location}: cannot list objects: {_first_line(exc)}") from exc
+        return objects
+
+    def _download(self, key: str, target: Path) -> str:
+        """Stream one object to ``target`` (atomically, through a temporary file); its sha256."""
+        import obstore
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".download-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                for chunk in obstore.get(self._client, key):
+                    view = memoryview(chunk)
+                    digest.update(view)
+                    fh.write(view)
+            os.replace(tmp, target)
+        except Exception as exc:
+            Path(tmp).unlink(missing_ok=True)
+            if isinstance(exc, OSError) and not type(exc).__module__.startswith("obstore"):
+                raise
+            raise Unavailable(f"model repository {self.location}: cannot download {key}: {_first_line(exc)}") from exc
+        return digest.hexdigest()
+
+    # -- mirroring -------------------------------------------------------------------------------
+
+    def sync(self, only: tuple[str, ...] = (), files: bool = True) -> Path:
+        with self._lock:
+            objects = self._objects()
+            models = sorted({key.split("/")[0] for key in objects if key.count("/") == 1 and key.endswith(MODEL_FILE)})
+            self.root.mkdir(parents=True, exist_ok=True)
+            for stale in self.root.iterdir():
+                if stale.is_dir() and stale.name not in models and not stale.name.startswith("."):
+                    log.info("model %s is gone from %s: removed from the cache", stale.name, self.location)
+                    shutil.rmtree(stale, ignore_errors=True)
+            for name in models:
+                if not only or name in only:
+                    self._sync_model(name, objects, files)
+        return self.root
+
+    def _sync_model(self, name: str, objects: dict[str, str], files: bool) -> None:
+        folder = self.root / name
+        index_path = folder / _INDEX
+        try:
+            index: dict[str, Any] = json.loads(index_path.read_text())
+        except (OSError, ValueError):
+            index = {}
+        mirrored: dict[str, str] = index.get("mirrored", {})
+        refused: dict[str, str] = index.get("refused", {})
+        yaml_key = f"{name}/{MODEL_FILE}"
+        yaml_path = folder / MODEL_FILE
+        if mirrored.get(yaml_key) != objects[yaml_key] or not yaml_path.is_file():
+            # Downloaded beside, moved into place last: a scan never sees a model.yaml whose
+            # versions' files are not mirrored yet.
+            self._download(yaml_key, folder / f".{MODEL_FILE}.new")
+            fresh = True
+        else:
+            fresh = False
+        text = (folder / f".{MODEL_FILE}.new" if fresh else yaml_path).read_bytes()
+        declared = _declared_versions(text)
+        for version, sha256 in declared.items() if files else ():
+            prefix = f"{name}/{version}/"
+            for key, etag in objects.items():
+                if not key.startswith(prefix):
+                    continue
+                target = folder / key[len(name) + 1 :]
+                wanted = sha256 if key.endswith("/model.onnx") else ""
+                if target.is_file() and etag in (mirrored.get(key), refused.get(key)):
+                    continue  # unchanged since it was fetched (a refused one is not fetched again)
+                if target.is_file() and wanted and _sha256_file(target) == wanted:
+                    mirrored[key] = etag
+                    continue
+                got = self._download(key, target)
+                if wanted and got != wanted:
+                    # Left in place: the registry's checksum check keeps the version out and says why.
+                    refused[key] = etag
+                    log.error("%s/%s: sha256 is %s, %s declares %s", self.location, key, got, yaml_key, wanted)
+                    continue
+                refused.pop(key, None)
+                mirrored[key] = etag
+        for child in folder.iterdir():
+            if child.is_dir() and child.name not in declared:
+                shutil.rmtree(child, ignore_errors=True)
+        if fresh:
+            os.replace(folder / f".{MODEL_FILE}.new", yaml_path)
+            mirrored[yaml_key] = objects[yaml_key]
+        index_path.write_text(json.dumps({"mirrored": mirrored, "refused": refused}))
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def open_store(settings: RuntimeSettings) -> ModelStore:
+    """The store ``runtime.model_repository`` (else ``runtime.model_dir``) names."""
+    where = settings.model_repository
+    if where.startswith("s3://"):
+        return S3Store(where, settings.store)
+    if "://" in where:
+        raise ValueError(f"runtime.model_repository {where!r}: expected a local path or s3://bucket/prefix")
+    return LocalStore(Path(where) if where else settings.model_dir)

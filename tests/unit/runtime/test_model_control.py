@@ -1,0 +1,185 @@
+"""Live model control (runtime.model_control) of the repository over a model folder."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from genoserve.core.errors import FailedPrecondition, NotFound, Unavailable
+from genoserve.core.settings import RuntimeSettings
+from genoserve.runtime.registry import ModelState
+from genoserve.runtime.repository import ModelRepository
+from tests.support.models import linear_onnx, linear_spec, write_model
+
+X = np.ones((2, 4), dtype=np.float32)
+
+
+async def started(model_dir: Path, **settings: Any) -> ModelRepository:
+    repository = ModelRepository(RuntimeSettings(model_dir=model_dir, **settings))
+    await repository.load()
+    return repository
+
+
+async def infer(repository: ModelRepository, name: str) -> dict[str, Any]:
+    """One request as the server runs it: its own task, which holds the version it got."""
+
+    async def request() -> dict[str, Any]:
+        return await repository.get(name).infer({"x": X})
+
+    return await asyncio.create_task(request())
+
+
+def states(repository: ModelRepository) -> dict[tuple[str, str], ModelState]:
+    return {(s.name, s.version): s.state for s in repository.statuses()}
+
+
+async def test_refresh_loads_new_versions_and_unloads_removed_ones(tmp_path: Path) -> None:
+    write_model(tmp_path, linear_spec("m"), {1: linear_onnx(seed=1)})
+    repository = await started(tmp_path)
+    try:
+        write_model(tmp_path, linear_spec("m"), {1: linear_onnx(seed=1), 2: linear_onnx(seed=2)})
+        await repository.refresh()
+        assert repository.latest_version("m") == "2"
+        assert states(repository) == {("m", "1"): ModelState.READY, ("m", "2"): ModelState.READY}
+        write_model(tmp_path, linear_spec("m"), {1: linear_onnx(seed=1)})  # version 2 withdrawn
+        shutil.rmtree(tmp_path / "m" / "2")
+        await repository.refresh()
+        await asyncio.sleep(0.05)  # the drain of a version nobody holds ends at once
+        assert states(repository) == {("m", "1"): ModelState.READY}
+        assert repository.latest_version("m") == "1"
+        with pytest.raises(NotFound, match="no version '2'"):
+            repository.get("m", "2")
+    finally:
+        await repository.close(1)
+
+
+async def test_a_version_failing_its_checks_leaves_the_previous_serving(tmp_path: Path) -> None:
+    write_model(tmp_path, linear_spec("m"), {1: linear_onnx(seed=1)})
+    repository = await started(tmp_path)
+    try:
+        write_model(tmp_path, linear_spec("m"), {1: linear_onnx(seed=1), 2: linear_onnx(seed=2)},
+                    sha_override={2: "0" * 64})  # fmt: skip
+        await repository.refresh()
+        [failed] = [s for s in repository.statuses() if s.version == "2"]
+        assert failed.state is ModelState.FAILED and "sha256" in failed.reason
+        assert repository.latest_version("m") == "1"
+        assert repository.families_ready() == {"platform": True}  # the family keeps serving
+        # Fixed in place (the right sha256 declared): the next refresh tries the version again.
+        write_model(tmp_path, linear_spec("m"), {1: linear_onnx(seed=1), 2: linear_onnx(seed=2)})
+        await repository.refresh()
+        assert repository.latest_version("m") == "2"
+    finally:
+        await repository.close(1)
+
+
+async def test_a_loaded_version_is_immutable(tmp_path: Path) -> None:
+    write_model(tmp_path, linear_spec("m"), {1: linear_onnx(seed=1)})
+    repository = await started(tmp_path)
+    try:
+        before = await infer(repository, "m")
+        write_model(tmp_path, linear_spec("m"), {1: linear_onnx(seed=9)})  # same number, new file
+        await repository.refresh()
+        [status] = repository.statuses()
+        assert status.state is ModelState.READY and "immutable" in status.reason
+        after = await infer(repository, "m")
+        np.testing.assert_array_equal(before["y"], after["y"])
+    finally:
+        await repository.close(1)
+
+
+async def test_unload_lets_a_request_that_holds_the_version_finish(tmp_path: Path) -> None:
+    write_model(tmp_path, linear_spec("m"), {1: linear_onnx()})
+    repository = await started(tmp_path, model_control="explicit")
+    order: list[str] = []
+    got = asyncio.Event()
+
+    async def request() -> dict[str, Any]:
+        model = repository.get("m")  # held from here: preparing a request takes time
+        got.set()
+        await asyncio.sleep(0.3)
+        out = await model.infer({"x": X})
+        order.append("request")
+        return out
+
+    try:
+        running = asyncio.create_task(request())
+        await got.wait()
+        unloading = asyncio.create_task(repository.unload("m"))
+        await asyncio.sleep(0.05)
+        with pytest.raises(Unavailable, match="no ready version"):
+            repository.get("m")  # new requests are turned away at once
+        assert await unloading == ["1"]
+        order.append("unloaded")
+        assert (await running)["y"].shape == (2, 3)
+        assert order == ["request", "unloaded"]
+        with pytest.raises(NotFound):
+            repository.get("m")
+    finally:
+        await repository.close(1)
+
+
+async def test_explicit_load_and_unload(tmp_path: Path) -> None:
+    write_model(tmp_path, linear_spec("a"), {1: linear_onnx()})
+    repository = await started(tmp_path, model_control="explicit")
+    try:
+        write_model(tmp_path, linear_spec("b"), {1: linear_onnx(seed=1), 2: linear_onnx(seed=2)})
+        with pytest.raises(NotFound):
+            repository.get("b")  # explicit: nothing changes until asked
+        records = await repository.load_model("b", "1")
+        assert [(r.version_label, r.state) for r in records] == [("1", ModelState.READY)]
+        assert repository.latest_version("b") == "1"
+        await repository.load_model("b")
+        assert repository.latest_version("b") == "2"
+        assert await repository.unload("b", "2") == ["2"]
+        assert repository.latest_version("b") == "1"
+        with pytest.raises(NotFound, match="'nope' is not in the repository"):
+            await repository.load_model("nope")
+        with pytest.raises(NotFound, match="is not loaded"):
+            await repository.unload("nope")
+        index = {(e.name, e.version): e.state for e in await repository.index()}
+        assert index == {("a", "1"): ModelState.READY, ("b", "1"): ModelState.READY, ("b", "2"): None}
+    finally:
+        await repository.close(1)
+
+
+async def test_a_load_that_fails_says_why(tmp_path: Path) -> None:
+    write_model(tmp_path, linear_spec("a"), {1: linear_onnx()})
+    repository = await started(tmp_path, model_control="explicit")
+    try:
+        write_model(tmp_path, linear_spec("b"), {1: linear_onnx()}, sha_override={1: "0" * 64})
+        with pytest.raises(FailedPrecondition, match="model b did not load: version 1: .*sha256"):
+            await repository.load_model("b")
+    finally:
+        await repository.close(1)
+
+
+@pytest.mark.parametrize("mode", ["none", "poll"])
+async def test_load_and_unload_need_explicit_control(tmp_path: Path, mode: str) -> None:
+    write_model(tmp_path, linear_spec("a"), {1: linear_onnx()})
+    repository = await started(tmp_path, model_control=mode, poll_interval_s=60)
+    try:
+        with pytest.raises(FailedPrecondition, match=f"model_control: explicit; this server's is '{mode}'"):
+            await repository.load_model("a")
+        with pytest.raises(FailedPrecondition):
+            await repository.unload("a")
+    finally:
+        await repository.close(1)
+
+
+async def test_poll_follows_the_folder(tmp_path: Path) -> None:
+    write_model(tmp_path, linear_spec("m"), {1: linear_onnx(seed=1)})
+    repository = await started(tmp_path, model_control="poll", poll_interval_s=0.1)
+    try:
+        write_model(tmp_path, linear_spec("m"), {1: linear_onnx(seed=1), 2: linear_onnx(seed=2)})
+        for _ in range(100):
+            if repository.latest_version("m") == "2":
+                break
+            await asyncio.sleep(0.05)
+        assert repository.latest_version("m") == "2"
+    finally:
+        await repository.close(1)

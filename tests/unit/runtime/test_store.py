@@ -1,0 +1,135 @@
+"""The model store against a real S3 API server (moto's standalone server), never a client mock."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from genoserve.core.errors import Unavailable
+from genoserve.core.settings import ModelStoreSettings, RuntimeSettings
+from genoserve.runtime.registry import ModelState, check_file, scan
+from genoserve.runtime.repository import ModelRepository
+from genoserve.runtime.store import LocalStore, S3Store, open_store
+from tests.support.models import linear_onnx, linear_reference, linear_spec, write_model
+from tests.support.s3 import ACCESS_KEY, REGION, SECRET_KEY, S3Server, upload_folder
+from tests.support.server import free_port
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    with S3Server(tmp_path_factory.mktemp("moto") / "moto.log") as server:
+        yield server
+
+
+@pytest.fixture
+def bucket(s3: S3Server, request: pytest.FixtureRequest) -> str:
+    name = request.node.name.replace("_", "-")[:50].strip("-").lower()
+    s3.client().create_bucket(Bucket=name)
+    return name
+
+
+def store_settings(s3: S3Server, cache: Path) -> ModelStoreSettings:
+    return ModelStoreSettings(
+        endpoint=s3.endpoint, region=REGION, access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY,
+        allow_http=True, cache_dir=cache,
+    )  # fmt: skip
+
+
+def publish(s3: S3Server, bucket: str, source: Path, name: str) -> None:
+    upload_folder(s3.client(), bucket, f"repo/{name}", source / name)
+
+
+def test_sync_mirrors_the_models_and_checks_them_like_a_folder(s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    write_model(tmp_path / "src", linear_spec("m"), {1: linear_onnx(seed=1), 2: linear_onnx(seed=2)})
+    publish(s3, bucket, tmp_path / "src", "m")
+    store = S3Store(f"s3://{bucket}/repo", store_settings(s3, tmp_path / "cache"))
+    local = store.sync()
+    records = scan(local)
+    assert [(r.name, r.version_label) for r in records] == [("m", "1"), ("m", "2")]
+    assert all(check_file(r) is None for r in records)  # sha256 as model.yaml declares
+    assert (local / "m" / "2" / "model.onnx").read_bytes() == linear_onnx(seed=2)
+
+
+def test_unchanged_objects_are_not_downloaded_again(s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    write_model(tmp_path / "src", linear_spec("m"), {1: linear_onnx()})
+    publish(s3, bucket, tmp_path / "src", "m")
+    store = S3Store(f"s3://{bucket}/repo", store_settings(s3, tmp_path / "cache"))
+    onnx = store.sync() / "m" / "1" / "model.onnx"
+    os.utime(onnx, ns=(1, 1))  # a download would give it a fresh mtime
+    store.sync()
+    assert onnx.stat().st_mtime_ns == 1
+
+
+def test_removed_models_and_versions_leave_the_cache(s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    write_model(tmp_path / "src", linear_spec("a"), {1: linear_onnx(seed=1), 2: linear_onnx(seed=2)})
+    write_model(tmp_path / "src", linear_spec("b"), {1: linear_onnx()})
+    publish(s3, bucket, tmp_path / "src", "a")
+    publish(s3, bucket, tmp_path / "src", "b")
+    store = S3Store(f"s3://{bucket}/repo", store_settings(s3, tmp_path / "cache"))
+    local = store.sync()
+    client = s3.client()
+    client.delete_object(Bucket=bucket, Key="repo/b/model.yaml")
+    client.delete_object(Bucket=bucket, Key="repo/b/1/model.onnx")
+    write_model(tmp_path / "src2", linear_spec("a"), {2: linear_onnx(seed=2)})
+    client.upload_file(str(tmp_path / "src2" / "a" / "model.yaml"), bucket, "repo/a/model.yaml")
+    store.sync()
+    assert not (local / "b").exists()
+    assert not (local / "a" / "1").exists()
+    assert [r.version_label for r in scan(local)] == ["2"]
+
+
+def test_a_corrupt_upload_is_refused_by_its_sha256_and_not_fetched_again(
+    s3: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    good = linear_onnx(seed=1)
+    write_model(tmp_path / "src", linear_spec("m"), {1: good}, sha_override={1: hashlib.sha256(b"other").hexdigest()})
+    publish(s3, bucket, tmp_path / "src", "m")
+    store = S3Store(f"s3://{bucket}/repo", store_settings(s3, tmp_path / "cache"))
+    local = store.sync()
+    [record] = scan(local)
+    problem = check_file(record)
+    assert problem is not None and "sha256" in problem and hashlib.sha256(b"other").hexdigest() in problem
+    onnx = local / "m" / "1" / "model.onnx"
+    os.utime(onnx, ns=(1, 1))
+    store.sync()
+    assert onnx.stat().st_mtime_ns == 1  # the same bad object is not downloaded on every poll
+
+
+def test_an_unreachable_store_is_unavailable_naming_it(tmp_path: Path) -> None:
+    settings = ModelStoreSettings(
+        endpoint=f"http://127.0.0.1:{free_port()}", region=REGION, access_key_id="x", secret_access_key="y",
+        allow_http=True, cache_dir=tmp_path,
+    )  # fmt: skip
+    with pytest.raises(Unavailable, match=r"s3://models/repo: cannot list objects"):
+        S3Store("s3://models/repo", settings).sync()
+
+
+def test_open_store_picks_the_store_from_the_settings(tmp_path: Path) -> None:
+    assert isinstance(open_store(RuntimeSettings(model_dir=tmp_path)), LocalStore)
+    assert open_store(RuntimeSettings(model_repository=str(tmp_path))).location == str(tmp_path)
+    s3_store = open_store(RuntimeSettings(model_repository="s3://bucket/some/prefix/"))
+    assert isinstance(s3_store, S3Store) and s3_store.location == "s3://bucket/some/prefix"
+    with pytest.raises(ValueError, match="s3://bucket/prefix"):
+        open_store(RuntimeSettings(model_repository="gs://bucket/models"))
+
+
+async def test_the_repository_serves_from_object_storage(s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    write_model(tmp_path / "src", linear_spec("m"), {1: linear_onnx(seed=3)})
+    publish(s3, bucket, tmp_path / "src", "m")
+    settings = RuntimeSettings(model_repository=f"s3://{bucket}/repo", store=store_settings(s3, tmp_path / "cache"))
+    repository = ModelRepository(settings)
+    await repository.load()
+    try:
+        [status] = repository.statuses()
+        assert status.state is ModelState.READY, status.reason
+        x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+        out: dict[str, Any] = await repository.get("m").infer({"x": x})
+        np.testing.assert_allclose(out["y"], linear_reference(x, seed=3), rtol=1e-5, atol=1e-6)
+    finally:
+        await repository.close(1)
