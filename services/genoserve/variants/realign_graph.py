@@ -15,7 +15,7 @@ DeepVariant's assembler (deepvariant/realigner/debruijn_graph.cc, r1.9; paramete
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,23 +44,17 @@ def _min_k(ref: str, options: GraphOptions) -> tuple[int, int] | None:
     return None
 
 
+#: True for the codes of A, C, G and T.
+_CANONICAL_CODES = np.zeros(256, dtype=bool)
+_CANONICAL_CODES[np.frombuffer("".join(sorted(CANONICAL)).encode(), dtype=np.uint8)] = True
+
+
 def _good_runs(read: Read, min_base_quality: int) -> list[tuple[int, int]]:
     """Maximal [start, end) runs of canonical bases with quality >= ``min_base_quality``."""
-    ok = np.frombuffer(read.seq.encode(), dtype=np.uint8)
-    good = np.isin(ok, np.frombuffer("".join(sorted(CANONICAL)).encode(), dtype=np.uint8)) & (
-        read.quals >= min_base_quality
-    )
-    runs: list[tuple[int, int]] = []
-    start = None
-    for i, g in enumerate(good.tolist()):
-        if g and start is None:
-            start = i
-        elif not g and start is not None:
-            runs.append((start, i))
-            start = None
-    if start is not None:
-        runs.append((start, len(good)))
-    return runs
+    codes = np.frombuffer(read.seq.encode(), dtype=np.uint8)
+    good = (_CANONICAL_CODES[codes] & (read.quals >= min_base_quality)).astype(np.int8)
+    bounds = np.flatnonzero(np.diff(good, prepend=0, append=0)).tolist()
+    return list(zip(bounds[::2], bounds[1::2], strict=True))
 
 
 class _Graph:
@@ -68,21 +62,30 @@ class _Graph:
         self.k = k
         self.edges: dict[str, dict[str, list[int]]] = {}  # from -> to -> [weight, is_ref]
 
-    def add_path(self, bases: str, first: int, last: int, is_ref: bool) -> None:
-        """Edges between consecutive k-mers starting at ``first`` .. ``last`` (inclusive)."""
-        k = self.k
-        prev = bases[first : first + k]
-        self.edges.setdefault(prev, {})
-        for i in range(first + 1, last + 1):
-            cur = bases[i : i + k]
-            out = self.edges[prev]
-            edge = out.get(cur)
-            if edge is None:
-                edge = out[cur] = [0, 0]
-            edge[0] += 1
-            edge[1] |= int(is_ref)
-            self.edges.setdefault(cur, {})
-            prev = cur
+    @classmethod
+    def from_paths(cls, k: int, ref: str, segments: list[tuple[str, int, int]]) -> _Graph:
+        """The graph of the reference path and of each read segment ``seq[lo:hi]`` longer than k.
+
+        An edge is a (k + 1)-mer (its first k bases to its last k), weighted by how often the paths
+        hold it; vertices and edges are kept in the order the paths first reach them.
+        """
+        graph = cls(k)
+        span = k + 1
+        counts: Counter[str] = Counter(ref[i : i + span] for i in range(len(ref) - k))
+        on_ref = set(counts)
+        for seq, lo, hi in segments:
+            if hi - lo > k:
+                counts.update(map(seq.__getitem__, map(slice, range(lo, hi - k), range(lo + span, hi + 1))))
+        edges = graph.edges
+        for kmer, weight in counts.items():
+            head, tail = kmer[:-1], kmer[1:]
+            out = edges.get(head)
+            if out is None:
+                out = edges[head] = {}
+            out[tail] = [weight, int(kmer in on_ref)]
+            if tail not in edges:
+                edges[tail] = {}
+        return graph
 
     def has_cycle(self) -> bool:
         indegree = dict.fromkeys(self.edges, 0)
@@ -140,27 +143,20 @@ def _reachable(start: str, edges: dict[str, dict[str, list[int]]]) -> set[str]:
     return seen
 
 
-def _build(ref: str, reads: list[Read], options: GraphOptions, k: int) -> _Graph:
-    graph = _Graph(k)
-    if len(ref) - k > 0:
-        graph.add_path(ref, 0, len(ref) - k, True)
-    for read in reads:
-        if read.mapping_quality < options.min_mapq:
-            continue
-        for lo, hi in _good_runs(read, options.min_base_quality):
-            if hi - lo > k:
-                graph.add_path(read.seq, lo, hi - k, False)
-    return graph
-
-
 def candidate_haplotypes(ref: str, reads: list[Read], options: GraphOptions | None = None) -> list[str]:
     """Sorted haplotypes of the window ``ref`` ([ref] when no graph works, [] when too branchy)."""
     options = options or GraphOptions()
     bounds = _min_k(ref, options)
     if bounds is None:
         return [ref]
+    segments = [
+        (read.seq, lo, hi)
+        for read in reads
+        if read.mapping_quality >= options.min_mapq
+        for lo, hi in _good_runs(read, options.min_base_quality)
+    ]
     for k in range(bounds[0], bounds[1] + 1, options.step_k):
-        graph = _build(ref, reads, options, k)
+        graph = _Graph.from_paths(k, ref, segments)
         if graph.has_cycle():
             continue
         source, sink = ref[:k], ref[len(ref) - k :]

@@ -190,6 +190,16 @@ def _merge(op: int, length: int, read_len: int, cigar: list[list[int]]) -> None:
         cigar.append([op, new_length])
 
 
+def _merge_run(op: int, length: int, read_len: int, cigar: list[list[int]]) -> None:
+    """``_merge(op, 1, ...)`` ``length`` times: one base at a time while each cancels against
+    an opposite indel, the rest at once."""
+    while length > 0 and cigar and {op, cigar[-1][0]} == {OP_I, OP_D}:
+        _merge(op, 1, read_len, cigar)
+        length -= 1
+    if length > 0:
+        _merge(op, length, read_len, cigar)
+
+
 def _left_trim(hap_cigar: Cigar, position: int) -> list[list[int]]:
     ops = [[op, n] for op, n in hap_cigar]
     cur = 0
@@ -236,17 +246,19 @@ def read_to_reference_cigar(read_len: int, placement: _Placement, hap_cigar: Cig
                     hap_ops.insert(0, [OP_M, 1])
                     read_ops.insert(0, [OP_M, 1])
                 continue
-            for op in _PRIORITY:
-                if cur_r[0] == op or cur_h[0] == op:
-                    _merge(op, 1, read_len, out)
-                    break
+            # The op and which side advances stay the same until one side runs out: one run.
+            op = next(op for op in _PRIORITY if op in (cur_r[0], cur_h[0]))
             if cur_r[0] == OP_I:
-                cur_r[1] -= 1
+                n = cur_r[1]
+                cur_r[1] = 0
             elif cur_h[0] == OP_D:
-                cur_h[1] -= 1
+                n = cur_h[1]
+                cur_h[1] = 0
             else:
-                cur_h[1] -= 1
-                cur_r[1] -= 1
+                n = min(cur_r[1], cur_h[1])
+                cur_r[1] -= n
+                cur_h[1] -= n
+            _merge_run(op, n, read_len, out)
     return [(op, n) for op, n in out]
 
 

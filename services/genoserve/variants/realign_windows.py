@@ -52,17 +52,20 @@ def read_alleles(read: Read, ref: str, ref_offset: int, min_base_quality: int = 
     Reference alleles are kept out of the result but still take part in the rule that an indel or
     clip anchored at a base replaces that base's allele; so do low-quality alleles.
     """
-    events: list[tuple[int, int, int, str, bool]] = []  # kind -1: a reference base; bool: low quality
+    # A reference base adds no event: it is never reported, and it supersedes nothing (the event
+    # before it lies at a smaller position than any after it). bool: low quality.
+    events: list[tuple[int, int, int, str, bool]] = []
     ref_i, read_i = read.start, 0
     seq, quals = read.seq, read.quals
     for op, length in read.cigar:
         if op in MATCH_OPS:
-            for k in range(length):
-                base = seq[read_i + k]
-                if base in CANONICAL:
-                    ref_base = ref[ref_i + k - ref_offset] if 0 <= ref_i + k - ref_offset < len(ref) else "N"
-                    kind = -1 if base == ref_base else SUBSTITUTION
-                    events.append((ref_i + k, kind, 1, base, int(quals[read_i + k]) < min_base_quality))
+            read_part = seq[read_i : read_i + length]
+            ref_part = _ref_span(ref, ref_i - ref_offset, length)
+            if read_part != ref_part:
+                for k, (base, ref_base) in enumerate(zip(read_part, ref_part, strict=True)):
+                    if base != ref_base and base in CANONICAL:
+                        low = int(quals[read_i + k]) < min_base_quality
+                        events.append((ref_i + k, SUBSTITUTION, 1, base, low))
             ref_i += length
             read_i += length
         elif op in (OP_I, OP_S):
@@ -95,6 +98,13 @@ def read_alleles(read: Read, ref: str, ref_offset: int, min_base_quality: int = 
 
 def _ref_base(ref: str, i: int) -> str:
     return ref[i] if 0 <= i < len(ref) else ""
+
+
+def _ref_span(ref: str, start: int, length: int) -> str:
+    """``ref[start : start + length]``, N for each position outside ``ref``."""
+    if start >= 0 and start + length <= len(ref):
+        return ref[start : start + length]
+    return "".join(ref[i] if 0 <= i < len(ref) else "N" for i in range(start, start + length))
 
 
 def candidate_positions(
