@@ -114,6 +114,8 @@ def _seeds(root: Path, job_id: str) -> list[Method]:
                [binding_pb2.MutagenesisRequest(model="deepbind-ctcf", sequence=binding_pb2.Sequence(id="m", bases=seq))]
                ),
         Method(f"/{m}/ListModels", models_pb2.ListModelsRequest, "unary", [models_pb2.ListModelsRequest()]),
+        Method(f"/{m}/RepositoryIndex", models_pb2.RepositoryIndexRequest, "unary",
+               [models_pb2.RepositoryIndexRequest()]),
         Method(f"/{m}/GetModel", models_pb2.GetModelRequest, "unary",
                [models_pb2.GetModelRequest(name="platform-mlp")]),
         Method(f"/{m}/Infer", models_pb2.InferRequest, "unary", [
@@ -323,5 +325,5 @@ def test_no_mutated_request_gives_internal_or_unknown(server: ServerProcess) -> 
     with Client(server.address, timeout=10) as client:
         assert client.health() == "SERVING"
         assert client.infer("platform-mlp", {"x": np.ones((1, 128), np.float32)})["y"].shape == (1, 16)
-    assert tried == TRIES_PER_METHOD * 17
+    assert tried == TRIES_PER_METHOD * 18
     assert not failures, "\n".join(failures[:40]) + f"\n({len(failures)} of {tried})\n" + server.log()[-3000:]

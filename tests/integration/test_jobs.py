@@ -67,6 +67,7 @@ def test_job_scores_every_row_in_order(rig: Rig, platform_reference: Any) -> Non
                                 {"shard_size": "700"})  # fmt: skip
         assert job.shards_total == 8
         assert job.items_total == 5000
+        assert job.params["version"] == "1"  # pinned at submit: every shard runs that version
         events = list(client.watch_job(job.id))
     final = events[-1].job
     assert final.state == jobs_pb2.JOB_STATE_SUCCEEDED, final.error

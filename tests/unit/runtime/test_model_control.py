@@ -66,7 +66,8 @@ async def test_a_version_failing_its_checks_leaves_the_previous_serving(tmp_path
                     sha_override={2: "0" * 64})  # fmt: skip
         await repository.refresh()
         [failed] = [s for s in repository.statuses() if s.version == "2"]
-        assert failed.state is ModelState.FAILED and "sha256" in failed.reason
+        assert failed.state is ModelState.FAILED
+        assert "sha256" in failed.reason
         assert repository.latest_version("m") == "1"
         assert repository.families_ready() == {"platform": True}  # the family keeps serving
         # Fixed in place (the right sha256 declared): the next refresh tries the version again.
@@ -85,7 +86,8 @@ async def test_a_loaded_version_is_immutable(tmp_path: Path) -> None:
         write_model(tmp_path, linear_spec("m"), {1: linear_onnx(seed=9)})  # same number, new file
         await repository.refresh()
         [status] = repository.statuses()
-        assert status.state is ModelState.READY and "immutable" in status.reason
+        assert status.state is ModelState.READY
+        assert "immutable" in status.reason
         after = await infer(repository, "m")
         np.testing.assert_array_equal(before["y"], after["y"])
     finally:
@@ -152,7 +154,7 @@ async def test_a_load_that_fails_says_why(tmp_path: Path) -> None:
     repository = await started(tmp_path, model_control="explicit")
     try:
         write_model(tmp_path, linear_spec("b"), {1: linear_onnx()}, sha_override={1: "0" * 64})
-        with pytest.raises(FailedPrecondition, match="model b did not load: version 1: .*sha256"):
+        with pytest.raises(FailedPrecondition, match=r"model b did not load: version 1: .*sha256"):
             await repository.load_model("b")
     finally:
         await repository.close(1)

@@ -1,0 +1,204 @@
+"""Models outside the image: a real server reading a real S3 API server (moto), with live control."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import yaml
+
+from genoserve.api.codecs.tensor import from_numpy
+from genoserve.client import Client
+from genoserve.core.errors import NotFound, PermissionDenied
+from genoserve.v1 import models_pb2, models_pb2_grpc
+from tests.support.s3 import S3Server, upload_folder
+from tests.support.server import REPO, ServerProcess, metric, scrape
+
+pytestmark = pytest.mark.integration
+
+MODEL = "platform-mlp"
+SOURCE = REPO / "models" / MODEL
+POLL_S = 1.5
+X = np.ones((4, 128), np.float32)
+REQUEST = models_pb2.InferRequest(model=MODEL, inputs={"x": from_numpy(X)})
+
+
+def served_version(channel: grpc.Channel, token: str = "") -> str:
+    """Infer without a version: the version that answered."""
+    metadata = [("authorization", f"Bearer {token}")] if token else None
+    response = models_pb2_grpc.ModelsStub(channel).Infer(REQUEST, timeout=10, metadata=metadata)
+    return str(response.version)
+
+
+def yaml_with_versions(versions: list[int], sha_of: dict[int, str] | None = None, **changes: object) -> bytes:
+    """platform-mlp's model.yaml listing ``versions`` (each the committed ONNX file's entry)."""
+    spec = yaml.safe_load((SOURCE / "model.yaml").read_text())
+    [entry] = spec["versions"]
+    spec["versions"] = [{**entry, "version": v, "sha256": (sha_of or {}).get(v, entry["sha256"])} for v in versions]
+    spec.update(changes)
+    return yaml.safe_dump(spec, sort_keys=False).encode()
+
+
+class Caller:
+    """Calls Infer without a version, back to back, until stopped; keeps every outcome."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.outcomes: list[tuple[float, str]] = []  # (time, version served or "ERROR <code>")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with grpc.insecure_channel(self.address) as channel:
+            while not self._stop.is_set():
+                try:
+                    version = served_version(channel)
+                except grpc.RpcError as exc:
+                    version = f"ERROR {exc.code().name}: {exc.details()}"
+                self.outcomes.append((time.monotonic(), version))
+
+    def first(self, version: str, after: float) -> float | None:
+        return next((t for t, v in self.outcomes if v == version and t >= after), None)
+
+    def errors(self) -> list[str]:
+        return [v for _, v in self.outcomes if v.startswith("ERROR")]
+
+    def __enter__(self) -> Caller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+def wait_for(predicate: object, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def s3(tmp_path: Path) -> Iterator[S3Server]:
+    with S3Server(tmp_path / "moto.log") as server:
+        server.client().create_bucket(Bucket="models")
+        yield server
+
+
+def test_poll_rolls_a_new_version_in_refuses_a_corrupt_one_and_rolls_back(s3: S3Server, tmp_path: Path) -> None:
+    client = s3.client()
+    upload_folder(client, "models", f"repo/{MODEL}", SOURCE)
+    env = {**s3.env(), "GENOSERVE_RUNTIME__STORE__CACHE_DIR": str(tmp_path / "cache")}
+    server = ServerProcess("--model-control", "poll", "--poll-interval", str(POLL_S), "--model", MODEL,
+                           model_dir="s3://models/repo", env=env, log_path=tmp_path / "server.log")  # fmt: skip
+    with server.start(), Caller(server.address) as caller:
+        wait_for(lambda: caller.outcomes, 30, "the first answer")
+        assert caller.outcomes[0][1] == "1"
+
+        # Roll out: the version's file first, then the model.yaml that lists it.
+        client.upload_file(str(SOURCE / "1" / "model.onnx"), "models", f"repo/{MODEL}/2/model.onnx")
+        client.put_object(Bucket="models", Key=f"repo/{MODEL}/model.yaml", Body=yaml_with_versions([1, 2]))
+        published = time.monotonic()
+        wait_for(lambda: caller.first("2", published), 4 * POLL_S + 10, "version 2 to serve")
+        took = caller.first("2", published) - published  # type: ignore[operator]
+        assert took < 2 * POLL_S, f"version 2 served {took:.2f} s after it was published"
+        text = scrape(server)
+        assert metric(text, "genoserve_model_ready", model=MODEL, version="2") == 1
+
+        # A corrupt upload: the bytes do not match the sha256 model.yaml declares.
+        client.put_object(Bucket="models", Key=f"repo/{MODEL}/3/model.onnx", Body=b"not an onnx graph")
+        client.put_object(Bucket="models", Key=f"repo/{MODEL}/model.yaml", Body=yaml_with_versions([1, 2, 3]))
+        with Client(server.address, timeout=10) as admin:
+
+            def version_3() -> models_pb2.ModelInfo | None:
+                return next((m for m in admin.list_models() if m.name == MODEL and m.version == "3"), None)
+
+            wait_for(lambda: (info := version_3()) is not None and info.state == models_pb2.MODEL_STATE_FAILED,
+                     4 * POLL_S + 10, "version 3 to be refused")  # fmt: skip
+            refused = version_3()
+            assert refused is not None
+            assert "sha256" in refused.reason
+            assert metric(scrape(server), "genoserve_model_ready", model=MODEL, version="3") == 0
+            corrupt_seen = time.monotonic()
+            time.sleep(POLL_S)
+            assert {v for t, v in caller.outcomes if t > corrupt_seen} == {"2"}  # version 2 keeps serving
+
+            # Roll back: version 2 leaves the store; version 1 serves again, no request fails.
+            client.put_object(Bucket="models", Key=f"repo/{MODEL}/model.yaml", Body=yaml_with_versions([1]))
+            client.delete_object(Bucket="models", Key=f"repo/{MODEL}/2/model.onnx")
+            client.delete_object(Bucket="models", Key=f"repo/{MODEL}/3/model.onnx")
+            removed = time.monotonic()
+            wait_for(lambda: caller.first("1", removed), 4 * POLL_S + 10, "version 1 to serve again")
+            wait_for(lambda: [m.version for m in admin.list_models()] == ["1"], 4 * POLL_S + 10, "the unloads")
+        text = scrape(server)
+        assert metric(text, "genoserve_model_ready", model=MODEL, version="1") == 1
+        assert 'version="2"' not in text.split("genoserve_model_ready", 1)[1].split("# HELP", 1)[0]
+    assert len(caller.outcomes) > 20
+    assert caller.errors() == []
+
+
+def test_explicit_unload_lets_running_requests_finish_and_needs_an_admin(tmp_path: Path) -> None:
+    repo = tmp_path / "models"
+    shutil.copytree(SOURCE, repo / MODEL)
+    # Requests wait up to 1.5 s in the batcher for others to join: in flight when the unload comes.
+    (repo / MODEL / "model.yaml").write_bytes(
+        yaml_with_versions([1], batching={"max_batch_size": 256, "max_queue_delay_us": 1_500_000})
+    )
+    tokens = tmp_path / "tokens"
+    tokens.write_text("admin-token admin\nlab-token lab\n")
+    server = ServerProcess("--model-control", "explicit", "--tokens-file", str(tokens), model_dir=repo,
+                           log_path=tmp_path / "server.log")  # fmt: skip
+    with (
+        server.start(),
+        Client(server.address, token="admin-token", timeout=30) as admin,
+        Client(server.address, token="lab-token", timeout=30) as lab,
+    ):
+        with pytest.raises(PermissionDenied, match="needs an admin tenant"):
+            lab.unload_model(MODEL)
+        assert [e.name for e in lab.repository_index()] == [MODEL]  # reading the index is for all
+
+        def request() -> str:
+            with grpc.insecure_channel(server.address) as channel:
+                return served_version(channel, "lab-token")
+
+        with ThreadPoolExecutor(4) as pool:
+            running = [pool.submit(request) for _ in range(4)]
+            queued = lambda: metric(scrape(server), "genoserve_queue_depth", model=MODEL) == 4  # noqa: E731
+            wait_for(queued, 10, "the 4 requests to wait in the batcher")
+            assert admin.unload_model(MODEL) == ["1"]
+            assert [f.result() for f in running] == ["1"] * 4  # every request in flight finished
+        with pytest.raises(NotFound):
+            lab.infer(MODEL, {"x": X})
+        [entry] = admin.repository_index()
+        assert (entry.name, entry.version, entry.state) == (MODEL, "1", models_pb2.MODEL_STATE_UNAVAILABLE)
+
+        [info] = admin.load_model(MODEL)
+        assert info.ready
+        assert info.version == "1"
+        assert lab.infer(MODEL, {"x": X})["y"].shape == (4, 16)
+
+        cli = [sys.executable, "-m", "genoserve.cli.main", "models"]
+        where = ["--address", server.address, "--token", "admin-token"]
+        unloaded = subprocess.run([*cli, "unload", MODEL, "--version", "1", *where], capture_output=True, text=True)
+        assert unloaded.returncode == 0, unloaded.stderr
+        assert unloaded.stdout.strip() == f"{MODEL}: unloaded version(s) 1"
+        index = subprocess.run([*cli, "index", *where], capture_output=True, text=True)
+        assert index.stdout.split("\n")[1].split() == [MODEL, "1", "unavailable"]
+        loaded = subprocess.run([*cli, "load", MODEL, *where], capture_output=True, text=True)
+        assert loaded.returncode == 0, loaded.stderr
+        assert loaded.stdout.strip() == f"{MODEL} version 1: ready"
+        missing = subprocess.run([*cli, "load", "no-such-model", *where], capture_output=True, text=True)
+        assert missing.returncode != 0
+        assert "'no-such-model' is not in the repository" in missing.stderr
