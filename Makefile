@@ -65,6 +65,7 @@ bench: setup
 	$(PY) -m tests.bench.jobs_bench
 	$(PY) -m tests.bench.binding_bench
 	$(PY) -m tests.bench.variants_bench
+	$(PY) -m tests.bench.realign_bench
 	$(PY) -m tests.bench.segmentation_bench
 	$(PY) -m tests.bench.embedding_bench
 	$(PY) -m tests.bench.overload_bench
