@@ -8,8 +8,11 @@ import sys
 from pathlib import Path
 
 import pysam
+import pytest
 
 from tests.support.server import ServerProcess
+
+pytestmark = pytest.mark.integration
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 BAM = DATA / "deepvariant" / "NA12878_S1.chr20.10_10p1mb.bam"
