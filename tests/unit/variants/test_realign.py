@@ -189,3 +189,73 @@ def test_window_alleles_need_two_reads_each() -> None:
     reads.append(_read("r2", OFFSET + 560, ref[560:600] + bases[0] + ref[601:660], [(OP_M, 100)]))
     windows = select_windows(reads, ref, OFFSET, OFFSET + 500, OFFSET + 700, OFFSET + 10_000)
     assert windows == [(OFFSET + 520, OFFSET + 680)]
+
+
+def test_ssw_alignment_edge_cases_and_n_bases() -> None:
+    from genoserve.variants.realign_sw import QueryAligner
+
+    # Nothing to align, or nothing scoring above 0: score 0, no CIGAR (the read keeps its alignment).
+    for query, target in (("", "ACGT"), ("ACGT", ""), ("AAAA", "CCCC")):
+        aln = local_align(query, target)
+        assert (aln.score, aln.target_begin, aln.cigar) == (0, 0, [])
+    # N scores 0 against anything (SSW's default matrix), so it neither breaks nor extends a match.
+    aln = local_align("ACGTTGCANACGTTGCA", "GGACGTTGCAAACGTTGCAGG")
+    assert (aln.score, aln.target_begin, aln.cigar) == (16 * 4, 2, [(OP_M, 17)])
+    # One query profile serves many targets with the same results as separate alignments.
+    query = REF[300:400]
+    targets = [REF[250:450], REF[300:350] + "T" + REF[350:450], REF[:200], REF[280:330] + REF[333:420]]
+    aligner = QueryAligner(query)
+    for target in targets:
+        one, many = local_align(query, target), aligner.align(target)
+        assert (many.score, many.target_begin, many.cigar) == (one.score, one.target_begin, one.cigar)
+    # The target lacks 3 of the query's bases: an insertion, the query's other bases matched.
+    aln = aligner.align(targets[3])
+    assert (aln.score, aln.target_begin, aln.cigar) == (97 * 4 - (8 + 2 * 2), 20, [(OP_M, 30), (OP_I, 3), (OP_M, 67)])
+
+
+def test_cigar_runs_merge_as_single_bases() -> None:
+    from genoserve.variants.realign_reads import _merge, _merge_run
+
+    # Merging a run of one op at once equals merging its bases one by one, cancellations of an I
+    # against a D (and the read-length cap) included.
+    rng = np.random.default_rng(11)
+    ops = [OP_M, OP_I, OP_D, OP_S]
+    for _ in range(2000):
+        read_len = int(rng.integers(5, 30))
+        runs = [(int(rng.choice(ops)), int(rng.integers(1, 8))) for _ in range(int(rng.integers(1, 8)))]
+        single: list[list[int]] = []
+        batched: list[list[int]] = []
+        for op, n in runs:
+            for _ in range(n):
+                _merge(op, 1, read_len, single)
+            _merge_run(op, n, read_len, batched)
+        assert batched == single, runs
+
+
+def test_window_alleles_of_a_read_past_the_reference_end() -> None:
+    from genoserve.variants.realign_windows import SUBSTITUTION, read_alleles
+
+    # Bases beyond the reference given count against an N (substitutions), as before the
+    # reference-base events were left out.
+    ref = REF[:100]
+    read = _read("edge", OFFSET + 90, REF[90:110], [(OP_M, 20)])
+    alleles = read_alleles(read, ref, OFFSET)
+    assert [(pos - OFFSET, kind) for pos, kind, _, _ in alleles] == [(i, SUBSTITUTION) for i in range(100, 110)]
+    # An insertion anchored at a substitution replaces it.
+    alt = REF[40:50] + ("A" if REF[50] != "A" else "C") + "GG" + REF[51:60]
+    read = _read("ins", OFFSET + 40, alt, [(OP_M, 11), (OP_I, 2), (OP_M, 9)])
+    alleles = read_alleles(read, REF, OFFSET)
+    assert [(pos - OFFSET, length) for pos, _, length, _ in alleles] == [(50, 2)]
+
+
+def test_graph_edges_are_k_plus_1_mers_in_first_seen_order() -> None:
+    from genoserve.variants.realign_graph import _good_runs, _Graph
+
+    read = _read("q", 0, "ACGTNACGTACGTT", [(OP_M, 14)])
+    read.quals[11] = 10
+    assert _good_runs(read, 15) == [(0, 4), (5, 11), (12, 14)]
+    graph = _Graph.from_paths(3, "ACGTAC", [(read.seq, 5, 11)])
+    # The reference path ACG->CGT->GTA->TAC; the read segment ACGTAC walks it again (weight 2).
+    assert list(graph.edges) == ["ACG", "CGT", "GTA", "TAC"]
+    assert graph.edges["ACG"] == {"CGT": [2, 1]}
+    assert graph.edges["TAC"] == {}
