@@ -1,6 +1,7 @@
 """Local realignment of the reads of one region, as DeepVariant's make_examples does by default.
 
-The flow of deepvariant/realigner/realigner.py (r1.9), written here in numpy/python:
+The flow of deepvariant/realigner/realigner.py (r1.9), written here in numpy/python (the
+Smith-Waterman alignments by the SSW library, as in DeepVariant):
 
 1. ``realign_windows``: windows around evidence of variation;
 2. ``realign_graph``: per window (at most 1000 bp, inside the contig), candidate haplotypes from a
