@@ -12,7 +12,7 @@ import json
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -21,7 +21,29 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
-OVERLAYS = ("dev", "gpu", "prod")
+OVERLAYS = ("dev", "gpu", "prod", "airgapped")
+#: Overlays with the production hardening (components/prod): TLS and tokens, an external Redis.
+PROD_OVERLAYS = ("prod", "airgapped")
+#: Where each overlay's servers and workers find their models: the image's /opt/genoserve/models
+#: (served as at start), a PersistentVolumeClaim, or S3-compatible object storage (both followed).
+MODEL_SOURCES = {"dev": "image", "gpu": "volume", "prod": "store", "airgapped": "image"}
+#: Example values of the Secrets an operator creates out of band (deploy/README.md, "Secrets"):
+#: what the checks put in a container's environment where the overlay renders no such Secret.
+EXAMPLE_SECRETS = {
+    "genoserve-redis": {
+        "url": "rediss://:PASSWORD@redis.example.internal:6380/0",
+        "address": "redis.example.internal:6380",
+        "password": "PASSWORD",
+    },
+    "genoserve-model-store": {
+        "repository": "s3://genoserve-models/models",
+        "endpoint": "https://minio.example.internal:9000",
+        "region": "eu-west-1",
+        "allow_http": "false",
+        "access_key_id": "AKIAEXAMPLE",
+        "secret_access_key": "EXAMPLE",
+    },
+}
 SCHEMAS = K8S / "schemas"
 #: Kinds that the API server does not know without a CRD; validated against SCHEMAS.
 CRD_KINDS = {
@@ -123,6 +145,37 @@ def config_settings(objects: list[Obj]) -> Obj:
     [config] = [c for c in by_kind(objects, "ConfigMap") if c["metadata"]["name"].startswith("genoserve-config")]
     settings: Obj = yaml.safe_load(config["data"]["genoserve.yaml"])
     return settings
+
+
+def container_env(
+    objects: list[Obj], container: Obj, secrets: Mapping[str, Mapping[str, str]] = EXAMPLE_SECRETS
+) -> dict[str, str]:
+    """The environment a container's ``env`` gives it: literal values, and Secret keys from the
+    overlay's rendered Secrets, else from ``secrets`` (the Secrets created out of band). A key
+    missing from both fails, unless the reference is ``optional``: then the variable is unset, as
+    the kubelet leaves it."""
+    env: dict[str, str] = {}
+    rendered = {s["metadata"]["name"] for s in by_kind(objects, "Secret")}
+    for item in container.get("env", []):
+        name = item["name"]
+        if "value" in item:
+            env[name] = str(item["value"])
+            continue
+        ref = item.get("valueFrom", {}).get("secretKeyRef")
+        if ref is None:
+            raise AssertionError(f"env {name}: only values and secretKeyRef are read here: {item}")
+        if ref["name"] in rendered:
+            env[name] = secret_value(objects, ref["name"], ref["key"])
+        elif ref["key"] in secrets.get(ref["name"], {}):
+            env[name] = secrets[ref["name"]][ref["key"]]
+        elif not ref.get("optional", False):
+            raise AssertionError(f"env {name}: Secret {ref['name']} key {ref['key']} is required and has no value")
+    return env
+
+
+def image_stage_of(container: Obj) -> str:
+    """The Dockerfile stage a genoserve container's image was built from (its tag's suffix)."""
+    return "gpu" if container["image"].endswith("-gpu") else "cpu"
 
 
 class ImageStage(NamedTuple):

@@ -12,7 +12,8 @@ import re
 import subprocess
 import sys
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import click
@@ -21,16 +22,22 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
+from genoserve.cli import main as cli_main
 from genoserve.cli.main import cli
 from genoserve.core import metrics
+from genoserve.core.settings import Settings, load_settings
 from genoserve.jobs.celery_app import FAMILY_QUEUES
 from genoserve.runtime import gpu_metrics
+from genoserve.runtime.store import LocalStore, S3Store, open_store
 from tests.deploy.manifests import (
     CRD_KINDS,
     DEPLOY,
+    EXAMPLE_SECRETS,
     FAMILY_SERVICES,
     GPU_FAMILIES,
+    MODEL_SOURCES,
     OVERLAYS,
+    PROD_OVERLAYS,
     REPO,
     SCHEMAS,
     Obj,
@@ -38,12 +45,14 @@ from tests.deploy.manifests import (
     by_kind,
     component,
     config_settings,
+    container_env,
     containers,
     dashboard_targets,
     dockerfile_stage,
     family,
     find,
     flag,
+    image_stage_of,
     metric_names_in,
     pod_spec,
     render,
@@ -286,12 +295,12 @@ def test_redis_url_comes_from_the_secret(objects: list[Obj]) -> None:
     assert {r["name"] for r in auth["spec"]["secretTargetRef"]} == {"genoserve-redis"}
 
 
-def test_redis_in_dev_and_gpu_external_in_prod(objects: list[Obj], overlay: str) -> None:
+def test_redis_in_dev_and_gpu_external_in_prod_and_airgapped(objects: list[Obj], overlay: str) -> None:
     statefulsets = by_kind(objects, "StatefulSet")
-    if overlay == "prod":
+    if overlay in PROD_OVERLAYS:
         assert not statefulsets
         assert not [s for s in by_kind(objects, "Secret") if s["metadata"]["name"] == "genoserve-redis"], (
-            "prod's Redis Secret is created out of band, never rendered"
+            f"{overlay}'s Redis Secret is created out of band, never rendered"
         )
         return
     redis = find(objects, "StatefulSet", "genoserve-redis")
@@ -320,7 +329,7 @@ def test_network_policies(objects: list[Obj], overlay: str) -> None:
     ]
     grpc = policies["genoserve-server-grpc"]
     assert [p["port"] for r in grpc["ingress"] for p in r["ports"]] == [50051], "only gRPC is open to clients"
-    if overlay != "prod":
+    if overlay not in PROD_OVERLAYS:
         [redis_rule] = policies["genoserve-redis"]["ingress"]
         clients = [s for s in redis_rule["from"] if "namespaceSelector" not in s]
         assert clients == [{"podSelector": {"matchLabels": {"genoserve.io/redis-client": "true"}}}]
@@ -349,7 +358,9 @@ def test_prod_servers_use_tls_and_tokens(overlay: str, objects: list[Obj]) -> No
     for server in (d for d in by_kind(objects, "Deployment") if component(d) == "server"):
         env = {e["name"] for e in pod_spec(server)["containers"][0]["env"]}
         tls = {"GENOSERVE_SERVER__TLS__CERT_FILE", "GENOSERVE_SERVER__TLS__KEY_FILE", "GENOSERVE_TOKENS_FILE"}
-        assert (tls <= env) == (overlay == "prod"), server["metadata"]["name"]
+        assert (tls <= env) == (overlay in PROD_OVERLAYS), server["metadata"]["name"]
+        secrets = {v["secret"]["secretName"] for v in pod_spec(server)["volumes"] if "secret" in v}
+        assert (secrets == {"genoserve-tls", "genoserve-tokens"}) == (overlay in PROD_OVERLAYS), secrets
 
 
 def test_container_args_parse_with_the_cli(objects: list[Obj]) -> None:
@@ -364,6 +375,201 @@ def test_container_args_parse_with_the_cli(objects: list[Obj]) -> None:
         args = [a for a in args[1:] if not a.startswith("--config")]  # the file exists only in the pod
         command.make_context(args[0] if args else "genoserve", args, resilient_parsing=False)
         assert config == "/etc/genoserve/genoserve.yaml"
+
+
+# -- where the models come from ------------------------------------------------------------------------
+
+STORE_SECRET = "genoserve-model-store"
+CACHE_DIR = "/var/cache/genoserve/models"
+#: Where the Dockerfile copies models/ into both images.
+IMAGE_MODELS = "/opt/genoserve/models"
+
+
+def overlays_reading(source: str) -> list[str]:
+    return [name for name, where in MODEL_SOURCES.items() if where == source]
+
+
+def env_items(workload: Obj) -> dict[str, Obj]:
+    return {e["name"]: e for e in pod_spec(workload)["containers"][0]["env"]}
+
+
+def mount_at(workload: Obj, path: str) -> tuple[Obj, Obj] | None:
+    """The (volumeMount, volume) of the genoserve container at ``path``, if any."""
+    spec = pod_spec(workload)
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    for mount in spec["containers"][0].get("volumeMounts", []):
+        if mount["mountPath"] == path:
+            return mount, volumes[mount["name"]]
+    return None
+
+
+def test_every_overlay_names_its_model_source() -> None:
+    assert set(MODEL_SOURCES) == set(OVERLAYS)
+    assert set(MODEL_SOURCES.values()) == {"image", "volume", "store"}
+    assert MODEL_SOURCES["dev"] == "image", "the smoke test runs dev with the repository's models/ as the image's"
+
+
+@pytest.mark.parametrize("overlay_name", overlays_reading("store"))
+def test_store_overlays_read_the_secret_named_repository_and_follow_it(overlay_name: str) -> None:
+    objects = render(overlay_name)
+    assert not [s for s in by_kind(objects, "Secret") if s["metadata"]["name"] == STORE_SECRET], (
+        "the model store's Secret is created out of band, never rendered"
+    )
+    expected = {
+        "GENOSERVE_MODEL_REPOSITORY": ("repository", False),
+        "GENOSERVE_RUNTIME__STORE__ENDPOINT": ("endpoint", True),
+        "AWS_ACCESS_KEY_ID": ("access_key_id", True),
+        "AWS_SECRET_ACCESS_KEY": ("secret_access_key", True),
+    }
+    served = list(genoserve_workloads(objects))
+    assert {component(w) for w in served} == {"server", "worker"}
+    for workload in served:
+        name = workload["metadata"]["name"]
+        env = env_items(workload)
+        for variable, (key, optional) in expected.items():
+            ref = env[variable]["valueFrom"]["secretKeyRef"]
+            assert (ref["name"], ref["key"]) == (STORE_SECRET, key), f"{name} {variable}: {ref}"
+            # Optional: an AWS endpoint needs none, and the pod's role (IRSA) may give the credentials.
+            assert ref.get("optional", False) is optional, f"{name} {variable}: optional must be {optional}"
+        refs = {v: e["valueFrom"]["secretKeyRef"] for v, e in env.items() if "secretKeyRef" in e.get("valueFrom", {})}
+        required = [v for v, ref in refs.items() if ref["name"] == STORE_SECRET and not ref.get("optional")]
+        assert required == ["GENOSERVE_MODEL_REPOSITORY"], f"{name}: only the repository key may be required"
+        assert env["GENOSERVE_RUNTIME__MODEL_CONTROL"]["value"] == "poll", name
+        assert float(env["GENOSERVE_RUNTIME__POLL_INTERVAL_S"]["value"]) == 30, name
+        assert env["GENOSERVE_RUNTIME__STORE__CACHE_DIR"]["value"] == CACHE_DIR, name
+        found = mount_at(workload, CACHE_DIR)
+        assert found is not None, f"{name}: nothing mounted at the cache {CACHE_DIR} (the root filesystem is read-only)"
+        mount, volume = found
+        assert not mount.get("readOnly"), name
+        cache = volume.get("emptyDir")
+        assert cache is not None, f"{name}: the cache is not an emptyDir: {volume}"
+        assert cache.get("medium") != "Memory", f"{name}: models would count against the memory limit"
+        assert re.fullmatch(r"\d+Gi", str(cache.get("sizeLimit", ""))), f"{name}: the cache needs a sizeLimit in Gi"
+        assert mount_at(workload, IMAGE_MODELS) is None, name
+
+
+@pytest.mark.parametrize("overlay_name", overlays_reading("volume"))
+def test_volume_overlays_mount_the_models_claim_read_only_and_follow_it(overlay_name: str) -> None:
+    objects = render(overlay_name)
+    claim = find(objects, "PersistentVolumeClaim", "genoserve-models")
+    assert "ReadWriteMany" in claim["spec"]["accessModes"] or "ReadOnlyMany" in claim["spec"]["accessModes"], (
+        "every server and worker on any node mounts it"
+    )
+    served = list(genoserve_workloads(objects))
+    assert {component(w) for w in served} == {"server", "worker"}
+    for workload in served:
+        name = workload["metadata"]["name"]
+        env = env_items(workload)
+        assert env["GENOSERVE_MODEL_REPOSITORY"] == {"name": "GENOSERVE_MODEL_REPOSITORY", "value": "/models"}, name
+        assert env["GENOSERVE_RUNTIME__MODEL_CONTROL"]["value"] == "poll", name
+        assert float(env["GENOSERVE_RUNTIME__POLL_INTERVAL_S"]["value"]) == 30, name
+        found = mount_at(workload, "/models")
+        assert found is not None, f"{name}: /models is not mounted"
+        mount, volume = found
+        assert mount.get("readOnly") is True, f"{name}: servers and workers must not write the models"
+        assert volume.get("persistentVolumeClaim") == {"claimName": "genoserve-models", "readOnly": True}, name
+        assert not any(STORE_SECRET in json.dumps(e) for e in env.values()), name
+
+
+@pytest.mark.parametrize("overlay_name", overlays_reading("image"))
+def test_image_overlays_serve_the_images_models_without_model_control(overlay_name: str) -> None:
+    objects = render(overlay_name)
+    assert "genoserve-models" not in {c["metadata"]["name"] for c in by_kind(objects, "PersistentVolumeClaim")}
+    assert config_settings(objects)["runtime"]["model_dir"] == IMAGE_MODELS
+    assert "model_control" not in config_settings(objects)["runtime"]
+    for workload in genoserve_workloads(objects):
+        name = workload["metadata"]["name"]
+        env = env_items(workload)
+        for variable in ("GENOSERVE_MODEL_REPOSITORY", "GENOSERVE_RUNTIME__MODEL_REPOSITORY",
+                         "GENOSERVE_RUNTIME__MODEL_CONTROL", "GENOSERVE_MODEL_DIR"):  # fmt: skip
+            assert variable not in env, f"{name}: {variable} set, the image's models are not served"
+        assert not [v for v in env if v.startswith(("AWS_", "GENOSERVE_RUNTIME__STORE__"))], name
+        assert mount_at(workload, IMAGE_MODELS) is None, f"{name}: a volume hides the image's models"
+        assert mount_at(workload, "/models") is None, name
+    for stage in ("cpu", "gpu"):
+        assert dockerfile_stage(stage).env["GENOSERVE_MODEL_DIR"] == IMAGE_MODELS
+
+
+class _Built(Exception):
+    """Raised in place of building the settings: what the command would build them from."""
+
+    def __init__(self, config: Path | None, overrides: dict[str, Any]) -> None:
+        super().__init__()
+        self.config = config
+        self.overrides = overrides
+
+
+def pod_settings(
+    objects: list[Obj],
+    workload: Obj,
+    folder: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    secrets: Mapping[str, Mapping[str, str]] = EXAMPLE_SECRETS,
+) -> Settings:
+    """The Settings a server or worker container builds in its pod: the mounted genoserve.yaml,
+    the image's ENV with the container's env over it (Secrets out of band from ``secrets``) and its
+    flags, as ``genoserve`` maps them (the command runs up to where it builds its settings)."""
+    [container] = pod_spec(workload)["containers"]
+    [config_map] = [c for c in by_kind(objects, "ConfigMap") if c["metadata"]["name"].startswith("genoserve-config")]
+    config = folder / "genoserve.yaml"
+    config.write_text(config_map["data"]["genoserve.yaml"])
+    env = {k: v for k, v in dockerfile_stage(image_stage_of(container)).env.items() if k != "PATH"}
+    env.update(container_env(objects, container, secrets))
+
+    def capture(config_file: Path | None, overrides: dict[str, Any]) -> Settings:
+        raise _Built(config_file, overrides)
+
+    monkeypatch.setattr(cli_main, "build_settings", capture)
+    assert flag(container["args"], "config") == "/etc/genoserve/genoserve.yaml"
+    args = [f"--config={config}" if a.startswith("--config") else a for a in container["args"]]
+    with pytest.raises(_Built) as built:
+        cli.main(args, prog_name="genoserve", standalone_mode=False)
+    assert built.value.config == config
+    return load_settings(config, env, built.value.overrides)
+
+
+def test_container_env_and_args_build_valid_settings(
+    objects: list[Obj], overlay: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every server and worker container's environment (image ENV, env, Secrets) and flags build
+    valid genoserve Settings, with the model repository and control its overlay means."""
+    source = MODEL_SOURCES[overlay]
+    # The Secrets created out of band, with only their required keys: the optional ones may be absent.
+    required_only = {
+        "genoserve-redis": EXAMPLE_SECRETS["genoserve-redis"],
+        STORE_SECRET: {"repository": EXAMPLE_SECRETS[STORE_SECRET]["repository"]},
+    }
+    for workload in genoserve_workloads(objects):
+        name = workload["metadata"]["name"]
+        settings = pod_settings(objects, workload, tmp_path, monkeypatch)
+        runtime = settings.runtime
+        assert runtime.families == ((family(workload),) if component(workload) == "server" else ()), name
+        assert settings.jobs.broker_url.startswith(("redis://", "rediss://")), name
+        if component(workload) == "server" and overlay in PROD_OVERLAYS:
+            assert settings.server.tls.enabled, name
+            assert settings.server.auth.enabled, name
+        store = open_store(runtime)
+        if source == "store":
+            assert runtime.model_repository == EXAMPLE_SECRETS[STORE_SECRET]["repository"], name
+            assert runtime.store.endpoint == EXAMPLE_SECRETS[STORE_SECRET]["endpoint"], name
+            assert runtime.store.cache_dir == Path(CACHE_DIR), name
+            assert isinstance(store, S3Store), name
+            assert store.root.is_relative_to(CACHE_DIR), name
+            bare = pod_settings(objects, workload, tmp_path, monkeypatch, required_only)
+            assert bare.runtime.model_repository == runtime.model_repository, name
+            assert (bare.runtime.store.endpoint, bare.runtime.store.allow_http) == ("", False), name
+        elif source == "volume":
+            assert runtime.model_repository == "/models", name
+            assert isinstance(store, LocalStore), name
+            assert store.path == Path("/models"), name
+        else:
+            assert runtime.model_repository == "", name
+            assert isinstance(store, LocalStore), name
+            assert store.path == Path(IMAGE_MODELS), name
+        if source == "image":
+            assert runtime.model_control == "none", name
+        else:
+            assert (runtime.model_control, runtime.poll_interval_s) == ("poll", 30.0), name
 
 
 # -- monitoring ------------------------------------------------------------------------------------------
