@@ -43,6 +43,8 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+from tests.bench.report import run_info
+
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "tests" / "bench" / "results"
 DATA = REPO / "tests" / "data" / "deepvariant"
@@ -225,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     now = summary(now_runs)
     before = summary(before_runs) if before_runs else None
     result: dict[str, Any] = {
+        "run": run_info(),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()},
         "command": COMMAND,

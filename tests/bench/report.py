@@ -49,6 +49,7 @@ BENCHES = (
     Bench("jobs", "tests.bench.jobs_bench", "Bulk jobs: platform.score_rows vs raw ONNX Runtime"),
     Bench("binding", "tests.bench.binding_bench", "Sequence binding: Predict and binding.score_fasta"),
     Bench("variants", "tests.bench.variants_bench", "Variant calling: CallVariants, pileups, BAM to VCF"),
+    Bench("realign", "tests.bench.realign_bench", "Variant calling: the local realigner, SSW against numpy"),
     Bench("segmentation", "tests.bench.segmentation_bench", "Cell segmentation: reconstruction and Segment"),
     Bench("embedding", "tests.bench.embedding_bench", "Single-cell embedding: Embed and embedding.embed_h5ad"),
     Bench("overload", "tests.bench.overload_bench", "Overload: admission by deadline"),
@@ -110,6 +111,21 @@ def _summary(module: str) -> str:
     return " ".join(match.group(1).split()) if match else ""
 
 
+def _recorded_date(report: Any) -> str:
+    """The date a result file without ``run`` records itself, under one of the names benches used."""
+    if not isinstance(report, dict):
+        return ""
+    environment = report.get("environment")
+    for value in (
+        report.get("date"),
+        report.get("when"),
+        environment.get("date") if isinstance(environment, dict) else None,
+    ):
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
 def rendered(bench: Bench, results: Path) -> str | None:
     """The section of ``bench`` from its result files, or None when it has none."""
     json_path, md_path = results / f"{bench.name}.json", results / f"{bench.name}.md"
@@ -120,12 +136,14 @@ def rendered(bench: Bench, results: Path) -> str | None:
     if isinstance(run, dict):
         machine = f"{run['cpu_count']} CPUs, {run['cpu_model']} ({run['platform']})"
         when = f"{run['date']} (1-minute load average {run['load_average'][0]:g} when the result was written)"
-        command = run["command"]
+        command = f"`{run['command']}`"
     else:  # a result file written before benchmarks recorded their run
         machine = f"{os.cpu_count()} CPUs, {cpu_model()} (read when this page was rendered: not in the result file)"
-        stamp = dt.datetime.fromtimestamp(json_path.stat().st_mtime, dt.UTC).isoformat(timespec="seconds")
-        when = f"{stamp} (the result file's time)"
-        command = f"python -m {bench.module} (its flags were not recorded)"
+        when = _recorded_date(report) or (
+            dt.datetime.fromtimestamp(json_path.stat().st_mtime, dt.UTC).isoformat(timespec="seconds")
+            + " (the result file's time)"
+        )
+        command = f"`python -m {bench.module}` (its flags were not recorded)"
     lines = [
         f"## {bench.title}",
         "",
@@ -133,7 +151,7 @@ def rendered(bench: Bench, results: Path) -> str | None:
         "",
         f"- Measured: {when}",
         f"- Machine: {machine}",
-        f"- Command: `{command}`",
+        f"- Command: {command}",
         f"- Reproduce: `python -m {bench.module}` (options: `--help`), then `python -m tests.bench.report`",
         "",
         _demoted(md_path.read_text()),
