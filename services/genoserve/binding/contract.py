@@ -1,17 +1,38 @@
-"""What the binding family needs to know of a model: input length, tasks, strand default."""
+"""What the binding family needs to know of a model: input length, tasks, strand default.
+
+A binding model (model.yaml ``family: binding``) scores DNA:
+
+- one input, float32 [batch, length, 4]: one-hot A, C, G, T (N: all zero), ``length`` fixed;
+- one output, float32 [batch, tasks]: a logit per task (``labels`` name the tasks);
+- ``preprocessing`` (``BindingPreprocessing``): ``default_strand`` and the documented constants.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar, Literal
 
-from genoserve.core.errors import InvalidArgument
+from genoserve.runtime.contract import ContractViolation, Preprocessing, preprocessing
 from genoserve.runtime.spec import ModelSpec
+
+
+class BindingPreprocessing(Preprocessing):
+    #: The input length; when given it must equal the input's fixed length.
+    sequence_length: int | None = None
+    #: The one-hot order of the input's last axis (the only one the family encodes).
+    alphabet: Literal["ACGT"] = "ACGT"
+    #: The base encoded as all zeros.
+    unknown: Literal["N"] = "N"
+    #: Strand scoring when a request does not choose: forward only, or the max / mean of both.
+    default_strand: Literal["forward", "max", "mean"] = "max"
 
 
 @dataclass(frozen=True)
 class BindingContract:
     """A binding model takes one-hot ``input`` [batch, length, 4] and returns ``output`` logits
     [batch, tasks] for the strand it is given."""
+
+    FAMILY: ClassVar[str] = "binding"
 
     length: int
     tasks: list[str]
@@ -21,11 +42,25 @@ class BindingContract:
 
     @classmethod
     def of(cls, spec: ModelSpec) -> BindingContract:
-        if spec.family != "binding":
-            raise InvalidArgument.field("model", f"{spec.name} is a {spec.family} model, not a binding model")
+        """The contract of a binding model.yaml; ContractViolation naming every broken rule."""
+        pre = preprocessing(BindingPreprocessing, spec, cls.FAMILY)
+        problems: list[str] = []
+        if len(spec.inputs) != 1 or len(spec.outputs) != 1:
+            problems.append(f"needs one input and one output (has {len(spec.inputs)} and {len(spec.outputs)})")
+            raise ContractViolation(spec, problems)
         [x] = spec.inputs
         [y] = spec.outputs
-        if len(x.shape) != 3 or x.shape[1] < 1 or x.shape[2] != 4:
-            raise InvalidArgument.field("model", f"{spec.name}: input {x.name} is not [batch, length, 4]")
+        if x.dtype != "float32" or len(x.shape) != 3 or x.shape[1] < 1 or x.shape[2] != 4:
+            problems.append(f"input {x.name} must be float32 [batch, length, 4] with a fixed length, "
+                            f"is {x.dtype} {list(x.shape)}")  # fmt: skip
+        elif pre.sequence_length is not None and pre.sequence_length != x.shape[1]:
+            problems.append(
+                f"preprocessing.sequence_length {pre.sequence_length} is not the input's length {x.shape[1]}"
+            )
+        if y.dtype != "float32" or len(y.shape) != 2 or y.shape[1] < 1:
+            problems.append(f"output {y.name} must be float32 [batch, tasks] with a fixed task count, "
+                            f"is {y.dtype} {list(y.shape)}")  # fmt: skip
+        if problems:
+            raise ContractViolation(spec, problems)
         tasks = list(y.labels) or [f"task{i}" for i in range(y.shape[-1])]
-        return cls(x.shape[1], tasks, str(spec.preprocessing.get("default_strand", "max")), x.name, y.name)
+        return cls(x.shape[1], tasks, pre.default_strand, x.name, y.name)

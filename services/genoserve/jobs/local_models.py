@@ -49,6 +49,6 @@ class LocalModels:
             assert record.version is not None
             session = load_session(record, self.settings)
             max_batch = self.batch_size or record.spec.batching.max_batch_size or self.settings.batching.max_batch_size
-            model = LoadedModel(record.spec, record.version, session, max_batch)
+            model = LoadedModel(record.spec, record.version, session, max_batch, record.contract)
             self._cache[(name, version)] = model
             return model

@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import Collection, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from genoserve.core.errors import InternalError
+from genoserve.core.errors import InternalError, InvalidArgument
 from genoserve.runtime.batcher import DynamicBatcher
+from genoserve.runtime.contract import other_family
 from genoserve.runtime.session import OrtSession
 from genoserve.runtime.spec import ModelSpec, VersionSpec
 from genoserve.runtime.validate import check_inputs
 
 Array = np.ndarray[Any, Any]
+C = TypeVar("C")
 
 
 class LoadedModel:
@@ -29,11 +31,23 @@ class LoadedModel:
     array it built anyway) names them in ``log1p_applied``; for the others the model takes it here.
     """
 
-    def __init__(self, spec: ModelSpec, version: VersionSpec, session: OrtSession, max_batch_size: int) -> None:
+    def __init__(
+        self, spec: ModelSpec, version: VersionSpec, session: OrtSession, max_batch_size: int, contract: Any = None
+    ) -> None:
         self.spec = spec
         self.version_spec = version
         self.session = session
         self.max_batch_size = max_batch_size
+        #: The family's contract, parsed when the model was read (None for ``platform``).
+        self.contract = contract
+
+    def contract_as(self, kind: type[C]) -> C:
+        """The contract as the family ``kind`` (e.g. ``BindingContract``); INVALID_ARGUMENT naming
+        the model when it is of another family."""
+        if not isinstance(self.contract, kind):
+            family = getattr(kind, "FAMILY", kind.__name__)
+            raise InvalidArgument.field("model", f"{self.name} {other_family(self.family, family)}")
+        return self.contract
 
     @property
     def name(self) -> str:
@@ -75,8 +89,10 @@ class LoadedModel:
 class ServedModel(LoadedModel):
     """A loaded model version behind its dynamic batcher (the online path)."""
 
-    def __init__(self, spec: ModelSpec, version: VersionSpec, session: OrtSession, batcher: DynamicBatcher) -> None:
-        super().__init__(spec, version, session, batcher.config.max_batch_size)
+    def __init__(
+        self, spec: ModelSpec, version: VersionSpec, session: OrtSession, batcher: DynamicBatcher, contract: Any = None
+    ) -> None:
+        super().__init__(spec, version, session, batcher.config.max_batch_size, contract)
         self.batcher = batcher
         self._holders: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
 

@@ -11,10 +11,13 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
+from genoserve.core.errors import GenoserveError
+from genoserve.runtime.contracts import contract_of
 from genoserve.runtime.session import PortSignature
 from genoserve.runtime.spec import ModelSpec, TensorSpec, VersionSpec
 
@@ -42,6 +45,8 @@ class ModelVersionRecord:
     state: ModelState = ModelState.LOADING
     reason: str = ""
     provider: str = ""
+    #: The family's parsed contract (``genoserve.runtime.contracts``); None for ``platform``.
+    contract: Any = None
 
     @property
     def version_label(self) -> str:
@@ -102,8 +107,17 @@ def scan(model_dir: Path, only: tuple[str, ...] = (), families: tuple[str, ...] 
             continue
         if families and spec.family not in families:
             continue
+        try:
+            contract = contract_of(spec)
+        except GenoserveError as exc:  # kept out, each version with the reason
+            contract, broken = None, exc.message
+        else:
+            broken = ""
         for version in sorted(spec.versions, key=lambda v: v.version):
-            records.append(ModelVersionRecord(spec.name, directory, spec, version))
+            record = ModelVersionRecord(spec.name, directory, spec, version, contract=contract)
+            if broken:
+                record.fail(broken)
+            records.append(record)
     return records
 
 

@@ -168,7 +168,7 @@ class ModelRepository:
         config = batcher_config(record.spec, self.settings, session.provider, self._budget)
         batcher = DynamicBatcher(record.name, session.run, config, self._executor)
         batcher.start()
-        self._served[_key(record)] = ServedModel(record.spec, record.version, session, batcher)
+        self._served[_key(record)] = ServedModel(record.spec, record.version, session, batcher, record.contract)
         record.state = ModelState.READY
         metrics.MODEL_READY.labels(record.name, record.version_label).set(1)
         threads = session.intra_op_threads or "default"

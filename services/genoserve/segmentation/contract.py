@@ -1,12 +1,47 @@
-"""What the segmentation family needs to know of a model, read from its model.yaml."""
+"""What the segmentation family needs to know of a model, read from its model.yaml.
+
+A segmentation model (model.yaml ``family: segmentation``) is a Cellpose-style network:
+
+- one input, float32 [batch, channels, H, W] with H and W dynamic: the image, normalised per
+  channel to its ``normalize_percentiles`` (0 and 1 at the 1st and 99th percentiles by default);
+- one output, float32 [batch, 3, H, W]: the dY and dX flows and the cell-probability logit;
+- ``preprocessing`` (``SegmentationPreprocessing``): tiling, the training data's cell diameter.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
+
+from pydantic import Field, model_validator
 
 from genoserve.core.errors import InvalidArgument
+from genoserve.runtime.contract import ContractViolation, Preprocessing, preprocessing
 from genoserve.runtime.spec import ModelSpec
+
+
+class SegmentationPreprocessing(Preprocessing):
+    #: Tiles the network runs on (pixels, square); a multiple of ``size_multiple``.
+    tile: int = Field(256, ge=8)
+    #: Overlap of neighbouring tiles, as a fraction of the tile.
+    tile_overlap: float = Field(0.1, ge=0.0, lt=0.5)
+    #: Mean cell diameter (pixels) of the training data: images are rescaled to it when a
+    #: request gives its cells' diameter.
+    diameter: float = Field(17.0, gt=0)
+    #: Per-channel percentiles mapped to 0 and 1 before the network.
+    normalize_percentiles: tuple[float, float] = (1.0, 99.0)
+    #: H and W of the network's input must be multiples of this (a U-Net with three 2x poolings: 8).
+    size_multiple: int = Field(8, ge=1)
+
+    @model_validator(mode="after")
+    def _rules(self) -> SegmentationPreprocessing:
+        lo, hi = self.normalize_percentiles
+        if not 0 <= lo < hi <= 100:
+            raise ValueError(f"normalize_percentiles must be 0 <= lower < upper <= 100, got [{lo}, {hi}]")
+        if self.tile % self.size_multiple:
+            raise ValueError(f"tile {self.tile} is not a multiple of size_multiple {self.size_multiple}")
+        return self
 
 
 @dataclass(frozen=True)
@@ -15,9 +50,11 @@ class SegmentationContract:
     (H, W dynamic) and returns ``output`` float32 [batch, 3, H, W]: dY, dX flows and the cell
     probability logit. ``tile`` is the size tiles are cut to; ``diameter`` the mean cell
     diameter (pixels) of the training data, to which images are rescaled when a diameter is given;
-    ``size_multiple`` (model.yaml ``preprocessing.size_multiple``, default 8: a U-Net with three 2x
-    poolings) what the network's H and W must be multiples of.
+    ``size_multiple`` what the network's H and W must be multiples of; ``percentiles`` the
+    normalisation's.
     """
+
+    FAMILY: ClassVar[str] = "segmentation"
 
     input: str
     output: str
@@ -26,26 +63,30 @@ class SegmentationContract:
     overlap: float
     diameter: float
     size_multiple: int = 8
+    percentiles: tuple[float, float] = (1.0, 99.0)
 
     @classmethod
     def of(cls, spec: ModelSpec) -> SegmentationContract:
-        if spec.family != "segmentation":
-            raise InvalidArgument.field("model", f"{spec.name} is a {spec.family} model, not a segmentation model")
+        """The contract of a segmentation model.yaml; ContractViolation naming every broken rule."""
+        pre = preprocessing(SegmentationPreprocessing, spec, cls.FAMILY)
+        if len(spec.inputs) != 1 or len(spec.outputs) != 1:
+            raise ContractViolation(
+                spec, [f"needs one input and one output (has {len(spec.inputs)} and {len(spec.outputs)})"]
+            )
         [x] = spec.inputs
         [y] = spec.outputs
-        if len(x.shape) != 4 or x.shape[1] < 1:
-            raise InvalidArgument.field("model", f"{spec.name}: input {x.name} is not [batch, channels, H, W]")
-        if len(y.shape) != 4 or y.shape[1] != 3:
-            raise InvalidArgument.field("model", f"{spec.name}: output {y.name} is not [batch, 3, H, W]")
-        pre = spec.preprocessing
-        tile, multiple = int(pre.get("tile", 256)), int(pre.get("size_multiple", 8))
-        if multiple < 1 or tile < multiple or tile % multiple:
-            raise InvalidArgument.field(
-                "model", f"{spec.name}: preprocessing.tile {tile} is not a multiple of size_multiple {multiple}"
-            )
+        problems: list[str] = []
+        if x.dtype != "float32" or len(x.shape) != 4 or x.shape[1] < 1:
+            problems.append(f"input {x.name} must be float32 [batch, channels, H, W] with a fixed channel count, "
+                            f"is {x.dtype} {list(x.shape)}")  # fmt: skip
+        if y.dtype != "float32" or len(y.shape) != 4 or y.shape[1] != 3:
+            problems.append(f"output {y.name} must be float32 [batch, 3, H, W] (dY, dX, cell probability), "
+                            f"is {y.dtype} {list(y.shape)}")  # fmt: skip
+        if problems:
+            raise ContractViolation(spec, problems)
         return cls(
-            x.name, y.name, int(x.shape[1]), tile, float(pre.get("tile_overlap", 0.1)),
-            float(pre.get("diameter", 17.0)), multiple,
+            x.name, y.name, int(x.shape[1]), pre.tile, pre.tile_overlap, pre.diameter, pre.size_multiple,
+            pre.normalize_percentiles,
         )  # fmt: skip
 
     def check_network_input(self, shape: Sequence[int], field: str) -> None:

@@ -97,7 +97,7 @@ def check_network_size(
 def prepare(channels_first: Array, contract: SegmentationContract, diameter: float) -> Prepared:
     """channels_first: float32 [C, H, W] (channels already selected) -> ``Prepared``."""
     shape = (int(channels_first.shape[1]), int(channels_first.shape[2]))
-    normalised = percentile_normalize(channels_first)
+    normalised = percentile_normalize(channels_first, *contract.percentiles)
     if diameter > 0:
         normalised = resize(normalised, network_shape(shape, contract, diameter))
     return Prepared(normalised, shape, channels_first.mean(axis=0), diameter or contract.diameter)

@@ -67,7 +67,7 @@ class SequenceBindingServicer(binding_pb2_grpc.SequenceBindingServicer):
         if not name:
             raise InvalidArgument.field("model", "is required")
         model = self.repository.get(name, version)
-        return model, BindingContract.of(model.spec)
+        return model, model.contract_as(BindingContract)
 
     @staticmethod
     async def _logits(

@@ -40,7 +40,7 @@ class CellEmbeddingServicer:
         if not name:
             raise InvalidArgument.field("model", "is required")
         model = self.repository.get(name, version)
-        return model, EmbeddingContract.of(model.spec)
+        return model, model.contract_as(EmbeddingContract)
 
     def _prepare(
         self, parsed: codec.ParsedEmbedRequest, model: EmbeddingContract, log1p_inputs: frozenset[str], first_cell: int

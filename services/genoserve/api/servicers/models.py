@@ -108,8 +108,8 @@ def _check_family_rules(model: ServedModel, inputs: dict[str, tensor_codec.Array
     """Rules a family's model has beyond its declared input shapes, checked before the session
     sees the arrays (else ONNX Runtime fails the call, an INTERNAL error): a segmentation network
     takes H and W in multiples of its size_multiple, up to one tile."""
-    if model.family == "segmentation":
-        contract = SegmentationContract.of(model.spec)
+    if isinstance(model.contract, SegmentationContract):
+        contract = model.contract
         image = inputs.get(contract.input)
         if image is not None:
             contract.check_network_input(image.shape, f"inputs[{contract.input}]")

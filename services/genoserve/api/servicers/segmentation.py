@@ -46,7 +46,7 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServicer):
         if not request.model:
             raise InvalidArgument.field("model", "is required")
         model = self.repository.get(request.model, request.version)
-        contract = SegmentationContract.of(model.spec)
+        contract = model.contract_as(SegmentationContract)
         params = codec.params(request)
         pipeline.check_params(request.diameter, params)
         deadline = deadline_of(context)
