@@ -195,7 +195,8 @@ def variants(bam: Path | None, reference: Path | None, regions: tuple[str, ...],
     """Call variants through the server: BAM + reference + regions (pileups built here) or
     make_examples TFRecords -> VCF (bgzipped and tabix-indexed for .vcf.gz)."""
     from genoserve.api.codecs.variants import to_variant_call
-    from genoserve.variants.vcf import read_contigs, reference_contigs, write_vcf
+    from genoserve.variants.pipeline import write_calls
+    from genoserve.variants.vcf import read_contigs, reference_contigs
 
     if (bam is None) == (not examples):
         raise click.UsageError("give either --bam (with --reference and --regions/--bed) or --examples")
@@ -251,11 +252,7 @@ def variants(bam: Path | None, reference: Path | None, regions: tuple[str, ...],
         known = reference_contigs(reference)
     else:  # tf.Examples carry no contig lengths: the header lists the contigs without one
         known = []
-    named = {name for name, _ in known}
-    known += [(name, 0) for name in dict.fromkeys(c.reference_name for c in calls) if name not in named]
-    order = {name: i for i, (name, _) in enumerate(known)}
-    calls.sort(key=lambda c: (order.get(c.reference_name, len(order)), c.start, c.end))
-    write_vcf(output, calls, known, sample or "SAMPLE")
+    write_calls(output, calls, known, sample or "SAMPLE")
     passing = sum(c.filters == ["PASS"] for c in calls)
     click.echo(f"{len(calls)} sites ({passing} PASS) written to {output}", err=True)
     if problems:

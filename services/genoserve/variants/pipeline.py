@@ -1,12 +1,19 @@
-"""Examples -> model -> postprocess: the calling steps shared by the server, jobs, CLI and training.
+"""Examples -> model -> sites -> VCF: the calling steps shared by the server, jobs, CLI and training.
 
 ``predict`` is any function from a uint8 image batch ``(n, 100, 221, channels)`` to float32
 probabilities ``(n, 3)`` (an ONNX Runtime session, the served model, a test double).
+
+``SiteCaller`` turns predicted examples into calls: it holds each candidate site's examples until
+all of them are in (``sites.SiteBuffer``; across the requests of a stream), calls the site
+(``postprocess.call_site``) and orders the calls. The VariantCalling servicer feeds it request by
+request; ``call_examples`` (jobs, training) feeds it a whole set at once. ``write_calls`` writes
+calls as a VCF for the jobs and ``genoserve predict variants``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +22,9 @@ import numpy.typing as npt
 from genoserve.core.errors import InvalidArgument
 from genoserve.variants.examples import PileupExample
 from genoserve.variants.make_examples import Region, make_examples
-from genoserve.variants.postprocess import ExampleCall, PostprocessOptions, VariantCall, postprocess
+from genoserve.variants.postprocess import ExampleCall, PostprocessOptions, VariantCall, call_site
+from genoserve.variants.sites import SiteBuffer, describe
+from genoserve.variants.vcf import write_vcf
 
 Predict = Callable[[npt.NDArray[np.uint8]], npt.NDArray[np.float32]]
 LABELS = ("hom_ref", "het", "hom_alt")
@@ -48,6 +57,81 @@ def to_example_calls(examples: Sequence[PileupExample], probabilities: npt.NDArr
     ]
 
 
+def with_probabilities(
+    examples: Sequence[ExampleCall], probabilities: npt.NDArray[np.floating]
+) -> Sequence[ExampleCall]:
+    """``examples`` with row i of ``probabilities`` (float [n, 3]) set on example i, unchecked: a
+    probability outside [0, 1] fails that example's site when it is called."""
+    for example, p in zip(examples, probabilities.tolist(), strict=True):
+        example.probabilities = (p[0], p[1], p[2])
+    return examples
+
+
+@dataclass(frozen=True)
+class SiteError:
+    """Why examples or a site got no call: the request field and the rule broken."""
+
+    field: str
+    message: str
+
+
+@dataclass
+class Called:
+    """Calls of the sites completed, each with the ids of its examples, ordered by contig (in the
+    order the calls first name them), start and end; and the examples or sites refused."""
+
+    calls: list[tuple[VariantCall, list[str]]] = field(default_factory=list)
+    errors: list[SiteError] = field(default_factory=list)
+
+
+class SiteCaller:
+    """Predicted examples in, calls out as each site's examples are all in (one per alt and one
+    per alt pair, as DeepVariant makes them), however the examples are split between ``add`` calls."""
+
+    def __init__(self, options: PostprocessOptions | None = None) -> None:
+        self.options = options
+        self.buffer = SiteBuffer()
+
+    def add(self, ids: Sequence[str], examples: Sequence[ExampleCall]) -> Called:
+        """Add examples (probabilities set; ``ids[i]`` names ``examples[i]`` in errors and calls);
+        returns the calls of the sites they complete. A refused example or site is an error in the
+        result, not an exception: the other sites are still called."""
+        out = Called()
+        completed: list[list[tuple[str, ExampleCall]]] = []
+        for example_id, example in zip(ids, examples, strict=True):
+            try:
+                completed.extend(self.buffer.add(example_id, example))
+            except InvalidArgument as exc:
+                out.errors.append(SiteError(exc.violations[0].field, exc.message))
+        made = []
+        for group in completed:
+            try:
+                made.append((call_site([e for _, e in group], self.options), [i for i, _ in group]))
+            except InvalidArgument as exc:
+                out.errors.append(SiteError("examples", exc.message))
+        order = {contig: rank for rank, contig in enumerate(dict.fromkeys(c.reference_name for c, _ in made))}
+        out.calls = sorted(made, key=lambda m: (order[m[0].reference_name], m[0].start, m[0].end))
+        return out
+
+    def incomplete(self) -> list[SiteError]:
+        """The sites still waiting for examples, as errors (the buffer is emptied)."""
+        return [
+            SiteError(
+                "examples",
+                f"site {describe(key)}: incomplete, has examples {ids}; DeepVariant makes one per alt "
+                "and one per alt pair, all needed to call it",
+            )
+            for key, ids in self.buffer.leftovers()
+        ]
+
+    def unfinished(self) -> list[SiteError]:
+        """At the end of a stream: the sites still waiting for examples, as errors (the buffer is emptied)."""
+        return [
+            SiteError("examples", f"site {describe(key)}: stream ended before its examples {ids} were completed")
+            for key, ids in self.buffer.leftovers()
+        ]
+
+
 def predict_examples(
     examples: Sequence[PileupExample], predict: Predict, batch_size: int = 256
 ) -> npt.NDArray[np.float32]:
@@ -64,9 +148,15 @@ def predict_examples(
 def call_examples(
     examples: Sequence[PileupExample], predict: Predict, options: PostprocessOptions | None = None
 ) -> list[VariantCall]:
-    """VCF-ready calls for a set of examples (all examples of each site must be present)."""
+    """VCF-ready calls for a set of examples, ordered as ``Called.calls``. Every example of each
+    site must be present: the first example or site refused raises ``InvalidArgument``."""
     probabilities = predict_examples(examples, predict)
-    return postprocess(to_example_calls(examples, probabilities), options)
+    caller = SiteCaller(options)
+    called = caller.add([str(i) for i in range(len(examples))], to_example_calls(examples, probabilities))
+    problems = called.errors + caller.incomplete()
+    if problems:
+        raise InvalidArgument.field(problems[0].field, problems[0].message.removeprefix(f"{problems[0].field}: "))
+    return [call for call, _ in called.calls]
 
 
 def call_region(
@@ -80,3 +170,17 @@ def call_region(
     """Calls for one region of a BAM and the number of candidates examined."""
     candidates, examples = make_examples(bam, reference, region, channels=channels)
     return call_examples(examples, predict, options), len(candidates)
+
+
+def write_calls(
+    path: str | Path, calls: Sequence[VariantCall], contigs: Sequence[tuple[str, int]], sample: str
+) -> Path:
+    """``calls`` as a VCF at ``path`` (``vcf.write_vcf``: bgzipped and tabix-indexed for ``.gz``),
+    sorted by contig in the order of ``contigs`` ((name, length) for the header; the contigs of
+    calls not listed there are added after them without a length), start and end."""
+    header = list(contigs)
+    named = {name for name, _ in header}
+    header += [(name, 0) for name in dict.fromkeys(c.reference_name for c in calls) if name not in named]
+    order = {name: i for i, (name, _) in enumerate(header)}
+    ordered = sorted(calls, key=lambda c: (order[c.reference_name], c.start, c.end))
+    return write_vcf(path, ordered, header, sample)

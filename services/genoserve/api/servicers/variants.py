@@ -19,8 +19,8 @@ from genoserve.core.settings import VariantsSettings
 from genoserve.runtime.model import ServedModel
 from genoserve.runtime.repository import ModelRepository
 from genoserve.v1 import variants_pb2
-from genoserve.variants.postprocess import ExampleCall, call_site
-from genoserve.variants.sites import SiteBuffer, describe, expected_layout
+from genoserve.variants.pipeline import SiteCaller, with_probabilities
+from genoserve.variants.sites import expected_layout
 
 
 class VariantCallingServicer:
@@ -66,7 +66,7 @@ class VariantCallingServicer:
         )  # fmt: skip
 
     async def _call(
-        self, parsed: codec.ParsedCallRequest, context: grpc.aio.ServicerContext, buffer: SiteBuffer | None
+        self, parsed: codec.ParsedCallRequest, context: grpc.aio.ServicerContext, caller: SiteCaller | None
     ) -> variants_pb2.CallVariantsResponse:
         request = parsed.message
         if not request.examples:
@@ -84,7 +84,7 @@ class VariantCallingServicer:
         model = self._model(request.model, request.version, channels)
         outputs = await model.infer({model.spec.inputs[0].name: decoded.images}, deadline_of(context))
         probabilities = outputs[model.spec.outputs[0].name]
-        return await asyncio.to_thread(_respond, model, decoded, probabilities, buffer)
+        return await asyncio.to_thread(_respond, model, decoded, probabilities, caller)
 
     async def CallVariants(
         self, request: codec.ParsedCallRequest, context: grpc.aio.ServicerContext
@@ -94,27 +94,22 @@ class VariantCallingServicer:
     async def CallVariantsStream(
         self, request_iterator: AsyncIterator[codec.ParsedCallRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[variants_pb2.CallVariantsResponse]:
-        buffer = SiteBuffer()
+        caller = SiteCaller()
         number = 0
         last: variants_pb2.CallVariantsResponse | None = None
         async for request in request_iterator:
             try:
-                last = await as_own_request(self._call(request, context, buffer))
+                last = await as_own_request(self._call(request, context, caller))
             except InvalidArgument as exc:
                 raise InvalidArgument(f"batch {number}: {exc.message}", exc.violations) from exc
             yield last
             number += 1
-        leftovers = buffer.leftovers()
-        if leftovers:
+        unfinished = caller.unfinished()
+        if unfinished:
             yield variants_pb2.CallVariantsResponse(
                 model=last.model if last else "",
                 version=last.version if last else "",
-                site_errors=[
-                    codec.site_error(
-                        "examples", f"site {describe(key)}: stream ended before its examples {ids} were completed"
-                    )
-                    for key, ids in leftovers
-                ],
+                site_errors=[codec.site_error(e.field, e.message) for e in unfinished],
             )
 
 
@@ -122,50 +117,25 @@ def _respond(
     model: ServedModel,
     decoded: codec.DecodedExamples,
     probabilities: npt.NDArray[np.floating],
-    buffer: SiteBuffer | None,
+    caller: SiteCaller | None,
 ) -> variants_pb2.CallVariantsResponse:
     """The response: each example's probabilities or error, and the calls of the sites completed
-    (in ``buffer`` across a stream's requests, else in this request alone)."""
-    usable = decoded.usable
+    (in ``caller`` across a stream's requests, else in this request alone)."""
     results = [
         variants_pb2.ExampleResult(id=d.id, error=d.error)
         if d.row is None
         else codec.example_result(d.id, probabilities[d.row])
         for d in decoded.items
     ]
-    local = buffer if buffer is not None else SiteBuffer()
-    site_errors = []
-    completed: list[list[tuple[str, ExampleCall]]] = []
-    for d, p in zip(usable, probabilities.tolist(), strict=True):
-        assert d.call is not None  # usable examples have their call
-        d.call.probabilities = (p[0], p[1], p[2])
-        try:
-            completed.extend(local.add(d.id, d.call))
-        except InvalidArgument as exc:
-            site_errors.append(codec.site_error(exc.violations[0].field, exc.message))
-    made = []
-    for group in completed:
-        try:
-            made.append((call_site([e for _, e in group]), [i for i, _ in group]))
-        except InvalidArgument as exc:
-            site_errors.append(codec.site_error("examples", exc.message))
-    order = {contig: rank for rank, contig in enumerate(dict.fromkeys(c.reference_name for c, _ in made))}
-    calls = [
-        codec.variant_call(site, ids)
-        for site, ids in sorted(made, key=lambda m: (order[m[0].reference_name], m[0].start, m[0].end))
-    ]
-    if buffer is None:
-        for key, ids in local.leftovers():
-            site_errors.append(
-                codec.site_error(
-                    "examples",
-                    f"site {describe(key)}: incomplete, has examples {ids}; DeepVariant makes one per alt "
-                    "and one per alt pair, all needed to call it",
-                )
-            )
+    own = caller if caller is not None else SiteCaller()
+    usable = [(d.id, d.call) for d in decoded.usable if d.call is not None]  # usable examples have their call
+    called = own.add([i for i, _ in usable], with_probabilities([c for _, c in usable], probabilities))
+    errors = called.errors if caller is not None else called.errors + own.incomplete()
     return variants_pb2.CallVariantsResponse(
-        model=model.name, version=model.version, results=results, calls=calls, site_errors=site_errors
-    )
+        model=model.name, version=model.version, results=results,
+        calls=[codec.variant_call(site, ids) for site, ids in called.calls],
+        site_errors=[codec.site_error(e.field, e.message) for e in errors],
+    )  # fmt: skip
 
 
 def add_to_server(servicer: VariantCallingServicer, server: grpc.aio.Server) -> None:

@@ -35,10 +35,10 @@ from genoserve.runtime.spec import ModelSpec
 from genoserve.variants.evaluate import read_bed
 from genoserve.variants.examples import parse_example
 from genoserve.variants.make_examples import PARTITION_SIZE, Region, make_examples
-from genoserve.variants.pipeline import Predict, call_examples
+from genoserve.variants.pipeline import Predict, call_examples, write_calls
 from genoserve.variants.postprocess import VariantCall
 from genoserve.variants.tfrecord import RecordError, read_records
-from genoserve.variants.vcf import read_contigs, reference_contigs, write_vcf
+from genoserve.variants.vcf import read_contigs, reference_contigs
 
 DEFAULT_MODEL = "deepvariant-cnn-7ch"
 
@@ -149,12 +149,10 @@ def _contigs_param(settings: Settings, params: Mapping[str, str]) -> list[tuple[
 
 
 def _write_final(final: Path, calls: list[VariantCall], contigs: list[tuple[str, int]], sample: str) -> None:
-    """bgzipped VCF + .tbi under temporary names, then renamed (index first)."""
+    """bgzipped VCF + .tbi (``pipeline.write_calls``) under temporary names, then renamed (index first)."""
     tmp = temporary_name(final)
     tmp = tmp.with_name(tmp.name + ".vcf.gz")
-    order = {name: i for i, (name, _) in enumerate(contigs)}
-    calls = sorted(calls, key=lambda c: (order.get(c.reference_name, len(order)), c.start, c.end))
-    write_vcf(tmp, calls, contigs, sample)
+    write_calls(tmp, calls, contigs, sample)
     os.replace(f"{tmp}.tbi", f"{final}.tbi")
     os.replace(tmp, final)
 
@@ -321,10 +319,8 @@ class CallExamples(_VariantsKind):
         parts = [_read_part(part) for _, part in shards]
         calls = [c for part_calls, _ in parts for c in part_calls]
         # Lengths come from the shards (resolved there from `contigs` or `reference`, which needs
-        # the settings); without either, the examples' contigs are listed without a length.
+        # the settings); without either, the examples' contigs are listed without a length (write_calls).
         contigs = next((part_contigs for _, part_contigs in parts if part_contigs), [])
-        named = {name for name, _ in contigs}
-        contigs += [(name, 0) for name in dict.fromkeys(c.reference_name for c in calls) if name not in named]
         sample = params.get("sample") or next((c.sample_name for c in calls if c.sample_name), "") or "SAMPLE"
         _write_final(final, calls, contigs, sample)
         return [final]
