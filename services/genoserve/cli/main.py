@@ -203,6 +203,90 @@ def models_show(name: str, version: str, **conn: Any) -> None:
     click.echo(json.dumps(json_format.MessageToDict(info, preserving_proto_field_name=True), indent=2))
 
 
+def _labels(values: tuple[str, ...]) -> dict[str, list[str]]:
+    """``PORT=a,b,c`` or ``PORT=@file`` (one label per line) -> {port: labels}."""
+    out: dict[str, list[str]] = {}
+    for value in values:
+        port, sep, rest = value.partition("=")
+        if not sep or not port:
+            raise click.BadParameter(f"{value!r}: expected PORT=a,b,c or PORT=@FILE", param_hint="--labels")
+        if rest.startswith("@"):
+            try:
+                out[port] = [line.strip() for line in Path(rest[1:]).read_text().splitlines() if line.strip()]
+            except OSError as exc:
+                raise click.BadParameter(f"{rest[1:]}: {exc.strerror}", param_hint="--labels") from exc
+        else:
+            out[port] = [label for label in rest.split(",") if label]
+    return out
+
+
+def _preprocessing(values: tuple[str, ...]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs, each VALUE read as YAML (``30``, ``max``, ``[1, 99]``, ``true``)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for value in values:
+        key, sep, raw = value.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{value!r}: expected KEY=VALUE", param_hint="--set")
+        try:
+            out[key] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise click.BadParameter(f"{value!r}: {exc}", param_hint="--set") from exc
+    return out
+
+
+def _quiet_loading() -> None:
+    """The offline commands print each version's outcome themselves: not the loader's log too."""
+    import logging
+
+    logging.getLogger("genoserve").setLevel(logging.CRITICAL)
+
+
+@models.command("validate")
+@click.argument("folder", type=click.Path(path_type=Path), default="models")
+@click.option("--model", "names", multiple=True, help="Only this model (repeatable).")
+def models_validate(folder: Path, names: tuple[str, ...]) -> None:
+    """Check a model repository offline, as the server would load it (for a model repo's CI)."""
+    from genoserve.core.settings import RuntimeSettings
+    from genoserve.runtime.authoring import check_repository
+
+    _quiet_loading()
+    checks = or_exit(lambda: check_repository(folder, RuntimeSettings(), names))
+    if not checks:
+        click.echo(f"{folder}: no models found (a model is <name>/model.yaml)", err=True)
+        sys.exit(1)
+    for check in checks:
+        status = "ok" if check.ok else f"FAILED: {check.reason}"
+        click.echo(f"{check.name} version {check.version or '?'}: {status}")
+    if not all(check.ok for check in checks):
+        sys.exit(1)
+
+
+@models.command("add")
+@click.argument("name")
+@click.option("--onnx", "onnx_file", required=True, type=click.Path(path_type=Path), help="The ONNX file.")
+@click.option("--model-dir", type=click.Path(path_type=Path), default="models", show_default=True,
+              help="The model repository to write to.")  # fmt: skip
+@click.option("--family", type=click.Choice(["platform", "binding", "variants", "segmentation", "embedding"]),
+              help="Family of a new model (see docs/contracts.md).")  # fmt: skip
+@click.option("--labels", multiple=True, help="Labels of a port: PORT=a,b,c or PORT=@FILE (repeatable).")
+@click.option("--set", "settings_", multiple=True, help="A preprocessing entry KEY=VALUE (repeatable).")
+@click.option("--description", default="", help="One line on what the model is.")
+def models_add(
+    name: str, onnx_file: Path, model_dir: Path, family: str | None, labels: tuple[str, ...],
+    settings_: tuple[str, ...], description: str,
+) -> None:  # fmt: skip
+    """Add a model, or the next version of one, from an ONNX file: written only if it would load."""
+    from genoserve.core.settings import RuntimeSettings
+    from genoserve.runtime.authoring import NewModel, add_version
+
+    new = NewModel(family, _labels(labels), _preprocessing(settings_), description) if family else None
+    _quiet_loading()
+    check = or_exit(lambda: add_version(model_dir, name, onnx_file, RuntimeSettings(), new))
+    click.echo(f"{model_dir / name} version {check.version}: written, checked and warmed up")
+
+
 @models.command("load")
 @client_options
 @click.argument("name")
