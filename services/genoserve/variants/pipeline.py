@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from genoserve.core.errors import InvalidArgument
+from genoserve.variants.contract import GENOTYPES
 from genoserve.variants.examples import PileupExample
 from genoserve.variants.make_examples import Region, make_examples
 from genoserve.variants.postprocess import ExampleCall, PostprocessOptions, VariantCall, call_site
@@ -27,7 +28,7 @@ from genoserve.variants.sites import SiteBuffer, describe
 from genoserve.variants.vcf import write_vcf
 
 Predict = Callable[[npt.NDArray[np.uint8]], npt.NDArray[np.float32]]
-LABELS = ("hom_ref", "het", "hom_alt")
+LABELS = GENOTYPES
 
 
 def check_probabilities(probabilities: npt.NDArray[np.floating], n: int, field: str = "probabilities") -> None:

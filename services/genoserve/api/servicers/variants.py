@@ -19,8 +19,8 @@ from genoserve.core.settings import VariantsSettings
 from genoserve.runtime.model import ServedModel
 from genoserve.runtime.repository import ModelRepository
 from genoserve.v1 import variants_pb2
+from genoserve.variants.contract import VariantsContract
 from genoserve.variants.pipeline import SiteCaller, with_probabilities
-from genoserve.variants.sites import expected_layout
 
 
 class VariantCallingServicer:
@@ -37,26 +37,28 @@ class VariantCallingServicer:
         self.settings = settings
         self.shared = shared
 
-    def _model(self, name: str, version: str, channels: int) -> ServedModel:
+    def _model(self, name: str, version: str, channels: int) -> tuple[ServedModel, VariantsContract]:
         if not name:
             for status in self.repository.statuses():
-                spec = status.spec
-                if status.ready and spec and spec.family == self.FAMILY and spec.inputs[0].shape[-1] == channels:
-                    name = spec.name
-                    break
+                if status.ready and status.spec and status.spec.family == self.FAMILY:
+                    try:
+                        takes = VariantsContract.of(status.spec).channels
+                    except InvalidArgument:
+                        continue
+                    if takes == channels:
+                        name = status.spec.name
+                        break
             else:
                 raise InvalidArgument.field(
                     "model", f"no ready variants model takes {channels}-channel pileups; name one explicitly"
                 )
         model = self.repository.get(name, version)
-        if model.spec.family != self.FAMILY:
-            raise InvalidArgument.field("model", f"{name} is a {model.spec.family} model, not a variants model")
-        want = model.spec.inputs[0].shape[-1]
-        if want != channels:
+        contract = VariantsContract.of(model.spec)
+        if contract.channels != channels:
             raise InvalidArgument.field(
-                "examples", f"model {name} expects pileups {expected_layout(want)}; got {channels} channels"
+                "examples", f"model {name} expects pileups {contract.layout}; got {channels} channels"
             )
-        return model
+        return model, contract
 
     def _decode(self, parsed: codec.ParsedCallRequest) -> codec.DecodedExamples:
         request = parsed.message
@@ -81,9 +83,9 @@ class VariantCallingServicer:
             message = first.message if first else "no usable examples"
             raise InvalidArgument.field(field, message.removeprefix(f"{field}: "))
         channels = int(decoded.images.shape[3])
-        model = self._model(request.model, request.version, channels)
-        outputs = await model.infer({model.spec.inputs[0].name: decoded.images}, deadline_of(context))
-        probabilities = outputs[model.spec.outputs[0].name]
+        model, contract = self._model(request.model, request.version, channels)
+        outputs = await model.infer({contract.input: decoded.images}, deadline_of(context))
+        probabilities = outputs[contract.output]
         return await asyncio.to_thread(_respond, model, decoded, probabilities, caller)
 
     async def CallVariants(
