@@ -25,7 +25,7 @@ $(INSTALLED): pyproject.toml setup.py
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv python3-pip; }
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[cpu,dev,train]'
+	$(PIP) install -q -e '.[cpu,dev,train,import]'
 	touch $@
 
 # gRPC stubs + typed .pyi for every package under protos/ (genoserve.v1, and the message-only

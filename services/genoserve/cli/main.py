@@ -14,6 +14,7 @@ import click
 from google.protobuf import json_format
 
 from genoserve.cli.common import build_settings, client_options, make_client, or_exit
+from genoserve.cli.importers import import_group
 from genoserve.cli.jobs import jobs
 from genoserve.cli.predict import predict
 from genoserve.core.errors import InvalidArgument, Unavailable
@@ -384,6 +385,7 @@ def _raise(error: Exception) -> None:
 
 cli.add_command(jobs)
 cli.add_command(predict)
+models.add_command(import_group)
 
 
 def main() -> None:
