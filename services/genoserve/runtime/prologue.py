@@ -5,7 +5,7 @@ Folding an input's leading log1p out of the graph, so the caller applies it wher
 scVI's encoder begins with log1p of the counts (scvi-tools' ``log_variational``), which torch
 exports as ``Log(Add(counts, 1))``: two element-wise passes over the dense [cells, genes] input,
 each writing a new array. At 2,000 genes they are over half of the encoder's session time (ONNX
-Runtime's profile, ad hoc, of ``scvi-sim-batch``, 4,096 cells, on this repository's CPU machine: Log 44 %,
+Runtime's profile of ``scvi-sim-batch``, 4,096 cells, on this repository's CPU machine: Log 44 %,
 Add 12 %, Gemm 34 %; 7 ms of the 14 ms call on two threads), while numpy's log1p in place over the
 dense array the embedding family lays out anyway takes 2 ms on one thread. So the family takes
 log1p there and the session runs the graph without those two nodes.
