@@ -19,7 +19,9 @@ import yaml
 from genoserve.api.codecs.tensor import from_numpy
 from genoserve.client import Client
 from genoserve.core.errors import NotFound, PermissionDenied
-from genoserve.v1 import models_pb2, models_pb2_grpc
+from genoserve.v1 import jobs_pb2, models_pb2, models_pb2_grpc
+from tests.support.jobs import WorkerProcess, wait_for_job, write_config
+from tests.support.models import linear_onnx, linear_reference, linear_spec, write_model
 from tests.support.s3 import S3Server, upload_folder
 from tests.support.server import REPO, ServerProcess, metric, scrape
 
@@ -202,3 +204,51 @@ def test_explicit_unload_lets_running_requests_finish_and_needs_an_admin(tmp_pat
         missing = subprocess.run([*cli, "load", "no-such-model", *where], capture_output=True, text=True)
         assert missing.returncode != 0
         assert "'no-such-model' is not in the repository" in missing.stderr
+
+
+def test_bulk_jobs_read_the_store_and_run_the_version_pinned_at_submit(s3: S3Server, tmp_path: Path) -> None:
+    client = s3.client()
+    source = tmp_path / "src"
+    write_model(source, linear_spec("lin", 128, 16), {1: linear_onnx(128, 16, seed=1)})
+    upload_folder(client, "models", "repo/lin", source / "lin")
+    config = write_config(tmp_path)
+    store_env = {**s3.env(), "GENOSERVE_MODEL_REPOSITORY": "s3://models/repo"}
+    cache = "GENOSERVE_RUNTIME__STORE__CACHE_DIR"
+    worker = WorkerProcess(config, tmp_path / "worker.log", env={**store_env, cache: str(tmp_path / "worker-cache")})
+    server = ServerProcess("--config", str(config), "--model-control", "poll", "--poll-interval", str(POLL_S),
+                           model_dir="s3://models/repo", log_path=tmp_path / "server.log",
+                           env={**store_env, cache: str(tmp_path / "server-cache")})  # fmt: skip
+    x = np.random.default_rng(0).normal(size=(300, 128)).astype(np.float32)
+    np.save(tmp_path / "rows.npy", x)
+
+    def run(admin: Client, out: str, params: dict[str, str]) -> tuple[str, np.ndarray]:  # type: ignore[type-arg]
+        job = admin.submit_job("platform.score_rows", [str(tmp_path / "rows.npy")], str(tmp_path / out),
+                               {"model": "lin", "shard_size": "100", **params})  # fmt: skip
+        done = wait_for_job(admin, job.id)
+        assert done.state == jobs_pb2.JOB_STATE_SUCCEEDED, done.error + worker.log()
+        return job.params["version"], np.load(done.outputs[0])
+
+    try:
+        worker.start()
+        with server.start(), Client(server.address, timeout=30) as admin:
+            first = admin.submit_job("platform.score_rows", [str(tmp_path / "rows.npy")], str(tmp_path / "first"),
+                                     {"model": "lin", "shard_size": "100"})  # fmt: skip
+            assert first.params["version"] == "1"  # pinned now, whatever arrives during the job
+            write_model(source, linear_spec("lin", 128, 16), {1: linear_onnx(128, 16, seed=1),
+                                                              2: linear_onnx(128, 16, seed=2)})  # fmt: skip
+            upload_folder(client, "models", "repo/lin", source / "lin")
+            done = wait_for_job(admin, first.id)
+            assert done.state == jobs_pb2.JOB_STATE_SUCCEEDED, done.error + worker.log()
+            np.testing.assert_allclose(
+                np.load(done.outputs[0]), linear_reference(x, 128, 16, seed=1), rtol=1e-4, atol=1e-4
+            )
+
+            wait_for(lambda: admin.get_model("lin").version == "2", 4 * POLL_S + 10, "version 2 to serve")
+            version, scores = run(admin, "second", {})
+            assert version == "2"
+            np.testing.assert_allclose(scores, linear_reference(x, 128, 16, seed=2), rtol=1e-4, atol=1e-4)
+            version, scores = run(admin, "third", {"version": "1"})
+            assert version == "1"
+            np.testing.assert_allclose(scores, linear_reference(x, 128, 16, seed=1), rtol=1e-4, atol=1e-4)
+    finally:
+        worker.stop()
