@@ -66,7 +66,11 @@ class ServerProcess:
     """Starts ``genoserve serve`` with ``args`` and waits until health answers ``expect``."""
 
     def __init__(
-        self, *args: str, model_dir: Path | None = None, env: dict[str, str] | None = None, log_path: Path | None = None
+        self,
+        *args: str,
+        model_dir: str | Path | None = None,
+        env: dict[str, str] | None = None,
+        log_path: Path | None = None,
     ) -> None:
         self.port = free_port()
         self.metrics_port = free_port()
