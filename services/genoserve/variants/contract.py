@@ -6,16 +6,16 @@ A variants model (model.yaml ``family: variants``) is a DeepVariant-style genoty
   channels in DeepVariant's order (``examples.CHANNELS_6``; 7 adds ``insert_size``);
 - one output, float32 [batch, 3]: the genotype probabilities, in the order of ``GENOTYPES`` (the
   output's ``labels``, when given, must name them in that order);
-- ``preprocessing`` may restate the input: ``height``, ``width``, ``channels`` (the channel names)
-  and ``layout`` (``NHWC``); what it states must agree with the input.
+- ``preprocessing`` (``VariantsPreprocessing``) may restate the pileup layout; what it states
+  must agree with the input.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar, Literal
 
-from genoserve.core.errors import InvalidArgument
+from genoserve.runtime.contract import ContractViolation, Preprocessing, preprocessing
 from genoserve.runtime.spec import ModelSpec
 from genoserve.variants.examples import CHANNELS_6, CHANNELS_7
 from genoserve.variants.sites import expected_layout
@@ -23,7 +23,21 @@ from genoserve.variants.sites import expected_layout
 #: The genotype classes of the output, in its order: P(0/0), P(0/1), P(1/1).
 GENOTYPES = ("hom_ref", "het", "hom_alt")
 HEIGHT, WIDTH = 100, 221
-LAYOUT = "NHWC"
+
+
+class VariantsPreprocessing(Preprocessing):
+    #: Pileup rows (5 reference rows, then reads) and columns (the candidate in the middle).
+    height: Literal[100] = 100
+    width: Literal[221] = 221
+    #: When given, the channel names in order: DeepVariant's for the input's channel count.
+    channels: tuple[str, ...] | None = None
+    #: Axis order of the input: batch, rows, columns, channels.
+    layout: Literal["NHWC"] = "NHWC"
+
+
+def channel_names(channels: int) -> tuple[str, ...]:
+    """DeepVariant's channel names for a pileup of ``channels`` (6 or 7) channels."""
+    return CHANNELS_7 if channels == 7 else CHANNELS_6
 
 
 @dataclass(frozen=True)
@@ -37,12 +51,6 @@ class VariantsContract:
     output: str
     channels: int
     classes: tuple[str, ...] = GENOTYPES
-    height: int = HEIGHT
-    width: int = WIDTH
-
-    @property
-    def channel_names(self) -> tuple[str, ...]:
-        return CHANNELS_7 if self.channels == 7 else CHANNELS_6
 
     @property
     def layout(self) -> str:
@@ -51,40 +59,26 @@ class VariantsContract:
 
     @classmethod
     def of(cls, spec: ModelSpec) -> VariantsContract:
-        """The contract of a variants model.yaml; INVALID_ARGUMENT (field ``model``) naming every
-        rule it breaks."""
-        if spec.family != cls.FAMILY:
-            raise InvalidArgument.field("model", f"{spec.name} is a {spec.family} model, not a variants model")
+        """The contract of a variants model.yaml; ContractViolation naming every broken rule."""
+        pre = preprocessing(VariantsPreprocessing, spec, cls.FAMILY)
         if len(spec.inputs) != 1 or len(spec.outputs) != 1:
-            raise InvalidArgument.field(
-                "model",
-                f"{spec.name}: a variants model has one input and one output "
-                f"(has {len(spec.inputs)} and {len(spec.outputs)})",
+            raise ContractViolation(
+                spec, [f"needs one input and one output (has {len(spec.inputs)} and {len(spec.outputs)})"]
             )
         [x] = spec.inputs
         [y] = spec.outputs
         problems: list[str] = []
         if x.dtype != "uint8" or len(x.shape) != 4 or x.shape[1:3] != (HEIGHT, WIDTH) or x.shape[3] not in (6, 7):
-            problems.append(
-                f"input {x.name} must be uint8 [batch, {HEIGHT}, {WIDTH}, 6 or 7], is {x.dtype} {list(x.shape)}"
-            )
+            problems.append(f"input {x.name} must be uint8 [batch, {HEIGHT}, {WIDTH}, 6 or 7] (NHWC pileups), "
+                            f"is {x.dtype} {list(x.shape)}")  # fmt: skip
+        elif pre.channels is not None and pre.channels != channel_names(x.shape[3]):
+            problems.append(f"preprocessing.channels {list(pre.channels)} are not DeepVariant's {x.shape[3]} "
+                            f"channels {list(channel_names(x.shape[3]))}")  # fmt: skip
         if y.dtype != "float32" or len(y.shape) != 2 or y.shape[1] != len(GENOTYPES):
-            problems.append(f"output {y.name} must be float32 [batch, {len(GENOTYPES)}], is {y.dtype} {list(y.shape)}")
-        elif y.labels and tuple(y.labels) != GENOTYPES:
-            problems.append(f"output {y.name}'s labels must be {list(GENOTYPES)}, are {list(y.labels)}")
-        if not problems:
-            problems += _preprocessing_problems(spec.preprocessing, x.shape[3])
+            problems.append(f"output {y.name} must be float32 [batch, {len(GENOTYPES)}] (genotype probabilities), "
+                            f"is {y.dtype} {list(y.shape)}")  # fmt: skip
+        elif y.labels and y.labels != GENOTYPES:
+            problems.append(f"output {y.name} labels must be {list(GENOTYPES)} in that order, are {list(y.labels)}")
         if problems:
-            raise InvalidArgument.field("model", f"{spec.name}: " + "; ".join(problems))
+            raise ContractViolation(spec, problems)
         return cls(x.name, y.name, x.shape[3])
-
-
-def _preprocessing_problems(pre: dict[str, Any], channels: int) -> list[str]:
-    """What ``preprocessing`` states about the pileups and the input contradicts."""
-    names = CHANNELS_7 if channels == 7 else CHANNELS_6
-    stated = {"height": HEIGHT, "width": WIDTH, "channels": list(names), "layout": LAYOUT}
-    return [
-        f"preprocessing.{key} is {pre[key]!r}, the input's is {want!r}"
-        for key, want in stated.items()
-        if key in pre and pre[key] != want
-    ]

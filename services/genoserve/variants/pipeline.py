@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -31,7 +32,7 @@ Predict = Callable[[npt.NDArray[np.uint8]], npt.NDArray[np.float32]]
 LABELS = GENOTYPES
 
 
-def check_probabilities(probabilities: npt.NDArray[np.floating], n: int, field: str = "probabilities") -> None:
+def check_probabilities(probabilities: npt.NDArray[np.floating[Any]], n: int, field: str = "probabilities") -> None:
     """Probabilities must be finite, in [0, 1], shaped ``(n, 3)``."""
     if probabilities.shape != (n, 3):
         raise InvalidArgument.field(field, f"expected shape [{n}, 3], got {list(probabilities.shape)}")
@@ -39,7 +40,9 @@ def check_probabilities(probabilities: npt.NDArray[np.floating], n: int, field: 
         raise InvalidArgument.field(field, "values must be finite probabilities in [0, 1]")
 
 
-def to_example_calls(examples: Sequence[PileupExample], probabilities: npt.NDArray[np.floating]) -> list[ExampleCall]:
+def to_example_calls(
+    examples: Sequence[PileupExample], probabilities: npt.NDArray[np.floating[Any]]
+) -> list[ExampleCall]:
     """Pair each example with its model output row."""
     check_probabilities(probabilities, len(examples))
     return [
@@ -59,7 +62,7 @@ def to_example_calls(examples: Sequence[PileupExample], probabilities: npt.NDArr
 
 
 def with_probabilities(
-    examples: Sequence[ExampleCall], probabilities: npt.NDArray[np.floating]
+    examples: Sequence[ExampleCall], probabilities: npt.NDArray[np.floating[Any]]
 ) -> Sequence[ExampleCall]:
     """``examples`` with row i of ``probabilities`` (float [n, 3]) set on example i, unchecked: a
     probability outside [0, 1] fails that example's site when it is called."""

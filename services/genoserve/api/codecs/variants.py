@@ -287,7 +287,7 @@ def variant_call(call: VariantCall, example_ids: Sequence[str]) -> variants_pb2.
     )  # fmt: skip
 
 
-def example_result(example_id: str, probabilities: npt.NDArray[np.floating] | None) -> variants_pb2.ExampleResult:
+def example_result(example_id: str, probabilities: npt.NDArray[np.floating[Any]] | None) -> variants_pb2.ExampleResult:
     return variants_pb2.ExampleResult(
         id=example_id, probabilities=[] if probabilities is None else probabilities.tolist()
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import numpy as np
@@ -14,7 +15,7 @@ from genoserve.api.codecs.tensor import RegionReader
 from genoserve.api.deadlines import deadline_of
 from genoserve.api.servicers import as_own_request
 from genoserve.api.servicers.registration import add_parsed_servicer
-from genoserve.core.errors import InvalidArgument
+from genoserve.core.errors import GenoserveError, InvalidArgument
 from genoserve.core.settings import VariantsSettings
 from genoserve.runtime.model import ServedModel
 from genoserve.runtime.repository import ModelRepository
@@ -43,7 +44,7 @@ class VariantCallingServicer:
                 if status.ready and status.spec and status.spec.family == self.FAMILY:
                     try:
                         takes = VariantsContract.of(status.spec).channels
-                    except InvalidArgument:
+                    except GenoserveError:  # broken model.yaml: not a candidate
                         continue
                     if takes == channels:
                         name = status.spec.name
@@ -53,7 +54,9 @@ class VariantCallingServicer:
                     "model", f"no ready variants model takes {channels}-channel pileups; name one explicitly"
                 )
         model = self.repository.get(name, version)
-        contract = VariantsContract.of(model.spec)
+        # The repository parses the contracts of the families it knows when it reads a model.
+        known = model.contract if isinstance(model.contract, VariantsContract) else None
+        contract = known or VariantsContract.of(model.spec)
         if contract.channels != channels:
             raise InvalidArgument.field(
                 "examples", f"model {name} expects pileups {contract.layout}; got {channels} channels"
@@ -118,7 +121,7 @@ class VariantCallingServicer:
 def _respond(
     model: ServedModel,
     decoded: codec.DecodedExamples,
-    probabilities: npt.NDArray[np.floating],
+    probabilities: npt.NDArray[np.floating[Any]],
     caller: SiteCaller | None,
 ) -> variants_pb2.CallVariantsResponse:
     """The response: each example's probabilities or error, and the calls of the sites completed
