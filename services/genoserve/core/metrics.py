@@ -1,9 +1,15 @@
 """Prometheus metric definitions (one place, conventional names and units, bounded labels).
 
-Labels are service, method, status code, model and version: never a request or job id.
+Labels are service, method, status code, model, version, job kind, queue, family and stage: never a
+request or job id.
 """
 
 from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics, start_http_server
 
@@ -60,6 +66,30 @@ BATCH_REJECTED = Counter(
     "Requests refused or dropped by the batcher, by reason (queue_full, deadline, deadline_estimate).",
     ["model", "reason"],
 )
+
+#: Stage buckets from 500 µs to 60 s: a small request's stages take milliseconds, a large image's
+#: or BAM region's seconds.
+STAGE_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+STAGE_DURATION = Histogram(
+    "genoserve_stage_duration_seconds",
+    "Wall time of one stage of a family RPC that completed, by family and stage: preprocess (request to model "
+    "inputs), infer (the model calls, batcher queue included), postprocess (model outputs to the response).",
+    ["family", "stage"],
+    buckets=STAGE_BUCKETS,
+)
+Stage = Literal["preprocess", "infer", "postprocess"]
+
+
+@contextmanager
+def stage(family: str, name: Stage) -> Iterator[None]:
+    """Observe the wall time of the block as ``name`` of ``family`` in ``STAGE_DURATION``, when
+    the block completes (a stage that raises is not observed: the request's status counts it)."""
+    started = time.perf_counter()
+    yield
+    STAGE_DURATION.labels(family, name).observe(time.perf_counter() - started)
+
 
 SHARED_MEMORY_BYTES = Counter(
     "genoserve_shared_memory_read_bytes",

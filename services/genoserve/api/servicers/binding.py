@@ -18,6 +18,7 @@ from genoserve.binding.limits import RequestLimits
 from genoserve.binding.strands import StrandMode
 from genoserve.binding.variants import ReferenceGenome, VariantSpec, check_variant, unknown_reference, windows
 from genoserve.core.errors import InvalidArgument
+from genoserve.core.metrics import stage
 from genoserve.core.settings import BindingSettings
 from genoserve.runtime.model import ServedModel
 from genoserve.runtime.repository import ModelRepository
@@ -83,14 +84,17 @@ class SequenceBindingServicer(binding_pb2_grpc.SequenceBindingServicer):
         model, contract = self._model(request.model, request.version)
         mode = codec.strand(request.strand, contract.default_strand)
         self.limits.check_predict(len(request.sequences), contract.length)
-        named = codec.sequences(request.sequences)
-        if not named:
-            raise InvalidArgument.field("sequences", "at least one sequence is required")
-        work = max(len(named) * contract.length, sum(len(s.bases) for s in named))  # fitted, or as sent
-        both = await _off_loop_if_large(work, _encoded, named, contract.length, request.crop, mode)
-        logits = await self._logits(model, contract, both, mode, deadline_of(context))
-        return codec.predict_response(model.name, model.version, contract.tasks, [s.id for s in named], logits,
-                                      strands.sigmoid(logits))  # fmt: skip
+        with stage(self.FAMILY, "preprocess"):
+            named = codec.sequences(request.sequences)
+            if not named:
+                raise InvalidArgument.field("sequences", "at least one sequence is required")
+            work = max(len(named) * contract.length, sum(len(s.bases) for s in named))  # fitted, or as sent
+            both = await _off_loop_if_large(work, _encoded, named, contract.length, request.crop, mode)
+        with stage(self.FAMILY, "infer"):
+            logits = await self._logits(model, contract, both, mode, deadline_of(context))
+        with stage(self.FAMILY, "postprocess"):
+            return codec.predict_response(model.name, model.version, contract.tasks, [s.id for s in named], logits,
+                                          strands.sigmoid(logits))  # fmt: skip
 
     async def PredictStream(
         self, request_iterator: AsyncIterator[binding_pb2.PredictRequest], context: grpc.aio.ServicerContext
@@ -113,27 +117,34 @@ class SequenceBindingServicer(binding_pb2_grpc.SequenceBindingServicer):
         reference = self.references.get(name)
         if reference is None:
             raise InvalidArgument.field("reference", unknown_reference(name, self.references))
-        variants = codec.variants(request.variants)
-        if not variants:
-            raise InvalidArgument.field("variants", "at least one variant is required")
-        checked = await asyncio.to_thread(_windows_or_errors, variants, reference, contract.length)
-        good = [i for i, item in enumerate(checked) if isinstance(item, tuple)]
-        results: list[binding_pb2.VariantScores] = []
+        with stage(self.FAMILY, "preprocess"):
+            variants = codec.variants(request.variants)
+            if not variants:
+                raise InvalidArgument.field("variants", "at least one variant is required")
+            checked = await asyncio.to_thread(_windows_or_errors, variants, reference, contract.length)
+            good = [i for i, item in enumerate(checked) if isinstance(item, tuple)]
+            if good:
+                seqs = [s for i in good for s in checked[i]]
+                both = await _off_loop_if_large(len(seqs) * contract.length, _one_hot_both, seqs, mode)
         if good:
-            seqs = [s for i in good for s in checked[i]]
-            both = await _off_loop_if_large(len(seqs) * contract.length, _one_hot_both, seqs, mode)
-            logits = await self._logits(model, contract, both, mode, deadline_of(context))
-            ref_logit, alt_logit = logits[0::2], logits[1::2]
-            ref_score, alt_score = strands.sigmoid(ref_logit), strands.sigmoid(alt_logit)
-        position = {i: k for k, i in enumerate(good)}
-        for i, (variant, item) in enumerate(zip(variants, checked, strict=True)):
-            if isinstance(item, str):
-                results.append(codec.variant_error(variant.id, f"variants[{i}]", item))
-            else:
-                k = position[i]
-                results.append(codec.variant_scores(variant.id, ref_score[k], alt_score[k], ref_logit[k], alt_logit[k]))
-        return binding_pb2.ScoreVariantsResponse(model=model.name, version=model.version, reference=name,
-                                                 tasks=contract.tasks, results=results)  # fmt: skip
+            with stage(self.FAMILY, "infer"):
+                logits = await self._logits(model, contract, both, mode, deadline_of(context))
+        with stage(self.FAMILY, "postprocess"):
+            results: list[binding_pb2.VariantScores] = []
+            if good:
+                ref_logit, alt_logit = logits[0::2], logits[1::2]
+                ref_score, alt_score = strands.sigmoid(ref_logit), strands.sigmoid(alt_logit)
+            position = {i: k for k, i in enumerate(good)}
+            for i, (variant, item) in enumerate(zip(variants, checked, strict=True)):
+                if isinstance(item, str):
+                    results.append(codec.variant_error(variant.id, f"variants[{i}]", item))
+                else:
+                    k = position[i]
+                    results.append(
+                        codec.variant_scores(variant.id, ref_score[k], alt_score[k], ref_logit[k], alt_logit[k])
+                    )
+            return binding_pb2.ScoreVariantsResponse(model=model.name, version=model.version, reference=name,
+                                                     tasks=contract.tasks, results=results)  # fmt: skip
 
     async def Mutagenesis(
         self, request: binding_pb2.MutagenesisRequest, context: grpc.aio.ServicerContext
@@ -141,18 +152,21 @@ class SequenceBindingServicer(binding_pb2_grpc.SequenceBindingServicer):
         model, contract = self._model(request.model, request.version)
         mode = codec.strand(request.strand, contract.default_strand)
         self.limits.check_mutagenesis(contract.length)
-        named = codec.sequences([request.sequence])
-        [fitted] = encoding.check(named, contract.length, request.crop, field="sequence")
-        both, positions, bases = await _off_loop_if_large(
-            (1 + 3 * contract.length) * contract.length, _saturation, fitted, mode
-        )
-        logits = await self._logits(model, contract, both, mode, deadline_of(context))
-        scores = strands.sigmoid(logits)
-        return codec.mutagenesis_response(
-            model.name, model.version, contract.tasks, request.sequence.id, fitted, scores[0],
-            mutagenesis.deltas(scores, positions, bases, contract.length),
-            mutagenesis.deltas(logits, positions, bases, contract.length),
-        )  # fmt: skip
+        with stage(self.FAMILY, "preprocess"):
+            named = codec.sequences([request.sequence])
+            [fitted] = encoding.check(named, contract.length, request.crop, field="sequence")
+            both, positions, bases = await _off_loop_if_large(
+                (1 + 3 * contract.length) * contract.length, _saturation, fitted, mode
+            )
+        with stage(self.FAMILY, "infer"):
+            logits = await self._logits(model, contract, both, mode, deadline_of(context))
+        with stage(self.FAMILY, "postprocess"):
+            scores = strands.sigmoid(logits)
+            return codec.mutagenesis_response(
+                model.name, model.version, contract.tasks, request.sequence.id, fitted, scores[0],
+                mutagenesis.deltas(scores, positions, bases, contract.length),
+                mutagenesis.deltas(logits, positions, bases, contract.length),
+            )  # fmt: skip
 
 
 def _windows_or_errors(

@@ -13,6 +13,7 @@ from genoserve.api.deadlines import deadline_of
 from genoserve.api.servicers import as_own_request
 from genoserve.api.servicers.registration import add_parsed_servicer
 from genoserve.core.errors import InvalidArgument
+from genoserve.core.metrics import stage
 from genoserve.core.settings import EmbeddingSettings
 from genoserve.embedding import contract
 from genoserve.embedding.contract import EmbeddingContract
@@ -60,11 +61,14 @@ class CellEmbeddingServicer:
         model, model_contract = self._model(request.model, request.version)
         # Off the event loop: reading shared memory copies the CSR structure, and preparing lays
         # the matrix out dense (megabytes per request).
-        prepared = await asyncio.to_thread(self._prepare, parsed, model_contract, model.log1p_inputs, first_cell)
-        outputs = await model.infer(prepared.inputs, deadline_of(context), prepared.log1p_applied)
-        variances = outputs[contract.VAR] if request.return_variances else None
-        return codec.embed_response(model.name, model.version, prepared.cell_ids, outputs[contract.MEAN], variances,
-                                    prepared.alignment)  # fmt: skip
+        with stage(self.FAMILY, "preprocess"):
+            prepared = await asyncio.to_thread(self._prepare, parsed, model_contract, model.log1p_inputs, first_cell)
+        with stage(self.FAMILY, "infer"):
+            outputs = await model.infer(prepared.inputs, deadline_of(context), prepared.log1p_applied)
+        with stage(self.FAMILY, "postprocess"):
+            variances = outputs[contract.VAR] if request.return_variances else None
+            return codec.embed_response(model.name, model.version, prepared.cell_ids, outputs[contract.MEAN],
+                                        variances, prepared.alignment)  # fmt: skip
 
     async def Embed(
         self, request: codec.ParsedEmbedRequest, context: grpc.aio.ServicerContext

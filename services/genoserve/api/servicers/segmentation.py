@@ -12,6 +12,7 @@ from genoserve.api.codecs import segmentation as codec
 from genoserve.api.codecs.tensor import RegionReader
 from genoserve.api.deadlines import deadline_of
 from genoserve.core.errors import InvalidArgument
+from genoserve.core.metrics import stage
 from genoserve.core.settings import RuntimeSettings, SegmentationSettings
 from genoserve.runtime.repository import ModelRepository
 from genoserve.runtime.session import CUDA, OrtSession
@@ -53,17 +54,20 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServicer):
         model.admit(1, deadline)  # an overloaded model refuses before the image is decoded and prepared
         # Off the event loop: decoding a TIFF/PNG, checking values and selecting channels take
         # time in proportion to the image (after its declared size is checked against the limit).
-        selected = await asyncio.to_thread(self._image, request, contract)
-        prepared = await asyncio.to_thread(pipeline.prepare, selected, contract, request.diameter)
+        with stage(self.FAMILY, "preprocess"):
+            selected = await asyncio.to_thread(self._image, request, contract)
+            prepared = await asyncio.to_thread(pipeline.prepare, selected, contract, request.diameter)
         layout = tiling.grid(prepared.network_input.shape[1:], contract.tile, contract.overlap)
         stitcher = tiling.Stitcher(layout)
-        for chunk in tiling.batches(prepared.network_input, layout, self.settings.tile_batch):
-            outputs = await model.infer({contract.input: chunk}, deadline)
-            stitcher.add(outputs[contract.output])
-        result = await asyncio.to_thread(
-            pipeline.finish, prepared, stitcher.result(), params, self.follow, self.settings.reconstruction_block
-        )
-        return codec.segment_response(model.name, model.version, result, request.return_flows)
+        with stage(self.FAMILY, "infer"):  # tiles cut and stitched as the model returns them
+            for chunk in tiling.batches(prepared.network_input, layout, self.settings.tile_batch):
+                outputs = await model.infer({contract.input: chunk}, deadline)
+                stitcher.add(outputs[contract.output])
+        with stage(self.FAMILY, "postprocess"):
+            result = await asyncio.to_thread(
+                pipeline.finish, prepared, stitcher.result(), params, self.follow, self.settings.reconstruction_block
+            )
+            return codec.segment_response(model.name, model.version, result, request.return_flows)
 
     def _image(self, request: segmentation_pb2.SegmentRequest, contract: SegmentationContract) -> Array:
         """The request's image checked against every limit, channels selected: float32 [C, H, W]."""

@@ -16,6 +16,7 @@ from genoserve.api.deadlines import deadline_of
 from genoserve.api.servicers import as_own_request
 from genoserve.api.servicers.registration import add_parsed_servicer
 from genoserve.core.errors import GenoserveError, InvalidArgument
+from genoserve.core.metrics import stage
 from genoserve.core.settings import VariantsSettings
 from genoserve.runtime.model import ServedModel
 from genoserve.runtime.repository import ModelRepository
@@ -78,7 +79,8 @@ class VariantCallingServicer:
             raise InvalidArgument.field("examples", "at least one example is required")
         # Decoding and calling sites take time in proportion to the request: off the event loop,
         # which keeps serving health checks and other requests meanwhile.
-        decoded = await asyncio.to_thread(self._decode, parsed)
+        with stage(self.FAMILY, "preprocess"):
+            decoded = await asyncio.to_thread(self._decode, parsed)
         usable = decoded.usable
         if not usable:
             first = decoded.items[0].error
@@ -87,9 +89,10 @@ class VariantCallingServicer:
             raise InvalidArgument.field(field, message.removeprefix(f"{field}: "))
         channels = int(decoded.images.shape[3])
         model, contract = self._model(request.model, request.version, channels)
-        outputs = await model.infer({contract.input: decoded.images}, deadline_of(context))
-        probabilities = outputs[contract.output]
-        return await asyncio.to_thread(_respond, model, decoded, probabilities, caller)
+        with stage(self.FAMILY, "infer"):
+            outputs = await model.infer({contract.input: decoded.images}, deadline_of(context))
+        with stage(self.FAMILY, "postprocess"):
+            return await asyncio.to_thread(_respond, model, decoded, outputs[contract.output], caller)
 
     async def CallVariants(
         self, request: codec.ParsedCallRequest, context: grpc.aio.ServicerContext
