@@ -10,7 +10,16 @@ PYTEST_ARGS ?=
 
 .PHONY: setup serve test lint protos models bench clean deploy-check deploy-sync deploy-lock
 
-setup: $(INSTALLED) $(STUBS)
+# tritonclient (the Open Inference Protocol tests' client) pins an older protobuf than genoserve's
+# stubs need: it lives in its own virtualenv, run as a separate process by the tests.
+CLIENTS := .venv-clients/.installed
+
+setup: $(INSTALLED) $(STUBS) $(CLIENTS)
+
+$(CLIENTS):
+	test -x .venv-clients/bin/python || python3 -m venv .venv-clients
+	.venv-clients/bin/python -m pip install -q 'tritonclient[grpc]==2.73.0' numpy
+	touch $@
 
 $(INSTALLED): pyproject.toml setup.py
 	@# The job tests start their own redis-server (real, never mocked): install it where missing.
@@ -29,7 +38,8 @@ $(INSTALLED): pyproject.toml setup.py
 	touch $@
 
 # gRPC stubs + typed .pyi for every package under protos/ (genoserve.v1, and the message-only
-# genoserve.tfexample and genoserve.nucleus for reading DeepVariant TFRecords without TensorFlow),
+# genoserve.tfexample and genoserve.nucleus for reading DeepVariant TFRecords without TensorFlow,
+# and genoserve.inference, the Open Inference Protocol API),
 # generated into the package by protos/generate.py, the script the wheel build runs too (setup.py).
 protos: $(INSTALLED)
 	rm -f $(STUBS)
@@ -69,6 +79,7 @@ bench: setup
 	$(PY) -m tests.bench.segmentation_bench
 	$(PY) -m tests.bench.embedding_bench
 	$(PY) -m tests.bench.overload_bench
+	$(PY) -m tests.bench.stream_bench
 	$(PY) -m tests.bench.report
 
 # Everything under deploy/, offline (also part of `make test`): hadolint, kustomize build of every
@@ -86,4 +97,4 @@ deploy-lock: setup
 	$(PY) deploy/docker/lock.py
 
 clean:
-	rm -rf $(VENV) $(STUBS) services/genoserve/v1 services/genoserve/tfexample services/genoserve/nucleus .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-clients $(STUBS) services/genoserve/v1 services/genoserve/tfexample services/genoserve/nucleus services/genoserve/inference .mypy_cache .ruff_cache .pytest_cache

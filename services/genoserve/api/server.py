@@ -20,12 +20,14 @@ from genoserve.api.servicers.embedding import CellEmbeddingServicer
 from genoserve.api.servicers.embedding import add_to_server as add_cell_embedding
 from genoserve.api.servicers.jobs import JobsServicer
 from genoserve.api.servicers.models import ModelsServicer
+from genoserve.api.servicers.open_inference import OpenInferenceServicer
 from genoserve.api.servicers.segmentation import SegmentationServicer
 from genoserve.api.servicers.variants import VariantCallingServicer
 from genoserve.api.servicers.variants import add_to_server as add_variant_calling
 from genoserve.api.shared_memory import SharedMemoryReader
 from genoserve.binding.variants import ReferenceGenome
 from genoserve.core.settings import ServerSettings, Settings
+from genoserve.inference import open_inference_pb2_grpc
 from genoserve.jobs.celery_app import make_celery
 from genoserve.jobs.service import JobService
 from genoserve.jobs.store import open_store
@@ -102,6 +104,11 @@ class GenoserveServer:
             (
                 ModelsServicer(self.repository, self.shared, self.settings.server.auth),
                 models_pb2_grpc.add_ModelsServicer_to_server,
+                None,
+            ),
+            (
+                OpenInferenceServicer(self.repository),
+                open_inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
                 None,
             ),
             (self.jobs_servicer, jobs_pb2_grpc.add_JobsServicer_to_server, None),

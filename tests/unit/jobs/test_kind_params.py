@@ -101,3 +101,99 @@ def test_call_bam_takes_realign_as_a_flag() -> None:
     job = get_kind("variants.call_bam")
     assert job.parse_params({})["realign"] == "true"
     assert job.parse_params({"realign": "FALSE"})["realign"] == "false"
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("word", ["yes", "no", "on", "", "2", "truthy"])
+def test_overwrite_other_than_true_false_1_0_is_refused_not_read_as_false(kind: str, word: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        get_kind(kind).parse_params({"overwrite": word})
+    [violation] = info.value.violations
+    assert violation.field == "params[overwrite]"
+    assert violation.description == f"must be true or false, got {word!r} (1 and 0 work too)"
+    assert str(info.value) == f"params[overwrite]: {violation.description}"
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_unknown_params_are_refused_naming_each_and_listing_the_known_ones(kind: str) -> None:
+    job = get_kind(kind)
+    with pytest.raises(InvalidArgument) as info:
+        job.parse_params({"shard": "1", "colour": "blue", "overwrite": "true"})
+    assert [v.field for v in info.value.violations] == ["params[shard]", "params[colour]"]
+    known = ", ".join(sorted(job.defaults))
+    assert info.value.violations[0].description == f"unknown parameter for {kind}; known: {known}"
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_params_are_normalized_to_strings_that_parse_to_themselves(kind: str) -> None:
+    """The job record keeps the normalized strings, the service adds ``version`` to them, and
+    workers parse them again: a fixed point."""
+    job = get_kind(kind)
+    parsed = job.parse_params({"overwrite": "1"})
+    assert parsed == {**job.defaults, "overwrite": "true"}
+    assert all(isinstance(value, str) for value in parsed.values())
+    pinned = {**parsed, "version": "3"}
+    assert job.parse_params(pinned) == pinned
+    assert "shard_size" not in job.defaults or int(job.defaults["shard_size"]) > 0
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_every_param_is_documented(kind: str) -> None:
+    described = get_kind(kind).params_model.describe()
+    assert set(described) == set(get_kind(kind).defaults)
+    undocumented = [name for name, text in described.items() if len(text) < 10]
+    assert undocumented == []
+
+
+@pytest.mark.parametrize("kind", sorted(k for k in KINDS if "shard_size" in KINDS[k].defaults))
+@pytest.mark.parametrize("size", ["0", "-5", "abc", "1.5", "", "1e3"])
+def test_shard_size_must_be_a_positive_whole_number(kind: str, size: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        get_kind(kind).parse_params({"shard_size": size})
+    [violation] = info.value.violations
+    assert violation.field == "params[shard_size]"
+    rule = "an integer >= 1000 bp" if kind == "variants.call_bam" else "a positive integer"
+    assert violation.description == f"must be {rule}, got {size!r}"
+    assert get_kind(kind).parse_params({"shard_size": " 2000 "})["shard_size"] == "2000"
+
+
+def test_call_bam_shard_size_is_at_least_1000_bp() -> None:
+    job = get_kind("variants.call_bam")
+    with pytest.raises(InvalidArgument, match=r"params\[shard_size\]: must be an integer >= 1000 bp, got '999'"):
+        job.parse_params({"shard_size": "999"})
+    assert job.typed({"shard_size": "1000"}).shard_size == 1000
+
+
+@pytest.mark.parametrize(
+    ("params", "field", "rule"),
+    [
+        ({"niter": "0"}, "params[niter]", "must be in 1..10000, got 0"),
+        ({"niter": "ten"}, "params[niter]", "must be an integer, got 'ten'"),
+        ({"diameter": "nan"}, "params[diameter]", "must be finite, got 'nan'"),
+        ({"diameter": "big"}, "params[diameter]", "must be a number, got 'big'"),
+        ({"flow_threshold": "-1"}, "params[flow_threshold]", "must be >= 0 (0 turns the check off), got -1.0"),
+        ({"channels": "0,x"}, "params[channels]", "must be comma-separated integers, got '0,x'"),
+        ({"pattern": "../*.tif"}, "params[pattern]", "'../*.tif': globs match file names inside the input folder"),
+    ],
+)
+def test_segmentation_numbers_are_checked_at_submit_naming_the_param(params: dict[str, str], field: str,
+                                                                      rule: str) -> None:  # fmt: skip
+    with pytest.raises(InvalidArgument) as info:
+        get_kind("segmentation.segment_images").parse_params(params)
+    [violation] = info.value.violations
+    assert violation.field == field
+    assert violation.description.startswith(rule)
+
+
+def test_typed_params_of_the_kinds() -> None:
+    segment = get_kind("segmentation.segment_images").parse_params({"channels": "1, 0", "diameter": "30"})
+    assert (segment["channels"], segment["diameter"], segment["model"]) == ("1,0", "30.0", "cellpose-nuclei")
+    embed = get_kind("embedding.embed_h5ad").typed({"model": "scvi-pbmc"})
+    assert embed.overlap == 0.8
+    assert get_kind("embedding.embed_h5ad").parse_params({"min_gene_overlap": "0.5"})["min_gene_overlap"] == "0.5"
+    with pytest.raises(InvalidArgument, match=r"params\[strand\]: must be forward, max or mean, got 'both'"):
+        get_kind("binding.score_vcf").parse_params({"strand": "both"})
+    with pytest.raises(InvalidArgument, match=r"params\[format\]: must be parquet or tsv, got 'csv'"):
+        get_kind("binding.score_bed").parse_params({"format": "csv"})
+    with pytest.raises(InvalidArgument, match=r"params\[version\]: must be a version number, got 'latest'"):
+        get_kind("platform.score_rows").parse_params({"version": "latest"})

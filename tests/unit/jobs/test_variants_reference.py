@@ -28,10 +28,11 @@ def test_unknown_name_lists_the_registered_ones() -> None:
 
 
 def test_realign_param_defaults_on_and_refuses_other_words() -> None:
-    from genoserve.jobs.kinds.variants import _realign
+    from genoserve.jobs.kinds.variants import CallBam
 
-    assert _realign({}) is True
-    assert _realign({"realign": "false"}) is False
-    assert _realign({"realign": "True"}) is True
+    kind = CallBam()
+    assert kind.typed({}).realign is True
+    assert kind.typed({"realign": "false"}).realign is False
+    assert kind.typed({"realign": "True"}).realign is True
     with pytest.raises(InvalidArgument, match=r"params\[realign\].*true or false, got 'maybe'"):
-        _realign({"realign": "maybe"})
+        kind.typed({"realign": "maybe"})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import grpc
 
 from genoserve.api.auth import current_tenant
@@ -9,7 +11,8 @@ from genoserve.api.codecs import models as model_codec
 from genoserve.api.codecs import tensor as tensor_codec
 from genoserve.api.codecs.tensor import RegionReader
 from genoserve.api.deadlines import deadline_of
-from genoserve.core.errors import InvalidArgument, NotFound, PermissionDenied, quoted
+from genoserve.api.streams import concurrently
+from genoserve.core.errors import GenoserveError, InvalidArgument, NotFound, PermissionDenied, quoted
 from genoserve.core.settings import AuthSettings
 from genoserve.runtime.model import ServedModel
 from genoserve.runtime.repository import ModelRepository
@@ -69,17 +72,38 @@ class ModelsServicer(models_pb2_grpc.ModelsServicer):
     async def Infer(
         self, request: models_pb2.InferRequest, context: grpc.aio.ServicerContext
     ) -> models_pb2.InferResponse:
+        return await self._infer(request, deadline_of(context))
+
+    async def InferStream(
+        self, request_iterator: AsyncIterator[models_pb2.InferRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[models_pb2.InferStreamResponse]:
+        deadline = deadline_of(context)
+        async for answer in concurrently(request_iterator, lambda request: self._answer(request, deadline)):
+            yield answer
+
+    async def _infer(self, request: models_pb2.InferRequest, deadline: float | None) -> models_pb2.InferResponse:
         if not request.model:
             raise InvalidArgument.field("model", "is required")
         model = self.repository.get(request.model, request.version)
         inputs = tensor_codec.map_to_numpy(request.inputs, "inputs", self.shared)
-        _check_family_rules(model, inputs)
-        outputs = await model.infer(inputs, deadline_of(context))
+        check_family_rules(model, inputs)
+        outputs = await model.infer(inputs, deadline)
         return models_pb2.InferResponse(
             model=model.name,
             version=model.version,
             outputs={name: tensor_codec.from_numpy(array) for name, array in outputs.items()},
+            id=request.id,
         )
+
+    async def _answer(self, request: models_pb2.InferRequest, deadline: float | None) -> models_pb2.InferStreamResponse:
+        """One InferStream request: its answer, or its error as an answer."""
+        try:
+            return models_pb2.InferStreamResponse(response=await self._infer(request, deadline))
+        except GenoserveError as exc:
+            head = models_pb2.InferResponse(model=request.model, version=request.version, id=request.id)
+            return models_pb2.InferStreamResponse(
+                response=head, error=models_pb2.StreamError(code=exc.code, message=exc.message)
+            )
 
     async def Load(
         self, request: models_pb2.LoadModelRequest, context: grpc.aio.ServicerContext
@@ -104,7 +128,7 @@ class ModelsServicer(models_pb2_grpc.ModelsServicer):
         return models_pb2.RepositoryIndexResponse(models=[model_codec.index_entry(e) for e in entries])
 
 
-def _check_family_rules(model: ServedModel, inputs: dict[str, tensor_codec.Array]) -> None:
+def check_family_rules(model: ServedModel, inputs: dict[str, tensor_codec.Array]) -> None:
     """Rules a family's model has beyond its declared input shapes, checked before the session
     sees the arrays (else ONNX Runtime fails the call, an INTERNAL error): a segmentation network
     takes H and W in multiples of its size_multiple, up to one tile."""

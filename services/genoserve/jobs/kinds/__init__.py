@@ -5,6 +5,8 @@ Each family registers its kinds here; the platform's own kind is ``platform.scor
 
 from __future__ import annotations
 
+from typing import Any
+
 from genoserve.core.errors import InvalidArgument
 from genoserve.jobs.kinds.base import JobKind
 from genoserve.jobs.kinds.binding import ScoreBed, ScoreFasta
@@ -14,7 +16,7 @@ from genoserve.jobs.kinds.score_rows import ScoreRows
 from genoserve.jobs.kinds.segmentation import SegmentImages
 from genoserve.jobs.kinds.variants import CallBam, CallExamples
 
-KINDS: dict[str, JobKind] = {
+KINDS: dict[str, JobKind[Any]] = {
     kind.name: kind
     for kind in (
         ScoreRows(),
@@ -29,7 +31,7 @@ KINDS: dict[str, JobKind] = {
 }
 
 
-def get_kind(name: str) -> JobKind:
+def get_kind(name: str) -> JobKind[Any]:
     kind = KINDS.get(name)
     if kind is None:
         raise InvalidArgument.field("kind", f"unknown job kind {name!r}; known kinds: {sorted(KINDS)}")

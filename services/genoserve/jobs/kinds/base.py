@@ -3,30 +3,26 @@
 from __future__ import annotations
 
 import abc
-import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import numpy as np
 
 from genoserve.core.errors import GenoserveError, InvalidArgument
 from genoserve.core.settings import Settings
+from genoserve.jobs.kinds.params import MODEL_NAME, ModelParams, Params, parse
 from genoserve.runtime.spec import ModelSpec
 
 Array = np.ndarray[Any, Any]
+P = TypeVar("P", bound=Params)
 
 
 class InferFn(Protocol):
     """``LoadedModel.infer_sync``: inputs -> outputs; ``log1p_applied`` as there."""
 
     def __call__(self, inputs: Mapping[str, Array], log1p_applied: Collection[str] = ...) -> dict[str, Array]: ...
-
-
-#: A model name, as model.yaml's ``name`` (genoserve.runtime.spec): a plain name, never a path.
-MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
-_TRUE, _FALSE = ("true", "1"), ("false", "0")
 
 
 def check_model_name(name: str, field: str = "params[model]") -> None:
@@ -37,15 +33,6 @@ def check_model_name(name: str, field: str = "params[model]") -> None:
             "must be a model name (lower-case letters, digits, '.', '_' and '-', e.g. deepbind-ctcf), "
             f"got {name[:80]!r}",
         )
-
-
-def flag(params: Mapping[str, str], name: str) -> bool:
-    """``params[name]`` as a boolean: true/false or 1/0 (any case); INVALID_ARGUMENT otherwise."""
-    raw = params.get(name, "false")
-    value = raw.strip().lower()
-    if value not in (*_TRUE, *_FALSE):
-        raise InvalidArgument.field(f"params[{name}]", f"must be true or false, got {raw[:40]!r} (1 and 0 work too)")
-    return value in _TRUE
 
 
 def shard_ranges(index: int, n: int, size: int, planned: int, settings: Settings) -> list[PlannedShard]:
@@ -67,23 +54,12 @@ def check_shard_count(count: int, size: int, settings: Settings, items: int = 0)
         )
 
 
-def positive_int(params: Mapping[str, str], name: str) -> int:
-    """``params[name]`` as an integer >= 1, else INVALID_ARGUMENT naming ``params[<name>]``."""
-    try:
-        value = int(params[name])
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise InvalidArgument.field(f"params[{name}]", f"must be a positive integer, got {params[name]!r}")
-    return value
-
-
-def required_model(params: Mapping[str, str], example: str) -> tuple[str, str]:
-    """(``params[model]``, ``params[version]`` or ""); INVALID_ARGUMENT when the model is missing,
-    with ``example`` (e.g. "a binding model, e.g. deepbind-ctcf") in the message."""
-    if not params.get("model"):
+def required_model(params: ModelParams, example: str) -> tuple[str, str]:
+    """(``params.model``, ``params.version``); INVALID_ARGUMENT when the model is missing, with
+    ``example`` (e.g. "a binding model, e.g. deepbind-ctcf") in the message."""
+    if not params.model:
         raise InvalidArgument.field("params[model]", f"is required ({example})")
-    return params["model"], params.get("version", "")
+    return params.model, params.version
 
 
 class InputRecordError(GenoserveError):
@@ -138,35 +114,36 @@ class ShardContext:
         return self.settings.jobs.input_roots
 
 
-class JobKind(abc.ABC):
+class JobKind(abc.ABC, Generic[P]):
     #: e.g. "platform.score_rows"
     name: str
     #: Celery queue = the family name.
     queue: str
-    #: Parameters the kind accepts, with their defaults ("" = required or none).
+    #: The kind's params: one pydantic model (``genoserve.jobs.kinds.params``), each field documented.
+    params_model: type[P]
+    #: Every param with its default, as a string (from ``params_model``).
     defaults: ClassVar[Mapping[str, str]] = {}
+    #: The boolean params: true/false or 1/0 (any case), stored as "true" / "false".
+    flags: ClassVar[frozenset[str]] = frozenset()
     #: Whether an input may be a folder (else only regular files).
     takes_folders: ClassVar[bool] = False
-    #: Boolean parameters: true/false or 1/0 (any case), stored as "true" / "false".
-    flags: ClassVar[frozenset[str]] = frozenset({"overwrite"})
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        model = cls.__dict__.get("params_model")
+        if model is not None:
+            cls.defaults = model.defaults()
+            cls.flags = model.flags()
+
+    def typed(self, params: Mapping[str, str]) -> P:
+        """``params`` (a client's, or a job record's) as the kind's model; INVALID_ARGUMENT naming
+        ``params[<name>]`` for unknown names and values that break a rule."""
+        return parse(self.params_model, self.name, params)
 
     def parse_params(self, params: Mapping[str, str]) -> dict[str, str]:
-        """The params with defaults filled in; unknown names, a model that is not a plain model
-        name and booleans other than true/false/1/0 are INVALID_ARGUMENT naming the param."""
-        unknown = sorted(set(params) - set(self.defaults))
-        if unknown:
-            raise InvalidArgument.field(
-                f"params[{unknown[0][:80]}]", f"unknown parameter for {self.name}; known: {sorted(self.defaults)}"
-            )
-        parsed = {**self.defaults, **params}
-        if parsed.get("model"):
-            check_model_name(parsed["model"])
-        version = parsed.get("version", "")
-        if version and not version.isdigit():
-            raise InvalidArgument.field("params[version]", f"must be a version number, got {version[:40]!r}")
-        for name in sorted(self.flags & parsed.keys()):
-            parsed[name] = "true" if flag(parsed, name) else "false"
-        return parsed
+        """The params checked and normalized as the job record keeps them: every param, defaults
+        filled in, booleans "true"/"false" (see ``typed``)."""
+        return self.typed(params).as_strings()
 
     @abc.abstractmethod
     def model(self, params: Mapping[str, str]) -> tuple[str, str]:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+from pydantic import BeforeValidator
 
 from genoserve.binding import encoding, strands
 from genoserve.binding.contract import BindingContract
@@ -33,10 +34,9 @@ from genoserve.jobs.kinds.base import (
     PlannedShard,
     ShardContext,
     check_shard_count,
-    flag,
-    positive_int,
     required_model,
 )
+from genoserve.jobs.kinds.params import Flag, ModelParams, PositiveInt, choice
 from genoserve.jobs.paths import temporary_name
 from genoserve.runtime.spec import ModelSpec
 
@@ -57,23 +57,48 @@ def reference_for(settings: Settings, name: str, field: str = "params[reference]
     return _references[key]
 
 
-def _strand(params: Mapping[str, str], contract: BindingContract) -> StrandMode:
-    mode = params.get("strand") or contract.default_strand
-    if mode not in ("forward", "max", "mean"):
-        raise InvalidArgument.field("params[strand]", f"must be forward, max or mean, got {mode!r}")
-    return mode  # type: ignore[return-value]
+Strand = Annotated[Literal["", "forward", "max", "mean"], BeforeValidator(choice("", "forward", "max", "mean"))]
 
 
-def check_strand_and_crop(params: Mapping[str, str], contract: BindingContract) -> None:
-    """At submit time, so that a bad value is refused at once, not retried in every shard."""
-    _strand(params, contract)
-    flag(params, "crop")
+class BindingParams(ModelParams):
+    """Params of the binding kinds."""
+
+    shard_size: PositiveInt = 50_000
+    """Records per shard."""
+    strand: Strand = ""
+    """How a sequence's two strands are scored: forward (as given), max or mean of both; empty: the
+    model's default (model.yaml ``preprocessing.default_strand``)."""
 
 
-def score_sequences(ctx: ShardContext, sequences: list[str]) -> tuple[Array, Array]:
-    """Fitted sequences -> (logits [n, T], scores [n, T]), ``ctx.batch_size`` sequences per call."""
+class TableParams(BindingParams):
+    format: Annotated[Literal["parquet", "tsv"], BeforeValidator(choice("parquet", "tsv"))] = "parquet"
+    """Output table format: parquet or tsv."""
+
+
+class ScoreFastaParams(TableParams):
+    """``binding.score_fasta``: score every sequence of FASTA files."""
+
+    crop: Flag = False
+    """Centre-crop sequences longer than the model's length (without it such a sequence fails the job)."""
+
+
+class ScoreBedParams(TableParams):
+    """``binding.score_bed``: score the reference window around every BED interval."""
+
+    reference: str = ""
+    """A reference genome registered on the server (setting ``binding.references``); empty: the
+    server's default reference."""
+
+
+def _strand(strand: str, contract: BindingContract) -> StrandMode:
+    return strand or contract.default_strand  # type: ignore[return-value]
+
+
+def score_sequences(ctx: ShardContext, sequences: list[str], strand: str) -> tuple[Array, Array]:
+    """Fitted sequences -> (logits [n, T], scores [n, T]), ``ctx.batch_size`` sequences per call;
+    ``strand`` as the ``strand`` param."""
     contract = BindingContract.of(ctx.spec)
-    mode = _strand(ctx.params, contract)
+    mode = _strand(strand, contract)
     logits = []
     for i in range(0, len(sequences), ctx.batch_size):
         ctx.check()
@@ -112,27 +137,21 @@ def _merge_tables(parts: list[Path], final: Path, fmt: str) -> None:
     os.replace(tmp, final)
 
 
-class _TableKind(JobKind):
+T = TypeVar("T", bound=TableParams)
+
+
+class _TableKind(JobKind[T]):
     """Shared by FASTA and BED: one table per input, parquet (default) or TSV."""
 
     suffix: ClassVar[str] = ".binding"
-    defaults: ClassVar[Mapping[str, str]] = {
-        "model": "", "version": "", "shard_size": "50000", "format": "parquet", "strand": "", "overwrite": "false",
-    }  # fmt: skip
 
     def model(self, params: Mapping[str, str]) -> tuple[str, str]:
-        return required_model(params, "a binding model, e.g. deepbind-ctcf")
-
-    def _check_common(self, params: Mapping[str, str], spec: ModelSpec) -> int:
-        check_strand_and_crop(params, BindingContract.of(spec))
-        if params.get("format", "parquet") not in ("parquet", "tsv"):
-            raise InvalidArgument.field("params[format]", f"must be parquet or tsv, got {params['format']!r}")
-        return positive_int(params, "shard_size")
+        return required_model(self.typed(params), "a binding model, e.g. deepbind-ctcf")
 
     def outputs(
         self, inputs: list[Path], output_dir: Path, params: Mapping[str, str], roots: Sequence[Path]
     ) -> list[Path]:
-        ext = ".tsv" if params.get("format") == "tsv" else ".parquet"
+        ext = ".tsv" if self.typed(params).format == "tsv" else ".parquet"
         return [output_dir / f"{_stem(p)}{self.suffix}{ext}" for p in inputs]
 
     def shard_result(self, output_stem: Path) -> Path:
@@ -142,7 +161,7 @@ class _TableKind(JobKind):
               params: Mapping[str, str], roots: Sequence[Path]) -> list[Path]:  # fmt: skip
         finals = self.outputs(inputs, output_dir, params, roots)
         for index, final in enumerate(finals):
-            _merge_tables([p for s, p in shards if s.input_index == index], final, params.get("format", "parquet"))
+            _merge_tables([p for s, p in shards if s.input_index == index], final, self.typed(params).format)
         return finals
 
 
@@ -153,17 +172,17 @@ def _stem(path: Path) -> str:
     return name
 
 
-class ScoreFasta(_TableKind):
+class ScoreFasta(_TableKind[ScoreFastaParams]):
     """FASTA -> a table: id, then ``<task>_score`` and ``<task>_logit`` per task, in input order."""
 
     name = "binding.score_fasta"
     queue = "binding"
-    defaults: ClassVar[Mapping[str, str]] = {**_TableKind.defaults, "crop": "false"}
-    flags: ClassVar[frozenset[str]] = frozenset({"overwrite", "crop"})
+    params_model = ScoreFastaParams
 
     def plan(self, inputs: list[Path], params: Mapping[str, str], spec: ModelSpec,
              settings: Settings) -> list[PlannedShard]:  # fmt: skip
-        size = self._check_common(params, spec)
+        BindingContract.of(spec)
+        size = self.typed(params).shard_size
         shards: list[PlannedShard] = []
         for index, path in enumerate(inputs):
             count, marks = fasta_offsets(path, size)
@@ -179,7 +198,8 @@ class ScoreFasta(_TableKind):
     def run_shard(self, ctx: ShardContext) -> int:
         path = ctx.inputs[ctx.input_index]
         contract = BindingContract.of(ctx.spec)
-        crop = flag(ctx.params, "crop")
+        params = self.typed(ctx.params)
+        crop = params.crop
         try:
             # Line numbers count from the shard's first record; made absolute only for an error.
             block = read_fasta_block(path, ctx.start, ctx.stop, ctx.offset, 1)
@@ -197,7 +217,7 @@ class ScoreFasta(_TableKind):
                     where = f"{record.index} ({record.id!r}, line {line})"
                     raise InputRecordError(str(path), where, bad.violations[0].description) from bad
             raise AssertionError("a batch failed its check but no record did")
-        logits, scores = score_sequences(ctx, fitted)
+        logits, scores = score_sequences(ctx, fitted, params.strand)
         _write_part(self.shard_result(ctx.output_stem), {"id": pa.array(ids, pa.string()),
                                                          **_task_columns(contract, logits, scores)})  # fmt: skip
         return len(ids)
@@ -219,18 +239,20 @@ def _line_base(path: Path, offset: int) -> int:
     return count
 
 
-class ScoreBed(_TableKind):
+class ScoreBed(_TableKind[ScoreBedParams]):
     """BED + reference -> a table: chrom, start, end, name, task columns. Each interval is scored
     on the model-length window of the reference centred on the interval's midpoint."""
 
     name = "binding.score_bed"
     queue = "binding"
-    defaults: ClassVar[Mapping[str, str]] = {**_TableKind.defaults, "reference": ""}
+    params_model = ScoreBedParams
 
     def plan(self, inputs: list[Path], params: Mapping[str, str], spec: ModelSpec,
              settings: Settings) -> list[PlannedShard]:  # fmt: skip
-        size = self._check_common(params, spec)
-        reference_for(settings, params.get("reference", ""))
+        BindingContract.of(spec)
+        typed = self.typed(params)
+        size = typed.shard_size
+        reference_for(settings, typed.reference)
         shards: list[PlannedShard] = []
         for index, path in enumerate(inputs):
             count, marks = line_offsets(path, size)
@@ -244,7 +266,8 @@ class ScoreBed(_TableKind):
     def run_shard(self, ctx: ShardContext) -> int:
         path = ctx.inputs[ctx.input_index]
         contract = BindingContract.of(ctx.spec)
-        reference = reference_for(ctx.settings, ctx.params.get("reference", ""))
+        params = self.typed(ctx.params)
+        reference = reference_for(ctx.settings, params.reference)
         rows: dict[str, list[Any]] = {"chrom": [], "start": [], "end": [], "name": []}
         sequences = []
         for index, text in read_lines(path, ctx.start, ctx.stop, ctx.offset):
@@ -256,7 +279,7 @@ class ScoreBed(_TableKind):
                                              middle - contract.length // 2 + contract.length))  # fmt: skip
             for key, value in zip(rows, (chrom, start, end, name), strict=True):
                 rows[key].append(value)
-        logits, scores = score_sequences(ctx, sequences)
+        logits, scores = score_sequences(ctx, sequences, params.strand)
         columns = {"chrom": pa.array(rows["chrom"], pa.string()), "start": pa.array(rows["start"], pa.int64()),
                    "end": pa.array(rows["end"], pa.int64()), "name": pa.array(rows["name"], pa.string()),
                    **_task_columns(contract, logits, scores)}  # fmt: skip

@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -29,11 +29,11 @@ from genoserve.jobs.kinds.base import (
     JobKind,
     PlannedShard,
     ShardContext,
-    positive_int,
     required_model,
     shard_ranges,
 )
-from genoserve.jobs.kinds.binding import check_strand_and_crop, reference_for, score_sequences
+from genoserve.jobs.kinds.binding import BindingParams, reference_for, score_sequences
+from genoserve.jobs.kinds.params import PositiveInt
 from genoserve.jobs.paths import input_file, temporary_name
 from genoserve.runtime.spec import ModelSpec
 
@@ -55,21 +55,30 @@ def _records(path: Path, start: int, stop: int) -> Iterator[tuple[int, Any]]:
                 yield index, record
 
 
-class ScoreVcf(JobKind):
+class ScoreVcfParams(BindingParams):
+    """``binding.score_vcf``: the effect of every ALT allele of VCF files."""
+
+    shard_size: PositiveInt = 20_000
+    """VCF records per shard."""
+    reference: str = ""
+    """A reference genome registered on the server (setting ``binding.references``); empty: the
+    server's default reference. Each variant is scored on the model-length windows around it."""
+
+
+class ScoreVcf(JobKind[ScoreVcfParams]):
     name = "binding.score_vcf"
     queue = "binding"
-    defaults: ClassVar[Mapping[str, str]] = {
-        "model": "", "version": "", "reference": "", "shard_size": "20000", "strand": "", "overwrite": "false",
-    }  # fmt: skip
+    params_model = ScoreVcfParams
 
     def model(self, params: Mapping[str, str]) -> tuple[str, str]:
-        return required_model(params, "a binding model, e.g. deepbind-ctcf")
+        return required_model(self.typed(params), "a binding model, e.g. deepbind-ctcf")
 
     def plan(self, inputs: list[Path], params: Mapping[str, str], spec: ModelSpec,
              settings: Settings) -> list[PlannedShard]:  # fmt: skip
-        check_strand_and_crop(params, BindingContract.of(spec))
-        reference_for(settings, params.get("reference", ""))
-        size = positive_int(params, "shard_size")
+        BindingContract.of(spec)
+        typed = self.typed(params)
+        reference_for(settings, typed.reference)
+        size = typed.shard_size
         shards: list[PlannedShard] = []
         for index, path in enumerate(inputs):
             try:
@@ -92,7 +101,8 @@ class ScoreVcf(JobKind):
     def run_shard(self, ctx: ShardContext) -> int:
         path = ctx.inputs[ctx.input_index]
         contract = BindingContract.of(ctx.spec)
-        reference = reference_for(ctx.settings, ctx.params.get("reference", ""))
+        params = self.typed(ctx.params)
+        reference = reference_for(ctx.settings, params.reference)
         slots: list[tuple[int, int]] = []  # (record index, alt number) of each scored pair
         sequences: list[str] = []
         alts_per_record: dict[int, int] = {}
@@ -108,7 +118,7 @@ class ScoreVcf(JobKind):
                     raise InputRecordError(str(path), f"{index} ({record.chrom}:{record.pos})", problem)
                 sequences.extend(windows(variant, reference, contract.length))
                 slots.append((index, number))
-        logits, scores = score_sequences(ctx, sequences)
+        logits, scores = score_sequences(ctx, sequences, params.strand)
         diff = scores[1::2] - scores[0::2]
         logit_diff = logits[1::2] - logits[0::2]
         table = {
@@ -126,7 +136,7 @@ class ScoreVcf(JobKind):
     def merge(self, inputs: list[Path], shards: list[tuple[PlannedShard, Path]], output_dir: Path,
               params: Mapping[str, str], roots: Sequence[Path]) -> list[Path]:  # fmt: skip
         finals = self.outputs(inputs, output_dir, params, roots)
-        model = params["model"]
+        model = self.typed(params).model
         for index, (path, final) in enumerate(zip(inputs, finals, strict=True)):
             path = input_file(path, roots)
             effects: dict[tuple[int, int], tuple[list[float], list[float]]] = {}

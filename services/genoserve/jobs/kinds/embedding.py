@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
@@ -34,11 +34,10 @@ from genoserve.jobs.kinds.base import (
     JobKind,
     PlannedShard,
     ShardContext,
-    flag,
-    positive_int,
     required_model,
     shard_ranges,
 )
+from genoserve.jobs.kinds.params import Flag, ModelParams, OptionalNumber, PositiveInt
 from genoserve.jobs.paths import input_file, temporary_name, write_atomically
 from genoserve.runtime.spec import ModelSpec
 
@@ -61,42 +60,53 @@ def _save_npy(target: Path, array: Array) -> None:
     os.replace(tmp, target)
 
 
-def _min_overlap(params: Mapping[str, str]) -> float:
-    try:
-        value = float(params.get("min_gene_overlap") or DEFAULT_MIN_OVERLAP)
-    except ValueError as exc:
-        raise InvalidArgument.field(
-            "params[min_gene_overlap]", f"must be a number, got {params['min_gene_overlap']!r}"
-        ) from exc
-    return value
+class EmbedH5adParams(ModelParams):
+    """``embedding.embed_h5ad``: a latent embedding per cell of .h5ad or 10x .h5 files."""
+
+    layer: str = ""
+    """Read the counts from this layer of an .h5ad (empty: X)."""
+    batch_key: str = ""
+    """For a model with a batch covariate: the obs column holding each cell's batch (empty: the
+    model's own key)."""
+    batch: str = ""
+    """For a model with a batch covariate: one batch label for every cell (instead of batch_key)."""
+    shard_size: PositiveInt = 50_000
+    """Cells per shard."""
+    min_gene_overlap: OptionalNumber = None
+    """Smallest fraction of the model's genes the file must have (empty: 0.8)."""
+    not_raw_counts: Flag = False
+    """Accept counts that are not whole numbers (normalized or corrected values)."""
+    variances: Flag = False
+    """Also write the posterior variances, to obsm["X_scVI_var"]."""
+    plot: Flag = False
+    """Also write ``<stem>.embedding.png``, a UMAP of the latent."""
+    color_by: str = ""
+    """With plot: the obs column that colours the UMAP."""
+
+    @property
+    def overlap(self) -> float:
+        return DEFAULT_MIN_OVERLAP if self.min_gene_overlap is None else self.min_gene_overlap
 
 
-class EmbedH5ad(JobKind):
+class EmbedH5ad(JobKind[EmbedH5adParams]):
     name = "embedding.embed_h5ad"
     queue = "embedding"
-    defaults: ClassVar[Mapping[str, str]] = {
-        "model": "", "version": "", "layer": "", "batch_key": "", "batch": "", "shard_size": "50000",
-        "min_gene_overlap": "", "not_raw_counts": "false", "variances": "false", "plot": "false", "color_by": "",
-        "overwrite": "false",
-    }  # fmt: skip
-    flags: ClassVar[frozenset[str]] = frozenset({"overwrite", "not_raw_counts", "variances", "plot"})
+    params_model = EmbedH5adParams
 
     def model(self, params: Mapping[str, str]) -> tuple[str, str]:
-        return required_model(params, "an embedding model, e.g. scvi-pbmc")
+        return required_model(self.typed(params), "an embedding model, e.g. scvi-pbmc")
 
     def plan(self, inputs: list[Path], params: Mapping[str, str], spec: ModelSpec,
              settings: Settings) -> list[PlannedShard]:  # fmt: skip
         model = EmbeddingContract.of(spec)
-        size = positive_int(params, "shard_size")
-        flag(params, "not_raw_counts")
-        flag(params, "variances")
-        flag(params, "plot")
+        typed = self.typed(params)
+        size = typed.shard_size
         shards: list[PlannedShard] = []
         for index, path in enumerate(inputs):
             try:
-                with open_counts(path, params.get("layer", "")) as counts:
-                    align(counts.genes, model.genes, _min_overlap(params), field="gene names")
-                    self._check_batch(model, params, counts, path)
+                with open_counts(path, typed.layer) as counts:
+                    align(counts.genes, model.genes, typed.overlap, field="gene names")
+                    self._check_batch(model, typed, counts, path)
                     n = counts.n_cells
             except InvalidArgument as exc:
                 raise InvalidArgument.field(f"inputs[{index}]", exc.message) from exc
@@ -106,18 +116,18 @@ class EmbedH5ad(JobKind):
         return shards
 
     @staticmethod
-    def _batch_key(model: EmbeddingContract, params: Mapping[str, str]) -> str:
-        return params.get("batch_key") or model.batch_key
+    def _batch_key(model: EmbeddingContract, params: EmbedH5adParams) -> str:
+        return params.batch_key or model.batch_key
 
-    def _check_batch(self, model: EmbeddingContract, params: Mapping[str, str], counts: Any, path: Path) -> None:
+    def _check_batch(self, model: EmbeddingContract, params: EmbedH5adParams, counts: Any, path: Path) -> None:
         if not model.takes_batch:
-            if params.get("batch") or params.get("batch_key"):
+            if params.batch or params.batch_key:
                 raise InvalidArgument.field("params[batch_key]", "this model takes no batch covariate")
             return
-        if params.get("batch"):
-            if params["batch"] not in model.batches:
+        if params.batch:
+            if params.batch not in model.batches:
                 raise InvalidArgument.field(
-                    "params[batch]", f"unknown batch label {params['batch']!r}; known batches: {list(model.batches)}"
+                    "params[batch]", f"unknown batch label {params.batch!r}; known batches: {list(model.batches)}"
                 )
             return
         key = self._batch_key(model, params)
@@ -133,7 +143,7 @@ class EmbedH5ad(JobKind):
         self, inputs: list[Path], output_dir: Path, params: Mapping[str, str], roots: Sequence[Path]
     ) -> list[Path]:
         out = [output_dir / f"{_stem(p)}.embedded.h5ad" for p in inputs]
-        if flag(params, "plot"):
+        if self.typed(params).plot:
             out += [output_dir / f"{_stem(p)}.embedding.png" for p in inputs]
         return out
 
@@ -143,19 +153,19 @@ class EmbedH5ad(JobKind):
     def run_shard(self, ctx: ShardContext) -> int:
         path = ctx.inputs[ctx.input_index]
         model = EmbeddingContract.of(ctx.spec)
-        params = ctx.params
-        key = self._batch_key(model, params) if model.takes_batch and not params.get("batch") else ""
-        not_raw = flag(params, "not_raw_counts")
-        outputs = [names.MEAN, names.VAR] if flag(params, "variances") else [names.MEAN]
+        params = self.typed(ctx.params)
+        key = self._batch_key(model, params) if model.takes_batch and not params.batch else ""
+        not_raw = params.not_raw_counts
+        outputs = [names.MEAN, names.VAR] if params.variances else [names.MEAN]
         blocks: dict[str, list[Array]] = {name: [] for name in outputs}
-        with open_counts(path, params.get("layer", "")) as counts:
-            alignment = align(counts.genes, model.genes, _min_overlap(params))
+        with open_counts(path, params.layer) as counts:
+            alignment = align(counts.genes, model.genes, params.overlap)
 
             def load(start: int) -> Prepared:
                 """Cells [start, start + batch) of the shard as model inputs (runs on the reader thread)."""
                 stop = min(start + ctx.batch_size, ctx.stop)
                 labels = (
-                    read_obs_column(path, key, start, stop) if key else ([params["batch"]] if model.takes_batch else [])
+                    read_obs_column(path, key, start, stop) if key else ([params.batch] if model.takes_batch else [])
                 )
                 try:
                     return prepare(model, counts.genes, counts.read(start, stop), ["_"] * (stop - start), labels,
@@ -177,7 +187,7 @@ class EmbedH5ad(JobKind):
                     result = ctx.infer(prepared.inputs, prepared.log1p_applied)
                     for name in outputs:
                         blocks[name].append(result[name])
-        version = int(params["version"]) if params.get("version") else max(v.version for v in ctx.spec.versions)
+        version = int(params.version) if params.version else max(v.version for v in ctx.spec.versions)
         about = {
             "model": ctx.spec.name, "version": str(version), "model_sha256": ctx.spec.version(version).sha256,
             "gene_overlap": alignment.overlap, "genes_matched": alignment.matched, "model_genes": len(model.genes),
@@ -192,33 +202,34 @@ class EmbedH5ad(JobKind):
 
     def merge(self, inputs: list[Path], shards: list[tuple[PlannedShard, Path]], output_dir: Path,
               params: Mapping[str, str], roots: Sequence[Path]) -> list[Path]:  # fmt: skip
+        typed = self.typed(params)
         finals: list[Path] = []
         for index, path in enumerate(inputs):
             path = input_file(path, roots)
             parts = [p for s, p in shards if s.input_index == index]
             target = output_dir / f"{_stem(path)}.embedded.h5ad"
             first = np.load(parts[0], mmap_mode="r")
-            variances = flag(params, "variances")
-            with open_counts(path, params.get("layer", "")) as counts:
+            variances = typed.variances
+            with open_counts(path, typed.layer) as counts:
                 var_key = VAR_KEY if variances else ""
                 writer = EmbeddingWriter(counts, target, int(first.shape[1]), variances_key=var_key)
                 try:
                     for part in parts:
                         var = np.load(part.with_suffix(".var.npy"), mmap_mode="r") if variances else None
                         writer.write(np.load(part, mmap_mode="r"), var)
-                    writer.finish(self._provenance(params, parts[0], path))
+                    writer.finish(self._provenance(typed, parts[0], path))
                 except BaseException:
                     writer.abort()
                     raise
             finals.append(target)
-        if flag(params, "plot"):
+        if typed.plot:
             for path, h5ad in zip(inputs, list(finals), strict=True):
                 finals.append(embedding_png(h5ad, output_dir / f"{_stem(path)}.embedding.png",
-                                            color_by=params.get("color_by", "")))  # fmt: skip
+                                            color_by=typed.color_by))  # fmt: skip
         return finals
 
-    def _provenance(self, params: Mapping[str, str], part: Path, path: Path) -> dict[str, str | float | int]:
+    def _provenance(self, params: EmbedH5adParams, part: Path, path: Path) -> dict[str, str | float | int]:
         about: dict[str, str | float | int] = json.loads(part.with_suffix(".json").read_text())
-        extra = {"variances_key": VAR_KEY} if flag(params, "variances") else {}
-        return {**about, "source": str(path), "layer": params.get("layer") or "X", "key": KEY, **extra,
+        extra = {"variances_key": VAR_KEY} if params.variances else {}
+        return {**about, "source": str(path), "layer": params.layer or "X", "key": KEY, **extra,
                 "written_by": self.name, "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -24,9 +24,9 @@ from genoserve.jobs.kinds.base import (
     PlannedShard,
     ShardContext,
     check_model_name,
-    positive_int,
     shard_ranges,
 )
+from genoserve.jobs.kinds.params import ModelName, ModelParams, PositiveInt
 from genoserve.jobs.paths import temporary_name
 from genoserve.runtime.spec import ModelSpec
 
@@ -57,19 +57,24 @@ def _rows(path: Path) -> int:
     return int(pq.ParquetFile(path).metadata.num_rows)
 
 
-class ScoreRows(JobKind):
+class ScoreRowsParams(ModelParams):
+    """``platform.score_rows``: a model with one 2-D input over the rows of .npy / .parquet files."""
+
+    model: ModelName = "platform-mlp"
+    """The model to run: one input of shape [rows, features] (default platform-mlp)."""
+    shard_size: PositiveInt = 100_000
+    """Rows per shard."""
+
+
+class ScoreRows(JobKind[ScoreRowsParams]):
     name = "platform.score_rows"
     queue = "platform"
-    defaults: ClassVar[Mapping[str, str]] = {
-        "model": "platform-mlp",
-        "version": "",
-        "shard_size": "100000",
-        "overwrite": "false",
-    }
+    params_model = ScoreRowsParams
 
     def model(self, params: Mapping[str, str]) -> tuple[str, str]:
-        check_model_name(params["model"])
-        return params["model"], params["version"]
+        typed = self.typed(params)
+        check_model_name(typed.model)
+        return typed.model, typed.version
 
     def plan(
         self, inputs: list[Path], params: Mapping[str, str], spec: ModelSpec, settings: Settings
@@ -77,7 +82,7 @@ class ScoreRows(JobKind):
         if len(spec.inputs) != 1 or len(spec.inputs[0].shape) != 2:
             raise InvalidArgument.field("params[model]", f"{spec.name} does not take one 2-D input")
         width = spec.inputs[0].shape[1]
-        size = positive_int(params, "shard_size")
+        size = self.typed(params).shard_size
         shards: list[PlannedShard] = []
         for index, path in enumerate(inputs):
             if path.suffix not in SUFFIXES:

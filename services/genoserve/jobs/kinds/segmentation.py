@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import tifffile
+from pydantic import model_validator
 
 from genoserve.core.errors import GenoserveError, InvalidArgument
 from genoserve.core.settings import Settings
@@ -30,11 +31,10 @@ from genoserve.jobs.kinds.base import (
     JobKind,
     PlannedShard,
     ShardContext,
-    flag,
-    positive_int,
     required_model,
     shard_ranges,
 )
+from genoserve.jobs.kinds.params import Flag, Integer, Integers, ModelName, ModelParams, Number, PositiveInt
 from genoserve.jobs.paths import folder_files, input_file, name_patterns, temporary_name
 from genoserve.runtime.spec import ModelSpec
 from genoserve.segmentation import images
@@ -88,85 +88,77 @@ def list_items(path: Path, pattern: str, roots: Sequence[Path], field: str = "in
     return items
 
 
-def _float(params: Mapping[str, str], key: str) -> float:
-    try:
-        value = float(params[key])
-    except ValueError as exc:
-        raise InvalidArgument.field(f"params[{key}]", f"must be a number, got {params[key]!r}") from exc
-    if not np.isfinite(value):
-        raise InvalidArgument.field(f"params[{key}]", f"must be finite, got {params[key]!r}")
-    return value
+class SegmentImagesParams(ModelParams):
+    """``segmentation.segment_images``: label masks and per-cell statistics of images."""
+
+    model: ModelName = "cellpose-nuclei"
+    """The segmentation model (default cellpose-nuclei)."""
+    pattern: str = "*.tif,*.tiff,*.png"
+    """For folder inputs: comma-separated file-name globs of the images to segment."""
+    channels: Integers = ()
+    """Comma-separated channel indices fed to the model (empty: the model's default)."""
+    diameter: Number = 0.0
+    """Mean cell diameter in pixels; images are rescaled to the model's (0: not rescaled)."""
+    cellprob_threshold: Number = 0.0
+    """Cell-probability logit above which a pixel is in a cell, in [-50, 50]."""
+    flow_threshold: Number = 0.4
+    """Largest flow error a mask may have (0: no check)."""
+    min_size: Integer = 15
+    """Smallest mask kept, in pixels."""
+    niter: Integer = 200
+    """Steps that pixels follow the flows, 1 to 10000."""
+    overlays: Flag = False
+    """Also write ``<name>.overlay.png``: the outlines drawn on each image."""
+    shard_size: PositiveInt = 4
+    """Images per shard."""
+
+    @model_validator(mode="after")
+    def _in_range(self) -> SegmentImagesParams:
+        try:
+            check_params(self.diameter, self.masks)
+        except InvalidArgument as exc:  # named as the job's params, not the Segment request's fields
+            [violation] = exc.violations
+            raise InvalidArgument.field(f"params[{violation.field}]", violation.description) from exc
+        name_patterns(self.pattern, "params[pattern]")
+        return self
+
+    @property
+    def masks(self) -> MaskParams:
+        return MaskParams(niter=self.niter, cellprob_threshold=self.cellprob_threshold,
+                          flow_threshold=self.flow_threshold, min_size=self.min_size)  # fmt: skip
 
 
-def _int(params: Mapping[str, str], key: str) -> int:
-    try:
-        return int(params[key])
-    except ValueError as exc:
-        raise InvalidArgument.field(f"params[{key}]", f"must be an integer, got {params[key]!r}") from exc
-
-
-def _channels(params: Mapping[str, str]) -> list[int]:
-    text = params.get("channels", "").strip()
-    if not text:
-        return []
-    try:
-        return [int(c) for c in text.split(",")]
-    except ValueError as exc:
-        raise InvalidArgument.field("params[channels]", f"must be comma-separated integers, got {text!r}") from exc
-
-
-def mask_params(params: Mapping[str, str]) -> MaskParams:
-    result = MaskParams(
-        niter=_int(params, "niter"), cellprob_threshold=_float(params, "cellprob_threshold"),
-        flow_threshold=_float(params, "flow_threshold"), min_size=_int(params, "min_size"),
-    )  # fmt: skip
-    check_params(_float(params, "diameter"), result)
-    return result
-
-
-class SegmentImages(JobKind):
+class SegmentImages(JobKind[SegmentImagesParams]):
     name = "segmentation.segment_images"
     queue = "segmentation"
-    defaults: ClassVar[Mapping[str, str]] = {
-        "model": "cellpose-nuclei", "version": "", "pattern": "*.tif,*.tiff,*.png", "channels": "",
-        "diameter": "0", "cellprob_threshold": "0", "flow_threshold": "0.4", "min_size": "15", "niter": "200",
-        "overlays": "false", "shard_size": "4", "overwrite": "false",
-    }  # fmt: skip
-    flags: ClassVar[frozenset[str]] = frozenset({"overwrite", "overlays"})
+    params_model = SegmentImagesParams
     takes_folders: ClassVar[bool] = True
 
     def model(self, params: Mapping[str, str]) -> tuple[str, str]:
-        return required_model(params, "a segmentation model")
-
-    def _overlays(self, params: Mapping[str, str]) -> bool:
-        return flag(params, "overlays")
+        return required_model(self.typed(params), "a segmentation model")
 
     def plan(
         self, inputs: list[Path], params: Mapping[str, str], spec: ModelSpec, settings: Settings
     ) -> list[PlannedShard]:
         SegmentationContract.of(spec)
-        mask_params(params)
-        _channels(params)
-        self._overlays(params)
-        size = positive_int(params, "shard_size")
-        name_patterns(params["pattern"], "params[pattern]")
+        typed = self.typed(params)
         shards: list[PlannedShard] = []
         for index, path in enumerate(inputs):
-            items = list_items(path, params["pattern"], settings.jobs.input_roots, f"inputs[{index}]")
+            items = list_items(path, typed.pattern, settings.jobs.input_roots, f"inputs[{index}]")
             if not items:
-                raise InvalidArgument.field(f"inputs[{index}]", f"{path} holds no images matching {params['pattern']}")
-            shards += shard_ranges(index, len(items), size, len(shards), settings)
+                raise InvalidArgument.field(f"inputs[{index}]", f"{path} holds no images matching {typed.pattern}")
+            shards += shard_ranges(index, len(items), typed.shard_size, len(shards), settings)
         return shards
 
     def outputs(
         self, inputs: list[Path], output_dir: Path, params: Mapping[str, str], roots: Sequence[Path]
     ) -> list[Path]:
-        overlays = self._overlays(params)
+        typed = self.typed(params)
         finals: list[Path] = []
         for index, path in enumerate(inputs):
-            for item in list_items(path, params["pattern"], roots, f"inputs[{index}]"):
+            for item in list_items(path, typed.pattern, roots, f"inputs[{index}]"):
                 finals.append(output_dir / f"{item.name}.labels.tif")
-                if overlays:
+                if typed.overlays:
                     finals.append(output_dir / f"{item.name}.overlay.png")
         return [*finals, output_dir / CELLS_CSV]
 
@@ -192,11 +184,9 @@ class SegmentImages(JobKind):
 
     def run_shard(self, ctx: ShardContext) -> int:
         contract = SegmentationContract.of(ctx.spec)
-        params = mask_params(ctx.params)
-        diameter = _float(ctx.params, "diameter")
-        channels = _channels(ctx.params)
-        overlays = self._overlays(ctx.params)
-        items = list_items(ctx.inputs[ctx.input_index], ctx.params["pattern"], ctx.roots)[ctx.start : ctx.stop]
+        typed = self.typed(ctx.params)
+        params, diameter, channels, overlays = typed.masks, typed.diameter, list(typed.channels), typed.overlays
+        items = list_items(ctx.inputs[ctx.input_index], typed.pattern, ctx.roots)[ctx.start : ctx.stop]
         tile_batch = min(ctx.batch_size, ctx.settings.segmentation.tile_batch)
 
         def forward(batch: Array) -> Array:
@@ -239,8 +229,9 @@ class SegmentImages(JobKind):
 
     def merge(self, inputs: list[Path], shards: list[tuple[PlannedShard, Path]], output_dir: Path,
               params: Mapping[str, str], roots: Sequence[Path]) -> list[Path]:  # fmt: skip
-        overlays = self._overlays(params)
-        listings = [list_items(p, params["pattern"], roots) for p in inputs]
+        typed = self.typed(params)
+        overlays = typed.overlays
+        listings = [list_items(p, typed.pattern, roots) for p in inputs]
         csv_final = output_dir / CELLS_CSV
         tmp_csv = temporary_name(csv_final)
         finals: list[Path] = []

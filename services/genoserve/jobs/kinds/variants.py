@@ -21,15 +21,17 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import ClassVar
+from typing import Annotated, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 import pysam
+from pydantic import BeforeValidator
 
 from genoserve.core.errors import InvalidArgument
 from genoserve.core.settings import Settings
-from genoserve.jobs.kinds.base import InputRecordError, JobKind, PlannedShard, ShardContext, check_shard_count, flag
+from genoserve.jobs.kinds.base import InputRecordError, JobKind, PlannedShard, ShardContext, check_shard_count
+from genoserve.jobs.kinds.params import Flag, ModelName, ModelParams, at_least
 from genoserve.jobs.paths import confine, input_file, temporary_name
 from genoserve.runtime.spec import ModelSpec
 from genoserve.variants.evaluate import read_bed
@@ -50,11 +52,6 @@ def _channels(spec: ModelSpec) -> int:
     if channels not in (6, 7):
         raise InvalidArgument.field("params[model]", f"{spec.name} takes {channels} channels; 6 or 7 are supported")
     return channels
-
-
-def _realign(params: Mapping[str, str]) -> bool:
-    """``params[realign]``: local realignment of reads before pileups (default true, as DeepVariant)."""
-    return flag({"realign": params.get("realign", "true")}, "realign")
 
 
 def _beside(path: Path, roots: Sequence[Path], field: str, suffixes: Sequence[str]) -> None:
@@ -138,13 +135,13 @@ def _read_part(path: Path) -> tuple[list[VariantCall], list[tuple[str, int]]]:
     return calls, contigs
 
 
-def _contigs_param(settings: Settings, params: Mapping[str, str]) -> list[tuple[str, int]] | None:
+def _contigs_param(settings: Settings, params: CallExamplesParams) -> list[tuple[str, int]] | None:
     """Contig lengths for the VCF header: the ``contigs`` file (a .fai), else the reference's."""
-    if params.get("contigs"):
+    if params.contigs:
         roots = settings.jobs.input_roots
-        path = confine(params["contigs"], roots, "params[contigs]", must_exist=True)
+        path = confine(params.contigs, roots, "params[contigs]", must_exist=True)
         return read_contigs(input_file(path, roots, "params[contigs]"), "params[contigs]")
-    reference = resolve_reference(settings, params.get("reference", ""), required=False)
+    reference = resolve_reference(settings, params.reference, required=False)
     return reference_contigs(reference) if reference is not None else None
 
 
@@ -157,29 +154,62 @@ def _write_final(final: Path, calls: list[VariantCall], contigs: list[tuple[str,
     os.replace(tmp, final)
 
 
-class _VariantsKind(JobKind):
+class VariantsParams(ModelParams):
+    model: ModelName = ""
+    """A variants model (empty: deepvariant-cnn-7ch)."""
+    reference: str = ""
+    """The reference: a name registered on the server (setting ``binding.references``) or a FASTA
+    path (with .fai) under the job input roots; empty: the server's default reference."""
+    sample: str = ""
+    """Sample name in the VCF (empty: call_bam takes the BAM read group's SM, call_examples the
+    examples' own)."""
+
+
+class CallBamParams(VariantsParams):
+    """``variants.call_bam``: call variants from indexed BAMs, one VCF per BAM."""
+
+    regions: str = ""
+    """Comma-separated regions CONTIG:START-END (1-based, inclusive) to call; with neither regions
+    nor bed: every contig of the BAM."""
+    bed: str = ""
+    """A BED file of regions to call (under the job input roots), added to ``regions``."""
+    shard_size: Annotated[int, BeforeValidator(at_least(1000, "bp"))] = 1_000_000
+    """Base pairs of the regions per shard (at least 1000)."""
+    realign: Flag = True
+    """Realign reads locally before the pileups are built (DeepVariant's default)."""
+
+
+class CallExamplesParams(VariantsParams):
+    """``variants.call_examples``: call DeepVariant make_examples TFRecords into one VCF."""
+
+    contigs: str = ""
+    """Contig lengths for the VCF header: a .fai (NAME<TAB>LENGTH lines) under the job input roots;
+    empty: the reference's, else the contigs are listed without a length."""
+
+
+V = TypeVar("V", bound=VariantsParams)
+
+
+class _VariantsKind(JobKind[V]):
     queue = "variants"
 
     def model(self, params: Mapping[str, str]) -> tuple[str, str]:
-        return params.get("model") or DEFAULT_MODEL, params.get("version", "")
+        typed = self.typed(params)
+        return typed.model or DEFAULT_MODEL, typed.version
 
     def shard_result(self, output_stem: Path) -> Path:
         return output_stem.with_suffix(".calls.jsonl")
 
 
-class CallBam(_VariantsKind):
+class CallBam(_VariantsKind[CallBamParams]):
     name = "variants.call_bam"
-    defaults: ClassVar[Mapping[str, str]] = {
-        "model": "", "version": "", "reference": "", "regions": "", "bed": "", "shard_size": "1000000",
-        "sample": "", "overwrite": "false", "realign": "true",
-    }  # fmt: skip
-    flags: ClassVar[frozenset[str]] = frozenset({"overwrite", "realign"})
+    params_model = CallBamParams
 
-    def _regions(self, path: Path, params: Mapping[str, str], settings: Settings) -> list[Region]:
-        regions = [Region.parse(r, "params[regions]") for r in params.get("regions", "").split(",") if r.strip()]
-        if params.get("bed"):
+    def _regions(self, path: Path, params: CallBamParams, settings: Settings) -> list[Region]:
+        regions = [Region.parse(r, "params[regions]") for r in params.regions.split(",") if r.strip()]
+        if params.bed:
             roots = settings.jobs.input_roots
-            bed = input_file(confine(params["bed"], roots, "params[bed]", must_exist=True), roots, "params[bed]")
+            bed = input_file(confine(params.bed, roots, "params[bed]", must_exist=True), roots, "params[bed]")
             regions += [Region(c, s, e) for c, spans in read_bed(bed, "params[bed]").items() for s, e in spans]
         if not regions:  # every contig of the BAM
             try:
@@ -192,15 +222,9 @@ class CallBam(_VariantsKind):
     def _chunks(self, path: Path, params: Mapping[str, str], settings: Settings, planned: int = 0) -> list[Region]:
         """The input's regions cut into shards of ``shard_size`` bp (``planned``: shards of the
         job's earlier inputs, counted against ``jobs.max_shards_per_job``)."""
-        try:
-            size = int(params.get("shard_size", "1000000"))
-        except ValueError:
-            size = 0
-        if size < 1000:
-            raise InvalidArgument.field(
-                "params[shard_size]", f"must be an integer >= 1000 bp, got {params['shard_size']!r}"
-            )
-        regions = self._regions(path, params, settings)
+        typed = self.typed(params)
+        size = typed.shard_size
+        regions = self._regions(path, typed, settings)
         check_shard_count(planned + sum(-(-(r.end - r.start) // size) for r in regions), size, settings)
         chunks = []
         for region in regions:
@@ -211,8 +235,7 @@ class CallBam(_VariantsKind):
     def plan(self, inputs: list[Path], params: Mapping[str, str], spec: ModelSpec,
              settings: Settings) -> list[PlannedShard]:  # fmt: skip
         _channels(spec)
-        _realign(params)
-        resolve_reference(settings, params.get("reference", ""))
+        resolve_reference(settings, self.typed(params).reference)
         shards: list[PlannedShard] = []
         for index, path in enumerate(inputs):
             path = alignments(path, settings.jobs.input_roots, f"inputs[{index}]")
@@ -227,7 +250,8 @@ class CallBam(_VariantsKind):
 
     def run_shard(self, ctx: ShardContext) -> int:
         path = alignments(ctx.inputs[ctx.input_index], ctx.roots)
-        reference = resolve_reference(ctx.settings, ctx.params.get("reference", ""))
+        typed = self.typed(ctx.params)
+        reference = resolve_reference(ctx.settings, typed.reference)
         assert reference is not None
         region = self._chunks(path, ctx.params, ctx.settings)[ctx.start]
         examples = []
@@ -237,9 +261,7 @@ class CallBam(_VariantsKind):
             ctx.check()
             partition = Region(region.contig, start, min(region.end, start + PARTITION_SIZE))
             try:
-                _, made = make_examples(
-                    path, reference, partition, channels=_channels(ctx.spec), realign=_realign(ctx.params)
-                )
+                _, made = make_examples(path, reference, partition, channels=_channels(ctx.spec), realign=typed.realign)
             except InvalidArgument as exc:
                 raise InputRecordError(str(path), f"region {region}", exc.message) from exc
             examples.extend(made)
@@ -256,7 +278,7 @@ class CallBam(_VariantsKind):
         inputs = [alignments(p, roots) for p in inputs]
         for index, final in enumerate(finals):
             calls = [c for shard, part in shards if shard.input_index == index for c in _read_part(part)[0]]
-            sample = params.get("sample", "")
+            sample = self.typed(params).sample
             if not sample:
                 with pysam.AlignmentFile(str(inputs[index]), "rb") as bam:
                     sample = sample_name(bam)
@@ -268,16 +290,14 @@ class CallBam(_VariantsKind):
         return finals
 
 
-class CallExamples(_VariantsKind):
+class CallExamples(_VariantsKind[CallExamplesParams]):
     name = "variants.call_examples"
-    defaults: ClassVar[Mapping[str, str]] = {
-        "model": "", "version": "", "reference": "", "contigs": "", "sample": "", "overwrite": "false",
-    }  # fmt: skip
+    params_model = CallExamplesParams
 
     def plan(self, inputs: list[Path], params: Mapping[str, str], spec: ModelSpec,
              settings: Settings) -> list[PlannedShard]:  # fmt: skip
         _channels(spec)
-        _contigs_param(settings, params)
+        _contigs_param(settings, self.typed(params))
         return [PlannedShard(i, 0, 1, 1) for i in range(len(inputs))]
 
     def outputs(
@@ -303,14 +323,15 @@ class CallExamples(_VariantsKind):
             raise InputRecordError(str(path), exc.index, exc.message) from exc
         except InvalidArgument as exc:
             raise InputRecordError(str(path), len(examples), exc.message) from exc
-        if ctx.params.get("sample"):
+        typed = self.typed(ctx.params)
+        if typed.sample:
             for example in examples:
-                example.sample_name = ctx.params["sample"]
+                example.sample_name = typed.sample
         try:
             calls = call_examples(examples, _predict(ctx))
         except InvalidArgument as exc:
             raise InputRecordError(str(path), "examples", exc.message) from exc
-        _write_part(self.shard_result(ctx.output_stem), calls, _contigs_param(ctx.settings, ctx.params))
+        _write_part(self.shard_result(ctx.output_stem), calls, _contigs_param(ctx.settings, typed))
         return 1
 
     def merge(self, inputs: list[Path], shards: list[tuple[PlannedShard, Path]], output_dir: Path,
@@ -321,6 +342,6 @@ class CallExamples(_VariantsKind):
         # Lengths come from the shards (resolved there from `contigs` or `reference`, which needs
         # the settings); without either, the examples' contigs are listed without a length (write_calls).
         contigs = next((part_contigs for _, part_contigs in parts if part_contigs), [])
-        sample = params.get("sample") or next((c.sample_name for c in calls if c.sample_name), "") or "SAMPLE"
+        sample = self.typed(params).sample or next((c.sample_name for c in calls if c.sample_name), "") or "SAMPLE"
         _write_final(final, calls, contigs, sample)
         return [final]
