@@ -318,12 +318,6 @@ def aligned_dense(counts: Counts, alignment: GeneAlignment, log1p: bool = False)
     return out
 
 
-def library_sizes(dense: Array) -> Array:
-    """Total counts per cell: float32 [n_cells]."""
-    out: Array = dense.sum(axis=1, dtype=np.float64).astype(np.float32)
-    return out
-
-
 def cell_ids(ids: Sequence[str], n_cells: int, field: str = "counts.cell_ids") -> list[str]:
     """The given ids (one per cell) or ``cell0..`` when none are given."""
     if not ids:

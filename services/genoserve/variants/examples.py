@@ -196,7 +196,8 @@ def read_examples(path: str | Path) -> Iterator[PileupExample]:
 
 
 def to_variant(example: PileupExample) -> variants_pb2.Variant:
-    """The Nucleus Variant make_examples would store for ``example`` (with AD/DP/VAF when known)."""
+    """The Nucleus Variant make_examples would store for ``example`` (DP, AD and VAF with it when
+    its AD is known)."""
     variant = variants_pb2.Variant(
         reference_name=example.reference_name,
         start=example.start,
@@ -232,10 +233,3 @@ def serialize_example(example: PileupExample) -> bytes:
 def write_examples(path: str | Path, examples: Iterable[PileupExample]) -> int:
     """Write ``examples`` as a make_examples-style TFRecord (gzip for ``.gz``); returns the count."""
     return write_records(path, (serialize_example(e) for e in examples))
-
-
-def stack_images(examples: list[PileupExample]) -> npt.NDArray[np.uint8]:
-    """The images of ``examples`` as one uint8 batch ``(n, height, width, channels)``."""
-    if not examples:
-        return np.zeros((0, 100, 221, 7), dtype=np.uint8)
-    return np.stack([e.image for e in examples])

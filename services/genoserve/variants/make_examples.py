@@ -197,7 +197,8 @@ def make_examples(
 ) -> tuple[list[Candidate], list[PileupExample]]:
     """Candidates in ``region`` and their pileup examples (``channels`` 6 or 7), in position order.
 
-    ``realign`` (default on, as DeepVariant) realigns reads locally before counting and drawing.
+    ``realign`` (default on, as DeepVariant) realigns reads locally before counting and drawing;
+    when ``realigner`` is given, its ``enabled`` decides instead.
     """
     if channels not in (6, 7):
         raise InvalidArgument.field("channels", f"must be 6 or 7, got {channels}")

@@ -1,8 +1,9 @@
 """Aligned reads from a BAM (pysam) in the form the allele counter and the pileup encoder need.
 
 Read filters follow DeepVariant's make_examples defaults (``ReadRequirements`` and the SAM reader
-options): unmapped, secondary, supplementary, duplicate, QC-failed and improperly paired reads
-are dropped, and so are reads with mapping quality below ``min_mapping_quality`` (5).
+options): unmapped, secondary, supplementary, duplicate and QC-failed reads are dropped, and so
+are paired reads whose mate is mapped to another contig (the proper-pair flag itself is not
+read) and reads with mapping quality below ``min_mapping_quality`` (5).
 """
 
 from __future__ import annotations
@@ -148,42 +149,6 @@ def with_alignment(read: Read, start: int, cigar: list[tuple[int, int]]) -> Read
         start=start,
         end=start + reference_length(cigar),
         cigar=cigar,
-        seq=read.seq,
-        quals=read.quals,
-        mapping_quality=read.mapping_quality,
-        reverse=read.reverse,
-        fragment_length=read.fragment_length,
-    )
-
-
-def unclip(read: Read, ref: str, ref_offset: int, max_mismatches: int = 4) -> Read:
-    """``read`` with its soft clips turned into aligned bases when the whole read then matches the
-    reference with at most ``max_mismatches`` mismatches (ungapped reads only).
-
-    An approximation of what DeepVariant's realigner does to such reads (it aligns whole reads to
-    the candidate haplotypes, so short clipped ends reappear as aligned bases). The limit of 4 is
-    the one that makes most of DeepVariant's golden pileups identical (31 of 84, against 20 with
-    2 and 29 with 8 or more; see ``genoserve.variants.compat``).
-    """
-    ops = [op for op, _ in read.cigar]
-    if OP_S not in ops or any(op not in (*MATCH_OPS, OP_S) for op in ops):
-        return read
-    lead = read.cigar[0][1] if read.cigar[0][0] == OP_S else 0
-    start = read.start - lead
-    lo = start - ref_offset
-    if lo < 0 or lo + len(read.seq) > len(ref):
-        return read
-    window = ref[lo : lo + len(read.seq)]
-    mismatches = sum(1 for a, b in zip(read.seq, window, strict=True) if a != b)
-    if mismatches > max_mismatches or "N" in window:
-        return read
-    return Read(
-        key=read.key,
-        name=read.name,
-        read_number=read.read_number,
-        start=start,
-        end=start + len(read.seq),
-        cigar=[(OP_M, len(read.seq))],
         seq=read.seq,
         quals=read.quals,
         mapping_quality=read.mapping_quality,

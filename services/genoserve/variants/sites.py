@@ -1,8 +1,8 @@
 """Grouping examples into candidate sites, and checking pileup layouts against a model.
 
 DeepVariant makes one example per alt allele and one per alt pair; a site can be called once all
-of its examples' probabilities are known. ``SiteBuffer`` collects them (across the batches of a
-stream) and hands back complete sites.
+of its examples' probabilities are known. ``SiteBuffer`` collects them (for ``pipeline.SiteCaller``:
+across the requests of a stream, or a whole set at once) and hands back complete sites.
 """
 
 from __future__ import annotations

@@ -86,7 +86,9 @@ def write_vcf(
     *,
     index: bool | None = None,
 ) -> Path:
-    """Write ``calls`` (sorted) to ``path``; ``.gz`` is bgzipped and, by default, tabix-indexed.
+    """Write ``calls``, in the order given (sorted by contig and position for an index:
+    ``pipeline.write_calls`` sorts them), to ``path``; ``.gz`` is bgzipped and, by default,
+    tabix-indexed.
 
     The file is written under a temporary name and renamed, so a reader never sees half a VCF.
     """
