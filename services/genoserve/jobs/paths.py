@@ -80,12 +80,20 @@ def _real_roots(roots: Sequence[Path]) -> list[Path]:
     return [Path(os.path.realpath(root)) for root in roots]
 
 
-def _outside(real: Path, roots: Sequence[Path]) -> str:
-    """ "" when ``real`` lies under one of ``roots``, else the rule broken."""
+def _outside(real: Path, roots: Sequence[Path], field: str) -> str:
+    """ "" when ``real`` lies under one of ``roots``, else the rule broken and how to widen the
+    roots: the setting (``jobs.output_roots`` for ``output_dir``, else ``jobs.input_roots``) and
+    its environment variable, with the roots as they are plus ``real``'s folder."""
     real_roots = _real_roots(roots)
     if any(real == root or real.is_relative_to(root) for root in real_roots):
         return ""
-    return f"outside the allowed roots ({', '.join(str(r) for r in real_roots)})"
+    kind = "output" if field == "output_dir" else "input"
+    wider = json.dumps([str(r) for r in real_roots] + [str(real.parent)])
+    return (
+        f"outside the allowed roots ({', '.join(str(r) for r in real_roots)}), setting jobs.{kind}_roots; "
+        f"to allow {real.parent}, start the server and the workers with GENOSERVE_JOBS__{kind.upper()}_ROOTS='{wider}' "
+        f"(or jobs.{kind}_roots in the --config YAML file)"
+    )
 
 
 def describe(mode: int) -> str:
@@ -126,7 +134,7 @@ def confine(raw: str, roots: Sequence[Path], field: str, must_exist: bool) -> Pa
         raise PathError.field(field, f"{_shown(raw)} does not exist") from exc
     except (OSError, RuntimeError) as exc:
         raise PathError.field(field, f"{_shown(raw)} cannot be resolved: {exc}") from exc
-    rule = _outside(real, roots)
+    rule = _outside(real, roots, field)
     if rule:
         raise PathError.field(field, f"{_shown(raw)} resolves to {real}, {rule}")
     if must_exist:
@@ -160,7 +168,7 @@ def _confined_now(path: Path | str, roots: Sequence[Path], field: str, kind: Cal
     raw = str(path)
     check_text(raw, field)
     real = Path(os.path.realpath(raw))
-    rule = _outside(real, roots)
+    rule = _outside(real, roots, field)
     if rule:
         raise PathError.field(field, f"{raw} resolves to {real}, {rule}")
     mode = _stat(real, raw, field).st_mode
@@ -340,7 +348,7 @@ def open_output_folder(recorded: Path, roots: Sequence[Path]) -> Folder:
         real = os.path.realpath(recorded)
         opened, named = os.fstat(fd), os.stat(real)
         target = real if (opened.st_dev, opened.st_ino) == (named.st_dev, named.st_ino) else f"{real} (another)"
-    rule = _outside(Path(target), roots) if target == str(recorded) else f"now resolves to {target}"
+    rule = _outside(Path(target), roots, "output_dir") if target == str(recorded) else f"now resolves to {target}"
     if rule:
         folder.close()
         raise PathError.field("output_dir", f"{recorded} {rule}; a job writes only into the folder it was given")

@@ -57,6 +57,28 @@ def test_outside_and_symlinks_out_are_refused(tmp_path: Path) -> None:
         confine("", [root], "output_dir", must_exist=False)
 
 
+def test_outside_the_roots_names_the_setting_and_how_to_set_it(tmp_path: Path) -> None:
+    """A newcomer's first job usually names a file outside the server's working directory."""
+    root, data, results = tmp_path / "root", tmp_path / "data", tmp_path / "results"
+    for folder in (root, data):
+        folder.mkdir()
+    (data / "rows.npy").write_bytes(b"x")
+    with pytest.raises(InvalidArgument) as info:
+        confine(str(data / "rows.npy"), [root], "inputs[0]", must_exist=True)
+    [violation] = info.value.violations
+    assert violation.description == (
+        f"{str(data / 'rows.npy')!r} resolves to {data / 'rows.npy'}, outside the allowed roots ({root}), "
+        f"setting jobs.input_roots; to allow {data}, start the server and the workers with "
+        f'GENOSERVE_JOBS__INPUT_ROOTS=\'["{root}", "{data}"]\' (or jobs.input_roots in the --config YAML file)'
+    )
+    with pytest.raises(InvalidArgument) as info:
+        confine(str(results / "out"), [root], "output_dir", must_exist=False)
+    assert "setting jobs.output_roots; to allow" in info.value.message
+    assert f'GENOSERVE_JOBS__OUTPUT_ROOTS=\'["{root}", "{results}"]\'' in info.value.message
+    with pytest.raises(PathError, match=r"setting jobs\.input_roots; .*GENOSERVE_JOBS__INPUT_ROOTS="):
+        input_file(data / "rows.npy", [root], "params[bed]")
+
+
 def test_path_text_the_os_cannot_take_is_refused_naming_the_field(tmp_path: Path) -> None:
     cases = [
         (str(tmp_path / "a\0b.npy"), "NUL"),
