@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,3 +200,39 @@ def test_another_tenants_job_is_not_found(tmp_path: Path) -> None:
         assert [j.id for j in a.list_jobs()] == [job.id]
         assert b.list_jobs() == []
         assert a.cancel_job(job.id).state == jobs_pb2.JOB_STATE_CANCELLED
+
+
+def _wait_for_log(worker: WorkerProcess, text: str, timeout: float = 60.0) -> None:
+    end = time.monotonic() + timeout
+    while text not in worker.log():
+        assert worker.proc is not None
+        assert worker.proc.poll() is None, worker.log()
+        assert time.monotonic() < end, worker.log()
+        time.sleep(0.2)
+
+
+def test_a_second_worker_runs_without_metrics_when_the_port_is_taken(tmp_path: Path) -> None:
+    """``genoserve worker`` next to ``make serve`` (whose worker holds port 9096) runs jobs: it
+    warns that the port is taken and serves no /metrics of its own."""
+    config = write_config(tmp_path)
+    first = WorkerProcess(config, tmp_path / "first.log").start()
+    port = first.metrics_port
+    second = WorkerProcess(config, tmp_path / "second.log", "--metrics-port", str(port))
+    try:
+        _wait_for_log(first, f"worker /metrics on port {port}")
+        second.start()
+        _wait_for_log(second, f"worker /metrics port {port} is in use")
+        assert "runs without a /metrics endpoint of its own" in second.log()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+            assert answer.status == 200
+        first.stop()  # the job below can only run on the second worker
+        rows(tmp_path / "second.npy", 300)
+        with job_server(config, tmp_path / "server.log") as server, Client(server.address) as client:
+            job = client.submit_job("platform.score_rows", [str(tmp_path / "second.npy")], str(tmp_path / "out"))
+            final = wait_for_job(client, job.id)
+        assert final.state == jobs_pb2.JOB_STATE_SUCCEEDED, final.error
+        assert second.proc is not None
+        assert second.proc.poll() is None, second.log()
+    finally:
+        first.stop()
+        second.stop()

@@ -338,7 +338,11 @@ def models_index(**conn: Any) -> None:
 @click.option("--config", type=click.Path(path_type=Path, exists=True), help="YAML settings file.")
 @click.option("--queues", help="Comma-separated queues (families) to consume; default all.")
 @click.option("--concurrency", type=int, help="Prefork worker processes (default 1).")
-@click.option("--metrics-port", type=int, help="Worker /metrics port (default 9096; 0 disables).")
+@click.option(
+    "--metrics-port", type=int,
+    help="Worker /metrics port (default 9096; 0 disables). When another process holds it (make serve's worker), "
+    "the worker logs a warning and runs without an endpoint of its own.",
+)  # fmt: skip
 @click.option(
     "--model-dir",
     help="Model repository: a folder, a mounted volume or s3://bucket/prefix (default models/).",

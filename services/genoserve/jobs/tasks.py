@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -52,9 +53,14 @@ def register_tasks(app: Celery, settings: Settings) -> None:
             raise store_down(exc) from exc
 
 
-def start_worker_metrics(settings: Settings) -> None:
-    if not settings.worker.metrics_port:
-        return
+def start_worker_metrics(settings: Settings) -> bool:
+    """Serve the worker's /metrics on ``worker.metrics_port`` (0: none). When another process
+    holds the port (the worker of ``genoserve serve --with-worker`` on this host, or another
+    ``genoserve worker``), log a warning naming the port and run without an endpoint of its own
+    rather than fail: the worker still runs jobs. Whether an endpoint is served."""
+    port = settings.worker.metrics_port
+    if not port:
+        return False
     from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
     from genoserve.runtime.gpu_metrics import register_gpu_metrics
@@ -63,12 +69,21 @@ def start_worker_metrics(settings: Settings) -> None:
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     register_gpu_metrics(settings.runtime, registry)
     try:
-        start_http_server(settings.worker.metrics_port, registry=registry)
+        start_http_server(port, registry=registry)
     except OSError as exc:
-        raise Unavailable(
-            f"cannot serve the worker's /metrics on port {settings.worker.metrics_port}: {exc.strerror} "
-            "(another worker on this host? give each its own --metrics-port, or 0 for none)"
-        ) from exc
+        if exc.errno != errno.EADDRINUSE:
+            raise Unavailable(
+                f"cannot serve the worker's /metrics on port {port}: {exc.strerror} "
+                "(give the worker another --metrics-port, or 0 for none)"
+            ) from exc
+        log.warning(
+            "worker /metrics port %d is in use (another worker on this host, e.g. make serve's?): "
+            "this worker runs without a /metrics endpoint of its own; give it --metrics-port PORT for one",
+            port,
+        )
+        return False
+    log.info("worker /metrics on port %d", port)
+    return True
 
 
 def advertise_consumers(settings: Settings, consuming: bool = True) -> None:
