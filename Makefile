@@ -35,6 +35,7 @@ $(INSTALLED): pyproject.toml setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[cpu,dev,train,import]'
+	$(PIP) install -q --no-deps 'cellpose>=3.0,<4'   # see the import extra in pyproject.toml
 	touch $@
 
 # gRPC stubs + typed .pyi for every package under protos/ (genoserve.v1, and the message-only
