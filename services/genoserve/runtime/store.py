@@ -76,15 +76,17 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _declared_versions(text: bytes) -> dict[str, str]:
-    """``{version: sha256}`` as a model.yaml lists them; {} when it cannot be read (the registry
-    reports why when it scans the mirrored file)."""
+def _declared_versions(text: bytes) -> tuple[str, dict[str, str]]:
+    """The family and ``{version: sha256}`` as a model.yaml gives them; ("", {}) when it cannot be
+    read (the registry reports why when it scans the mirrored file)."""
     try:
         raw = yaml.safe_load(text)
         versions = raw.get("versions") or []
-        return {str(v["version"]): str(v.get("sha256", "")) for v in versions if isinstance(v, dict)}
+        return str(raw.get("family", "")), {
+            str(v["version"]): str(v.get("sha256", "")) for v in versions if isinstance(v, dict)
+        }
     except (yaml.YAMLError, AttributeError, KeyError, TypeError):
-        return {}
+        return "", {}
 
 
 class S3Store:
@@ -93,13 +95,15 @@ class S3Store:
     Uses obstore (the Rust ``object_store`` crate: retries, AWS credential chain, any S3 API).
     """
 
-    def __init__(self, url: str, settings: ModelStoreSettings) -> None:
+    def __init__(self, url: str, settings: ModelStoreSettings, families: tuple[str, ...] = ()) -> None:
         from obstore.store import S3Store as _Client
 
         parsed = urlparse(url)
         if parsed.scheme != "s3" or not parsed.netloc:
             raise ValueError(f"model repository {url!r}: expected s3://bucket/prefix")
         self._location = url.rstrip("/")
+        #: Only these families' version files are fetched (a server for one family needs no others').
+        self.families = families
         self.bucket = parsed.netloc
         self.prefix = parsed.path.strip("/")
         self.root = settings.cache_dir / self.bucket / self.prefix if self.prefix else settings.cache_dir / self.bucket
@@ -197,7 +201,9 @@ class S3Store:
         else:
             fresh = False
         text = (folder / f".{MODEL_FILE}.new" if fresh else yaml_path).read_bytes()
-        declared = _declared_versions(text)
+        family, declared = _declared_versions(text)
+        if self.families and family not in self.families:
+            declared = {}  # listed for the registry, which leaves it out; no version files
         for version, sha256 in declared.items() if files else ():
             prefix = f"{name}/{version}/"
             for key, etag in objects.items():
@@ -235,7 +241,7 @@ def open_store(settings: RuntimeSettings) -> ModelStore:
     """The store ``runtime.model_repository`` (else ``runtime.model_dir``) names."""
     where = settings.model_repository
     if where.startswith("s3://"):
-        return S3Store(where, settings.store)
+        return S3Store(where, settings.store, settings.families)
     if "://" in where:
         raise ValueError(f"runtime.model_repository {where!r}: expected a local path or s3://bucket/prefix")
     return LocalStore(Path(where) if where else settings.model_dir)

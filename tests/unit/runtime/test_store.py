@@ -135,3 +135,16 @@ async def test_the_repository_serves_from_object_storage(s3: S3Server, bucket: s
         np.testing.assert_allclose(out["y"], linear_reference(x, seed=3), rtol=1e-5, atol=1e-6)
     finally:
         await repository.close(1)
+
+
+def test_a_server_for_some_families_fetches_only_their_version_files(s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    write_model(tmp_path / "src", linear_spec("mine"), {1: linear_onnx()})
+    write_model(tmp_path / "src", {**linear_spec("theirs"), "family": "embedding"}, {1: linear_onnx()})
+    publish(s3, bucket, tmp_path / "src", "mine")
+    publish(s3, bucket, tmp_path / "src", "theirs")
+    store = S3Store(f"s3://{bucket}/repo", store_settings(s3, tmp_path / "cache"), families=("platform",))
+    local = store.sync()
+    assert (local / "mine" / "1" / "model.onnx").is_file()
+    assert (local / "theirs" / "model.yaml").is_file()
+    assert not (local / "theirs" / "1").exists()
+    assert [r.name for r in scan(local, families=("platform",))] == ["mine"]
