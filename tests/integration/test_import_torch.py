@@ -81,18 +81,19 @@ def save_export(module: torch.nn.Module, example: torch.Tensor, path: Path, dyna
 
 
 def real_windows(n: int = 24) -> list[tuple[str, str]]:
-    """``n`` windows of 101 bp of hg19 chr20 (every 997 bp from 10,000,000), upper case."""
+    """``n`` windows of 101 bp of hg19 chr20, upper case: the first straddles the start of the
+    sequenced part (50 N, then bases), the others start every 997 bp from 10,000,000."""
     with pysam.FastaFile(str(REFERENCE)) as fasta:
-        starts = [10_000_000 + 997 * i for i in range(n)]
+        starts = [9_994_950] + [10_000_000 + 997 * i for i in range(n - 1)]
         return [(f"chr20_{s}", fasta.fetch("chr20", s, s + LENGTH).upper()) for s in starts]
 
 
 def one_hot(sequence: str) -> np.ndarray:
-    """float32 [len, 4], A C G T columns, anything else all zero (as the binding family encodes)."""
-    out = np.zeros((len(sequence), 4), np.float32)
+    """float32 [len, 4], A C G T columns; N is 0.25 in each, as genoserve.binding.encoding encodes it."""
+    out = np.full((len(sequence), 4), 0.25, np.float32)
     for i, base in enumerate(sequence):
         if base in "ACGT":
-            out[i, "ACGT".index(base)] = 1.0
+            out[i] = np.eye(4, dtype=np.float32)["ACGT".index(base)]
     return out
 
 
@@ -125,7 +126,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     root = tmp_path_factory.mktemp("import-torch")
     models = root / "models"
     cnn, mlp = seeded(BindingCNN), seeded(PlatformMLP, 1)
-    example = torch.from_numpy(np.stack([one_hot(s) for _, s in real_windows(2)]))
+    example = torch.from_numpy(np.stack([one_hot(s) for _, s in real_windows(3)[1:]]))
     torch.jit.save(torch.jit.script(cnn), str(root / "cnn.pt"))
     save_export(cnn, example, root / "cnn.pt2")
     save_export(mlp, torch.zeros(2, 16), root / "mlp.pt2")
@@ -183,6 +184,7 @@ def test_predict_binding_equals_torch_sigmoid(rig: Rig, model: str) -> None:
     assert score_diff <= TOLERANCE
     assert logit_diff <= TOLERANCE
     assert logits.std() > 0.01  # the windows score differently: a real comparison
+    assert rig.windows[0][1].count("N") == 50  # and N is encoded as the family does
 
 
 def test_platform_infer_equals_torch(rig: Rig) -> None:

@@ -4,14 +4,15 @@ The file is loaded with torch itself (``torch.jit.load`` for ``torch.jit.save`` 
 ``torch.export.load`` for ``torch.export.save`` ones, usually ``.pt2``), exported to ONNX with
 ``torch.onnx.export`` (the TorchScript-based exporter, ``dynamo=False``: the dynamo one needs
 onnxscript, which the ``import`` extra does not install) with a dynamic batch dimension, and run
-on made-up inputs by both torch and ONNX Runtime: one-hot DNA (ACGT, some N) for a binding model,
-standard normal values for a platform model, at batch sizes other than the export's. Any output
+on made-up inputs by both torch and ONNX Runtime (one-hot DNA for a binding model, about 5% N
+encoded 0.25 in each channel as ``genoserve.binding.encoding`` does; standard normal values for a
+platform model) at batch sizes other than the export's as well as at it. Any output
 further than ``TOLERANCE`` (max abs) from torch's refuses the import; otherwise the model goes
 through ``genoserve.runtime.authoring.add_version`` (the server's checks and a warm-up run).
 
 What a file must be:
 
-- one float32 input; binding: [batch, length, 4] one-hot A, C, G, T (N all zero), the length
+- one float32 input; binding: [batch, length, 4] one-hot A, C, G, T (N 0.25 each), the length
   fixed; platform: [batch, ...] with every size after the batch fixed;
 - binding: one output, float32 [batch, tasks] logits (genoserve applies the sigmoid);
   platform: a tensor or a tuple of tensors, each [batch, ...];
@@ -54,7 +55,7 @@ EXAMPLE_BATCH = 2
 #: example's batch size as a constant fails or disagrees at these.
 CHECK_BATCHES = (1, 7)
 OPSET = 17
-#: Fraction of positions made N (all zero) in the made-up binding inputs.
+#: Fraction of positions made N (0.25 in each channel) in the made-up binding inputs.
 N_FRACTION = 0.05
 
 
@@ -199,9 +200,9 @@ def add_onnx(repository: Path, name: str, graph: bytes, settings: RuntimeSetting
 
 
 def one_hot_dna(batch: int, length: int, rng: np.random.Generator) -> Array:
-    """float32 [batch, length, 4]: random bases one-hot in ACGT order, about 5% N (all zero)."""
+    """float32 [batch, length, 4]: random bases one-hot in ACGT order, about 5% N (0.25 each)."""
     x = np.eye(4, dtype=np.float32)[rng.integers(0, 4, size=(batch, length))]
-    x[rng.random((batch, length)) < N_FRACTION] = 0.0
+    x[rng.random((batch, length)) < N_FRACTION] = 0.25
     return x
 
 
