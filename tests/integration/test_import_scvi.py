@@ -169,3 +169,43 @@ def test_refuses_covariates_the_encoder_takes_and_accepts_decoder_only_ones(tmp_
     assert spec["preprocessing"]["encode_covariates"] is False
     assert spec["preprocessing"]["batch_key"] == ""
     assert "decoder-only covariates ['louvain', 'phase']" in spec["description"]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"log_variational": False, "gene_likelihood": "nb"},
+        {"use_observed_lib_size": False, "gene_likelihood": "poisson", "encode_covariates": True},
+        {"n_layers": 2, "deeply_inject_covariates": False, "encode_covariates": True, "use_layer_norm": "both",
+         "use_batch_norm": "none"},
+    ],
+    ids=["raw-counts-nb", "library-encoder-poisson", "layer-norm-shallow-injection"],
+)  # fmt: skip
+def test_module_options_give_scvi_tools_posterior(tmp_path: Path, options: dict[str, Any]) -> None:
+    """Options that change the encoder's computation: the imported graph gives scvi-tools' own
+    posterior on the real counts (weights as initialised: the wiring is what is checked)."""
+    import onnxruntime as ort
+
+    from genoserve.core.settings import RuntimeSettings
+    from genoserve.importers.scvi import import_scvi, scvi_posterior
+
+    scvi.settings.seed = 0
+    adata = ad.read_h5ad(PBMC)[:300].copy()
+    scvi.model.SCVI.setup_anndata(adata, layer="counts", batch_key=BATCH_KEY)
+    model = scvi.model.SCVI(adata, n_hidden=32, n_latent=6, **options)
+    model.save(str(tmp_path / "scvi"))
+    done = import_scvi(tmp_path / "scvi", tmp_path / "models", "m", RuntimeSettings())
+    assert done.summary.log_variational == options.get("log_variational", True)
+    assert done.summary.observed_library == options.get("use_observed_lib_size", True)
+    counts = adata.layers["counts"].toarray().astype(np.float32)
+    batch = None
+    feeds = {"counts": counts}
+    if done.summary.takes_batch:
+        batch = (adata.obs[BATCH_KEY].to_numpy()[:, None] == np.array(done.summary.batches)[None]).astype(np.float32)
+        feeds["batch"] = batch
+    session = ort.InferenceSession(str(tmp_path / "models" / "m" / "1" / "model.onnx"))
+    mean, var = session.run(["latent_mean", "latent_var"], feeds)
+    want_mean, want_var = scvi_posterior(model.module.eval(), counts, batch)
+    assert np.abs(mean - want_mean).max() <= TOLERANCE
+    assert np.abs(var - want_var).max() <= TOLERANCE
+    assert ("batch" in feeds) == bool(options.get("encode_covariates"))

@@ -5,7 +5,8 @@ What is taken from the directory, and how (the sources are scvi-tools 1.4's
 ``Encoder.forward`` and ``FCLayers.forward``, and ``scvi/model/base/_vaemixin.py``
 ``get_latent_representation``):
 
-- the encoder: scvi-tools' own module, loaded by ``SCVI.load(dir, adata=False)``; the graph is
+- the encoder: scvi-tools' own module, loaded by ``SCVI.load(dir, adata=False)`` (or, for a model
+  scvi-tools cannot build without data, with a placeholder AnnData from the registry); the graph is
   its z encoder as ``_regular_inference`` calls it: log1p of the counts when the module's
   ``log_variational`` is true (raw counts otherwise), the batch one-hot given to the encoder's
   ``FCLayers`` (which take a one-hot as it is, and inject it into every layer when
@@ -81,6 +82,33 @@ def _refuse(model_dir: Path, rule: str) -> InvalidArgument:
     return InvalidArgument.field("model_dir", f"{model_dir}: {rule}")
 
 
+def _placeholder_adata(registry: dict[str, Any]) -> Any:
+    """An AnnData ``SCVI.load`` accepts for ``registry``'s setup: its genes (counts of 1), every
+    category of its batch, labels and categorical covariates, zero continuous covariates."""
+    import anndata as ad
+
+    fields, setup = registry["field_registries"], registry["setup_args"]
+    genes = [str(g) for g in fields["X"]["state_registry"]["column_names"]]
+    columns: dict[str, list[Any]] = {}
+    for field, key in (("batch", "batch_key"), ("labels", "labels_key")):
+        if setup.get(key):
+            columns[setup[key]] = list(fields[field]["state_registry"]["categorical_mapping"])
+    columns |= {k: list(v) for k, v in fields.get("extra_categorical_covs", {}).get("state_registry", {})
+                .get("mappings", {}).items()}  # fmt: skip
+    n = max([2, *(len(values) for values in columns.values())])
+    obs = {key: [values[i % len(values)] for i in range(n)] for key, values in columns.items()}
+    obs |= {key: [0.0] * n for key in setup.get("continuous_covariate_keys") or []}
+    if setup.get("size_factor_key"):
+        obs[setup["size_factor_key"]] = [1.0] * n
+    counts = np.ones((n, len(genes)), dtype=np.float32)
+    adata = ad.AnnData(counts, obs={k: np.asarray(v) for k, v in obs.items()})
+    adata.obs_names = [f"cell{i}" for i in range(n)]
+    adata.var_names = genes
+    if setup.get("layer"):
+        adata.layers[setup["layer"]] = counts
+    return adata
+
+
 def load_scvi(model_dir: Path) -> tuple[Any, ScviSummary]:
     """The saved SCVI model (on the CPU, eval mode) and what the importer needs of it;
     INVALID_ARGUMENT naming what is missing or not supported."""
@@ -97,8 +125,15 @@ def load_scvi(model_dir: Path) -> tuple[Any, ScviSummary]:
         raise _refuse(model_dir, f"holds a {model_name} model; the importer takes scvi.model.SCVI models")
     try:
         model = scvi.model.SCVI.load(str(model_dir), adata=False, accelerator="cpu")
-    except Exception as exc:
-        raise _refuse(model_dir, f"scvi-tools cannot load it: {type(exc).__name__}: {exc}") from exc
+    except Exception:
+        # scvi-tools 1.4 cannot build some models without an AnnData (use_observed_lib_size=False
+        # computes the library prior from the data): give it a placeholder with the registry's
+        # genes and categories; the state dict then overwrites whatever it computed.
+        try:
+            placeholder = _placeholder_adata(registry)
+            model = scvi.model.SCVI.load(str(model_dir), adata=placeholder, accelerator="cpu")
+        except Exception as exc:
+            raise _refuse(model_dir, f"scvi-tools cannot load it: {type(exc).__name__}: {exc}") from exc
     module = model.module.eval()
     fields = registry.get("field_registries", {})
     setup = registry.get("setup_args", {})
