@@ -2,7 +2,7 @@
 
 A binding model (model.yaml ``family: binding``) scores DNA:
 
-- one input, float32 [batch, length, 4]: one-hot A, C, G, T (N: all zero), ``length`` fixed;
+- one input, float32 [batch, length, 4]: one-hot A, C, G, T (N: 0.25 in each), ``length`` fixed;
 - one output, float32 [batch, tasks]: a logit per task (``labels`` name the tasks);
 - ``preprocessing`` (``BindingPreprocessing``): ``default_strand`` and the documented constants.
 """
@@ -21,7 +21,7 @@ class BindingPreprocessing(Preprocessing):
     sequence_length: int | None = None
     #: The one-hot order of the input's last axis (the only one the family encodes).
     alphabet: Literal["ACGT"] = "ACGT"
-    #: The base encoded as all zeros.
+    #: The base encoded as uniform (0.25 in each channel; ``genoserve.binding.encoding``).
     unknown: Literal["N"] = "N"
     #: Strand scoring when a request does not choose: forward only, or the max / mean of both.
     default_strand: Literal["forward", "max", "mean"] = "max"
