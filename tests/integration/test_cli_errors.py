@@ -11,6 +11,7 @@ import pysam
 import pytest
 
 from tests.support.server import ServerProcess
+from tests.support.terminal import run_on_a_terminal
 
 pytestmark = pytest.mark.integration
 
@@ -160,3 +161,44 @@ def test_models_list_gives_a_broken_model_its_reason_in_the_last_column(tmp_path
     assert broken.split()[:6] == ["broken-mlp", "platform", "1", "no", "x:float32[?,128]", "y:float32[?,16]"]
     assert "sha256" in broken.split("y:float32[?,16]", 1)[1]
     assert good.split() == ["platform-mlp", "platform", "1", "yes", "x:float32[?,128]", "y:float32[?,16]"]
+
+
+def test_errors_are_printed_once_naming_the_flags_as_the_cli_spells_them(server: ServerProcess, tmp_path: Path) -> None:
+    long = "A" * 150
+    result = genoserve(server, "predict", "binding", "--model", "pwm-ctcf", "--sequence", long, "--sequence", "ACGQ")
+    assert_clean_error(result)
+    assert result.stderr.splitlines() == [
+        "error (INVALID_ARGUMENT): sequences[0].bases: sequence 'seq0': length 150 exceeds the model's 101; "
+        "pass --crop to centre-crop it",
+        "  sequences[1].bases: sequence 'seq1': invalid character 'Q' at position 3 "
+        "(allowed: A, C, G, T, N in any case)",
+    ]
+    h5ad = DATA / "embedding" / "pbmc68k_reduced_counts_700x765.h5ad"
+    out = tmp_path / "out.h5ad"
+    result = genoserve(server, "predict", "embedding", "--h5ad", str(h5ad), "--output", str(out),
+                       "--min-gene-overlap", "1.5")  # fmt: skip
+    assert_clean_error(result)
+    assert result.stderr == "error (INVALID_ARGUMENT): message 0: --min-gene-overlap: must be within [0, 1], got 1.5\n"
+    result = genoserve(server, "predict", "embedding", "--h5ad", str(h5ad), "--output", str(out), "--batch-key", "x")
+    assert_clean_error(result, "Invalid value for '--batch-key'", "obs has no column 'x'; columns: ['bulk_labels'")
+    assert not out.exists()
+
+
+def test_predict_variants_draws_progress_on_a_terminal_only(server: ServerProcess, tmp_path: Path) -> None:
+    """make_examples takes most of the time: the bar counts the region's base pairs as pileups are made."""
+    args = [sys.executable, "-m", "genoserve.cli.main", "predict", "variants", "--bam", str(BAM), "--reference",
+            str(REF), "--regions", "chr20:10000001-10003000", "--address", server.address]  # fmt: skip
+    code, _, terminal = run_on_a_terminal([*args, "--output", str(tmp_path / "bar.vcf")])
+    assert code == 0, terminal
+    assert "pileups:  33%" in terminal
+    assert "3.00k/3.00k [" in terminal
+    assert "sites=" in terminal
+    assert terminal.rstrip().endswith(f"written to {tmp_path / 'bar.vcf'}")
+    code, _, terminal = run_on_a_terminal([*args, "--output", str(tmp_path / "quiet.vcf"), "--quiet"])
+    assert code == 0, terminal
+    assert "pileups" not in terminal
+    result = subprocess.run([*args, "--output", str(tmp_path / "piped.vcf")], capture_output=True, text=True,
+                            timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "pileups" not in result.stderr
+    assert (tmp_path / "bar.vcf").read_text() == (tmp_path / "quiet.vcf").read_text()

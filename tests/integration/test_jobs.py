@@ -22,6 +22,7 @@ from genoserve.v1 import jobs_pb2
 from tests.support.jobs import WorkerProcess, job_server, wait_for_job, write_config
 from tests.support.redis import RedisServer
 from tests.support.server import ServerProcess
+from tests.support.terminal import run_on_a_terminal
 
 pytestmark = pytest.mark.integration
 
@@ -97,13 +98,36 @@ def test_cli_submit_watch_status_list(rig: Rig) -> None:
     assert submitted.returncode == 0, submitted.stderr
     job_id, output = submitted.stdout.split()
     assert output == str(rig.root / "cli-out" / "cli.scores.npy")
-    assert "3/3 shards" in submitted.stderr
-    assert "SUCCEEDED" in submitted.stderr
+    # stderr is no terminal here: no progress bar, one line with the outcome
+    assert submitted.stderr.startswith(f"job {job_id} SUCCEEDED: 3/3 shards, 1200/1200 items in "), submitted.stderr
+    assert len(submitted.stderr.splitlines()) == 1, submitted.stderr
     status = subprocess.run([*cli, "status", job_id, *address], capture_output=True, text=True, timeout=60)
     assert "SUCCEEDED" in status.stdout
     assert "items 1200/1200" in status.stdout
     listed = subprocess.run([*cli, "list", *address], capture_output=True, text=True, timeout=60)
     assert job_id in listed.stdout
+    watched = subprocess.run([*cli, "watch", "j0000000000000000", *address], capture_output=True, text=True,
+                             timeout=60)  # fmt: skip
+    assert watched.returncode == 2, watched.stderr
+    assert watched.stderr == "error (NOT_FOUND): job 'j0000000000000000' not found\n"
+
+
+def test_cli_draws_job_progress_on_a_terminal_only(rig: Rig) -> None:
+    rows(rig.root / "bar.npy", 1200)
+    submit = [sys.executable, "-m", "genoserve.cli.main", "jobs", "submit", "platform.score_rows",
+              "--input", str(rig.root / "bar.npy"), "--param", "shard_size=400", "--watch",
+              "--address", rig.server.address]  # fmt: skip
+    code, stdout, terminal = run_on_a_terminal([*submit, "--output", str(rig.root / "bar-out")])
+    assert code == 0, terminal
+    job_id = stdout.split()[0]
+    assert f"job {job_id}: 100%" in terminal  # the tqdm bar: items done of the job's items
+    assert "1.20k/1.20k [" in terminal
+    assert "3/3 shards, SUCCEEDED]" in terminal
+    assert f"job {job_id} SUCCEEDED: 3/3 shards, 1200/1200 items in " in terminal
+    code, stdout, terminal = run_on_a_terminal([*submit, "--output", str(rig.root / "quiet-out"), "--quiet"])
+    assert code == 0, terminal
+    assert "%" not in terminal
+    assert terminal.strip().startswith(f"job {stdout.split()[0]} SUCCEEDED: 3/3 shards")
 
 
 def test_bad_record_fails_the_job_naming_file_and_row_and_cli_exits_nonzero(rig: Rig) -> None:
@@ -177,6 +201,23 @@ def test_existing_outputs_need_overwrite(rig: Rig) -> None:
         assert first.state == jobs_pb2.JOB_STATE_SUCCEEDED
         with pytest.raises(AlreadyExists, match="overwrite=true"):
             client.submit_job(*args)
+        refused = subprocess.run(
+            [sys.executable, "-m", "genoserve.cli.main", "jobs", "submit", args[0], "--input", args[1][0],
+             "--output", args[2], "--param", "overwrite=yes", "--address", rig.server.address],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert refused.returncode == 2
+        assert refused.stderr == (
+            "error (INVALID_ARGUMENT): --param overwrite: must be true or false, got 'yes' (1 and 0 work too)\n"
+        )
+        again_cli = subprocess.run(
+            [sys.executable, "-m", "genoserve.cli.main", "jobs", "submit", args[0], "--input", args[1][0],
+             "--output", args[2], "--address", rig.server.address],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert again_cli.returncode == 2
+        assert "already exists; pass --param overwrite=true to replace it" in again_cli.stderr
+        assert again_cli.stderr.count("\n") == 1
         again = wait_for_job(client, client.submit_job(*args, {"overwrite": "true"}).id)
         assert again.state == jobs_pb2.JOB_STATE_SUCCEEDED
 
@@ -199,6 +240,12 @@ def test_another_tenants_job_is_not_found(tmp_path: Path) -> None:
             b.cancel_job(job.id)
         assert [j.id for j in a.list_jobs()] == [job.id]
         assert b.list_jobs() == []
+        listed = subprocess.run(
+            [sys.executable, "-m", "genoserve.cli.main", "jobs", "list", "--address", server.address,
+             "--token", "token-b"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert listed.stdout == "no jobs\n", listed.stderr
         assert a.cancel_job(job.id).state == jobs_pb2.JOB_STATE_CANCELLED
 
 

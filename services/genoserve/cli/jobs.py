@@ -11,7 +11,7 @@ from typing import Any
 import click
 from google.protobuf import json_format
 
-from genoserve.cli.common import client_options, make_client, or_exit
+from genoserve.cli.common import Flags, client_options, make_client, or_exit, progress_bar, quiet_option
 from genoserve.v1 import jobs_pb2
 
 STATE_NAMES = [jobs_pb2.JobState.Name(v).removeprefix("JOB_STATE_") for v in jobs_pb2.JobState.values()][1:]
@@ -31,50 +31,44 @@ def _duration(seconds: float) -> str:
     return f"{seconds}s"
 
 
-def _count(n: float) -> str:
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f}{unit}"
-    return f"{n:.0f}"
+def job_flags() -> Flags:
+    """How ``jobs submit`` spells a job's fields in errors: ``params[crop]`` is ``--param crop``,
+    a hint to set a boolean param ``--param crop=true``, ``output_dir`` ``--output``, ``inputs[0]``
+    ``--input[0]``."""
+    from genoserve.jobs.kinds import KINDS  # only when an error is shown: it imports every family
+
+    booleans = {name: f"--param {name}=true" for kind in KINDS.values() for name in kind.flags}
+    return Flags({"output_dir": "--output", "inputs": "--input", **booleans}, params=True)
 
 
-def progress_line(event: jobs_pb2.JobEvent, width: int = 30) -> str:
-    """``[#####-----] 12/40 shards  1.2M/4.0M items  35.1k items/s  ETA 1m20s  RUNNING``."""
-    job = event.job
-    fraction = job.items_done / job.items_total if job.items_total else 0.0
-    filled = round(fraction * width)
-    parts = [
-        f"[{'#' * filled}{'-' * (width - filled)}]",
-        f"{job.shards_done}/{job.shards_total} shards",
-        f"{_count(job.items_done)}/{_count(job.items_total)} items",
-        f"{_count(event.items_per_second)} items/s",
-    ]
-    if event.eta_seconds:
-        parts.append(f"ETA {_duration(event.eta_seconds)}")
-    parts.append(state_name(job.state))
-    return "  ".join(parts)
+def _watch(client: Any, job_id: str, quiet: bool) -> jobs_pb2.Job:
+    """The job's last state, with a progress bar on stderr meanwhile: items of the shards done
+    out of the job's items, shards done, state. (A job reports items as its shards finish, so
+    the bar moves a shard at a time.)"""
+    job: jobs_pb2.Job | None = None
+    with progress_bar(quiet, unit=" items", unit_scale=True, desc=f"job {job_id}") as bar:
+        for event in client.watch_job(job_id):
+            job = event.job
+            if bar.total != job.items_total:
+                bar.reset(total=job.items_total)
+            bar.set_postfix_str(f"{job.shards_done}/{job.shards_total} shards, {state_name(job.state)}", refresh=False)
+            bar.update(job.items_done - bar.n)
+    assert job is not None  # watch_job ends with a final state or raises
+    return job
 
 
-def follow(client: Any, job_id: str) -> int:
-    """Show live progress until the job ends; exit code 0 only if it SUCCEEDED."""
-    tty = sys.stderr.isatty()
-    last: jobs_pb2.JobEvent | None = None
-    for event in or_exit(lambda: client.watch_job(job_id)):
-        last = event
-        line = progress_line(event)
-        if tty:
-            click.echo(f"\r{line}\033[K", nl=False, err=True)
-        else:
-            click.echo(line, err=True)
-    if tty:
-        click.echo("", err=True)
-    assert last is not None
-    job = last.job
+def follow(client: Any, job_id: str, quiet: bool = False) -> int:
+    """Show progress until the job ends (a bar only when stderr is a terminal and not ``quiet``),
+    then one line with its outcome; exit code 0 only if it SUCCEEDED (its outputs on stdout)."""
+    job = or_exit(lambda: _watch(client, job_id, quiet), job_flags)
+    took = _duration(job.finished_at.seconds - job.started_at.seconds) if job.started_at.seconds else "0s"
+    counts = f"{job.shards_done}/{job.shards_total} shards, {job.items_done}/{job.items_total} items in {took}"
     if job.state == jobs_pb2.JOB_STATE_SUCCEEDED:
+        click.echo(f"job {job.id} SUCCEEDED: {counts}", err=True)
         for output in job.outputs:
             click.echo(output)
         return 0
-    click.echo(f"job {job.id} {state_name(job.state).lower()}: {job.error}", err=True)
+    click.echo(f"job {job.id} {state_name(job.state)} ({counts}): {job_flags().spell(job.error)}", err=True)
     return 1
 
 
@@ -97,19 +91,24 @@ def _params(values: tuple[str, ...]) -> dict[str, str]:
 @click.argument("kind")
 @click.option("--input", "inputs", multiple=True, required=True, help="Input file (repeatable).")
 @click.option("--output", "output_dir", required=True, help="Output folder.")
-@click.option("--param", "params", multiple=True, help="Kind parameter k=v (repeatable).")
+@click.option(
+    "--param", "params", multiple=True,
+    help="Kind parameter NAME=VALUE (repeatable); booleans are true/false or 1/0, e.g. overwrite=true.",
+)  # fmt: skip
 @click.option("--watch", is_flag=True, help="Follow progress until the job ends; exit 1 if it fails.")
+@quiet_option
 @client_options
-def submit(kind: str, inputs: tuple[str, ...], output_dir: str, params: tuple[str, ...], watch: bool,
+def submit(kind: str, inputs: tuple[str, ...], output_dir: str, params: tuple[str, ...], watch: bool, quiet: bool,
            **conn: Any) -> None:  # fmt: skip
     """Submit a job of KIND; prints its id."""
     # Paths are sent absolute: the server does not share this shell's working directory.
     absolute = [str(Path(p).absolute()) for p in inputs]
     with make_client(**conn) as client:
-        job = or_exit(lambda: client.submit_job(kind, absolute, str(Path(output_dir).absolute()), _params(params)))
+        output = str(Path(output_dir).absolute())
+        job = or_exit(lambda: client.submit_job(kind, absolute, output, _params(params)), job_flags)
         click.echo(job.id)
         if watch:
-            sys.exit(follow(client, job.id))
+            sys.exit(follow(client, job.id, quiet))
 
 
 @jobs.command("status")
@@ -127,18 +126,19 @@ def status(job_id: str, as_json: bool, **conn: Any) -> None:
     click.echo(f"  shards {job.shards_done}/{job.shards_total}  items {job.items_done}/{job.items_total}")
     click.echo(f"  output {job.output_dir}")
     if job.error:
-        click.echo(f"  error  {job.error}")
+        click.echo(f"  error  {job_flags().spell(job.error)}")
     for output in job.outputs:
         click.echo(f"  -> {output}")
 
 
 @jobs.command("watch")
 @click.argument("job_id")
+@quiet_option
 @client_options
-def watch_cmd(job_id: str, **conn: Any) -> None:
+def watch_cmd(job_id: str, quiet: bool, **conn: Any) -> None:
     """Follow a job until it ends (re-attaches after disconnects); exit 1 unless it succeeded."""
     with make_client(**conn) as client:
-        sys.exit(follow(client, job_id))
+        sys.exit(follow(client, job_id, quiet))
 
 
 @jobs.command("cancel")
@@ -160,6 +160,9 @@ def list_cmd(state: str | None, limit: int, **conn: Any) -> None:
     value = jobs_pb2.JobState.Value(f"JOB_STATE_{state}") if state else 0
     with make_client(**conn) as client:
         found = or_exit(lambda: client.list_jobs(value, limit))
+    if not found:
+        click.echo(f"no jobs in state {state}" if state else "no jobs")
+        return
     width = max((len(job.kind) for job in found), default=0)
     for job in found:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.created_at.seconds))

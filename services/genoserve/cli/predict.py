@@ -6,17 +6,37 @@ import functools
 import itertools
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from genoserve.cli.common import client_options, make_client, or_exit, output_file
-from genoserve.core.errors import GenoserveError
+from genoserve.cli.common import (
+    Flags,
+    Guarded,
+    client_options,
+    make_client,
+    or_exit,
+    output_file,
+    progress_bar,
+    quiet_option,
+)
 
 T = TypeVar("T")
+
+#: The request fields each command fills from its flags, as the command spells them in errors.
+BINDING = Flags({"crop": "--crop", "strand": "--strand", "reference": "--reference", "model": "--model"})
+VARIANTS = Flags({"regions": "--regions", "model": "--model", "sample_name": "--sample", "channels": "--channels"})
+SEGMENTATION = Flags({
+    "diameter": "--diameter", "cellprob_threshold": "--cellprob-threshold", "flow_threshold": "--flow-threshold",
+    "min_size": "--min-size", "channels": "--channel", "image": "--image", "model": "--model",
+})  # fmt: skip
+EMBEDDING = Flags({
+    "min_gene_overlap": "--min-gene-overlap", "not_raw_counts": "--not-raw-counts", "layer": "--layer",
+    "batch_labels": "--batch-key", "model": "--model", "gene_names": "--h5ad",
+})  # fmt: skip
 
 
 def batched(items: Iterator[T], size: int) -> Iterator[list[T]]:
@@ -78,7 +98,9 @@ def binding(model: str, fasta: Path | None, sequences: tuple[str, ...], vcf: Pat
         if vcf is not None:
             header = False
             for chunk in batched(_vcf_variants(vcf), batch):
-                response = or_exit(functools.partial(client.score_variants, model, chunk, reference, strand or ""))
+                response = or_exit(
+                    functools.partial(client.score_variants, model, chunk, reference, strand or ""), BINDING
+                )
                 if not header:
                     tasks = [f"{t}_{k}" for t in response.tasks for k in ("diff", "logit_diff")]
                     click.echo("\t".join(["id", "chrom", "pos", "ref", "alt", *tasks, "error"]))
@@ -93,7 +115,7 @@ def binding(model: str, fasta: Path | None, sequences: tuple[str, ...], vcf: Pat
         items = _fasta(fasta) if fasta is not None else iter((f"seq{i}", s) for i, s in enumerate(sequences))
         header = False
         for chunk in batched(items, batch):
-            response = or_exit(functools.partial(client.predict_sequences, model, chunk, strand or "", crop))
+            response = or_exit(functools.partial(client.predict_sequences, model, chunk, strand or "", crop), BINDING)
             if not header:
                 columns = [f"{t}_{k}" for t in response.tasks for k in ("score", "logit")]
                 click.echo("\t".join(["id", *columns]))
@@ -110,7 +132,7 @@ def _regions(texts: tuple[str, ...], bed: Path | None) -> list[Any]:
 
     # Split at commas that start a new CONTIG:..., not at digit-grouping commas (10,000,000).
     parts = [part for text in texts for part in re.split(r",(?=[^,:]+:)", text) if part.strip()]
-    regions = [or_exit(functools.partial(Region.parse, part)) for part in parts]
+    regions = [or_exit(functools.partial(Region.parse, part), VARIANTS) for part in parts]
     if bed is not None:
         from genoserve.variants.evaluate import read_bed
 
@@ -127,26 +149,41 @@ def _example_batches(
     channels: int,
     size: int,
     realign: bool = True,
+    advance: Callable[[int], object] = lambda _: None,
 ) -> Iterator[list[Any]]:
     """Request batches: pileups built here from the BAM (sent as one batched tensor per request),
-    or tf.Examples passed through unchanged."""
+    or tf.Examples passed through unchanged. ``advance`` is told the base pairs done (BAM) or the
+    examples read, as they are."""
     from genoserve.v1 import variants_pb2
     from genoserve.variants.tfrecord import read_records
 
     if bam is not None:
-        from genoserve.variants.make_examples import make_examples
+        from genoserve.variants.make_examples import PARTITION_SIZE, Region, make_examples
 
         assert reference is not None
         for region in regions:
-            _, made = make_examples(bam, reference, region, channels=channels, realign=realign)
-            yield from batched(iter(made), size)
+            # make_examples works in partitions of PARTITION_SIZE bp, each on its own: calling it
+            # per partition gives the same examples and progress as the pileups are made.
+            pending: list[Any] = []
+            for start in range(region.start, region.end, PARTITION_SIZE):
+                part = Region(region.contig, start, min(region.end, start + PARTITION_SIZE))
+                _, made = make_examples(bam, reference, part, channels=channels, realign=realign)
+                pending.extend(made)
+                while len(pending) >= size:
+                    yield pending[:size]
+                    pending = pending[size:]
+                advance(part.end - part.start)
+            if pending:
+                yield pending
         return
     for path in examples:
         items = (
             variants_pb2.PileupExample(id=f"{path.name}:{i}", tf_example=data)
             for i, data in enumerate(read_records(path))
         )
-        yield from batched(items, size)
+        for batch in batched(items, size):
+            yield batch
+            advance(len(batch))
 
 
 @predict.command("variants")
@@ -188,12 +225,14 @@ def _example_batches(
     help="Send the pileups built from --bam through shared memory (to a server on this machine started "
     "with --shared-memory; --examples records go on the channel as they are).",
 )  # fmt: skip
+@quiet_option
 @client_options
 def variants(bam: Path | None, reference: Path | None, regions: tuple[str, ...], bed: Path | None,
              examples: tuple[Path, ...], output: Path, contigs: Path | None, model: str, channels: str, sample: str,
-             batch: int, realign: bool, **conn: Any) -> None:  # fmt: skip
+             batch: int, realign: bool, quiet: bool, **conn: Any) -> None:  # fmt: skip
     """Call variants through the server: BAM + reference + regions (pileups built here) or
-    make_examples TFRecords -> VCF (bgzipped and tabix-indexed for .vcf.gz)."""
+    make_examples TFRecords -> VCF (bgzipped and tabix-indexed for .vcf.gz). A progress bar on
+    stderr counts the base pairs (or examples) done and the sites called."""
     from genoserve.api.codecs.variants import to_variant_call
     from genoserve.variants.pipeline import write_calls
     from genoserve.variants.vcf import read_contigs, reference_contigs
@@ -217,34 +256,28 @@ def variants(bam: Path | None, reference: Path | None, regions: tuple[str, ...],
         sample = first.sample_name if first else ""
     calls: list[Any] = []
     problems = 0
-    failures: list[GenoserveError] = []
+    total = sum(r.end - r.start for r in wanted) if bam is not None else None
+    unit, desc = ("bp", "pileups") if bam is not None else (" examples", "examples")
+    with make_client(**conn) as client, progress_bar(quiet, total=total, unit=unit, unit_scale=True, desc=desc) as bar:
+        batches = Guarded(_example_batches(bam, reference, wanted, examples, int(channels), batch, realign, bar.update))
 
-    def guarded(batches: Iterator[list[Any]]) -> Iterator[list[Any]]:
-        """gRPC reports an error raised inside a request iterator only as UNKNOWN; keep ours."""
-        try:
-            yield from batches
-        except GenoserveError as exc:
-            failures.append(exc)
+        def call() -> list[Any]:
+            responses = []
+            for response in client.call_variants_stream(batches, model, "", sample):
+                responses.append(response)
+                bar.set_postfix(sites=sum(len(r.calls) for r in responses), refresh=False)
+            return responses
 
-    def fail_on_local_error() -> None:
-        if failures:
-            raise failures[0]
-
-    with make_client(**conn) as client:
-        batches = guarded(_example_batches(bam, reference, wanted, examples, int(channels), batch, realign))
-        try:
-            responses = or_exit(lambda: list(client.call_variants_stream(batches, model, "", sample)))
-        finally:
-            or_exit(fail_on_local_error)
-        for response in responses:
-            calls.extend(to_variant_call(c) for c in response.calls)
-            for result in response.results:
-                if result.HasField("error"):
-                    problems += 1
-                    click.echo(f"example {result.id}: {result.error.field}: {result.error.message}", err=True)
-            for error in response.site_errors:
+        responses = or_exit(lambda: batches.call(call), VARIANTS)
+    for response in responses:
+        calls.extend(to_variant_call(c) for c in response.calls)
+        for result in response.results:
+            if result.HasField("error"):
                 problems += 1
-                click.echo(f"{error.field}: {error.message}", err=True)
+                click.echo(f"example {result.id}: {result.error.field}: {result.error.message}", err=True)
+        for error in response.site_errors:
+            problems += 1
+            click.echo(f"{error.field}: {error.message}", err=True)
     if contigs is not None:
         path = contigs
         known = or_exit(lambda: read_contigs(path, "--contigs"))
@@ -319,7 +352,7 @@ def segmentation(model: str, image_path: Path, output: Path, overlay: Path | Non
             response = or_exit(functools.partial(
                 client.segment, model, source, channels=channels, diameter=diameter,
                 cellprob_threshold=cellprob_threshold, flow_threshold=flow_threshold, min_size=min_size,
-            ))  # fmt: skip
+            ), SEGMENTATION)  # fmt: skip
             masks = masks_of(response)
             masks_per_page.append(masks)
             name = image_name(image_path, page)
@@ -356,26 +389,48 @@ def segmentation(model: str, image_path: Path, output: Path, overlay: Path | Non
 @click.option("--min-gene-overlap", type=float, default=0.0, help="Default 0.8.")
 @click.option("--not-raw-counts", is_flag=True, help="Allow non-integer values.")
 @click.option("--chunk", type=int, default=4096, show_default=True, help="Cells per message.")
+@quiet_option
 @client_options
 def embedding(model: str, source: Path, output: Path, layer: str, batch_key: str, picture: Path | None, color_by: str,
-              variances: bool, min_gene_overlap: float, not_raw_counts: bool, chunk: int,
+              variances: bool, min_gene_overlap: float, not_raw_counts: bool, chunk: int, quiet: bool,
               **conn: Any) -> None:  # fmt: skip
-    """Embed every cell of a file through CellEmbedding.EmbedStream, reading and writing in chunks."""
+    """Embed every cell of a file through CellEmbedding.EmbedStream, reading and writing in chunks
+    (a progress bar on stderr counts the cells)."""
     from genoserve.embedding.plot import embedding_png
 
     if output.resolve() == source.resolve():
         raise click.UsageError("--output must differ from --h5ad")
+    for column, option in ((batch_key, "--batch-key"), (color_by if picture is not None else "", "--color-by")):
+        _check_obs_column(source, column, option)
     with make_client(**conn) as client:
         summary = or_exit(functools.partial(_embed_file, client, model, source, output, layer, batch_key,
-                                            min_gene_overlap, not_raw_counts, chunk, variances))  # fmt: skip
+                                            min_gene_overlap, not_raw_counts, chunk, variances, quiet),
+                          EMBEDDING)  # fmt: skip
     click.echo(summary)
     if picture is not None:
         embedding_png(output, picture, color_by=color_by)
         click.echo(f"wrote {picture}")
 
 
+def _check_obs_column(source: Path, column: str, option: str) -> None:
+    """An obs column named by ``option`` exists, checked before any work is done."""
+    from genoserve.core.errors import InvalidArgument
+    from genoserve.embedding.h5io import read_obs_column
+
+    if not column:
+        return
+    try:
+        read_obs_column(source, column, 0, 1)
+    except InvalidArgument as exc:
+        rule = exc.violations[0].description if exc.violations else exc.message
+        raise click.BadParameter(rule, param_hint=f"'{option}'") from exc
+    except (OSError, KeyError) as exc:  # not an .h5ad (a 10x .h5 has no obs)
+        raise click.BadParameter(f"{source}: no obs columns to read ({exc})", param_hint=f"'{option}'") from exc
+
+
 def _embed_file(client: Any, model: str, source: Path, output: Path, layer: str, batch_key: str,
-                min_gene_overlap: float, not_raw_counts: bool, chunk: int, variances: bool = False) -> str:  # fmt: skip
+                min_gene_overlap: float, not_raw_counts: bool, chunk: int, variances: bool = False,
+                quiet: bool = True) -> str:  # fmt: skip
     from genoserve.api.codecs.tensor import to_numpy
     from genoserve.client.client import embed_request
     from genoserve.embedding.h5io import EmbeddingWriter, open_counts, read_obs_column
@@ -391,16 +446,24 @@ def _embed_file(client: Any, model: str, source: Path, output: Path, layer: str,
                 yield embed_request(model if start == 0 else "", genes, matrix, counts.cell_ids(start, stop), labels,
                                     min_gene_overlap, not_raw_counts, return_variances=variances)  # fmt: skip
 
+        stream = Guarded(requests())
         writer: EmbeddingWriter | None = None
         last: Any = None
         try:
-            for response in client.embed_stream(requests()):
-                latent = to_numpy(response.latent, "latent")
-                if writer is None:
-                    var_key = "X_scVI_var" if variances else ""
-                    writer = EmbeddingWriter(counts, output, latent.shape[1], variances_key=var_key)
-                writer.write(latent, to_numpy(response.variances, "variances") if variances else None)
-                last = response
+            with progress_bar(quiet, total=counts.n_cells, unit=" cells", unit_scale=True) as bar:
+
+                def embed_all() -> None:
+                    nonlocal writer, last
+                    for response in client.embed_stream(stream):
+                        latent = to_numpy(response.latent, "latent")
+                        if writer is None:
+                            var_key = "X_scVI_var" if variances else ""
+                            writer = EmbeddingWriter(counts, output, latent.shape[1], variances_key=var_key)
+                        writer.write(latent, to_numpy(response.variances, "variances") if variances else None)
+                        bar.update(latent.shape[0])
+                        last = response
+
+                stream.call(embed_all)  # a file the stream could not read fails here, before finish
             if writer is None or last is None:
                 raise click.ClickException(f"{source}: no cells")
             overlap = last.gene_overlap
