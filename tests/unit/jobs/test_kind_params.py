@@ -197,3 +197,19 @@ def test_typed_params_of_the_kinds() -> None:
         get_kind("binding.score_bed").parse_params({"format": "csv"})
     with pytest.raises(InvalidArgument, match=r"params\[version\]: must be a version number, got 'latest'"):
         get_kind("platform.score_rows").parse_params({"version": "latest"})
+
+
+def test_embed_h5ad_checks_the_plot_colour_column_at_submit() -> None:
+    """Not at the merge, after every shard has run."""
+    repo = Path(__file__).resolve().parents[3]
+    h5ad = repo / "tests" / "data" / "embedding" / "pbmc68k_reduced_counts_700x765.h5ad"
+    kind = get_kind("embedding.embed_h5ad")
+    spec = read_spec(repo / "models" / "scvi-pbmc")
+    settings = Settings()
+    params = kind.parse_params({"model": "scvi-pbmc", "plot": "true", "color_by": "nosuch"})
+    with pytest.raises(InvalidArgument) as info:
+        kind.plan([h5ad], params, spec, settings)
+    assert info.value.violations[0].field == "inputs[0]"
+    assert info.value.message.startswith(f"inputs[0]: params[color_by]: {h5ad}: obs has no column 'nosuch'")
+    good = kind.parse_params({"model": "scvi-pbmc", "plot": "true", "color_by": "louvain"})
+    assert len(kind.plan([h5ad], good, spec, settings)) == 1

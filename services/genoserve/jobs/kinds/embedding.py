@@ -60,6 +60,15 @@ def _save_npy(target: Path, array: Array) -> None:
     os.replace(tmp, target)
 
 
+def _obs_column(path: Path, column: str, param: str) -> None:
+    """INVALID_ARGUMENT naming ``params[<param>]`` unless the .h5ad has the obs ``column``."""
+    try:
+        read_obs_column(path, column, 0, 1)
+    except InvalidArgument as exc:
+        rule = exc.violations[0].description if exc.violations else exc.message
+        raise InvalidArgument.field(f"params[{param}]", rule) from exc
+
+
 class EmbedH5adParams(ModelParams):
     """``embedding.embed_h5ad``: a latent embedding per cell of .h5ad or 10x .h5 files."""
 
@@ -107,6 +116,8 @@ class EmbedH5ad(JobKind[EmbedH5adParams]):
                 with open_counts(path, typed.layer) as counts:
                     align(counts.genes, model.genes, typed.overlap, field="gene names")
                     self._check_batch(model, typed, counts, path)
+                    if typed.plot and typed.color_by and isinstance(counts, H5adCounts):
+                        _obs_column(path, typed.color_by, "color_by")  # else the merge would fail
                     n = counts.n_cells
             except InvalidArgument as exc:
                 raise InvalidArgument.field(f"inputs[{index}]", exc.message) from exc
@@ -137,7 +148,7 @@ class EmbedH5ad(JobKind[EmbedH5adParams]):
                 f"{path}: this model needs each cell's batch: give params batch_key (an obs "
                 f"column of an .h5ad) or batch (one label for all); known batches: {list(model.batches)}",
             )
-        read_obs_column(path, key, 0, 1)  # the column exists
+        _obs_column(path, key, "batch_key")
 
     def outputs(
         self, inputs: list[Path], output_dir: Path, params: Mapping[str, str], roots: Sequence[Path]
