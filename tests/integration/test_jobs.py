@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from genoserve.client import Client
+from genoserve.client import AsyncClient, Client
 from genoserve.core.errors import AlreadyExists, InvalidArgument, NotFound
 from genoserve.v1 import jobs_pb2
 from tests.support.jobs import WorkerProcess, job_server, wait_for_job, write_config
@@ -283,3 +283,21 @@ def test_a_second_worker_runs_without_metrics_when_the_port_is_taken(tmp_path: P
     finally:
         first.stop()
         second.stop()
+
+
+async def test_async_client_submits_watches_lists_and_cancels(rig: Rig) -> None:
+    rows(rig.root / "async.npy", 900)
+    async with AsyncClient(rig.server.address, timeout=30) as client:
+        job = await client.submit_job("platform.score_rows", [str(rig.root / "async.npy")],
+                                      str(rig.root / "async-out"), {"shard_size": "300"})  # fmt: skip
+        events = [event async for event in client.watch_job(job.id)]
+        assert events[-1].job.state == jobs_pb2.JOB_STATE_SUCCEEDED, events[-1].job.error
+        assert [e.job.items_done for e in events][-1] == 900
+        assert (await client.list_jobs(limit=1))[0].id == job.id  # newest first
+        assert (await client.get_job(job.id)).outputs == [str(rig.root / "async-out" / "async.scores.npy")]
+        assert (await client.cancel_job(job.id)).state == jobs_pb2.JOB_STATE_SUCCEEDED  # too late to cancel
+        with pytest.raises(NotFound):
+            await client.get_job("j0000000000000000")
+        with pytest.raises(NotFound):
+            async for _ in client.watch_job("j0000000000000000"):
+                pass
