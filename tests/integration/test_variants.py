@@ -227,6 +227,24 @@ def test_cli_predict_variants_writes_an_indexed_vcf(rig: Rig) -> None:
         assert len(list(vcf)) == 78
 
 
+def test_a_long_call_bam_shard_reports_progress_before_it_ends(rig: Rig) -> None:
+    """One 20 kb shard (20 make_examples partitions): the job's items_done moves within it."""
+    with Client(rig.server.address) as client:
+        job = client.submit_job(
+            "variants.call_bam", [str(rig.root / BAM.name)], str(rig.root / "progress-out"),
+            {"model": "fraction-7ch", "reference": "hg19chr20", "regions": "chr20:10020001-10040000",
+             "shard_size": "20000"},
+        )  # fmt: skip
+        assert job.shards_total == 1
+        events = list(client.watch_job(job.id))
+    final = events[-1].job
+    assert final.state == jobs_pb2.JOB_STATE_SUCCEEDED, (final.error, rig.worker.log())
+    within = sorted({e.job.items_done for e in events if e.job.shards_done == 0 and 0 < e.job.items_done})
+    assert within, "no progress was reported before the shard ended"
+    assert all(n % 1000 == 0 and n < 20_000 for n in within)  # whole partitions, not the shard's end
+    assert final.items_done == final.items_total == 20_000
+
+
 def test_call_bam_and_call_examples_jobs(rig: Rig) -> None:
     bam = rig.root / BAM.name
     golden = rig.root / GOLDEN.name

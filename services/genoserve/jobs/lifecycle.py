@@ -47,6 +47,7 @@ def begin_shard(job: Job, index: int, worker: str, now: float, max_attempts: int
     shard.state = ShardState.RUNNING
     shard.worker = worker
     shard.heartbeat_at = now
+    shard.items_done = 0
     shard.started_at = now
     if job.state is JobState.PENDING:
         job.state = JobState.RUNNING
@@ -54,13 +55,15 @@ def begin_shard(job: Job, index: int, worker: str, now: float, max_attempts: int
     return Decision(run=True)
 
 
-def heartbeat(job: Job, index: int, worker: str, now: float) -> Decision:
-    """Keep the lease; ``run`` False tells the worker to stop (job cancelled or failed)."""
+def heartbeat(job: Job, index: int, worker: str, now: float, items_done: int = 0) -> Decision:
+    """Keep the lease and record the shard's progress (``items_done``); ``run`` False tells the
+    worker to stop (job cancelled or failed)."""
     shard = job.shards[index]
     if job.state.terminal:
         return Decision(reason=f"job is {job.state.value.lower()}")
     if shard.state is ShardState.RUNNING and shard.worker == worker:
         shard.heartbeat_at = now
+        shard.items_done = max(shard.items_done, min(items_done, shard.items))
         return Decision(run=True)
     return Decision(reason="shard lease lost")
 

@@ -43,6 +43,8 @@ class Shard(BaseModel):
     attempts: int = 0
     worker: str = ""
     heartbeat_at: float = 0.0
+    #: Items of a RUNNING shard done so far, as its worker's last heartbeat reported them.
+    items_done: int = 0
     started_at: float | None = None
     finished_at: float | None = None
     #: The last error of a failed attempt (kept for the job's error after the last attempt).
@@ -80,7 +82,12 @@ class Job(BaseModel):
 
     @property
     def items_done(self) -> int:
-        return sum(s.items for s in self.shards if s.state is ShardState.DONE)
+        """Items of the DONE shards, and those the RUNNING ones reported with their heartbeats."""
+        return sum(
+            s.items if s.state is ShardState.DONE else min(s.items_done, s.items)
+            for s in self.shards
+            if s.state in (ShardState.DONE, ShardState.RUNNING)
+        )
 
     @property
     def shards_done(self) -> int:

@@ -88,9 +88,16 @@ class WorkerRuntime:
         kind = get_kind(job.kind)
         started = time.perf_counter()
 
+        reported = [0]  # items of the shard done so far, as the kind reports them
+
         def beat() -> bool:
-            _, d = self.store.update(job_id, lambda j: lifecycle.heartbeat(j, index, self.worker_id, time.time()))
+            _, d = self.store.update(
+                job_id, lambda j: lifecycle.heartbeat(j, index, self.worker_id, time.time(), reported[0])
+            )
             return d.run
+
+        def progress(items: int) -> None:
+            reported[0] = items
 
         outcome = "failed"
         folders: list[Folder] = []
@@ -118,6 +125,7 @@ class WorkerRuntime:
                         batch_size=self.settings.worker.batch_size,
                         check=check,
                         log1p_inputs=model.log1p_inputs,
+                        progress=progress,
                     )
                 )
             outcome = "done"

@@ -129,3 +129,19 @@ def test_a_pending_shard_waits_from_submission_or_from_its_last_attempt() -> Non
     lifecycle.fail_shard(job, 1, "boom", True, 116.0, 3)
     assert job.shards[1].state is ShardState.PENDING
     assert lifecycle.pending_since(job, job.shards[1]) == 115.0  # waits again since its last heartbeat
+
+
+def test_heartbeats_carry_progress_within_a_shard() -> None:
+    job = make_job()
+    lifecycle.begin_shard(job, 0, "w1", 0.0, 3, LEASE)
+    lifecycle.begin_shard(job, 1, "w2", 0.0, 3, LEASE)
+    assert job.items_done == 0
+    lifecycle.heartbeat(job, 0, "w1", 1.0, 4)
+    lifecycle.heartbeat(job, 1, "w2", 1.0, 99)  # never more than the shard holds
+    assert job.items_done == 14
+    lifecycle.complete_shard(job, 0, "w1", 2.0)
+    assert job.items_done == 20
+    lifecycle.sweep(job, 12.0, LEASE)  # w2 lost: its shard starts over elsewhere
+    assert job.items_done == 10
+    lifecycle.begin_shard(job, 1, "w3", 13.0, 3, LEASE)
+    assert job.shards[1].items_done == 0

@@ -107,6 +107,9 @@ class ShardContext:
     check: Callable[[], None]
     #: The model's inputs whose leading log1p the caller takes (``LoadedModel.log1p_inputs``).
     log1p_inputs: frozenset[str] = frozenset()
+    #: Call with the items of this shard done so far: the job's progress shows them (with the
+    #: next heartbeat) before the shard ends.
+    progress: Callable[[int], None] = lambda items: None
 
     @property
     def roots(self) -> tuple[Path, ...]:

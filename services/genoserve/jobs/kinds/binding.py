@@ -102,6 +102,7 @@ def score_sequences(ctx: ShardContext, sequences: list[str], strand: str) -> tup
     logits = []
     for i in range(0, len(sequences), ctx.batch_size):
         ctx.check()
+        ctx.progress(i)
         batch = encoding.one_hot(sequences[i : i + ctx.batch_size])
         out = ctx.infer({contract.input: strands.with_reverse(batch, mode)})[contract.output]
         logits.append(strands.combine(out, mode))

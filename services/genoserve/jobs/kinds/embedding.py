@@ -195,6 +195,7 @@ class EmbedH5ad(JobKind[EmbedH5adParams]):
                     if i + 1 < len(starts):
                         pending = reader.submit(load, starts[i + 1])
                     ctx.check()
+                    ctx.progress(starts[i] - ctx.start)
                     result = ctx.infer(prepared.inputs, prepared.log1p_applied)
                     for name in outputs:
                         blocks[name].append(result[name])

@@ -127,6 +127,7 @@ class ScoreRows(JobKind[ScoreRowsParams]):
         outputs: list[dict[str, Array]] = []
         for chunk_start in range(ctx.start, ctx.stop, ctx.batch_size):
             ctx.check()
+            ctx.progress(chunk_start - ctx.start)
             chunk_stop = min(chunk_start + ctx.batch_size, ctx.stop)
             rows = read(chunk_start, chunk_stop)
             bad = ~np.isfinite(rows)

@@ -195,6 +195,7 @@ class SegmentImages(JobKind[SegmentImagesParams]):
         rows: list[list[str]] = []
         for k, item in enumerate(items):
             ctx.check()
+            ctx.progress(k)
             image = self._read(item, ctx.settings)
             try:
                 selected = images.select_channels(image, channels, contract.channels, field="params[channels]")

@@ -265,6 +265,7 @@ class CallBam(_VariantsKind[CallBamParams]):
             except InvalidArgument as exc:
                 raise InputRecordError(str(path), f"region {region}", exc.message) from exc
             examples.extend(made)
+            ctx.progress(partition.end - region.start)
         calls = call_examples(examples, _predict(ctx))
         ctx.check()
         _write_part(self.shard_result(ctx.output_stem), calls)
