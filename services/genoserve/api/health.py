@@ -10,7 +10,7 @@ from typing import Any
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
-from genoserve.runtime.repository import ModelRepository
+from genoserve.runtime.live import LiveModels
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -61,7 +61,7 @@ class HealthReporter:
     """
 
     def __init__(
-        self, servicer: DrainingHealthServicer, repository: ModelRepository, services: Mapping[str, str | None]
+        self, servicer: DrainingHealthServicer, repository: LiveModels, services: Mapping[str, str | None]
     ) -> None:
         self.servicer = servicer
         self.repository = repository

@@ -31,7 +31,7 @@ from genoserve.inference import open_inference_pb2_grpc
 from genoserve.jobs.celery_app import make_celery
 from genoserve.jobs.service import JobService
 from genoserve.jobs.store import open_store
-from genoserve.runtime.repository import ModelRepository
+from genoserve.runtime.live import LiveModels
 from genoserve.v1 import (
     binding_pb2_grpc,
     jobs_pb2_grpc,
@@ -78,7 +78,7 @@ class GenoserveServer:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.repository = ModelRepository(settings.runtime)
+        self.repository = LiveModels(settings.runtime)
         self.store = open_store(settings.jobs.resolved_store_url)
         self.jobs = JobService(
             settings, self.store, make_celery(settings.jobs), self.repository.store, self.repository.latest_version

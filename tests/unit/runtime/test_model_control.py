@@ -12,20 +12,20 @@ import pytest
 
 from genoserve.core.errors import FailedPrecondition, NotFound, Unavailable
 from genoserve.core.settings import RuntimeSettings
+from genoserve.runtime.live import LiveModels
 from genoserve.runtime.registry import ModelState
-from genoserve.runtime.repository import ModelRepository
 from tests.support.models import linear_onnx, linear_spec, write_model
 
 X = np.ones((2, 4), dtype=np.float32)
 
 
-async def started(model_dir: Path, **settings: Any) -> ModelRepository:
-    repository = ModelRepository(RuntimeSettings(model_dir=model_dir, **settings))
+async def started(model_dir: Path, **settings: Any) -> LiveModels:
+    repository = LiveModels(RuntimeSettings(model_dir=model_dir, **settings))
     await repository.load()
     return repository
 
 
-async def infer(repository: ModelRepository, name: str) -> dict[str, Any]:
+async def infer(repository: LiveModels, name: str) -> dict[str, Any]:
     """One request as the server runs it: its own task, which holds the version it got."""
 
     async def request() -> dict[str, Any]:
@@ -34,7 +34,7 @@ async def infer(repository: ModelRepository, name: str) -> dict[str, Any]:
     return await asyncio.create_task(request())
 
 
-def states(repository: ModelRepository) -> dict[tuple[str, str], ModelState]:
+def states(repository: LiveModels) -> dict[tuple[str, str], ModelState]:
     return {(s.name, s.version): s.state for s in repository.statuses()}
 
 

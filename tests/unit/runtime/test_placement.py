@@ -9,8 +9,8 @@ import pytest
 from genoserve.core.cpus import CpuBudget
 from genoserve.core.settings import RuntimeSettings
 from genoserve.runtime import registry
+from genoserve.runtime.live import LiveModels
 from genoserve.runtime.placement import Placement, placement
-from genoserve.runtime.repository import ModelRepository
 from genoserve.runtime.spec import CpuServingSpec, ModelSpec
 from tests.support.models import linear_onnx, linear_spec, write_model
 
@@ -88,7 +88,7 @@ async def test_repository_serves_with_the_plan(tmp_path: Path) -> None:
     hinted = linear_spec("hinted", cpu_serving={"intra_op_threads": 1, "instances": 3, "split_rows": 16})
     write_model(tmp_path, hinted, {1: linear_onnx()})
     write_model(tmp_path, linear_spec("plain"), {1: linear_onnx()})
-    repository = ModelRepository(RuntimeSettings(model_dir=tmp_path, device="cpu"))
+    repository = LiveModels(RuntimeSettings(model_dir=tmp_path, device="cpu"))
     await repository.load()
     try:
         statuses = {s.name: s for s in repository.statuses()}
@@ -109,7 +109,7 @@ async def test_bad_cpu_serving_keeps_the_model_out_with_its_reason(tmp_path: Pat
                                                                    key: str) -> None:  # fmt: skip
     write_model(tmp_path, linear_spec("bad", cpu_serving=block), {1: linear_onnx()})
     write_model(tmp_path, linear_spec("good"), {1: linear_onnx()})
-    repository = ModelRepository(RuntimeSettings(model_dir=tmp_path, device="cpu"))
+    repository = LiveModels(RuntimeSettings(model_dir=tmp_path, device="cpu"))
     await repository.load()
     try:
         statuses = {s.name: s for s in repository.statuses()}

@@ -12,18 +12,18 @@ import yaml
 
 from genoserve.core.errors import InvalidArgument, NotFound, Unavailable
 from genoserve.core.settings import RuntimeSettings
+from genoserve.runtime.live import LiveModels
 from genoserve.runtime.registry import ModelState
-from genoserve.runtime.repository import ModelRepository
 from tests.support.models import linear_onnx, linear_reference, linear_spec, write_model
 
 
-async def load(model_dir: Path) -> ModelRepository:
-    repository = ModelRepository(RuntimeSettings(model_dir=model_dir))
+async def load(model_dir: Path) -> LiveModels:
+    repository = LiveModels(RuntimeSettings(model_dir=model_dir))
     await repository.load()
     return repository
 
 
-def state_of(repository: ModelRepository, name: str) -> tuple[ModelState, str]:
+def state_of(repository: LiveModels, name: str) -> tuple[ModelState, str]:
     [status] = [s for s in repository.statuses() if s.name == name]
     return status.state, status.reason
 
@@ -172,7 +172,7 @@ def test_committed_models_match_their_yaml() -> None:
 async def test_families_setting_serves_only_those_families(tmp_path: Path) -> None:
     write_model(tmp_path, linear_spec("mine"), {1: linear_onnx()})
     write_model(tmp_path, {**linear_spec("theirs"), "family": "embedding"}, {1: linear_onnx()})
-    repository = ModelRepository(RuntimeSettings(model_dir=tmp_path, families=("platform",)))
+    repository = LiveModels(RuntimeSettings(model_dir=tmp_path, families=("platform",)))
     await repository.load()
     try:
         assert [s.name for s in repository.statuses()] == ["mine"]

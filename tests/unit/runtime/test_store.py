@@ -13,8 +13,8 @@ import pytest
 
 from genoserve.core.errors import Unavailable
 from genoserve.core.settings import ModelStoreSettings, RuntimeSettings
+from genoserve.runtime.live import LiveModels
 from genoserve.runtime.registry import ModelState, check_file, scan
-from genoserve.runtime.repository import ModelRepository
 from genoserve.runtime.store import LocalStore, S3Store, open_store
 from tests.support.models import linear_onnx, linear_reference, linear_spec, write_model
 from tests.support.s3 import ACCESS_KEY, REGION, SECRET_KEY, S3Server, upload_folder
@@ -125,7 +125,7 @@ async def test_the_repository_serves_from_object_storage(s3: S3Server, bucket: s
     write_model(tmp_path / "src", linear_spec("m"), {1: linear_onnx(seed=3)})
     publish(s3, bucket, tmp_path / "src", "m")
     settings = RuntimeSettings(model_repository=f"s3://{bucket}/repo", store=store_settings(s3, tmp_path / "cache"))
-    repository = ModelRepository(settings)
+    repository = LiveModels(settings)
     await repository.load()
     try:
         [status] = repository.statuses()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from genoserve.api.codecs.tensor import dtype_to_proto
+from genoserve.runtime.live import IndexEntry, ModelStatus
 from genoserve.runtime.registry import ModelState
-from genoserve.runtime.repository import IndexEntry, ModelStatus
 from genoserve.runtime.spec import TensorSpec
 from genoserve.v1 import models_pb2, tensor_pb2
 

@@ -9,6 +9,6 @@ _T = TypeVar("_T")
 
 async def as_own_request(work: Coroutine[Any, Any, _T]) -> _T:
     """Run one message of a stream as its own task: the model version it takes
-    (``ModelRepository.get``) is released when that message is answered, so unloading a version
+    (``LiveModels.get``) is released when that message is answered, so unloading a version
     waits for the message, not for the whole stream."""
     return await asyncio.create_task(work)

@@ -20,8 +20,8 @@ from genoserve.binding.variants import ReferenceGenome, VariantSpec, check_varia
 from genoserve.core.errors import InvalidArgument
 from genoserve.core.metrics import stage
 from genoserve.core.settings import BindingSettings
+from genoserve.runtime.live import LiveModels
 from genoserve.runtime.model import ServedModel
-from genoserve.runtime.repository import ModelRepository
 from genoserve.v1 import binding_pb2, binding_pb2_grpc
 
 Array = np.ndarray[Any, Any]
@@ -53,7 +53,7 @@ class SequenceBindingServicer(binding_pb2_grpc.SequenceBindingServicer):
 
     def __init__(
         self,
-        repository: ModelRepository,
+        repository: LiveModels,
         references: dict[str, ReferenceGenome],
         default: str,
         settings: BindingSettings | None = None,

@@ -18,8 +18,8 @@ from genoserve.core.settings import EmbeddingSettings
 from genoserve.embedding import contract
 from genoserve.embedding.contract import EmbeddingContract
 from genoserve.embedding.request import Prepared, prepare
+from genoserve.runtime.live import LiveModels
 from genoserve.runtime.model import ServedModel
-from genoserve.runtime.repository import ModelRepository
 from genoserve.v1 import embedding_pb2
 
 
@@ -31,7 +31,7 @@ class CellEmbeddingServicer:
     FAMILY = "embedding"
 
     def __init__(
-        self, repository: ModelRepository, shared: RegionReader | None = None, settings: EmbeddingSettings | None = None
+        self, repository: LiveModels, shared: RegionReader | None = None, settings: EmbeddingSettings | None = None
     ) -> None:
         self.repository = repository
         self.shared = shared

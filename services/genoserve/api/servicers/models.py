@@ -14,8 +14,8 @@ from genoserve.api.deadlines import deadline_of
 from genoserve.api.streams import concurrently
 from genoserve.core.errors import GenoserveError, InvalidArgument, NotFound, PermissionDenied, quoted
 from genoserve.core.settings import AuthSettings
+from genoserve.runtime.live import LiveModels
 from genoserve.runtime.model import ServedModel
-from genoserve.runtime.repository import ModelRepository
 from genoserve.segmentation.contract import SegmentationContract
 from genoserve.v1 import models_pb2, models_pb2_grpc
 
@@ -24,7 +24,7 @@ class ModelsServicer(models_pb2_grpc.ModelsServicer):
     SERVICE_NAME = "genoserve.v1.Models"
 
     def __init__(
-        self, repository: ModelRepository, shared: RegionReader | None = None, auth: AuthSettings | None = None
+        self, repository: LiveModels, shared: RegionReader | None = None, auth: AuthSettings | None = None
     ) -> None:
         self.repository = repository
         self.shared = shared

@@ -15,7 +15,7 @@ from genoserve.api.streams import concurrently
 from genoserve.core.errors import GenoserveError, InvalidArgument, NotFound, quoted
 from genoserve.inference import open_inference_pb2 as oip
 from genoserve.inference import open_inference_pb2_grpc
-from genoserve.runtime.repository import ModelRepository
+from genoserve.runtime.live import LiveModels
 
 #: What ModelMetadata reports as every model's platform (Triton's name for an ONNX Runtime model).
 PLATFORM = "onnxruntime_onnx"
@@ -24,7 +24,7 @@ PLATFORM = "onnxruntime_onnx"
 class OpenInferenceServicer(open_inference_pb2_grpc.GRPCInferenceServiceServicer):
     SERVICE_NAME = "inference.GRPCInferenceService"
 
-    def __init__(self, repository: ModelRepository) -> None:
+    def __init__(self, repository: LiveModels) -> None:
         self.repository = repository
 
     async def ServerLive(

@@ -14,7 +14,7 @@ from genoserve.api.deadlines import deadline_of
 from genoserve.core.errors import InvalidArgument
 from genoserve.core.metrics import stage
 from genoserve.core.settings import RuntimeSettings, SegmentationSettings
-from genoserve.runtime.repository import ModelRepository
+from genoserve.runtime.live import LiveModels
 from genoserve.runtime.session import CUDA, OrtSession
 from genoserve.segmentation import images, pipeline, tiling
 from genoserve.segmentation.contract import SegmentationContract
@@ -31,7 +31,7 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServicer):
 
     def __init__(
         self,
-        repository: ModelRepository,
+        repository: LiveModels,
         settings: SegmentationSettings,
         runtime: RuntimeSettings,
         shared: RegionReader | None = None,

@@ -18,8 +18,8 @@ from genoserve.api.servicers.registration import add_parsed_servicer
 from genoserve.core.errors import GenoserveError, InvalidArgument
 from genoserve.core.metrics import stage
 from genoserve.core.settings import VariantsSettings
+from genoserve.runtime.live import LiveModels
 from genoserve.runtime.model import ServedModel
-from genoserve.runtime.repository import ModelRepository
 from genoserve.v1 import variants_pb2
 from genoserve.variants.contract import VariantsContract
 from genoserve.variants.pipeline import SiteCaller, with_probabilities
@@ -32,9 +32,7 @@ class VariantCallingServicer:
     SERVICE_NAME = "genoserve.v1.VariantCalling"
     FAMILY = "variants"
 
-    def __init__(
-        self, repository: ModelRepository, settings: VariantsSettings, shared: RegionReader | None = None
-    ) -> None:
+    def __init__(self, repository: LiveModels, settings: VariantsSettings, shared: RegionReader | None = None) -> None:
         self.repository = repository
         self.settings = settings
         self.shared = shared

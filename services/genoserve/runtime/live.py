@@ -111,7 +111,7 @@ class IndexEntry:
     reason: str
 
 
-class ModelRepository:
+class LiveModels:
     """The model versions of ``runtime.model_repository``: loaded ones serve, failed ones say why."""
 
     def __init__(self, settings: RuntimeSettings, store: ModelStore | None = None) -> None:
