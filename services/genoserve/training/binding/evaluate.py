@@ -1,4 +1,5 @@
-"""Scores an exported binding model on both strands as the server does, and its metrics (no torch).
+"""Scores an exported binding model on both strands as the server does, and its metrics on the
+held-out sets (no torch).
 
 Strand modes: ``forward`` (the given strand), ``max`` and ``mean`` of the forward and the
 reverse-complement logits.
@@ -6,14 +7,19 @@ reverse-complement logits.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
+from genoserve.training.binding import benchmark
+from genoserve.training.binding.motifs import Motif, max_log_odds
 from genoserve.training.binding.onehot import reverse_complement
+from genoserve.training.binding.rule import GRAMMARS
+from genoserve.training.binding.simulate import Backgrounds, SimulatedSet
 from genoserve.training.metrics import auprc, auroc
 
 Array = np.ndarray[Any, Any]
@@ -58,3 +64,66 @@ def task_metrics(labels: Array, scores: Array, tasks: Sequence[str], prefix: str
             metrics[f"{prefix}auroc_{task}"] = roc
             metrics[f"{prefix}auprc_{task}"] = prc
     return metrics
+
+
+# --- the evaluation sets every binding model is scored on ---------------------------------------
+
+Scorer = Callable[[Array], Array]
+"""one-hot float32 ``[n, length, 4]`` -> scores ``[n, tasks]`` (both strands combined)."""
+
+
+@dataclass(frozen=True)
+class EvalSets:
+    """One TF's held-out sets: the training mix's ``test`` split (rule labels), ``single_site``
+    (:func:`.benchmark.single_site_set`) and the grammar sets by task name."""
+
+    test: SimulatedSet
+    single_site: SimulatedSet
+    grammar: dict[str, SimulatedSet]
+
+
+def eval_sets(
+    motifs: Mapping[str, Motif],
+    tf: str,
+    test: SimulatedSet,
+    rng: np.random.Generator,
+    backgrounds: Backgrounds,
+    single_site_n: int,
+    grammar_n: int,
+) -> EvalSets:
+    """The single-site and grammar sets of ``tf`` at ``test``'s length (composite only for a TF
+    with a grammar pair)."""
+    length = test.codes.shape[1]
+    single = benchmark.single_site_set(motifs, tf, single_site_n, rng, backgrounds, length)
+    tasks = [t for t in benchmark.GRAMMAR_TASKS if t == "cluster_vs_lone" or tf in GRAMMARS]
+    grammar = {t: benchmark.grammar_set(motifs, tf, t, grammar_n, rng, backgrounds, length) for t in tasks}
+    return EvalSets(test, single, grammar)
+
+
+def set_metrics(score: Scorer, sets: EvalSets, task: int = 0, suffix: str = "") -> dict[str, float]:
+    """``auroc``/``auprc`` on the test split (column ``task``), ``single_site_auroc``/``_auprc`` and
+    ``auroc_<grammar task>``; every name followed by ``suffix``."""
+    out: dict[str, float] = {}
+    test = score(sets.test.one_hot())[:, task]
+    out[f"auroc{suffix}"] = auroc(sets.test.labels[:, task], test)
+    out[f"auprc{suffix}"] = auprc(sets.test.labels[:, task], test)
+    single = score(sets.single_site.one_hot())[:, task]
+    out[f"single_site_auroc{suffix}"] = auroc(sets.single_site.labels[:, 0], single)
+    out[f"single_site_auprc{suffix}"] = auprc(sets.single_site.labels[:, 0], single)
+    for name, data in sets.grammar.items():
+        out[f"auroc_{name}{suffix}"] = auroc(data.labels[:, 0], score(data.one_hot())[:, task])
+    return out
+
+
+def pwm_scorer(log_odds: Sequence[Array]) -> Scorer:
+    """The PWM scan (max over windows and both strands) of each matrix: a numpy :data:`Scorer`."""
+
+    def score(x: Array) -> Array:
+        rc = reverse_complement(x)
+        return np.stack([np.maximum(max_log_odds(x, lo), max_log_odds(rc, lo)) for lo in log_odds], axis=1)
+
+    return score
+
+
+def session_scorer(session: ort.InferenceSession, strand: str = "max") -> Scorer:
+    return lambda x: strand_logits(session, x, strand=strand)

@@ -7,6 +7,8 @@ the caller (:func:`strand_max` in training, the server's strand mode when served
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -30,7 +32,9 @@ class DeepBind(nn.Module):
     N (0.25) so edge sites are seen, ReLU, global max and average pooling concatenated, a small
     fully connected stage with dropout, one logit."""
 
-    def __init__(self, filters: int = 16, width: int = 24, hidden: int = 32, dropout: float = 0.5) -> None:
+    DESCRIPTION = "DeepBind: conv 32x30 (N-padded), ReLU, global max+mean pool, FC 32, dropout 0.5, 1 logit"
+
+    def __init__(self, filters: int = 32, width: int = 30, hidden: int = 32, dropout: float = 0.5) -> None:
         super().__init__()
         self.width = width
         self.conv = nn.Conv1d(4, filters, width)
@@ -78,6 +82,11 @@ class DilatedMultitask(nn.Module):
     residual blocks with dilation 1, 2, 4, 8 over the pooled positions (about 260 bp receptive
     field), global max and average pooling, dropout, one logit per task."""
 
+    DESCRIPTION = (
+        "conv 64x15 + BN + ReLU + maxpool 8, 4 residual dilated convs (64x3, dilation 1,2,4,8) "
+        "+ BN + ReLU, global max+mean pool, dropout 0.2, one linear logit per task"
+    )
+
     def __init__(
         self,
         tasks: int,
@@ -105,3 +114,16 @@ class DilatedMultitask(nn.Module):
         pooled = torch.cat([h.amax(dim=2), h.mean(dim=2)], dim=1)
         logit: torch.Tensor = self.out(self.dropout(pooled))
         return logit
+
+
+def keep_tasks(model: DilatedMultitask, indices: list[int]) -> DilatedMultitask:
+    """A copy of ``model`` whose output layer keeps only the rows of ``indices`` (in that order):
+    the kept tasks' logits are exactly the original ones."""
+    kept = copy.deepcopy(model)
+    out = nn.Linear(model.out.in_features, len(indices))
+    with torch.no_grad():
+        out.weight.copy_(model.out.weight[indices])
+        out.bias.copy_(model.out.bias[indices])
+    kept.out = out
+    kept.eval()
+    return kept

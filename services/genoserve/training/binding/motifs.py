@@ -84,6 +84,42 @@ class Motif:
         codes: Array = (u[:, None] >= self._cumulative).sum(axis=1).astype(np.uint8)
         return codes
 
+    def sample_many(self, rng: np.random.Generator, n: int, uniform: Array | float = 0.0) -> Array:
+        """``n`` instances, uint8 codes ``[n, width]``; row i drawn from the frequencies mixed with
+        the uniform distribution at weight ``uniform[i]`` (0: the matrix itself; 1: random bases)."""
+        weight = np.broadcast_to(np.asarray(uniform, dtype=np.float64), (n,))
+        mixed = (1.0 - weight[:, None, None]) * self.frequencies[None] + weight[:, None, None] / 4.0
+        cumulative = np.cumsum(mixed, axis=2)[:, :, :3]
+        u = rng.random((n, self.width))
+        return np.asarray((u[:, :, None] >= cumulative).sum(axis=2), dtype=np.uint8)
+
+    def column_shuffled(self, rng: np.random.Generator) -> Motif:
+        """The same columns in a random order: a decoy with the motif's base composition and
+        information content but not its site."""
+        order = rng.permutation(self.width)
+        return Motif(f"{self.name}-shuffled", self.matrix_id, self.counts[order])
+
+    def information_content(self) -> Array:
+        """float64 ``[width]``: bits per position, 2 + sum p log2 p."""
+        p = self.frequencies
+        return np.asarray(2.0 + np.where(p > 0, p * np.log2(np.where(p > 0, p, 1.0)), 0.0).sum(axis=1))
+
+    def score(self, codes: Array) -> Array:
+        """PWM log-odds (bits) of instances read on their own strand: codes ``[..., width]`` -> ``[...]``."""
+        return np.asarray(self.log_odds()[np.arange(self.width), codes].sum(axis=-1), dtype=np.float64)
+
+    def instance_score_stats(self) -> tuple[float, float]:
+        """Mean and standard deviation of :meth:`score` over instances drawn by :meth:`sample`
+        (exact: positions are independent)."""
+        f, lo = self.frequencies, self.log_odds().astype(np.float64)
+        mean = (f * lo).sum(axis=1)
+        var = (f * lo * lo).sum(axis=1) - mean**2
+        return float(mean.sum()), float(np.sqrt(var.sum()))
+
+    @property
+    def max_score(self) -> float:
+        return float(self.log_odds().max(axis=1).sum())
+
 
 def load_motifs(path: Path = MOTIFS_JSON) -> dict[str, Motif]:
     """The committed matrices by our name, in file order."""

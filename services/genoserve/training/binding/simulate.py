@@ -1,40 +1,37 @@
-"""Simulated binding data with a motif grammar (the DragoNN approach; pure numpy, no torch).
+"""Simulated binding data whose labels follow binding (DragoNN's single-motif and motif-density
+tasks as the base; pure numpy, no torch).
 
 Backgrounds
-    Half the sequences are windows of real human sequence: hg19 chr20 from DeepVariant's test
-    reference (``tests/data/deepvariant``), upper-cased, either strand, windows containing N
-    skipped. Training draws from chr20:9,995,000-10,895,000; held-out test sets from
-    chr20:10,895,000-11,095,000 and 59,776,000-60,001,000 (:data:`TRAIN_REGIONS`,
-    :data:`HELD_OUT_REGIONS`), so no background base is shared. The other half is GC-matched
-    random sequence: i.i.d. bases whose GC fraction is that of a real window drawn from the same
-    regions.
+    Windows of real human sequence: hg19 chr20 from DeepVariant's test reference
+    (``tests/data/deepvariant``), upper-cased, either strand, windows containing N skipped.
+    Training draws from chr20:9,995,000-10,895,000; held-out sets from chr20:10,895,000-11,095,000
+    and 59,776,000-60,001,000 (:data:`TRAIN_REGIONS`, :data:`HELD_OUT_REGIONS`), so no background
+    base is shared.
 
 Motif instances
-    Sampled base by base from real JASPAR frequency matrices (:mod:`.motifs`), placed on a random
-    strand without overlapping any other instance. Each placement is recorded as a :class:`Site`.
+    Sampled base by base from real JASPAR frequency matrices (:mod:`.motifs`), mixed with the
+    uniform distribution at a random weight, and kept when the instance's log-odds falls in the
+    scenario's band around the TF's binding threshold (:data:`SITE_BAND`, :data:`WEAK_BAND`,
+    :data:`PARTNER_BAND`); placed on a random strand without overlapping another instance
+    (:class:`Site`). Decoys (column-shuffled matrices, other TFs) are sampled from the matrix as is.
 
-When is a TF "bound" (label 1)? Either of
-    - homotypic cluster: at least :data:`CLUSTER_SIZE` (3) instances of the TF's motif within
-      :data:`CLUSTER_SPAN` (100) bp (for 101 bp sequences: anywhere);
-    - heterotypic pair: the TF's motif and its partner's at the preferred spacing and relative
-      orientation of its :class:`Grammar` (CTCF+YY1, GATA1+TAL1::TCF3, SPI1+CEBPA). GATA1's is the
-      erythroid GATA...(8 bp)...CAG E-box composite of JASPAR MA0140 (GATA1::TAL1); the other two
-      are synthetic.
-    Labels are computed from the placed sites by :func:`is_bound`, never assumed.
+Labels
+    Drawn from the binding probability of :mod:`.rule`: it rises with the best site's PWM
+    log-odds and cooperativity (a homotypic cluster, the preferred partner at its spacing) raises
+    it. The rule reads the finished sequence, so background sites count as much as planted ones.
 
-Single-TF task (``deepbind-<tf>``, 101 bp), exact proportions per set (:data:`BINDING_MIX`)
-    positives: ``cluster`` (3 instances), ``composite`` (the preferred pair);
-    negatives: ``background`` (nothing planted), ``decoys`` (1-3 instances of other TFs' motifs),
-    ``lone`` (1 or 2 instances of the TF: strong sites, but no cluster), ``misspaced`` (the TF and
-    its partner at a wrong spacing or orientation). Every sequence also gets 1-2 extra decoys with
-    probability 1/2. Positives and ``lone``/``misspaced`` negatives hold equally good instances, so
-    a PWM max-scan cannot separate them; a model must count instances and read spacing.
+Single-TF training mix (``deepbind-<tf>``, 101 bp; exact proportions, :data:`BINDING_MIX`)
+    ``site`` one instance; ``cluster`` 2-3 weaker instances; ``composite`` a weaker instance and its
+    partner at the preferred spacing and orientation; ``misspaced`` the same pair placed otherwise;
+    and composition-matched decoys: ``column_shuffled`` (an instance of the matrix with its columns
+    permuted), ``dinucleotide_shuffled`` (a ``site`` sequence shuffled with its dinucleotide counts
+    kept, :mod:`.shuffle`), ``genome`` (a real window with the GC fraction of a ``site`` sequence),
+    ``other`` (1-3 instances of other TFs). Every scenario is labelled by the rule.
 
-Multitask (``multitask-tf10``, 1000 bp, 10 labels)
-    For each TF independently: bound with probability 1/4 (a cluster within 100 bp, or for a TF
-    with a grammar, the composite half the time), else a "lone" configuration with probability 1/4
-    (1-2 instances anywhere, or for a TF with a grammar a misspaced pair half the time). The other
-    TFs' instances act as decoys for each task. Labels by :func:`is_bound` for every task.
+Multitask (``multitask-tf10``, 1,000 bp)
+    Per TF independently: one instance (probability 0.2), a cluster of 3 weaker instances within
+    100 bp (0.1), or, for a TF with a :data:`GRAMMARS` pair, the pair or a misspaced pair (0.1
+    each); plus 0-2 column-shuffled decoys. Labels by each task's rule.
 
 Everything is a function of the ``numpy.random.Generator`` passed in.
 """
@@ -50,6 +47,15 @@ import numpy as np
 
 from genoserve.training.binding.motifs import Motif
 from genoserve.training.binding.onehot import N_CODE, complement_codes, decode, encode, one_hot
+from genoserve.training.binding.rule import (
+    CLUSTER_SPAN,
+    GRAMMARS,
+    THRESHOLDS,
+    Grammar,
+    label_tasks,
+    partner_placement,
+)
+from genoserve.training.binding.shuffle import dinucleotide_shuffle
 
 Array = np.ndarray[Any, Any]
 Region = tuple[str, int, int]
@@ -60,76 +66,33 @@ HELD_OUT_REGIONS: tuple[Region, ...] = (("chr20", 10_895_000, 11_095_000), ("chr
 
 BINDING_LENGTH = 101
 MULTITASK_LENGTH = 1000
-CLUSTER_SIZE = 3
-CLUSTER_SPAN = 100
+#: Fraction of each single-TF training set per scenario.
+BINDING_MIX: dict[str, float] = {
+    "site": 0.30,
+    "cluster": 0.12,
+    "composite": 0.08,
+    "misspaced": 0.08,
+    "column_shuffled": 0.12,
+    "dinucleotide_shuffled": 0.10,
+    "genome": 0.10,
+    "other": 0.10,
+}
+#: Score bands (bits, relative to the TF's binding threshold) of planted instances: a site spans
+#: the threshold; a weak site is mostly unbound alone (p <= 0.12) and bound in a cluster or pair; a partner
+#: is a site of its own TF.
+SITE_BAND = (-4.0, 4.0)
+WEAK_BAND = (-4.0, -1.0)
+PARTNER_BAND = (-2.0, 4.0)
+#: Largest uniform-mixing weight of the candidates drawn for a band (0: the JASPAR matrix).
+MAX_UNIFORM = 0.7
 #: A misspaced pair is never within this many bp of the preferred arrangement.
 MISSPACING_MARGIN = 2
-#: Fraction of each single-TF set per scenario (positives first).
-BINDING_MIX: dict[str, float] = {
-    "cluster": 0.25,
-    "composite": 0.25,
-    "background": 0.10,
-    "decoys": 0.10,
-    "lone": 0.15,
-    "misspaced": 0.15,
-}
-POSITIVE_SCENARIOS = frozenset({"cluster", "composite"})
-
-
-@dataclass(frozen=True)
-class Grammar:
-    """The preferred pair: the partner ``gap`` bp after (or before) the TF, on the same (+1) or
-    opposite (-1) strand, in the TF's frame; the whole pair may lie on either strand."""
-
-    tf: str
-    partner: str
-    gap: int
-    partner_first: bool
-    partner_strand: int
-
-
-GRAMMARS: dict[str, Grammar] = {
-    "CTCF": Grammar("CTCF", "YY1", gap=1, partner_first=False, partner_strand=1),
-    "GATA1": Grammar("GATA1", "TAL1::TCF3", gap=4, partner_first=False, partner_strand=-1),
-    "SPI1": Grammar("SPI1", "CEBPA", gap=1, partner_first=False, partner_strand=1),
-}
-
-
-@dataclass(frozen=True)
-class Site:
-    """One planted instance: ``bases`` read on ``strand`` start at ``start`` (0-based, forward)."""
-
-    motif: str
-    start: int
-    strand: int
-    role: str
-    bases: str
-
-    @property
-    def end(self) -> int:
-        return self.start + len(self.bases)
-
-
-@dataclass(frozen=True)
-class SimulatedSet:
-    """codes: uint8 ``[n, length]``; labels: float32 ``[n, len(tasks)]``; scenario: str ``[n]``
-    (single-TF sets; ``"multitask"`` otherwise); real: bool ``[n]`` (real or random background);
-    sites: the planted instances of each sequence."""
-
-    codes: Array
-    labels: Array
-    tasks: tuple[str, ...]
-    scenario: Array
-    real: Array
-    sites: tuple[tuple[Site, ...], ...]
-
-    def one_hot(self) -> Array:
-        """float32 ``[n, length, 4]``."""
-        return one_hot(self.codes)
+#: Sequences labelled per call of the rule (bounds the memory of the window scores).
+LABEL_CHUNK = 2048
 
 
 class Backgrounds:
-    """Real windows from N-free stretches of a reference, and GC-matched random sequence."""
+    """Windows of N-free stretches of a reference."""
 
     def __init__(self, segments: Sequence[Array]) -> None:
         self.segments = [s for s in segments if s.size >= MULTITASK_LENGTH]
@@ -162,71 +125,60 @@ class Backgrounds:
         out[flip] = complement_codes(out[flip])
         return out
 
-    def gc_matched(self, rng: np.random.Generator, n: int, length: int) -> Array:
-        """uint8 ``[n, length]``: i.i.d. bases, each sequence at the GC fraction of a real window."""
-        gc = gc_fraction(self.real(rng, n, length))
-        strong = rng.random((n, length)) < gc[:, None]
-        second = rng.random((n, length)) < 0.5
-        # A=0, C=1, G=2, T=3: weak bases A/T, strong bases C/G.
-        return np.where(strong, np.where(second, 2, 1), np.where(second, 3, 0)).astype(np.uint8)
-
-    def sample(self, rng: np.random.Generator, n: int, length: int) -> tuple[Array, Array]:
-        """Half real, half GC-matched random, shuffled: (codes uint8 ``[n, length]``, real bool ``[n]``)."""
-        real = rng.permutation(np.arange(n) < (n + 1) // 2)
-        codes = np.empty((n, length), dtype=np.uint8)
-        codes[real] = self.real(rng, int(real.sum()), length)
-        codes[~real] = self.gc_matched(rng, int((~real).sum()), length)
-        return codes, real
+    def gc_matched(self, rng: np.random.Generator, gc: Array, length: int, candidates: int = 32) -> Array:
+        """uint8 ``[len(gc), length]``: for each target GC fraction, the real window closest to it
+        among ``candidates`` drawn windows."""
+        gc = np.asarray(gc, dtype=np.float64)
+        pool = self.real(rng, gc.size * candidates, length).reshape(gc.size, candidates, length)
+        best = np.abs(gc_fraction(pool) - gc[:, None]).argmin(axis=1)
+        return np.asarray(pool[np.arange(gc.size), best], dtype=np.uint8)
 
 
 def gc_fraction(codes: Array) -> Array:
-    """float64 ``[n]``: the fraction of C or G among the non-N bases of each row."""
+    """float64 ``[...]``: the fraction of C or G among the non-N bases of each row (last axis)."""
     strong = ((codes == 1) | (codes == 2)).sum(axis=-1)
     called = (codes != N_CODE).sum(axis=-1)
     return np.asarray(strong / np.maximum(called, 1), dtype=np.float64)
 
 
-# --- the grammar -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Site:
+    """One planted instance: ``bases`` read on ``strand`` start at ``start`` (0-based, forward)."""
+
+    motif: str
+    start: int
+    strand: int
+    role: str
+    bases: str
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.bases)
 
 
-def partner_placement(grammar: Grammar, widths: Mapping[str, int], tf_start: int, tf_strand: int) -> tuple[int, int]:
-    """(start, strand) of the partner that forms the preferred pair with a TF site."""
-    w_tf, w_partner = widths[grammar.tf], widths[grammar.partner]
-    after = (tf_strand == 1) != grammar.partner_first
-    start = tf_start + w_tf + grammar.gap if after else tf_start - grammar.gap - w_partner
-    return start, grammar.partner_strand * tf_strand
+@dataclass(frozen=True)
+class SimulatedSet:
+    """codes: uint8 ``[n, length]``; labels: float32 ``[n, len(tasks)]``; probability: float64
+    ``[n, len(tasks)]`` (the rule's, labels drawn from it; for a benchmark set, the labels' own
+    0/1); scenario: str ``[n]``; sites: the planted instances of each sequence."""
+
+    codes: Array
+    labels: Array
+    probability: Array
+    tasks: tuple[str, ...]
+    scenario: Array
+    sites: tuple[tuple[Site, ...], ...]
+
+    def one_hot(self) -> Array:
+        """float32 ``[n, length, 4]``."""
+        return one_hot(self.codes)
 
 
-def has_cluster(sites: Sequence[Site], tf: str, size: int = CLUSTER_SIZE, span: int = CLUSTER_SPAN) -> bool:
-    """At least ``size`` instances of ``tf`` lie within ``span`` bp."""
-    ordered = sorted((s for s in sites if s.motif == tf), key=lambda s: s.start)
-    return any(ordered[i + size - 1].end - ordered[i].start <= span for i in range(len(ordered) - size + 1))
-
-
-def has_composite(sites: Sequence[Site], grammar: Grammar, widths: Mapping[str, int], margin: int = 0) -> bool:
-    """Some TF site has a partner site within ``margin`` bp of the preferred arrangement."""
-    partners = [s for s in sites if s.motif == grammar.partner]
-    for tf_site in (s for s in sites if s.motif == grammar.tf):
-        start, strand = partner_placement(grammar, widths, tf_site.start, tf_site.strand)
-        if any(p.strand == strand and abs(p.start - start) <= margin for p in partners):
-            return True
-    return False
-
-
-def is_bound(sites: Sequence[Site], tf: str, widths: Mapping[str, int]) -> bool:
-    """The label rule: a homotypic cluster, or the TF's preferred heterotypic pair."""
-    grammar = GRAMMARS.get(tf)
-    return has_cluster(sites, tf) or (grammar is not None and has_composite(sites, grammar, widths))
-
-
-# --- planting ----------------------------------------------------------------------------------
-
-
-class _Crowded(Exception):
+class Crowded(Exception):
     """No free room for an instance; the caller draws the sequence again."""
 
 
-class _Canvas:
+class Canvas:
     """One sequence being built: its codes, which positions hold an instance, and the sites."""
 
     def __init__(self, codes: Array, motifs: Mapping[str, Motif], rng: np.random.Generator) -> None:
@@ -242,55 +194,102 @@ class _Canvas:
             start = int(self.rng.integers(lo, hi - width + 1))
             if not self.occupied[start : start + width].any():
                 return start
-        raise _Crowded
-
-    def write(self, motif: str, start: int, strand: int, role: str) -> Site:
-        instance = self.motifs[motif].sample(self.rng)
-        self.codes[start : start + instance.size] = instance if strand == 1 else complement_codes(instance)
-        self.occupied[start : start + instance.size] = True
-        site = Site(motif, start, strand, role, decode(instance))
-        self.sites.append(site)
-        return site
+        raise Crowded
 
     def strand(self) -> int:
         return 1 if self.rng.random() < 0.5 else -1
 
-    def plant(self, motif: str, role: str, lo: int = 0, hi: int | None = None) -> Site:
-        width = self.motifs[motif].width
-        return self.write(motif, self.free_start(width, lo, hi), self.strand(), role)
+    def instance(self, motif: Motif, band: tuple[float, float] | None) -> Array:
+        return sample_in_band(motif, self.rng, band)
 
-    def plant_cluster(self, tf: str, count: int = CLUSTER_SIZE, span: int = CLUSTER_SPAN) -> None:
+    def write(self, name: str, instance: Array, start: int, strand: int, role: str) -> Site:
+        self.codes[start : start + instance.size] = instance if strand == 1 else complement_codes(instance)
+        self.occupied[start : start + instance.size] = True
+        site = Site(name, start, strand, role, decode(instance))
+        self.sites.append(site)
+        return site
+
+    def plant(
+        self, name: str, role: str, band: tuple[float, float] | None = SITE_BAND, lo: int = 0, hi: int | None = None,
+        motif: Motif | None = None,
+    ) -> Site:  # fmt: skip
+        motif = motif or self.motifs[name]
+        start = self.free_start(motif.width, lo, hi)
+        return self.write(name, self.instance(motif, band), start, self.strand(), role)
+
+    def plant_cluster(self, tf: str, count: int, band: tuple[float, float], span: int = CLUSTER_SPAN) -> None:
         lo = int(self.rng.integers(0, max(self.codes.size - span, 0) + 1))
         for _ in range(count):
-            self.plant(tf, "target", lo, min(lo + span, self.codes.size))
+            self.plant(tf, "target", band, lo, min(lo + span, self.codes.size))
 
-    def plant_composite(self, grammar: Grammar) -> None:
+    def plant_pair(self, grammar: Grammar, preferred: bool, tf_band: tuple[float, float], tries: int = 64) -> None:
+        """The TF and its partner at the preferred arrangement, or (``preferred`` False) at any
+        other start or strand at least :data:`MISSPACING_MARGIN` bp from it."""
         widths = {name: m.width for name, m in self.motifs.items()}
-        block = widths[grammar.tf] + grammar.gap + widths[grammar.partner]
-        start = self.free_start(block)
-        strand = self.strand()
-        first_is_tf = (strand == 1) != grammar.partner_first
-        tf_start = start if first_is_tf else start + block - widths[grammar.tf]
-        partner_start, partner_strand = partner_placement(grammar, widths, tf_start, strand)
-        self.occupied[start : start + block] = True  # the gap stays background, and stays free of motifs
-        self.write(grammar.tf, tf_start, strand, "target")
-        self.write(grammar.partner, partner_start, partner_strand, "partner")
-
-    def plant_misspaced(self, grammar: Grammar, tries: int = 64) -> None:
-        widths = {name: m.width for name, m in self.motifs.items()}
-        tf_site = self.plant(grammar.tf, "target")
-        width = widths[grammar.partner]
-        preferred, preferred_strand = partner_placement(grammar, widths, tf_site.start, tf_site.strand)
+        partner_instance = self.instance(self.motifs[grammar.partner], PARTNER_BAND)
+        if preferred:
+            block = widths[grammar.tf] + grammar.gap + widths[grammar.partner]
+            start, strand = self.free_start(block), self.strand()
+            first_is_tf = (strand == 1) != grammar.partner_first
+            tf_start = start if first_is_tf else start + block - widths[grammar.tf]
+            p_start, p_strand = partner_placement(grammar, widths, tf_start, strand)
+            self.occupied[start : start + block] = True  # the gap stays background
+            self.write(grammar.tf, self.instance(self.motifs[grammar.tf], tf_band), tf_start, strand, "target")
+            self.write(grammar.partner, partner_instance, p_start, p_strand, "partner")
+            return
+        tf_site = self.plant(grammar.tf, "target", tf_band)
+        want, want_strand = partner_placement(grammar, widths, tf_site.start, tf_site.strand)
         for _ in range(tries):
-            start, strand = self.free_start(width), self.strand()
-            if strand != preferred_strand or abs(start - preferred) > MISSPACING_MARGIN:
-                self.write(grammar.partner, start, strand, "partner")
+            start, strand = self.free_start(widths[grammar.partner]), self.strand()
+            if strand != want_strand or abs(start - want) > MISSPACING_MARGIN:
+                self.write(grammar.partner, partner_instance, start, strand, "partner")
                 return
-        raise _Crowded
+        raise Crowded
 
-    def plant_decoys(self, pool: Sequence[str], count: int) -> None:
-        for _ in range(count):
-            self.plant(pool[int(self.rng.integers(len(pool)))], "decoy")
+
+def sample_in_band(motif: Motif, rng: np.random.Generator, band: tuple[float, float] | None, batch: int = 64) -> Array:
+    """One instance (uint8 codes ``[width]``): ``band`` None, drawn from the matrix; else drawn
+    from the matrix mixed with uniform (weight up to :data:`MAX_UNIFORM`) until its log-odds lies
+    within ``band`` of the TF's threshold (:data:`.rule.THRESHOLDS`)."""
+    if band is None:
+        return motif.sample(rng)
+    lo, hi = THRESHOLDS[motif.name] + band[0], THRESHOLDS[motif.name] + band[1]
+    while True:
+        candidates = motif.sample_many(rng, batch, rng.uniform(0.0, MAX_UNIFORM, batch))
+        scores = motif.score(candidates)
+        inside = np.flatnonzero((scores >= lo) & (scores <= hi))
+        if inside.size:
+            return np.asarray(candidates[inside[0]], dtype=np.uint8)
+
+
+def build(
+    codes: Array, motifs: Mapping[str, Motif], rng: np.random.Generator, plant: Any
+) -> tuple[Array, tuple[Site, ...]]:
+    """``plant(canvas)`` on a copy of ``codes``, drawn again while it runs out of room."""
+    while True:
+        canvas = Canvas(codes.copy(), motifs, rng)
+        try:
+            plant(canvas)
+        except Crowded:
+            continue
+        return canvas.codes, tuple(canvas.sites)
+
+
+def label(
+    codes: Array, tasks: Sequence[str], motifs: Mapping[str, Motif], rng: np.random.Generator
+) -> tuple[Array, Array]:
+    """The rule's labels and probabilities ``[n, tasks]``, in chunks of :data:`LABEL_CHUNK`."""
+    parts = [
+        label_tasks(codes[lo : lo + LABEL_CHUNK], tasks, motifs, rng) for lo in range(0, codes.shape[0], LABEL_CHUNK)
+    ]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def scenario_counts(mix: Mapping[str, float], n: int, rng: np.random.Generator) -> Array:
+    """str ``[n]``: the scenarios in the exact proportions of ``mix`` (rounding to the first), shuffled."""
+    counts = np.floor(np.array(list(mix.values())) * n).astype(int)
+    counts[0] += n - counts.sum()
+    return rng.permutation(np.repeat(np.array(list(mix)), counts))
 
 
 def simulate_binding(
@@ -301,43 +300,43 @@ def simulate_binding(
     backgrounds: Backgrounds,
     length: int = BINDING_LENGTH,
 ) -> SimulatedSet:
-    """The single-TF grammar task for ``tf`` (one of :data:`GRAMMARS`): ``n`` sequences, label
-    ``[n, 1]``, scenarios in the exact proportions of :data:`BINDING_MIX`."""
+    """The single-TF training mix for ``tf`` (one of :data:`GRAMMARS`): ``n`` sequences of
+    ``length``, labels ``[n, 1]`` by the rule."""
     grammar = GRAMMARS[tf]
-    widths = {name: m.width for name, m in motifs.items()}
-    decoy_pool = [name for name in motifs if name != tf]
-    counts = np.floor(np.array(list(BINDING_MIX.values())) * n).astype(int)
-    counts[0] += n - counts.sum()
-    scenarios = rng.permutation(np.repeat(np.array(list(BINDING_MIX)), counts))
-    codes, real = backgrounds.sample(rng, n, length)
+    others = [name for name in motifs if name not in (tf, grammar.partner)]
+    scenarios = scenario_counts(BINDING_MIX, n, rng)
+    codes = backgrounds.real(rng, n, length)
     all_sites: list[tuple[Site, ...]] = []
+
+    def one_site(canvas: Canvas) -> None:
+        canvas.plant(tf, "target")
+
     for i, scenario in enumerate(scenarios):
-        background = codes[i].copy()
-        while True:
-            canvas = _Canvas(background.copy(), motifs, rng)
-            try:
-                if scenario == "cluster":
-                    canvas.plant_cluster(tf, span=length)
-                elif scenario == "composite":
-                    canvas.plant_composite(grammar)
-                elif scenario == "decoys":
-                    canvas.plant_decoys(decoy_pool, int(rng.integers(1, 4)))
-                elif scenario == "lone":
-                    for _ in range(int(rng.integers(1, CLUSTER_SIZE))):
-                        canvas.plant(tf, "target")
-                elif scenario == "misspaced":
-                    canvas.plant_misspaced(grammar)
-                if rng.random() < 0.5:
-                    canvas.plant_decoys(decoy_pool, int(rng.integers(1, 3)))
-            except _Crowded:
-                continue
-            # A decoy partner can complete a pair by chance; the label must match the scenario.
-            if is_bound(canvas.sites, tf, widths) == (scenario in POSITIVE_SCENARIOS):
-                break
-        codes[i] = canvas.codes
-        all_sites.append(tuple(canvas.sites))
-    labels = np.isin(scenarios, list(POSITIVE_SCENARIOS)).astype(np.float32)[:, None]
-    return SimulatedSet(codes, labels, (tf,), scenarios, real, tuple(all_sites))
+        sites: tuple[Site, ...] = ()
+        if scenario == "site":
+            codes[i], sites = build(codes[i], motifs, rng, one_site)
+        elif scenario == "cluster":
+            count = int(rng.integers(2, 4))
+            codes[i], sites = build(codes[i], motifs, rng, lambda c, k=count: c.plant_cluster(tf, k, WEAK_BAND))
+        elif scenario in ("composite", "misspaced"):
+            preferred = scenario == "composite"
+            codes[i], sites = build(codes[i], motifs, rng, lambda c, p=preferred: c.plant_pair(grammar, p, WEAK_BAND))
+        elif scenario == "column_shuffled":
+            decoy = motifs[tf].column_shuffled(rng)
+            codes[i], sites = build(codes[i], motifs, rng, lambda c, m=decoy: c.plant(m.name, "decoy", None, motif=m))
+        elif scenario == "dinucleotide_shuffled":
+            planted, _ = build(codes[i], motifs, rng, one_site)
+            codes[i] = dinucleotide_shuffle(planted, rng)
+        elif scenario == "genome":
+            planted, _ = build(codes[i], motifs, rng, one_site)
+            codes[i] = backgrounds.gc_matched(rng, gc_fraction(planted)[None], length)[0]
+        elif scenario == "other":
+            count = int(rng.integers(1, 4))
+            picks = [others[int(k)] for k in rng.integers(len(others), size=count)]
+            codes[i], sites = build(codes[i], motifs, rng, lambda c, p=picks: [c.plant(m, "decoy", None) for m in p])
+        all_sites.append(sites)
+    labels, probability = label(codes, (tf,), motifs, rng)
+    return SimulatedSet(codes, labels, probability, (tf,), scenarios, tuple(all_sites))
 
 
 def simulate_multitask(
@@ -347,40 +346,37 @@ def simulate_multitask(
     rng: np.random.Generator,
     backgrounds: Backgrounds,
     length: int = MULTITASK_LENGTH,
-    p_bound: float = 0.25,
-    p_lone: float = 0.25,
+    p_site: float = 0.2,
+    p_cluster: float = 0.1,
+    p_pair: float = 0.1,
 ) -> SimulatedSet:
-    """``n`` sequences with independent bound / lone / absent states per task; labels
-    float32 ``[n, len(tasks)]`` by :func:`is_bound`."""
-    widths = {name: m.width for name, m in motifs.items()}
-    codes, real = backgrounds.sample(rng, n, length)
-    labels = np.zeros((n, len(tasks)), dtype=np.float32)
+    """``n`` sequences with an independent configuration per task; labels ``[n, len(tasks)]`` by
+    each task's rule."""
+    codes = backgrounds.real(rng, n, length)
     all_sites: list[tuple[Site, ...]] = []
     for i in range(n):
-        while True:
-            canvas = _Canvas(codes[i].copy(), motifs, rng)
-            states = rng.random(len(tasks))
-            use_grammar = rng.random(len(tasks)) < 0.5
-            try:
-                # Bound configurations first: they need the most room.
-                for t in np.argsort(states, kind="stable"):
-                    tf, grammar = tasks[t], GRAMMARS.get(tasks[t])
-                    if states[t] < p_bound:
-                        if grammar is not None and use_grammar[t]:
-                            canvas.plant_composite(grammar)
-                        else:
-                            canvas.plant_cluster(tf)
-                    elif states[t] < p_bound + p_lone:
-                        if grammar is not None and use_grammar[t]:
-                            canvas.plant_misspaced(grammar)
-                        else:
-                            for _ in range(int(rng.integers(1, CLUSTER_SIZE))):
-                                canvas.plant(tf, "target")
-            except _Crowded:
-                continue
-            break
-        codes[i] = canvas.codes
-        labels[i] = [is_bound(canvas.sites, tf, widths) for tf in tasks]
-        all_sites.append(tuple(canvas.sites))
-    scenario = np.full(n, "multitask")
-    return SimulatedSet(codes, labels, tuple(tasks), scenario, real, tuple(all_sites))
+        states = rng.random(len(tasks))
+        preferred = rng.random(len(tasks)) < 0.5
+        decoys = [
+            motifs[tasks[int(k)]].column_shuffled(rng) for k in rng.integers(len(tasks), size=int(rng.integers(0, 3)))
+        ]
+
+        def plant(
+            canvas: Canvas, states: Array = states, preferred: Array = preferred, decoys: list[Motif] = decoys
+        ) -> None:
+            # Clusters and pairs first: they need the most room.
+            for t in np.argsort(-states, kind="stable"):
+                tf, grammar, r = tasks[t], GRAMMARS.get(tasks[t]), states[t]
+                if r < p_site:
+                    canvas.plant(tf, "target")
+                elif r < p_site + p_cluster:
+                    canvas.plant_cluster(tf, 3, WEAK_BAND)
+                elif grammar is not None and r < p_site + p_cluster + 2 * p_pair:
+                    canvas.plant_pair(grammar, bool(preferred[t]), WEAK_BAND)
+            for decoy in decoys:
+                canvas.plant(decoy.name, "decoy", None, motif=decoy)
+
+        codes[i], sites = build(codes[i], motifs, rng, plant)
+        all_sites.append(sites)
+    labels, probability = label(codes, tasks, motifs, rng)
+    return SimulatedSet(codes, labels, probability, tuple(tasks), np.full(n, "multitask"), tuple(all_sites))
