@@ -228,12 +228,13 @@ def test_cli_predict_variants_writes_an_indexed_vcf(rig: Rig) -> None:
 
 
 def test_a_long_call_bam_shard_reports_progress_before_it_ends(rig: Rig) -> None:
-    """One 20 kb shard (20 make_examples partitions): the job's items_done moves within it."""
+    """One 60 kb shard (60 make_examples partitions, several heartbeats long): the job's items_done
+    moves within it."""
     with Client(rig.server.address) as client:
         job = client.submit_job(
             "variants.call_bam", [str(rig.root / BAM.name)], str(rig.root / "progress-out"),
-            {"model": "fraction-7ch", "reference": "hg19chr20", "regions": "chr20:10020001-10040000",
-             "shard_size": "20000"},
+            {"model": "fraction-7ch", "reference": "hg19chr20", "regions": "chr20:10000001-10060000",
+             "shard_size": "60000"},
         )  # fmt: skip
         assert job.shards_total == 1
         events = list(client.watch_job(job.id))
@@ -241,8 +242,8 @@ def test_a_long_call_bam_shard_reports_progress_before_it_ends(rig: Rig) -> None
     assert final.state == jobs_pb2.JOB_STATE_SUCCEEDED, (final.error, rig.worker.log())
     within = sorted({e.job.items_done for e in events if e.job.shards_done == 0 and e.job.items_done > 0})
     assert within, "no progress was reported before the shard ended"
-    assert all(n % 1000 == 0 and n < 20_000 for n in within)  # whole partitions, not the shard's end
-    assert final.items_done == final.items_total == 20_000
+    assert all(n % 1000 == 0 and n < 60_000 for n in within)  # whole partitions, not the shard's end
+    assert final.items_done == final.items_total == 60_000
 
 
 def test_call_bam_and_call_examples_jobs(rig: Rig) -> None:

@@ -13,11 +13,13 @@ from genoserve.binding.contract import BindingContract
 from genoserve.embedding.contract import EmbeddingContract
 from genoserve.runtime.spec import ModelSpec
 from genoserve.segmentation.contract import SegmentationContract
+from genoserve.variants.contract import VariantsContract
 
 PARSERS: dict[str, Callable[[ModelSpec], Any]] = {
     "binding": BindingContract.of,
     "segmentation": SegmentationContract.of,
     "embedding": EmbeddingContract.of,
+    "variants": VariantsContract.of,
 }
 
 

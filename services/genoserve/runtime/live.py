@@ -16,6 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from genoserve.core import metrics
 from genoserve.core.cpus import CpuBudget, cpu_budget
@@ -45,6 +46,8 @@ class ModelStatus:
     reason: str
     provider: str
     batching: BatcherConfig
+    #: The family's parsed contract (None for ``platform`` and for a model kept out).
+    contract: Any = None
 
     @property
     def ready(self) -> bool:
@@ -379,7 +382,7 @@ class LiveModels:
         out = []
         for r in self._records:
             cfg = batcher_config(r.spec, self.settings, r.provider, self._budget) if r.spec else BatcherConfig()
-            out.append(ModelStatus(r.name, r.version_label, r.spec, r.state, r.reason, r.provider, cfg))
+            out.append(ModelStatus(r.name, r.version_label, r.spec, r.state, r.reason, r.provider, cfg, r.contract))
         return out
 
     def families_ready(self) -> dict[str, bool]:

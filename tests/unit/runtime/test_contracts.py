@@ -174,7 +174,7 @@ def test_a_broken_contract_is_kept_out_naming_the_rule(
 def test_every_bundled_model_keeps_its_contract(name: str) -> None:
     [record, *_] = scan(REPO / "models", (name,))
     assert record.state is not ModelState.FAILED, record.reason
-    assert (record.contract is None) == (record.spec is not None and record.spec.family in ("platform", "variants"))
+    assert (record.contract is None) == (record.spec is not None and record.spec.family == "platform")
 
 
 def test_a_contract_is_asked_of_its_own_family_only() -> None:

@@ -15,7 +15,7 @@ from genoserve.api.codecs.tensor import RegionReader
 from genoserve.api.deadlines import deadline_of
 from genoserve.api.servicers import as_own_request
 from genoserve.api.servicers.registration import add_parsed_servicer
-from genoserve.core.errors import GenoserveError, InvalidArgument
+from genoserve.core.errors import InvalidArgument
 from genoserve.core.metrics import stage
 from genoserve.core.settings import VariantsSettings
 from genoserve.runtime.live import LiveModels
@@ -40,22 +40,16 @@ class VariantCallingServicer:
     def _model(self, name: str, version: str, channels: int) -> tuple[ServedModel, VariantsContract]:
         if not name:
             for status in self.repository.statuses():
-                if status.ready and status.spec and status.spec.family == self.FAMILY:
-                    try:
-                        takes = VariantsContract.of(status.spec).channels
-                    except GenoserveError:  # broken model.yaml: not a candidate
-                        continue
-                    if takes == channels:
-                        name = status.spec.name
-                        break
+                contract = status.contract
+                if status.ready and isinstance(contract, VariantsContract) and contract.channels == channels:
+                    name = status.name
+                    break
             else:
                 raise InvalidArgument.field(
                     "model", f"no ready variants model takes {channels}-channel pileups; name one explicitly"
                 )
         model = self.repository.get(name, version)
-        # The repository parses the contracts of the families it knows when it reads a model.
-        known = model.contract if isinstance(model.contract, VariantsContract) else None
-        contract = known or VariantsContract.of(model.spec)
+        contract = model.contract_as(VariantsContract)
         if contract.channels != channels:
             raise InvalidArgument.field(
                 "examples", f"model {name} expects pileups {contract.layout}; got {channels} channels"
