@@ -4,13 +4,20 @@ A binding model (model.yaml ``family: binding``) scores DNA:
 
 - one input, float32 [batch, length, 4]: one-hot A, C, G, T (N: 0.25 in each), ``length`` fixed;
 - one output, float32 [batch, tasks]: a logit per task (``labels`` name the tasks);
-- ``preprocessing`` (``BindingPreprocessing``): ``default_strand`` and the documented constants.
+- ``preprocessing`` (``BindingPreprocessing``): ``default_strand``, the documented constants and
+  ``metric_floors``: the least value of a recorded metric for a version to serve. A version whose
+  ``metrics`` hold a floored metric below its floor, or lack it, is kept out at load with the
+  reason (``BindingContract.below_floor``). ``{task}`` in a name stands for each output label, so
+  ``auroc_{task}: 0.9`` floors every served task.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
+
+from pydantic import Field
 
 from genoserve.runtime.contract import ContractViolation, Preprocessing, preprocessing
 from genoserve.runtime.spec import ModelSpec
@@ -25,6 +32,8 @@ class BindingPreprocessing(Preprocessing):
     unknown: Literal["N"] = "N"
     #: Strand scoring when a request does not choose: forward only, or the max / mean of both.
     default_strand: Literal["forward", "max", "mean"] = "max"
+    #: Metric name (``{task}``: each output label) -> the least recorded value that may serve.
+    metric_floors: dict[str, float] = Field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,21 @@ class BindingContract:
     default_strand: str
     input: str
     output: str
+    #: Metric name -> floor, with ``{task}`` expanded to each task.
+    metric_floors: dict[str, float] = field(default_factory=dict)
+
+    def below_floor(self, metrics: Mapping[str, float]) -> str:
+        """The reason a version with these recorded ``metrics`` may not serve ("" when it may):
+        each floored metric that is missing or below its floor."""
+        problems = []
+        for name, floor in self.metric_floors.items():
+            if name not in metrics:
+                problems.append(f"{name} is not recorded (floor {floor:g})")
+            elif metrics[name] < floor:
+                problems.append(f"{name} {metrics[name]:g} is below its floor {floor:g}")
+        if not problems:
+            return ""
+        return "preprocessing.metric_floors: " + "; ".join(problems)
 
     @classmethod
     def of(cls, spec: ModelSpec) -> BindingContract:
@@ -63,4 +87,8 @@ class BindingContract:
         if problems:
             raise ContractViolation(spec, problems)
         tasks = list(y.labels) or [f"task{i}" for i in range(y.shape[-1])]
-        return cls(x.shape[1], tasks, pre.default_strand, x.name, y.name)
+        floors: dict[str, float] = {}
+        for name, floor in pre.metric_floors.items():
+            for task in tasks if "{task}" in name else [""]:
+                floors[name.replace("{task}", task)] = floor
+        return cls(x.shape[1], tasks, pre.default_strand, x.name, y.name, floors)

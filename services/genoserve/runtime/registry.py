@@ -115,8 +115,11 @@ def scan(model_dir: Path, only: tuple[str, ...] = (), families: tuple[str, ...] 
             broken = ""
         for version in sorted(spec.versions, key=lambda v: v.version):
             record = ModelVersionRecord(spec.name, directory, spec, version, contract=contract)
-            if broken:
-                record.fail(broken)
+            # A contract may floor recorded metrics (binding: preprocessing.metric_floors).
+            below = getattr(contract, "below_floor", None)
+            reason = broken or (below(version.metrics) if below is not None else "")
+            if reason:
+                record.fail(reason)
             records.append(record)
     return records
 

@@ -29,24 +29,33 @@ def strand_max(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 class DeepBind(nn.Module):
     """DeepBind (Alipanahi et al. 2015): motif-detector convolution over the sequence padded with
-    N (0.25) so edge sites are seen, ReLU, global max and average pooling concatenated, a small
-    fully connected stage with dropout, one logit."""
+    N (0.25) so edge sites are seen; per filter the global max of its (linear) scores and the mean
+    of its rectified scores, concatenated; dropout and a linear output (DeepBind's no-hidden-layer
+    variant), one logit.
 
-    DESCRIPTION = "DeepBind: conv 32x30 (N-padded), ReLU, global max+mean pool, FC 32, dropout 0.5, 1 logit"
+    The max of a linear filter ranks sites as a PWM scan does, below the binding threshold too;
+    the mean of rectified scores counts sites (homotypic clusters), and a filter as wide as a pair
+    (30 bp) sees a composite site. The output is linear in these, as binding energy is in the
+    simulator's rule.
+    """
 
-    def __init__(self, filters: int = 32, width: int = 30, hidden: int = 32, dropout: float = 0.5) -> None:
+    DESCRIPTION = (
+        "DeepBind: conv 32x30 (N-padded); per filter global max (linear) and mean of ReLU; "
+        "dropout 0.5; linear 1 logit"
+    )
+
+    def __init__(self, filters: int = 32, width: int = 30, dropout: float = 0.5) -> None:
         super().__init__()
         self.width = width
         self.conv = nn.Conv1d(4, filters, width)
-        self.hidden = nn.Linear(2 * filters, hidden)
         self.dropout = nn.Dropout(dropout)
-        self.out = nn.Linear(hidden, 1)
+        self.out = nn.Linear(2 * filters, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.pad(x.transpose(1, 2), (self.width - 1, self.width - 1), value=0.25)
-        h = F.relu(self.conv(h))  # [batch, filters, positions]
-        pooled = torch.cat([h.amax(dim=2), h.mean(dim=2)], dim=1)
-        logit: torch.Tensor = self.out(self.dropout(F.relu(self.hidden(pooled))))
+        h = self.conv(h)  # [batch, filters, positions]
+        pooled = torch.cat([h.amax(dim=2), F.relu(h).mean(dim=2)], dim=1)
+        logit: torch.Tensor = self.out(self.dropout(pooled))
         return logit
 
 

@@ -26,7 +26,10 @@ Single-TF training mix (``deepbind-<tf>``, 101 bp; exact proportions, :data:`BIN
     and composition-matched decoys: ``column_shuffled`` (an instance of the matrix with its columns
     permuted), ``dinucleotide_shuffled`` (a ``site`` sequence shuffled with its dinucleotide counts
     kept, :mod:`.shuffle`), ``genome`` (a real window with the GC fraction of a ``site`` sequence),
-    ``other`` (1-3 instances of other TFs). Every scenario is labelled by the rule.
+    ``other`` (1-3 instances of other TFs). The decoys are negatives by construction (label 0, as
+    DeepBind's shuffled sequences are), whatever their best window scores: a column-shuffled
+    instance with a high log-odds is still not the TF's site. Every other scenario is labelled by
+    the rule.
 
 Multitask (``multitask-tf10``, 1,000 bp)
     Per TF independently: one instance (probability 0.2), a cluster of 3 weaker instances within
@@ -77,6 +80,8 @@ BINDING_MIX: dict[str, float] = {
     "genome": 0.10,
     "other": 0.10,
 }
+#: The composition-matched decoys: unbound by construction.
+DECOY_SCENARIOS = ("column_shuffled", "dinucleotide_shuffled", "genome")
 #: Score bands (bits, relative to the TF's binding threshold) of planted instances: a site spans
 #: the threshold; a weak site is mostly unbound alone (p <= 0.12) and bound in a cluster or pair; a partner
 #: is a site of its own TF.
@@ -336,6 +341,8 @@ def simulate_binding(
             codes[i], sites = build(codes[i], motifs, rng, lambda c, p=picks: [c.plant(m, "decoy", None) for m in p])
         all_sites.append(sites)
     labels, probability = label(codes, (tf,), motifs, rng)
+    decoy = np.isin(scenarios, DECOY_SCENARIOS)
+    labels[decoy], probability[decoy] = 0.0, 0.0
     return SimulatedSet(codes, labels, probability, (tf,), scenarios, tuple(all_sites))
 
 
