@@ -73,3 +73,33 @@ def draw(deltas: Array, path: Path, title: str = "") -> None:
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
+
+
+def mutagenesis_tsv(client: Any, model: str, items: Any, strand: str, crop: bool, logo: Path | None,
+                    call: Any) -> int:  # fmt: skip
+    """``predict binding --mutagenesis``: one Mutagenesis request per (id, bases) of ``items``, TSV
+    rows (id, position 1-based, base, task, logit change for A, C, G, T) to stdout; with ``logo``,
+    a PNG of the first task's map averaged over the sequences (which should be aligned on the
+    site). ``call`` runs a request as the CLI does (``or_exit``). Returns the sequences done."""
+    import click
+
+    from genoserve.api.codecs.tensor import to_numpy
+
+    total: Array | None = None
+    count = 0
+    tasks: list[str] = []
+    for sequence_id, bases in items:
+        response = call(lambda i=sequence_id, b=bases: client.mutagenesis(model, i, b, strand, crop))
+        deltas = to_numpy(response.logit_deltas, "logit_deltas")  # [length, 4, tasks]
+        if not count:
+            tasks = list(response.tasks)
+            click.echo("\t".join(["id", "position", "base", "task", *ALPHABET]))
+        for position, base in enumerate(response.bases):
+            for t, task in enumerate(tasks):
+                values = [f"{v:.6g}" for v in deltas[position, :, t]]
+                click.echo("\t".join([response.id, str(position + 1), base, task, *values]))
+        total = deltas[:, :, 0].astype(np.float64) if total is None else total + deltas[:, :, 0]
+        count += 1
+    if logo is not None and total is not None:
+        draw(total / count, logo, f"{model}: {tasks[0]}, in-silico mutagenesis of {count} sequence(s)")
+    return count

@@ -88,13 +88,26 @@ def _vcf_variants(path: Path) -> Iterator[Any]:
 @click.option("--strand", type=click.Choice(["forward", "max", "mean"]), default=None)
 @click.option("--crop", is_flag=True, help="Centre-crop sequences longer than the model's length.")
 @click.option("--batch", type=click.IntRange(min=1), default=256, show_default=True, help="Items per request.")
+@click.option("--mutagenesis", is_flag=True, help="Per sequence, the logit change of every substitution (TSV).")
+@click.option("--logo", type=click.Path(path_type=Path, dir_okay=False),
+              help="With --mutagenesis: a PNG logo of the first task's map averaged over the sequences.")  # fmt: skip
 @client_options
 def binding(model: str, fasta: Path | None, sequences: tuple[str, ...], vcf: Path | None, reference: str,
-            strand: str | None, crop: bool, batch: int, **conn: Any) -> None:  # fmt: skip
+            strand: str | None, crop: bool, batch: int, mutagenesis: bool, logo: Path | None,
+            **conn: Any) -> None:  # fmt: skip
     """TSV to stdout: per sequence the score and logit of every task; per variant the effects."""
     if sum(x is not None and x != () for x in (fasta, sequences or None, vcf)) != 1:
         raise click.UsageError("give exactly one of --fasta, --sequence, --vcf")
+    if (logo is not None and not mutagenesis) or (mutagenesis and vcf is not None):
+        raise click.UsageError("--logo needs --mutagenesis, which takes --fasta or --sequence")
     with make_client(**conn) as client:
+        if mutagenesis:
+            from genoserve.cli.logo import mutagenesis_tsv
+
+            items = _fasta(fasta) if fasta is not None else iter((f"seq{i}", s) for i, s in enumerate(sequences))
+            if not mutagenesis_tsv(client, model, items, strand or "", crop, logo, lambda c: or_exit(c, BINDING)):
+                raise click.BadParameter(f"{fasta}: no FASTA records ('>' headers)", param_hint="'--fasta'")
+            return
         if vcf is not None:
             header = False
             for chunk in batched(_vcf_variants(vcf), batch):
