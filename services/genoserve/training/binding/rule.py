@@ -23,7 +23,7 @@ Probability bound
 
 Thresholds (:data:`THRESHOLDS`) are per TF: the larger of the mean JASPAR-sampled instance score
 minus half its standard deviation, and the 90th percentile of the best score in 1,000 bp windows
-of the training chr20 regions; at most the matrix's best score minus 1.5 bits (MAX's 6 bp matrix
+of the training chr20 regions (500 windows, seed 0); at most the matrix's best score minus 1.5 bits (MAX's 6 bp matrix
 would otherwise never be bound). A JASPAR-sampled site alone is bound about 55-75% of the time, a
 1,000 bp window without a planted site at most about 10%. :func:`suggest_threshold` re-derives
 them; a test checks the table.
