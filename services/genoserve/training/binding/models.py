@@ -40,11 +40,10 @@ class DeepBind(nn.Module):
     """
 
     DESCRIPTION = (
-        "DeepBind: conv 32x30 (N-padded); per filter global max (linear) and mean of ReLU; "
-        "dropout 0.5; linear 1 logit"
+        "DeepBind: conv 32x30 (N-padded); per filter global max (linear) and mean of ReLU; dropout 0.1; linear 1 logit"
     )
 
-    def __init__(self, filters: int = 32, width: int = 30, dropout: float = 0.5) -> None:
+    def __init__(self, filters: int = 32, width: int = 30, dropout: float = 0.1) -> None:
         super().__init__()
         self.width = width
         self.conv = nn.Conv1d(4, filters, width)

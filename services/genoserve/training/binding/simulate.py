@@ -341,8 +341,8 @@ def simulate_binding(
             codes[i], sites = build(codes[i], motifs, rng, lambda c, p=picks: [c.plant(m, "decoy", None) for m in p])
         all_sites.append(sites)
     labels, probability = label(codes, (tf,), motifs, rng)
-    decoy = np.isin(scenarios, DECOY_SCENARIOS)
-    labels[decoy], probability[decoy] = 0.0, 0.0
+    is_decoy = np.isin(scenarios, DECOY_SCENARIOS)
+    labels[is_decoy], probability[is_decoy] = 0.0, 0.0
     return SimulatedSet(codes, labels, probability, (tf,), scenarios, tuple(all_sites))
 
 
