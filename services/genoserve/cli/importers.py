@@ -17,3 +17,7 @@ import_group.add_command(scvi_command)
 from genoserve.cli.import_torch import torch_command  # noqa: E402
 
 import_group.add_command(torch_command)
+
+from genoserve.cli.import_cellpose import cellpose_command  # noqa: E402
+
+import_group.add_command(cellpose_command)
