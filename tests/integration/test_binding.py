@@ -273,3 +273,39 @@ def test_cli_predict_binding_fasta_and_vcf(rig: Rig) -> None:
     rows = {line.split("\t")[0]: line.split("\t") for line in out.stdout.splitlines()[1:]}
     assert float(rows["break"][6]) == -1.0  # TESTTF_logit_diff
     assert "does not match the reference" in rows["wrong"][-1]
+
+
+def test_cli_mutagenesis_tsv_and_logo(rig: Rig) -> None:
+    """predict binding --mutagenesis prints every substitution's logit change; --logo draws the
+    map averaged over the sequences, whose letters at the site spell the motif."""
+    from PIL import Image
+
+    from genoserve.cli.logo import information_content, probabilities
+
+    fasta = rig.root / "ism.fa"
+    fasta.write_text(f">one\n{'A' * 40}{MOTIF}{'A' * 51}\n>two\n{'C' * 40}{MOTIF}{'C' * 51}\n")
+    logo = rig.root / "logo.png"
+    cli = [sys.executable, "-m", "genoserve.cli.main", "predict", "binding", "--model", "match-test",
+           "--address", rig.server.address, "--fasta", str(fasta), "--mutagenesis", "--logo", str(logo)]  # fmt: skip
+    out = subprocess.run(cli, capture_output=True, text=True, timeout=60, check=True)
+    lines = [line.split("\t") for line in out.stdout.splitlines()]
+    assert lines[0] == ["id", "position", "base", "task", "A", "C", "G", "T"]
+    assert len(lines) == 1 + 2 * LENGTH
+    rows = {(r[0], int(r[1])): r for r in lines[1:]}
+    site_row = rows[("one", 41)]  # the site's first base, G
+    assert site_row[2:4] == ["G", "TESTTF"]
+    assert [float(v) for v in site_row[4:]] == [-1.0, -1.0, 0.0, -1.0]
+    assert [float(v) for v in rows[("two", 1)][4:]] == [0.0, 0.0, 0.0, 0.0]
+    with Image.open(logo) as image:
+        assert image.format == "PNG"
+        assert image.size[0] > 400
+    # What the logo draws: the site's bases carry the information, the flanks none.
+    deltas = np.zeros((LENGTH, 4))
+    for i, base in enumerate(MOTIF):
+        deltas[40 + i] = [0.0 if b == base else -1.0 for b in "ACGT"]
+    ic = information_content(probabilities(deltas))
+    assert (ic[40 : 40 + len(MOTIF)] > 0.1).all()  # one nat per mismatch: p = 0.475 for the own base
+    assert np.abs(ic[:40]).max() < 1e-9
+    no_mutagenesis = subprocess.run([*cli[:-3], "--logo", str(logo)], capture_output=True, text=True, timeout=60)
+    assert no_mutagenesis.returncode == 2
+    assert "--logo needs --mutagenesis" in no_mutagenesis.stderr

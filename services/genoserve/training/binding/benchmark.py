@@ -22,6 +22,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from genoserve.training.binding.motifs import Motif
+from genoserve.training.binding.onehot import decode
 from genoserve.training.binding.rule import GRAMMARS
 from genoserve.training.binding.shuffle import dinucleotide_shuffle
 from genoserve.training.binding.simulate import (
@@ -97,3 +98,39 @@ def grammar_set(
     labels = (np.arange(2 * half) < half).astype(np.float32)[:, None]
     scenario = np.where(labels[:, 0] == 1, task.split("_vs_")[0], task.split("_vs_")[1])
     return SimulatedSet(codes, labels, labels.astype(np.float64), (tf,), scenario, tuple(sites))
+
+
+def aligned_sites(
+    motifs: Mapping[str, Motif], tf: str, n: int, rng: np.random.Generator, backgrounds: Backgrounds, length: int
+) -> list[str]:
+    """``n`` held-out windows, each with one JASPAR-sampled ``tf`` site on the forward strand at the
+    same place (centred): the input of an averaged mutagenesis map and its logo."""
+    start = (length - motifs[tf].width) // 2
+    codes = backgrounds.real(rng, n, length)
+    for row in codes:
+        row[start : start + motifs[tf].width] = motifs[tf].sample(rng)
+    return [decode(row) for row in codes]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Write a FASTA of :func:`aligned_sites` (for ``genoserve predict binding --mutagenesis --logo``)."""
+    import argparse
+    from pathlib import Path
+
+    from genoserve.training.binding.motifs import load_motifs
+    from genoserve.training.binding.simulate import BINDING_LENGTH, HELD_OUT_REGIONS, REFERENCE
+
+    parser = argparse.ArgumentParser(description="Aligned held-out sites of one TF, as FASTA.")
+    parser.add_argument("--tf", required=True)
+    parser.add_argument("--n", type=int, default=100)
+    parser.add_argument("--length", type=int, default=BINDING_LENGTH)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    backgrounds = Backgrounds.from_fasta(REFERENCE, HELD_OUT_REGIONS)
+    sites = aligned_sites(load_motifs(), args.tf, args.n, np.random.default_rng(args.seed), backgrounds, args.length)
+    args.out.write_text("".join(f">{args.tf}_{i}\n{bases}\n" for i, bases in enumerate(sites)))
+
+
+if __name__ == "__main__":
+    main()
