@@ -19,7 +19,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from genoserve.runtime.contract import ContractViolation, Preprocessing, preprocessing
+from genoserve.runtime.contract import ContractViolation, Preprocessing, preprocessing, single_ports
 from genoserve.runtime.spec import ModelSpec
 
 
@@ -68,12 +68,8 @@ class BindingContract:
     def of(cls, spec: ModelSpec) -> BindingContract:
         """The contract of a binding model.yaml; ContractViolation naming every broken rule."""
         pre = preprocessing(BindingPreprocessing, spec, cls.FAMILY)
+        x, y = single_ports(spec)
         problems: list[str] = []
-        if len(spec.inputs) != 1 or len(spec.outputs) != 1:
-            problems.append(f"needs one input and one output (has {len(spec.inputs)} and {len(spec.outputs)})")
-            raise ContractViolation(spec, problems)
-        [x] = spec.inputs
-        [y] = spec.outputs
         if x.dtype != "float32" or len(x.shape) != 3 or x.shape[1] < 1 or x.shape[2] != 4:
             problems.append(f"input {x.name} must be float32 [batch, length, 4] with a fixed length, "
                             f"is {x.dtype} {list(x.shape)}")  # fmt: skip

@@ -13,7 +13,7 @@ from typing import TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from genoserve.core.errors import InvalidArgument, ModelLoadError
-from genoserve.runtime.spec import ModelSpec
+from genoserve.runtime.spec import ModelSpec, TensorSpec
 
 
 class Preprocessing(BaseModel):
@@ -58,3 +58,12 @@ def other_family(have: str, want: str) -> str:
 
 def _article(word: str) -> str:
     return "an" if word[:1] in "aeiou" else "a"
+
+
+def single_ports(spec: ModelSpec) -> tuple[TensorSpec, TensorSpec]:
+    """The one input and the one output of a family that takes and gives one tensor each."""
+    if len(spec.inputs) != 1 or len(spec.outputs) != 1:
+        raise ContractViolation(
+            spec, [f"needs one input and one output (has {len(spec.inputs)} and {len(spec.outputs)})"]
+        )
+    return spec.inputs[0], spec.outputs[0]

@@ -27,7 +27,7 @@ import yaml
 
 from genoserve.core.errors import Unavailable
 from genoserve.core.settings import ModelStoreSettings, RuntimeSettings
-from genoserve.runtime.registry import MODEL_FILE
+from genoserve.runtime.registry import MODEL_FILE, sha256_of
 
 if TYPE_CHECKING:
     from obstore.store import ClientConfig, RetryConfig
@@ -66,14 +66,6 @@ class LocalStore:
         if not self.path.is_dir():
             raise FileNotFoundError(f"model directory {self.path} does not exist")
         return self.path
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _declared_versions(text: bytes) -> tuple[str, dict[str, str]]:
@@ -213,7 +205,7 @@ class S3Store:
                 wanted = sha256 if key.endswith("/model.onnx") else ""
                 if target.is_file() and etag in (mirrored.get(key), refused.get(key)):
                     continue  # unchanged since it was fetched (a refused one is not fetched again)
-                if target.is_file() and wanted and _sha256_file(target) == wanted:
+                if target.is_file() and wanted and sha256_of(target) == wanted:
                     mirrored[key] = etag
                     continue
                 got = self._download(key, target)

@@ -17,7 +17,7 @@ from typing import ClassVar
 from pydantic import Field, model_validator
 
 from genoserve.core.errors import InvalidArgument
-from genoserve.runtime.contract import ContractViolation, Preprocessing, preprocessing
+from genoserve.runtime.contract import ContractViolation, Preprocessing, preprocessing, single_ports
 from genoserve.runtime.spec import ModelSpec
 
 
@@ -69,12 +69,7 @@ class SegmentationContract:
     def of(cls, spec: ModelSpec) -> SegmentationContract:
         """The contract of a segmentation model.yaml; ContractViolation naming every broken rule."""
         pre = preprocessing(SegmentationPreprocessing, spec, cls.FAMILY)
-        if len(spec.inputs) != 1 or len(spec.outputs) != 1:
-            raise ContractViolation(
-                spec, [f"needs one input and one output (has {len(spec.inputs)} and {len(spec.outputs)})"]
-            )
-        [x] = spec.inputs
-        [y] = spec.outputs
+        x, y = single_ports(spec)
         problems: list[str] = []
         if x.dtype != "float32" or len(x.shape) != 4 or x.shape[1] < 1:
             problems.append(f"input {x.name} must be float32 [batch, channels, H, W] with a fixed channel count, "

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from genoserve.runtime.contract import ContractViolation, Preprocessing, preprocessing
+from genoserve.runtime.contract import ContractViolation, Preprocessing, preprocessing, single_ports
 from genoserve.runtime.spec import ModelSpec
 from genoserve.variants.examples import CHANNELS_6, CHANNELS_7
 from genoserve.variants.sites import expected_layout
@@ -61,12 +61,7 @@ class VariantsContract:
     def of(cls, spec: ModelSpec) -> VariantsContract:
         """The contract of a variants model.yaml; ContractViolation naming every broken rule."""
         pre = preprocessing(VariantsPreprocessing, spec, cls.FAMILY)
-        if len(spec.inputs) != 1 or len(spec.outputs) != 1:
-            raise ContractViolation(
-                spec, [f"needs one input and one output (has {len(spec.inputs)} and {len(spec.outputs)})"]
-            )
-        [x] = spec.inputs
-        [y] = spec.outputs
+        x, y = single_ports(spec)
         problems: list[str] = []
         if x.dtype != "uint8" or len(x.shape) != 4 or x.shape[1:3] != (HEIGHT, WIDTH) or x.shape[3] not in (6, 7):
             problems.append(f"input {x.name} must be uint8 [batch, {HEIGHT}, {WIDTH}, 6 or 7] (NHWC pileups), "
