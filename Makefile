@@ -81,6 +81,7 @@ bench: setup
 	$(PY) -m tests.bench.embedding_bench
 	$(PY) -m tests.bench.overload_bench
 	$(PY) -m tests.bench.stream_bench
+	$(PY) -m tests.bench.peers_bench
 	$(PY) -m tests.bench.report
 
 # Everything under deploy/, offline (also part of `make test`): hadolint, kustomize build of every

@@ -54,6 +54,7 @@ BENCHES = (
     Bench("embedding", "tests.bench.embedding_bench", "Single-cell embedding: Embed and embedding.embed_h5ad"),
     Bench("overload", "tests.bench.overload_bench", "Overload: admission by deadline"),
     Bench("stream", "tests.bench.stream_bench", "Many small requests: unary Infer against streams"),
+    Bench("peers", "tests.bench.peers_bench", "Peers: genoserve, KServe and MLServer on the same models"),
 )
 
 HEADER = """# Benchmarks
