@@ -50,7 +50,7 @@ def draw(deltas: Array, path: Path, title: str = "") -> None:
     p = probabilities(deltas)
     heights = p * information_content(p)[:, None]
     font = FontProperties(family="DejaVu Sans", weight="bold")
-    figure, axes = plt.subplots(figsize=(max(4.0, 0.35 * p.shape[0]), 2.2), dpi=120)
+    figure, axes = plt.subplots(figsize=(min(max(4.0, 0.35 * p.shape[0]), 14.0), 2.2), dpi=120)
     for position, column in enumerate(heights):
         bottom = 0.0
         for b in np.argsort(column, kind="stable"):
@@ -66,7 +66,8 @@ def draw(deltas: Array, path: Path, title: str = "") -> None:
     axes.set_xlim(0, p.shape[0])
     axes.set_ylim(0, 2)
     axes.set_ylabel("bits")
-    axes.set_xticks(np.arange(p.shape[0]) + 0.5, [str(i + 1) for i in range(p.shape[0])], fontsize=6)
+    step = max(1, p.shape[0] // 25)
+    axes.set_xticks(np.arange(0, p.shape[0], step) + 0.5, [str(i + 1) for i in range(0, p.shape[0], step)], fontsize=6)
     axes.spines[["top", "right"]].set_visible(False)
     if title:
         axes.set_title(title, fontsize=9)

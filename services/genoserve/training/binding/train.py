@@ -85,12 +85,12 @@ class Budget:
     binding_epochs: int = 10
     binding_batch: int = 128
     ism_positives: int = 100
-    multitask_train: int = 16_000
+    multitask_train: int = 20_000
     multitask_valid: int = 1_000
     multitask_test: int = 3_000
     multitask_single_site: int = 300
     multitask_grammar: int = 400
-    multitask_epochs: int = 10
+    multitask_epochs: int = 12
     multitask_batch: int = 64
 
 
@@ -426,6 +426,11 @@ def bars_missed(metrics: dict[str, float]) -> list[str]:
     return missed
 
 
+def column(score: evaluate.Scorer, j: int) -> evaluate.Scorer:
+    """The scorer of one task (column ``j``), as ``[n, 1]``."""
+    return lambda x: score(x)[:, [j]]
+
+
 def train_multitask(
     args: argparse.Namespace,
     budget: Budget,
@@ -449,6 +454,7 @@ def train_multitask(
     x_test = splits.test.one_hot()
     scores = evaluate.strand_logits(evaluate.cpu_session(export_onnx(model, length)), x_test)
     test_auroc = {t: auroc(splits.test.labels[:, j], scores[:, j]) for j, t in enumerate(MULTITASK_TASKS)}
+    print(f"  {MULTITASK_NAME} test auROC: " + ", ".join(f"{t} {v:.4f}" for t, v in test_auroc.items()), flush=True)
     kept = tuple(t for t in MULTITASK_TASKS if args.quick or test_auroc[t] >= TASK_AUROC_FLOOR)
     removed = {t: v for t, v in test_auroc.items() if t not in kept}
     if not kept:
@@ -470,9 +476,9 @@ def train_multitask(
         sets = evaluate.eval_sets(
             motifs, tf, test, eval_rng, test_bg, budget.multitask_single_site, budget.multitask_grammar
         )
-        metrics |= evaluate.set_metrics(learned, sets, task=j, suffix=f"_{tf}")
+        metrics |= evaluate.set_metrics(column(learned, j), sets, suffix=f"_{tf}")
         metrics[f"oracle_auroc_{tf}"] = auroc(test.labels[:, 0], test.probability[:, 0])
-        baseline |= evaluate.set_metrics(pwm, sets, task=j, suffix=f"_{tf}")
+        baseline |= evaluate.set_metrics(column(pwm, j), sets, suffix=f"_{tf}")
     metrics = {
         "auroc": float(np.mean([metrics[f"auroc_{t}"] for t in kept])),
         "auprc": float(np.mean([metrics[f"auprc_{t}"] for t in kept])),
