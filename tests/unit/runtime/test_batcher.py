@@ -311,3 +311,43 @@ async def test_split_batch_with_a_failing_part_fails_only_its_bad_request() -> N
     np.testing.assert_array_equal(result["y"], 2 * good["x"] + 1)
     assert run.sizes[:2] == [8, 8]
     assert run.sizes[-2:] == [8, 8]
+
+
+class Threads:
+    """y = 2x + 1, recording the thread of each call; sleeps ``seconds`` per call."""
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        self.seconds = seconds
+        self.threads: list[int] = []
+
+    def __call__(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
+        self.threads.append(threading.get_ident())
+        if self.seconds:
+            time.sleep(self.seconds)
+        return {"y": 2 * np.asarray(inputs["x"]) + 1}
+
+
+async def test_short_calls_run_on_the_event_loop_after_the_first(make: Any) -> None:
+    """A call timed below inline_call_us runs on the loop's own thread (no hop to the executor);
+    the first, untimed, call goes to the executor, and the outputs are the same either way."""
+    run = Threads()
+    batcher = make(run, max_batch_size=8, max_queue_delay_us=0, inline_call_us=50_000)
+    for i in range(3):
+        result = await batcher.submit(rows(10 * i, 2))
+        np.testing.assert_array_equal(result["y"], 2 * rows(10 * i, 2)["x"] + 1)
+    loop_thread = threading.get_ident()
+    assert run.threads[0] != loop_thread
+    assert run.threads[1:] == [loop_thread, loop_thread]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "config"),
+    [(0.02, {"inline_call_us": 2000}), (0.0, {"inline_call_us": 0}), (0.0, {"inline_call_us": 50_000, "instances": 2})],
+    ids=["slower-than-the-limit", "inline-off", "several-instances"],
+)
+async def test_calls_stay_in_the_executor(make: Any, seconds: float, config: dict[str, Any]) -> None:
+    run = Threads(seconds)
+    batcher = make(run, max_batch_size=8, max_queue_delay_us=0, **config)
+    for i in range(3):
+        await batcher.submit(rows(i, 1))
+    assert threading.get_ident() not in run.threads
