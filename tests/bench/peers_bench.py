@@ -2,7 +2,7 @@
 
 Run from the repository root (``make bench`` does exactly this)::
 
-    .venv/bin/python -m tests.bench.peers_bench [--rounds 3] [--duration 2.5] [--warmup 0.5]
+    .venv/bin/python -m tests.bench.peers_bench [--rounds 5] [--duration 1.5] [--warmup 0.5]
         [--cases mlp-1x64,...] [--servers genoserve,kserve,mlserver,ort] [--baseline DIR]
 
 The first run creates two bench-only virtualenvs (gitignored) with ``python -m venv`` and pip:
@@ -430,12 +430,12 @@ def median_point(points: list[dict[str, Any]]) -> dict[str, float]:
     return {key: statistics.median(p[key] for p in points) for key in points[0]}
 
 
-def ratios(run: Run, case: Case, label: str, base: str) -> list[float]:
-    """Per round: ``label``'s rows/s over ``base``'s (both measured in that round)."""
+def ratios(run: Run, case: Case, label: str, base: str, key: str = "rows_per_s") -> list[float]:
+    """Per round: ``label``'s ``key`` over ``base``'s (both measured in that round)."""
     mine, theirs = run.points[case.key].get(label), run.points[case.key].get(base)
     if not mine or not theirs:
         return []
-    return [a["rows_per_s"] / b["rows_per_s"] for a, b in zip(mine, theirs, strict=True)]
+    return [a[key] / b[key] for a, b in zip(mine, theirs, strict=True) if key in a and key in b]
 
 
 def ratio_text(values: list[float]) -> str:
@@ -453,8 +453,9 @@ def table(run: Run) -> tuple[str, dict[str, Any]]:
         ratio_pairs.append(("genoserve", "genoserve @baseline"))
     head = ["model, case: rows/s (p50)", *labels, *(f"{a} / {b}" for a, b in ratio_pairs)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    cpu_lines = ["| case | " + " | ".join(t.label for t in run.targets if t.server != "ort") + " |"]
-    cpu_lines.append("|" + "---|" * (len(cpu_lines[0].split("|")) - 2))
+    served = [t.label for t in run.targets if t.server != "ort"]
+    cpu_head = ["case", *served, *(f"{a} / {b}" for a, b in ratio_pairs)]
+    cpu_lines = ["| " + " | ".join(cpu_head) + " |", "|" + "---|" * len(cpu_head)]
     medians: dict[str, Any] = {}
     for case in run.cases:
         points = run.points.get(case.key, {})
@@ -469,6 +470,7 @@ def table(run: Run) -> tuple[str, dict[str, Any]]:
             for t in run.targets
             if t.server != "ort"
         ]
+        cpu += [ratio_text(ratios(run, case, a, b, "server_cpu_us_per_request")) for a, b in ratio_pairs]
         cpu_lines.append(f"| {case.title} | " + " | ".join(cpu) + " |")
     args = run.args
     notes = [
@@ -480,7 +482,9 @@ def table(run: Run) -> tuple[str, dict[str, Any]]:
         f"ONNX Runtime {ort.__version__}, intra-op threads {run.threads or 'default (one per core)'}, no spinning, "
         f"in every server. 1-minute load average after each round: {', '.join(f'{x:.2f}' for x in run.loads)}.",
         "",
-        "Server CPU per request (µs, all the server's threads; lower is better):",
+        "Server CPU per request (µs, all the server's threads, from /proc; lower is better), and its per-round "
+        "ratios: less moved by the machine's other load than rows/s, which the load generator's share of the "
+        "cores also sets.",
         "",
         *cpu_lines,
     ]
@@ -538,8 +542,8 @@ def servers_running(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--duration", type=float, default=2.5, help="seconds measured per point")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration", type=float, default=1.5, help="seconds measured per point")
     parser.add_argument("--warmup", type=float, default=0.5, help="seconds of warm-up per point")
     parser.add_argument("--cases", default=",".join(c.key for c in CASES), help="comma-separated case keys")
     parser.add_argument("--servers", default="ort,genoserve,kserve,mlserver", help="comma-separated")
