@@ -125,24 +125,7 @@ class _WrappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
 class ErrorsAndMetrics(_WrappingInterceptor):
     """Maps exceptions to status codes and records request count and duration per method (the
-    metric children are looked up once per method).
-
-    Outermost, it keeps the handler the whole chain made for each method and returns it to the
-    method's later calls without running the rest of the chain: gRPC awaits every interceptor's
-    ``intercept_service`` on every call, and each interceptor here returns the same handler for a
-    method every time (the server's handlers are fixed once it starts)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._chained: dict[str, grpc.RpcMethodHandler] = {}
-
-    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
-        handler = self._chained.get(details.method)
-        if handler is None:
-            handler = await super().intercept_service(continuation, details)
-            if handler is not None:
-                self._chained[details.method] = handler
-        return handler
+    metric children are looked up once per method)."""
 
     def _wrap(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         service, method = _split(full_method)

@@ -124,8 +124,6 @@ class ServedModel(LoadedModel):
         ``deadline``: absolute ``time.monotonic()`` after which the request is dropped uncomputed.
         """
         check_inputs(self.spec, inputs)
-        if not self.log1p_inputs and not log1p_applied:  # most models: nothing to take log1p of
-            return await self.batcher.submit(inputs, deadline)
         if self.log1p_inputs.difference(log1p_applied).intersection(inputs):
             inputs = await asyncio.to_thread(self._prologue, inputs, log1p_applied)
         else:
