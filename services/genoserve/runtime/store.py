@@ -27,6 +27,7 @@ import yaml
 
 from genoserve.core.errors import Unavailable
 from genoserve.core.settings import ModelStoreSettings, RuntimeSettings
+from genoserve.runtime.authoring import MODEL_NAME
 from genoserve.runtime.registry import MODEL_FILE, sha256_of
 
 if TYPE_CHECKING:
@@ -163,7 +164,10 @@ class S3Store:
     def sync(self, only: tuple[str, ...] = (), files: bool = True) -> Path:
         with self._lock:
             objects = self._objects()
-            models = sorted({key.split("/")[0] for key in objects if key.count("/") == 1 and key.endswith(MODEL_FILE)})
+            models = sorted(
+                {key.split("/")[0] for key in objects if key.count("/") == 1 and key.endswith("/" + MODEL_FILE)}
+                & {key.split("/")[0] for key in objects if MODEL_NAME.fullmatch(key.split("/")[0])}
+            )
             self.root.mkdir(parents=True, exist_ok=True)
             for stale in self.root.iterdir():
                 if stale.is_dir() and stale.name not in models and not stale.name.startswith("."):
@@ -202,6 +206,9 @@ class S3Store:
                 if not key.startswith(prefix):
                     continue
                 target = folder / key[len(name) + 1 :]
+                if ".." in Path(key).parts or not target.resolve().is_relative_to(folder.resolve()):
+                    log.error("%s/%s: not a path inside the model's folder: skipped", self.location, key)
+                    continue
                 wanted = sha256 if key.endswith("/model.onnx") else ""
                 if target.is_file() and etag in (mirrored.get(key), refused.get(key)):
                     continue  # unchanged since it was fetched (a refused one is not fetched again)
