@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -119,9 +120,17 @@ def _predict_variants(address: str, out: Path, *flags: str) -> tuple[subprocess.
         [sys.executable, "-m", "genoserve.cli.main", "predict", "variants", "--bam", str(BAM), "--reference",
          str(REF), "--regions", "chr20:10000000-10003000", "--batch", "16", "--output", str(out), *flags,
          "--address", address],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONFAULTHANDLER": "1"},
     )  # fmt: skip
-    _, stderr = cli.communicate(timeout=120)
+    try:
+        _, stderr = cli.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        exited = cli.poll()
+        if exited is not None:
+            pytest.fail(f"predict variants exited ({exited}), but a process it started holds its stderr open")
+        cli.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack on stderr
+        _, stderr = cli.communicate(timeout=30)
+        pytest.fail(f"predict variants {' '.join(flags)} still running after 120 s; its threads:\n{stderr}")
     return cli, stderr
 
 
