@@ -7,8 +7,7 @@ goes right when the padding is odd); longer ones are centre-cropped only when as
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -24,10 +23,14 @@ for _i, _base in enumerate(ALPHABET + "N"):
 #: Row per code (A, C, G, T, N) of the one-hot encoding.
 _ROWS = np.vstack([np.eye(4, dtype=np.float32), np.full((1, 4), 0.25, dtype=np.float32)])
 _N = 4
+#: ``_CODE`` as a bytes.translate table (0xFF, -1 as int8, for anything else): a C loop over the
+#: bytes, ~20x faster than indexing ``_CODE`` with the byte array.
+_TABLE = _CODE.view(np.uint8).tobytes()
 
 
-@dataclass(frozen=True)
-class NamedSequence:
+class NamedSequence(NamedTuple):
+    """A request's sequence (a tuple: built once per sequence of every request)."""
+
     id: str
     bases: str
 
@@ -47,8 +50,7 @@ def fit_length(bases: str, length: int, crop: bool) -> str | None:
 
 
 def _codes(bases: str) -> Array:
-    raw = np.frombuffer(bases.encode("latin-1", errors="replace"), dtype=np.uint8)
-    return _CODE[raw]
+    return np.frombuffer(bases.encode("latin-1", errors="replace").translate(_TABLE), dtype=np.int8)
 
 
 def check(sequences: Sequence[NamedSequence], length: int, crop: bool, field: str = "sequences") -> list[str]:
