@@ -148,3 +148,23 @@ def test_a_server_for_some_families_fetches_only_their_version_files(s3: S3Serve
     assert (local / "theirs" / "model.yaml").is_file()
     assert not (local / "theirs" / "1").exists()
     assert [r.name for r in scan(local, families=("platform",))] == ["mine"]
+
+
+def test_objects_that_are_not_a_models_files_are_never_written(s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    """A bucket is not trusted with the server's disk: a "model" whose name is not a model name is
+    skipped, and a key with '..' (which could land outside its model's cache folder) makes the
+    listing fail naming the key, with nothing written."""
+    write_model(tmp_path / "src", linear_spec("m"), {1: linear_onnx()})
+    publish(s3, bucket, tmp_path / "src", "m")
+    client = s3.client()
+    client.upload_file(str(tmp_path / "src" / "m" / "model.yaml"), bucket, "repo/Not a name!/model.yaml")
+    store = S3Store(f"s3://{bucket}/repo", store_settings(s3, tmp_path / "cache"))
+    local = store.sync()
+    assert sorted(p.name for p in local.iterdir() if not p.name.startswith(".")) == ["m"]
+    assert [(r.name, r.version_label) for r in scan(local)] == [("m", "1")]
+
+    client.put_object(Bucket=bucket, Key="repo/m/1/../../../../escaped.txt", Body=b"not for the server's disk")
+    with pytest.raises(Unavailable, match=r"repo/m/1/\.\./\.\./\.\./\.\./escaped\.txt"):
+        store.sync()
+    assert not list(tmp_path.rglob("escaped.txt"))
+    assert [(r.name, r.version_label) for r in scan(local)] == [("m", "1")]  # the mirror is left as it was
