@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -60,3 +60,44 @@ async def concurrently(
         reader.cancel()
         for task in list(running):
             task.cancel()
+
+
+#: Messages of one ordered stream handled at once (each may carry a whole batch).
+IN_ORDER = 32
+
+
+async def in_order(
+    requests: AsyncIterator[R], handle: Callable[[int, R], Coroutine[Any, Any, T]], limit: int = IN_ORDER
+) -> AsyncIterator[T]:
+    """``handle(number, request)`` for each request in its own task, up to ``limit`` ahead of the
+    answer being sent, so that the batcher can group the messages of one stream; answers are
+    yielded in request order. The first failure in request order ends the stream with its error,
+    after the answers before it (the requests after it are cancelled), as handling them one by
+    one would."""
+    queued: asyncio.Queue[object] = asyncio.Queue(limit)  # full: reading waits (flow control)
+
+    async def read() -> None:
+        try:
+            number = 0
+            async for request in requests:
+                await queued.put(asyncio.create_task(handle(number, request)))
+                number += 1
+            await queued.put(_DONE)
+        except BaseException as exc:
+            await queued.put(exc)
+
+    reader = asyncio.create_task(read())
+    try:
+        while True:
+            item = await queued.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield await item  # type: ignore[misc]
+    finally:
+        reader.cancel()
+        while not queued.empty():
+            left = queued.get_nowait()
+            if isinstance(left, asyncio.Task):
+                left.cancel()

@@ -11,7 +11,7 @@ import numpy as np
 
 from genoserve.api.codecs import binding as codec
 from genoserve.api.deadlines import deadline_of
-from genoserve.api.servicers import as_own_request
+from genoserve.api.streams import in_order
 from genoserve.binding import encoding, mutagenesis, strands
 from genoserve.binding.contract import BindingContract
 from genoserve.binding.limits import RequestLimits
@@ -99,13 +99,14 @@ class SequenceBindingServicer(binding_pb2_grpc.SequenceBindingServicer):
     async def PredictStream(
         self, request_iterator: AsyncIterator[binding_pb2.PredictRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[binding_pb2.PredictResponse]:
-        number = 0
-        async for request in request_iterator:
+        async def answer(number: int, request: binding_pb2.PredictRequest) -> binding_pb2.PredictResponse:
             try:
-                yield await as_own_request(self.Predict(request, context))
+                return await self.Predict(request, context)
             except InvalidArgument as exc:
                 raise InvalidArgument(f"batch {number}: {exc.message}", exc.violations) from exc
-            number += 1
+
+        async for response in in_order(request_iterator, answer):
+            yield response
 
     async def ScoreVariants(
         self, request: binding_pb2.ScoreVariantsRequest, context: grpc.aio.ServicerContext
