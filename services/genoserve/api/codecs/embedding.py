@@ -169,6 +169,18 @@ def embed_response(
     return response
 
 
+def cell_count(parsed: ParsedEmbedRequest) -> int:
+    """The cells (matrix rows) a message declares, before any check: to number cells across a
+    stream's messages."""
+    if parsed.values == "dense":
+        shape = parsed.tensors["dense"].header.shape
+        return int(shape[0]) if shape else 0
+    if parsed.values == "csr":
+        shape = parsed.tensors["indptr"].header.shape
+        return max(int(shape[0]) - 1, 0) if shape else 0
+    return 0
+
+
 def inherit(first: ParsedEmbedRequest, later: ParsedEmbedRequest) -> ParsedEmbedRequest:
     """A stream message with the first message's values where it leaves them empty."""
     one, two = first.message, later.message

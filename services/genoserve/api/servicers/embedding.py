@@ -10,8 +10,8 @@ import grpc
 from genoserve.api.codecs import embedding as codec
 from genoserve.api.codecs.tensor import RegionReader
 from genoserve.api.deadlines import deadline_of
-from genoserve.api.servicers import as_own_request
 from genoserve.api.servicers.registration import add_parsed_servicer
+from genoserve.api.streams import in_order
 from genoserve.core.errors import InvalidArgument
 from genoserve.core.metrics import stage
 from genoserve.core.settings import EmbeddingSettings
@@ -21,6 +21,9 @@ from genoserve.embedding.request import Prepared, prepare
 from genoserve.runtime.live import LiveModels
 from genoserve.runtime.model import ServedModel
 from genoserve.v1 import embedding_pb2
+
+#: EmbedStream messages handled at once.
+EMBED_IN_FLIGHT = 3
 
 
 class CellEmbeddingServicer:
@@ -78,18 +81,24 @@ class CellEmbeddingServicer:
     async def EmbedStream(
         self, request_iterator: AsyncIterator[codec.ParsedEmbedRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[embedding_pb2.EmbedResponse]:
-        first: codec.ParsedEmbedRequest | None = None
-        number = cells = 0
-        async for request in request_iterator:
-            if first is None:
-                first = request
-            effective = codec.inherit(first, request)
+        async def messages() -> AsyncIterator[tuple[codec.ParsedEmbedRequest, int]]:
+            first: codec.ParsedEmbedRequest | None = None
+            cells = 0  # cells before this message: errors number cells across the stream
+            async for request in request_iterator:
+                first = first or request
+                effective = codec.inherit(first, request)
+                yield effective, cells
+                cells += codec.cell_count(effective)
+
+        async def answer(number: int, message: tuple[codec.ParsedEmbedRequest, int]) -> embedding_pb2.EmbedResponse:
             try:
-                response = await as_own_request(self._embed(effective, context, cells))
+                return await self._embed(message[0], context, message[1])
             except InvalidArgument as exc:
                 raise InvalidArgument(f"message {number}: {exc.message}", exc.violations) from exc
-            cells += len(response.cell_ids)
-            number += 1
+
+        # A few messages at once: one's preparation (off the loop) overlaps another's inference;
+        # each can hold up to max_cells cells laid out dense, so only a few.
+        async for response in in_order(messages(), answer, limit=EMBED_IN_FLIGHT):
             yield response
 
 
