@@ -16,9 +16,11 @@ CLIENTS := .venv-clients/.installed
 
 setup: $(INSTALLED) $(STUBS) $(CLIENTS)
 
-$(CLIENTS):
+# The Open Inference Protocol tests drive genoserve with tritonclient and KServe's own client, each
+# pinning its own protobuf/web stack: they live apart from .venv.
+$(CLIENTS): Makefile
 	test -x .venv-clients/bin/python || python3 -m venv .venv-clients
-	.venv-clients/bin/python -m pip install -q 'tritonclient[grpc]==2.73.0' numpy
+	.venv-clients/bin/python -m pip install -q 'tritonclient[grpc]==2.73.0' kserve==0.21.0 numpy
 	touch $@
 
 $(INSTALLED): pyproject.toml setup.py

@@ -1,5 +1,6 @@
 """The Open Inference Protocol (KServe v2 / Triton gRPC) and Models/InferStream, against a real
-server on loopback; the OIP client is the real tritonclient package (its own virtualenv)."""
+server on loopback; the OIP clients are the real tritonclient package and KServe's own
+``InferenceGRPCClient`` (in their own virtualenv)."""
 
 from __future__ import annotations
 
@@ -29,10 +30,11 @@ def reference(x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     return session.run(None, {"x": x})[0]  # type: ignore[no-any-return]
 
 
-def triton(address: str, token: str, workdir: Path) -> dict[str, Any]:
-    assert CLIENTS_PYTHON.exists(), "run `make setup` (it makes .venv-clients with tritonclient)"
+def triton(address: str, token: str, workdir: Path, script: str = "triton_client.py") -> dict[str, Any]:
+    """Run a client script of tests/support with .venv-clients' Python; its JSON report."""
+    assert CLIENTS_PYTHON.exists(), "run `make setup` (it makes .venv-clients with tritonclient and kserve)"
     done = subprocess.run(
-        [str(CLIENTS_PYTHON), str(REPO / "tests" / "support" / "triton_client.py"), address, token, str(workdir)],
+        [str(CLIENTS_PYTHON), str(REPO / "tests" / "support" / script), address, token, str(workdir)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -76,6 +78,25 @@ def test_tritonclient_speaks_to_genoserve(tmp_path: Path) -> None:
     # The same auth as the native API: no token, no answer.
     assert refused.returncode != 0
     assert "UNAUTHENTICATED" in refused.stderr
+
+
+def test_kserves_own_client_speaks_to_genoserve(tmp_path: Path) -> None:
+    """KServe's InferenceGRPCClient, as a KServe user's pipeline calls a model: readiness, and
+    ModelInfer with the tensor as raw_input_contents and as typed contents, through a token."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text("lab-token lab\n")
+    x = np.random.default_rng(1).normal(size=(24, 128)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    with ServerProcess("--model", MODEL, "--tokens-file", str(tokens), log_path=tmp_path / "server.log") as server:
+        report = triton(server.address, "lab-token", tmp_path, "kserve_client.py")
+    assert (report["live"], report["ready"], report["model_ready"]) == (True, True, True)
+    expected = reference(x)
+    for kind in ("raw", "contents"):
+        np.testing.assert_allclose(np.load(tmp_path / f"kserve-{kind}.npy"), expected, rtol=1e-5, atol=1e-5)
+        assert report[kind] == {"id": kind, "model": MODEL, "output": "y"}
+    status, message = report["bad"]
+    assert status == "INVALID_ARGUMENT"
+    assert "inputs[x]" in message
 
 
 def test_infer_stream_answers_each_request_by_id(tmp_path: Path) -> None:
