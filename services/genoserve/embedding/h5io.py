@@ -319,15 +319,14 @@ class EmbeddingWriter:
         self.tmp.unlink(missing_ok=True)
 
 
-def read_obs_column(path: Path, column: str, start: int, stop: int) -> list[str]:
-    """Values of ``obs[column]`` for cells [start, stop) as strings (categoricals decoded)."""
+def read_obs_column(path: Path, column: str, start: int, stop: int, field: str = "obs") -> list[str]:
+    """Values of ``obs[column]`` for cells [start, stop) as strings (categoricals decoded). A
+    missing column is InvalidArgument on ``field`` (the option or parameter that named it)."""
     with h5py.File(path, "r") as handle:
         obs = handle["obs"]
         if column not in obs:
             known = [k for k in obs if k != _attr(obs, "_index")]
-            raise InvalidArgument.field(
-                "params[color_by]", f"{path}: obs has no column {quoted(column)}; columns: {known}"
-            )
+            raise InvalidArgument.field(field, f"{path}: obs has no column {quoted(column)}; columns: {known}")
         node = obs[column]
         if isinstance(node, h5py.Group):  # categorical
             categories = _strings(node["categories"])
