@@ -30,11 +30,10 @@ What the checkpoint says, and where genoserve's contract takes it from (cellpose
 - the served model takes ``channels`` image channels (1 by default); the network's other inputs
   are zeros, added inside the graph, as ``transforms.convert_image`` pads missing channels
   (``eval(channels=[0, 0])`` on a grey image gives the network [image, zeros]).
-- cellpose pads every image with at least 8 zero pixels on each side before tiling it
-  (``core.run_net`` with ``transforms.get_pad_yx``), so cells at the image's edge are predicted
-  with zeros beyond it; genoserve's tiling does not pad, so the graph pads each tile by ``PAD`` = 8
-  zero pixels and crops them off the output. Without it, flows at the image border differed by up
-  to 1.2 (unit flows) from cellpose's; with it, by at most 0.5 (docs/contracts.md, segmentation).
+- cellpose pads every rescaled image with at least 8 zero pixels on each side, up to a multiple of
+  16 (``core.run_net`` with ``transforms.get_pad_yx``), before tiling it, and runs the network on
+  the bare tiles: the contract's ``pad`` (8) makes genoserve's family do the same, and the graph
+  is the network alone.
 """
 
 from __future__ import annotations
@@ -71,8 +70,8 @@ FLOW_SCALE = 5.0
 #: ``CellposeModel.eval``'s tile (``bsize``) and ``tile_overlap``.
 TILE = 224
 TILE_OVERLAP = 0.1
-#: Zero pixels around every tile, as cellpose pads every image before tiling it
-#: (``transforms.get_pad_yx``: ``extra * div // 2`` = 8 on each side, then up to a multiple of 16).
+#: Zero pixels around every image before it is tiled (``transforms.get_pad_yx``: ``extra * div // 2``
+#: = 8 on each side, then up to a multiple of 16): the contract's ``pad``, done by the family.
 PAD = 8
 #: ``transforms.normalize99``'s percentiles.
 PERCENTILES = (1.0, 99.0)
@@ -176,8 +175,8 @@ class _Style(nn.Module):
 
 class Served(nn.Module):
     """The served graph: ``channels`` image channels (zeros appended up to the network's ``nchan``),
-    ``PAD`` zero pixels around the tile, cellpose's network, the padding cropped off -> (dY, dX) /
-    FLOW_SCALE and the cell-probability logit, float32 [B, 3, H, W]."""
+    cellpose's network -> (dY, dX) / FLOW_SCALE and the cell-probability logit, float32
+    [B, 3, H, W]."""
 
     def __init__(self, net: nn.Module, channels: int, nchan: int) -> None:
         super().__init__()
@@ -188,7 +187,7 @@ class Served(nn.Module):
         if self.missing:
             zeros = torch.zeros_like(x[:, :1]).expand(-1, self.missing, -1, -1)
             x = torch.cat([x, zeros], dim=1)
-        y = self.net(nn.functional.pad(x, (PAD, PAD, PAD, PAD)))[0][:, :, PAD:-PAD, PAD:-PAD]
+        y = self.net(x)[0]
         return torch.cat([y[:, :2] / FLOW_SCALE, y[:, 2:]], dim=1)
 
 
@@ -231,12 +230,11 @@ def check_tiles(channels: int, shape: tuple[int, int], seed: int = 0) -> Array:
 
 def reference_output(net: nn.Module, x: Array, nchan: int) -> Array:
     """What the served graph computes on ``x`` [B, channels, H, W], with cellpose's own forward:
-    zeros up to ``nchan`` channels and ``PAD`` pixels around, the padding cropped off the output;
-    float32 [B, 3, H, W] = (dY / 5, dX / 5, cell-probability logit)."""
-    padded = np.zeros((x.shape[0], nchan, x.shape[2] + 2 * PAD, x.shape[3] + 2 * PAD), np.float32)
-    padded[:, : x.shape[1], PAD:-PAD, PAD:-PAD] = x
+    zeros up to ``nchan`` channels; float32 [B, 3, H, W] = (dY / 5, dX / 5, cell-probability logit)."""
+    full = np.zeros((x.shape[0], nchan, x.shape[2], x.shape[3]), np.float32)
+    full[:, : x.shape[1]] = x
     with torch.no_grad():
-        y = net(torch.from_numpy(padded))[0].numpy()[:, :, PAD:-PAD, PAD:-PAD]
+        y = net(torch.from_numpy(full))[0].numpy()
     return np.concatenate([y[:, :2] / FLOW_SCALE, y[:, 2:]], axis=1).astype(np.float32)
 
 
@@ -270,6 +268,7 @@ def preprocessing(checkpoint: Checkpoint, diameter: float) -> dict[str, Any]:
         "diameter": diameter,
         "normalize_percentiles": list(PERCENTILES),
         "size_multiple": checkpoint.size_multiple,
+        "pad": PAD,
     }
 
 

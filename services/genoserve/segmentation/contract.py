@@ -5,7 +5,8 @@ A segmentation model (model.yaml ``family: segmentation``) is a Cellpose-style n
 - one input, float32 [batch, channels, H, W] with H and W dynamic: the image, normalised per
   channel to its ``normalize_percentiles`` (0 and 1 at the 1st and 99th percentiles by default);
 - one output, float32 [batch, 3, H, W]: the dY and dX flows and the cell-probability logit;
-- ``preprocessing`` (``SegmentationPreprocessing``): tiling, the training data's cell diameter.
+- ``preprocessing`` (``SegmentationPreprocessing``): tiling and padding, the training data's cell
+  diameter.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ class SegmentationPreprocessing(Preprocessing):
     normalize_percentiles: tuple[float, float] = (1.0, 99.0)
     #: H and W of the network's input must be multiples of this (a U-Net with three 2x poolings: 8).
     size_multiple: int = Field(8, ge=1)
+    #: Zero pixels around the (rescaled) image before it is tiled, as Cellpose pads it
+    #: (``transforms.get_pad_yx``): ``pad`` on each side plus what makes H and W multiples of
+    #: 2 * ``pad``, split evenly before and after; 0: none.
+    pad: int = Field(8, ge=0)
 
     @model_validator(mode="after")
     def _rules(self) -> SegmentationPreprocessing:
@@ -51,7 +56,7 @@ class SegmentationContract:
     probability logit. ``tile`` is the size tiles are cut to; ``diameter`` the mean cell
     diameter (pixels) of the training data, to which images are rescaled when a diameter is given;
     ``size_multiple`` what the network's H and W must be multiples of; ``percentiles`` the
-    normalisation's.
+    normalisation's; ``pad`` the zeros around the rescaled image before tiling (Cellpose's).
     """
 
     FAMILY: ClassVar[str] = "segmentation"
@@ -64,6 +69,7 @@ class SegmentationContract:
     diameter: float
     size_multiple: int = 8
     percentiles: tuple[float, float] = (1.0, 99.0)
+    pad: int = 8
 
     @classmethod
     def of(cls, spec: ModelSpec) -> SegmentationContract:
@@ -81,7 +87,7 @@ class SegmentationContract:
             raise ContractViolation(spec, problems)
         return cls(
             x.name, y.name, int(x.shape[1]), pre.tile, pre.tile_overlap, pre.diameter, pre.size_multiple,
-            pre.normalize_percentiles,
+            pre.normalize_percentiles, pre.pad,
         )  # fmt: skip
 
     def check_network_input(self, shape: Sequence[int], field: str) -> None:

@@ -5,12 +5,14 @@ Steps, with Cellpose's parameters and defaults:
 1. Pixels with ``cellprob > cellprob_threshold`` (logit, default 0) start at their own position
    and follow the flow field by Euler steps of bilinearly interpolated flow for ``niter`` steps
    (default 200); all pixels move together as one array (no per-pixel loop).
-2. A histogram of the rounded end points; seeds are its local maxima (5x5) holding more than
+2. A histogram of the end points, truncated to whole pixels (as Cellpose's ``get_masks_torch``
+   takes them: ``p_final.int()``); seeds are its local maxima (5x5) holding more than
    ``SEED_MIN_COUNT`` end points. Seeds grow ``GROW_STEPS`` times into neighbouring histogram
    bins with more than ``GROW_MIN_COUNT`` end points, and every pixel takes the label of the
    grown seed its end point falls into (pixels that end nowhere stay background).
 3. Masks larger than ``max_size_fraction`` of the image are dropped (a failed convergence).
-4. Flow-error check: flows are recomputed from the masks (``flows.masks_to_flows``); a mask whose
+4. Flow-error check: flows are recomputed from the masks as Cellpose 3.1 recomputes them for it
+   (``flows.check_flows``, not the training targets of ``flows.masks_to_flows``); a mask whose
    mean squared difference to the network's flows exceeds ``flow_threshold`` (default 0.4) is
    dropped; ``flow_threshold <= 0`` skips the check.
 5. Holes are filled and masks smaller than ``min_size`` pixels (default 15) dropped; labels are
@@ -29,7 +31,7 @@ import numpy as np
 from scipy import ndimage, sparse
 from scipy.sparse import csgraph
 
-from genoserve.segmentation.flows import masks_to_flows
+from genoserve.segmentation.flows import check_flows
 
 Array = np.ndarray[Any, Any]
 
@@ -139,8 +141,8 @@ def masks_from_endpoints(ends: Array, ys: Array, xs: Array, shape: tuple[int, in
     masks = np.zeros(shape, dtype=np.int32)
     if ys.size == 0:
         return masks
-    ey = np.rint(ends[0]).astype(np.int64)
-    ex = np.rint(ends[1]).astype(np.int64)
+    ey = ends[0].astype(np.int64)  # truncated (end points are clipped to >= 0: floored)
+    ex = ends[1].astype(np.int64)
     bins, bin_of_pixel, counts = np.unique(ey * w + ex, return_inverse=True, return_counts=True)
     # Seeds: local maxima of the histogram over 5x5 (outside the image counts as 0).
     candidates = np.nonzero(counts > SEED_MIN_COUNT)[0]
@@ -194,7 +196,7 @@ def remove_large(masks: Array, max_fraction: float, image_pixels: int | None = N
 
 def flow_errors(masks: Array, flows: Array) -> Array:
     """Per label 0..max: mean over the mask of sum_c (flows_from_masks - flows)^2; [max + 1] float64."""
-    recomputed = masks_to_flows(masks)
+    recomputed = check_flows(masks)
     sq = ((recomputed - flows) ** 2).sum(axis=0)
     n = int(masks.max()) + 1
     counts = np.bincount(masks.ravel(), minlength=n)

@@ -101,3 +101,74 @@ def masks_to_flows(masks: Array, niter: int | None = None) -> Array:
     norm = np.maximum(np.sqrt((grad**2).sum(axis=0)), 1e-20)
     flows[:, ys, xs] = (grad / norm).astype(np.float32)
     return flows
+
+
+#: Cellpose 3.1's diffusion stencil order (``dynamics._extend_centers``): the pixel, up, down,
+#: left, right, then the diagonals; summed in this order so that the heat is cellpose's to the bit.
+_STENCIL = [(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1)]
+
+
+def check_flows(masks: Array) -> Array:
+    """Instance masks [H, W] -> unit flows float64 [2, H, W] as Cellpose 3.1 recomputes them for
+    its flow-error check (``dynamics.masks_to_flows_cpu``, the path of ``CellposeModel.eval`` on
+    the CPU), which differs from the training targets of ``masks_to_flows``: the centre is the
+    mask pixel nearest the *mean* of its coordinates (first in raster order on ties); heat
+    diffuses for 2 * (height + width + 4) iterations per cell (its bounding box plus a 1-pixel
+    border), with pixels outside the cell cold; the flow is the raw heat's central difference (no
+    log), normalised per pixel. All cells diffuse together; a cell stops when its own iteration
+    count is reached (pixels are ordered by that count, so each iteration works on a prefix).
+    """
+    masks = np.asarray(masks)
+    h, w = masks.shape
+    flows = np.zeros((2, h, w), dtype=np.float64)
+    ys, xs = np.nonzero(masks)
+    if ys.size == 0:
+        return flows
+    lab = masks[ys, xs].astype(np.int64)
+    order = np.argsort(lab, kind="stable")  # by cell, raster order within each
+    ys, xs, lab = ys[order], xs[order], lab[order]
+    _, starts, counts = np.unique(lab, return_index=True, return_counts=True)
+    cell = np.repeat(np.arange(counts.size), counts)
+    ymin, xmin = np.minimum.reduceat(ys, starts), np.minimum.reduceat(xs, starts)
+    ymax, xmax = np.maximum.reduceat(ys, starts), np.maximum.reduceat(xs, starts)
+    niter = 2 * ((ymax - ymin + 3) + (xmax - xmin + 3))
+    # The centre, in bounding-box coordinates (+1) as cellpose computes it.
+    yl = (ys - ymin[cell] + 1).astype(np.int32)
+    xl = (xs - xmin[cell] + 1).astype(np.int32)
+    ymean = np.bincount(cell, weights=yl) / counts
+    xmean = np.bincount(cell, weights=xl) / counts
+    d2 = (xl - xmean[cell]) ** 2 + (yl - ymean[cell]) ** 2
+    centre = np.lexsort((d2, cell))[starts]
+    # Pixels by descending iteration count of their cell (stable: cells stay contiguous).
+    by_iter = np.argsort(-niter[cell], kind="stable")
+    ys, xs, lab = ys[by_iter], xs[by_iter], lab[by_iter]
+    position = np.empty(ys.size, dtype=np.int64)
+    position[by_iter] = np.arange(ys.size)
+    sources = np.sort(position[centre])
+    source_iters = niter[cell[by_iter][sources]]
+    active_until = np.sort(niter[cell])[::-1]  # per pixel (in the new order): its cell's count
+    n = ys.size
+    index = np.full((h + 2, w + 2), n, dtype=np.int64)
+    index[ys + 1, xs + 1] = np.arange(n)
+    padded = np.pad(masks, 1)
+    own = masks[ys, xs]
+    neighbours = np.empty((len(_STENCIL), n), dtype=np.int64)
+    for k, (dy, dx) in enumerate(_STENCIL):
+        same = padded[ys + 1 + dy, xs + 1 + dx] == own
+        neighbours[k] = np.where(same, index[ys + 1 + dy, xs + 1 + dx], n)
+    heat = np.zeros(n + 1, dtype=np.float64)
+    ninth = 1 / 9.0
+    for t in range(int(niter.max())):
+        active = int(np.searchsorted(-active_until, -t, side="left"))  # pixels of cells with count > t
+        heat[sources[source_iters > t]] += 1.0
+        near = neighbours[:, :active]
+        total = heat[near[0]]
+        for k in range(1, len(_STENCIL)):
+            total += heat[near[k]]
+        heat[:active] = ninth * total
+    dy = heat[neighbours[2]] - heat[neighbours[1]]
+    dx = heat[neighbours[4]] - heat[neighbours[3]]
+    norm = 1e-60 + np.sqrt(dy**2 + dx**2)
+    flows[0, ys, xs] = dy / norm
+    flows[1, ys, xs] = dx / norm
+    return flows

@@ -37,5 +37,6 @@ def resize(array: Array, shape: tuple[int, int], order: int = 1) -> Array:
 
 
 def scaled_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
-    """The (H, W) of an image of ``shape`` resized by ``scale`` (at least 1 pixel each)."""
-    return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
+    """The (H, W) of an image of ``shape`` resized by ``scale``, truncated as Cellpose sizes it
+    (``int(Ly * rsz)`` in ``core.run_net`` and ``transforms.resize_image``), at least 1 pixel each."""
+    return max(1, int(shape[0] * scale)), max(1, int(shape[1] * scale))

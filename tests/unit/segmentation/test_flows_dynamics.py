@@ -81,12 +81,14 @@ def test_flow_error_check_drops_a_mask_with_wrong_flows() -> None:
     masks = np.zeros((64, 64), np.int32)
     masks[disk((64, 64), 20, 20, 9)] = 1
     masks[disk((64, 64), 44, 44, 9)] = 2
-    f = flows.masks_to_flows(masks)
+    f = flows.check_flows(masks).astype(np.float32)
     # Cell 2's flows all point the same way: its pixels pile up at its edge, not in a sink
     # matching the diffusion flows of the mask that forms there.
     errors = dynamics.flow_errors(masks, f)
     assert errors[1] < 1e-6
     assert errors[2] < 1e-6
+    # The training targets (median centre, log heat) are near the check's flows, not equal.
+    assert 1e-6 < dynamics.flow_errors(masks, flows.masks_to_flows(masks))[1:].max() < 0.02
     bad = f.copy()
     bad[:, masks == 2] = np.array([[0.6], [0.8]], dtype=np.float32)
     assert dynamics.flow_errors(masks, bad)[2] > 0.4
@@ -167,3 +169,17 @@ def test_end_point_clusters_become_one_mask_each() -> None:
     assert set(one[:24, 0].tolist()) == {1}
     few = dynamics.masks_from_endpoints(plateau[:, :8], np.arange(8), np.zeros(8, np.int64), (30, 30))
     assert not few.any()
+
+
+def test_check_flows_are_cellpose_3s_flow_error_flows() -> None:
+    """``flows.check_flows`` is cellpose 3.1's ``masks_to_flows_cpu`` (what its flow-error check
+    recomputes on the CPU) to the bit: cells of several sizes and shapes, touching, labels with gaps."""
+    cellpose_dynamics = pytest.importorskip("cellpose.dynamics", reason="needs the import extra (cellpose 3)")
+    masks = np.zeros((96, 120), np.int32)
+    masks[disk((96, 120), 20, 20, 9)] = 3
+    masks[disk((96, 120), 30, 34, 8)] = 7  # touches 3
+    masks[50:90, 10:14] = 4  # thin, long
+    masks[60:80, 60:110] = 12
+    masks[62:70, 70:80] = 0  # a hole
+    masks[5:8, 100:103] = 1  # tiny
+    np.testing.assert_array_equal(flows.check_flows(masks), cellpose_dynamics.masks_to_flows_cpu(masks)[0])

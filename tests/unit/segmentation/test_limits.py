@@ -133,12 +133,25 @@ def test_the_networks_work_is_counted_after_rescaling_and_padding(contract: Segm
     [violation] = info.value.violations
     assert violation.field == "image.array.shape"
     assert violation.description == (
-        "the 256x256 image rescaled for diameter 2 (the model's cell diameter is 12) to 1536x1536 runs as 49 tiles "
-        "of 256x256 = 3211264 network pixels, which exceeds segmentation.max_network_pixels = 3000000"
+        "the 256x256 image rescaled for diameter 2 (the model's cell diameter is 12) to 1536x1536 runs as 64 tiles "
+        "of 256x256 = 4194304 network pixels, which exceeds segmentation.max_network_pixels = 3000000"
     )
-    with pytest.raises(InvalidArgument, match=r"the 1x20000 image runs as 87 tiles"):
-        pipeline.check_network_size((1, 20_000), contract, 0.0, 3_000_000, "image")
+    with pytest.raises(InvalidArgument, match=r"the 300x20000 image runs as 188 tiles of 256x256 = 12320768"):
+        pipeline.check_network_size((300, 20_000), contract, 0.0, 3_000_000, "image")
+    # An axis shorter than a tile runs as tiles of its length rounded up to size_multiple: 94 x 8 x 256.
+    pipeline.check_network_size((1, 20_000), contract, 0.0, 94 * 8 * 256, "image")
+    with pytest.raises(InvalidArgument, match=r"the 1x20000 image runs as 94 tiles of 8x256 = 192512"):
+        pipeline.check_network_size((1, 20_000), contract, 0.0, 94 * 8 * 256 - 1, "image")
     assert pipeline.network_shape((256, 256), contract, 24.0) == (128, 128)
+    assert pipeline.network_shape((257, 257), contract, 24.0) == (128, 128)  # truncated, as cellpose sizes it
+
+
+def test_padding_is_cellposes() -> None:
+    """``pad`` 8 pads as cellpose's ``transforms.get_pad_yx`` (to multiples of 16, 8 or more a side)."""
+    transforms = pytest.importorskip("cellpose.transforms", reason="needs the import extra (cellpose 3)")
+    for shape in [(482, 482), (483, 150), (512, 17), (1, 1), (256, 255)]:
+        assert pipeline.padding(shape, 8) == tuple(transforms.get_pad_yx(*shape))
+    assert pipeline.padding((482, 100), 0) == (0, 0, 0, 0)
 
 
 def test_every_image_within_max_pixels_fits_the_default_network_limit(contract: SegmentationContract) -> None:

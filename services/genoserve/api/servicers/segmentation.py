@@ -57,7 +57,7 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServicer):
         with stage(self.FAMILY, "preprocess"):
             selected = await asyncio.to_thread(self._image, request, contract)
             prepared = await asyncio.to_thread(pipeline.prepare, selected, contract, request.diameter)
-        layout = tiling.grid(prepared.network_input.shape[1:], contract.tile, contract.overlap)
+        layout = pipeline.grid(prepared, contract)
         stitcher = tiling.Stitcher(layout)
         with stage(self.FAMILY, "infer"):  # tiles cut and stitched as the model returns them
             for chunk in tiling.batches(prepared.network_input, layout, self.settings.tile_batch):
