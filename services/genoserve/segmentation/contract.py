@@ -36,8 +36,9 @@ class SegmentationPreprocessing(Preprocessing):
     size_multiple: int = Field(8, ge=1)
     #: Zero pixels around the (rescaled) image before it is tiled, as Cellpose pads it
     #: (``transforms.get_pad_yx``): ``pad`` on each side plus what makes H and W multiples of
-    #: 2 * ``pad``, split evenly before and after; 0: none.
-    pad: int = Field(8, ge=0)
+    #: 2 * ``pad``, split evenly before and after; 0 (the default, as before the setting existed):
+    #: none. Cellpose models (the importer writes it) take 8.
+    pad: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _rules(self) -> SegmentationPreprocessing:
@@ -69,7 +70,7 @@ class SegmentationContract:
     diameter: float
     size_multiple: int = 8
     percentiles: tuple[float, float] = (1.0, 99.0)
-    pad: int = 8
+    pad: int = 0
 
     @classmethod
     def of(cls, spec: ModelSpec) -> SegmentationContract:
