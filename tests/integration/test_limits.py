@@ -162,11 +162,15 @@ def test_pixels_after_rescaling_for_the_diameter_are_limited(rig: Rig) -> None:
     assert segment(rig, image, diameter=24.0).masks.shape == [256, 256]  # downscaled: well within
 
 
-def test_tiled_work_of_a_thin_image_is_limited(rig: Rig) -> None:
-    """Each 256x256 tile of a 1x20000 image is 1/256 image and 255/256 padding: 87 tiles."""
+def test_a_thin_image_runs_as_thin_tiles_within_the_limit(rig: Rig) -> None:
+    """A 1x20000 image once ran as 87 tiles of 256x256, 255/256 of them padding, and was refused;
+    a side shorter than a tile now runs at its own size (rounded up to the network's multiple of
+    8), as cellpose does: 94 tiles of 8x256, well within segmentation.max_network_pixels."""
     image = segmentation_pb2.Image(array=codec.from_numpy(np.zeros((1, 20_000), np.uint8)))
-    error = refused(lambda: segment(rig, image))
-    assert_invalid(error, "image.array.shape", "87 tiles", "segmentation.max_network_pixels")
+    assert segment(rig, image).masks.shape == [1, 20_000]
+    wide = segmentation_pb2.Image(array=codec.from_numpy(np.zeros((1, 60_000), np.uint8)))
+    error = refused(lambda: segment(rig, wide, diameter=2.0))  # x6: 6x360000, 1688 tiles of 8x256
+    assert_invalid(error, "image.array.shape", "1688 tiles of 8x256", "segmentation.max_network_pixels")
 
 
 # -- embedding -----------------------------------------------------------------------------------
