@@ -80,10 +80,15 @@ async def in_order(
         try:
             number = 0
             async for request in requests:
-                await queued.put(asyncio.create_task(handle(number, request)))
+                task = asyncio.create_task(handle(number, request))
+                try:
+                    await queued.put(task)
+                except asyncio.CancelledError:  # the stream ended while the queue was full
+                    task.cancel()
+                    raise
                 number += 1
             await queued.put(_DONE)
-        except BaseException as exc:
+        except Exception as exc:  # reading the stream failed: after the answers before it
             await queued.put(exc)
 
     reader = asyncio.create_task(read())
@@ -100,4 +105,4 @@ async def in_order(
         while not queued.empty():
             left = queued.get_nowait()
             if isinstance(left, asyncio.Task):
-                left.cancel()
+                left.cancel()  # also marks a failure it had as seen (asyncio does not log it)

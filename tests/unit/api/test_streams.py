@@ -4,6 +4,7 @@ request order (``in_order``) or as they finish (``concurrently``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import cast
 
@@ -125,3 +126,23 @@ async def test_concurrently_answers_as_requests_finish() -> None:
     answers = [a async for a in concurrently(numbers(8), lambda r: gate.handle(r, r), limit=8)]
     assert sorted(answers) == [n * 10 for n in range(8)]
     assert answers != sorted(answers)  # later requests finished first
+
+
+async def test_in_order_leaves_no_task_behind_when_the_client_goes_away() -> None:
+    """A client that disconnects while the stream's reading waits on a full queue: every task of
+    the stream ends (a task left waiting would hold its requests for the server's lifetime)."""
+
+    async def handle(number: int, request: int) -> int:
+        await asyncio.sleep(60)
+        return request
+
+    before = asyncio.all_tasks()
+    stream = cast(AsyncGenerator[int, None], in_order(numbers(100), handle, limit=2))
+    waiting = asyncio.ensure_future(anext(stream))
+    await asyncio.sleep(0.05)  # two queued, one being answered, the reading waits to queue more
+    waiting.cancel()  # the RPC is cancelled
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiting
+    await stream.aclose()
+    await asyncio.sleep(0.05)
+    assert asyncio.all_tasks() - before == set()
