@@ -146,3 +146,20 @@ async def test_in_order_leaves_no_task_behind_when_the_client_goes_away() -> Non
     await stream.aclose()
     await asyncio.sleep(0.05)
     assert asyncio.all_tasks() - before == set()
+
+
+async def test_concurrently_leaves_no_task_behind_when_the_client_goes_away() -> None:
+    async def handle(request: int) -> int:
+        await asyncio.sleep(60)
+        return request
+
+    before = asyncio.all_tasks()
+    stream = cast(AsyncGenerator[int, None], concurrently(numbers(100), handle, limit=4))
+    waiting = asyncio.ensure_future(anext(stream))
+    await asyncio.sleep(0.05)  # four running, the reading waits for a slot
+    waiting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiting
+    await stream.aclose()
+    await asyncio.sleep(0.05)
+    assert asyncio.all_tasks() - before == set()
