@@ -80,3 +80,50 @@ async def test_async_client_answers_as_the_blocking_client(
         except GenoserveError as exc:
             got = _error(exc)
     assert got == expected
+
+
+def _rows(n: int) -> list[dict[str, np.ndarray[Any, Any]]]:
+    rng = np.random.default_rng(3)
+    rows: list[dict[str, np.ndarray[Any, Any]]] = [
+        {"x": rng.normal(size=(1, 128)).astype(np.float32)} for _ in range(n)
+    ]
+    rows[5] = {"x": np.ones((1, 7), np.float32)}  # the wrong width: this request alone fails
+    return rows
+
+
+def _answers(answers: list[Any]) -> dict[int, Any]:
+    return {n: _error(a) if isinstance(a, GenoserveError) else _outcome(a) for n, a in answers}
+
+
+async def test_infer_stream_answers_every_request_by_its_number(server: ServerProcess) -> None:
+    rows = _rows(40)
+    with Client(server.address, timeout=60) as client:
+        blocking = _answers(list(client.infer_stream("platform-mlp", rows)))
+        one_by_one = {n: _outcome(client.infer("platform-mlp", r)) for n, r in enumerate(rows) if n != 5}
+    async with AsyncClient(server.address, timeout=60) as client:
+        asynchronous = _answers([a async for a in client.infer_stream("platform-mlp", rows)])
+    assert sorted(blocking) == sorted(asynchronous) == list(range(40))
+    assert asynchronous.pop(5) == blocking[5]
+    kind, code, message, _ = blocking.pop(5)
+    assert (kind.__name__, code) == ("InvalidArgument", "INVALID_ARGUMENT")
+    assert "inputs[x]" in message
+    for n, outputs in blocking.items():  # as the unary call answers, row by row
+        np.testing.assert_allclose(outputs["y"], one_by_one[n]["y"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(asynchronous[n]["y"], outputs["y"], rtol=1e-5, atol=1e-6)
+
+
+async def test_predict_stream_answers_each_batch_in_order(server: ServerProcess) -> None:
+    batches = [[(f"s{i}", SEQUENCE if i % 2 else "C" * 101)] for i in range(12)]
+    with Client(server.address, timeout=60) as client:
+        streamed = [r.results[0] for r in client.predict_stream("pwm-ctcf", batches, strand="forward")]
+        unary = client.predict_sequences("pwm-ctcf", [b[0] for b in batches], strand="forward").results
+        bad = [*batches[:3], [("bad", "ACGQ" * 25 + "A")], *batches[3:]]
+        with pytest.raises(GenoserveError) as caught:
+            list(client.predict_stream("pwm-ctcf", bad))
+    async with AsyncClient(server.address, timeout=60) as client:
+        asynchronous = [r.results[0] async for r in client.predict_stream("pwm-ctcf", batches, strand="forward")]
+    assert [r.id for r in streamed] == [f"s{i}" for i in range(12)]  # in request order
+    assert [list(r.scores) for r in streamed] == [list(r.scores) for r in unary]
+    assert asynchronous == streamed
+    assert caught.value.code == "INVALID_ARGUMENT"
+    assert caught.value.message.startswith("batch 3: ")

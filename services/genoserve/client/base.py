@@ -147,8 +147,15 @@ def translate(exc: grpc.RpcError) -> errors.GenoserveError:
                 bad = error_details_pb2.BadRequest()
                 detail.Unpack(bad)
                 violations += [errors.FieldViolation(v.field, v.description) for v in bad.field_violations]
+    return (
+        errors.InvalidArgument(message, violations) if code == errors.InvalidArgument.code else error_of(code, message)
+    )
+
+
+def error_of(code: str, message: str) -> errors.GenoserveError:
+    """The genoserve error for a status code name and message (a stream's per-request error)."""
     cls = _ERRORS.get(code, errors.GenoserveError)
-    error = errors.InvalidArgument(message, violations) if cls is errors.InvalidArgument else cls(message)
+    error = cls(message)
     if cls is errors.GenoserveError:
         error.code = code
     return error

@@ -27,6 +27,7 @@ from genoserve.client.base import (
     Unary,
     channel_options,
     credentials,
+    error_of,
     translate,
     variant_requests,
 )
@@ -37,11 +38,15 @@ from genoserve.client.messages import (
     EmbedMessage,
     Examples,
     embed_request,
+    infer_outputs,
+    infer_stream_requests,
     masks_of,
     segment_request,
+    sequences_request,
     variants_request,
 )
 from genoserve.client.messages import infer_request as _infer_request
+from genoserve.core.errors import GenoserveError
 from genoserve.v1 import (
     binding_pb2,
     embedding_pb2,
@@ -66,6 +71,16 @@ __all__ = [
 ]
 
 R = TypeVar("R")
+#: One InferStream answer: the request's number (its place in the inputs given, from 0) and its
+#: outputs, or the error that request alone failed with.
+StreamAnswer = tuple[int, dict[str, Array] | GenoserveError]
+
+
+def _stream_answer(answer: models_pb2.InferStreamResponse) -> StreamAnswer:
+    number = int(answer.response.id)
+    if answer.HasField("error"):
+        return number, error_of(answer.error.code, answer.error.message)
+    return number, infer_outputs(answer.response)
 
 
 class Client(BaseClient):
@@ -120,6 +135,20 @@ class Client(BaseClient):
         """Run ``model`` on ``{input name: array}`` (batch first); returns ``{output name: array}``."""
         return self._unary(self._infer(model, inputs, version), timeout)
 
+    def infer_stream(self, model: str, inputs: Iterable[Mapping[str, Array]], version: str = "",
+                     timeout: float | None = None) -> Iterator[StreamAnswer]:  # fmt: skip
+        """Models/InferStream, for many small requests: each mapping of ``inputs`` is one request,
+        run concurrently on the server so that its batcher groups them. Answers come as each
+        finishes, not in order: ``(number, outputs)``, number being the request's place in
+        ``inputs`` from 0, or ``(number, error)`` for a request that failed alone (the stream goes
+        on). Tensors go on the channel. No deadline unless ``timeout`` is given."""
+        requests = infer_stream_requests(model, inputs, version)
+        try:
+            for answer in self.models.InferStream(requests, timeout=timeout, metadata=self._metadata):
+                yield _stream_answer(answer)
+        except grpc.RpcError as exc:
+            raise translate(exc) from exc
+
     def health(self, service: str = "", timeout: float | None = None) -> str:
         """SERVING, NOT_SERVING or SERVICE_UNKNOWN for ``service`` ("" is the whole server)."""
         return self._unary(self._check_health(service), timeout)
@@ -131,6 +160,18 @@ class Client(BaseClient):
                           ) -> binding_pb2.PredictResponse:  # fmt: skip
         """Score ``(id, bases)`` pairs; ``strand`` forward|max|mean ("" = the model's default)."""
         return self._unary(self._predict_sequences(model, sequences, strand, crop, version), timeout)
+
+    def predict_stream(self, model: str, batches: Iterable[Sequence[tuple[str, str]]], strand: str = "",
+                       crop: bool = False, version: str = "", timeout: float | None = None
+                       ) -> Iterator[binding_pb2.PredictResponse]:  # fmt: skip
+        """SequenceBinding/PredictStream: one request per batch of ``(id, bases)`` pairs, handled
+        several at once on the server; one response per batch, in order. A bad batch ends the
+        stream with its error (naming ``batch N``). No deadline unless ``timeout`` is given."""
+        requests = (sequences_request(model, batch, strand, crop, version) for batch in batches)
+        try:
+            yield from self.binding.PredictStream(requests, timeout=timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise translate(exc) from exc
 
     def score_variants(self, model: str, variants: Sequence[binding_pb2.Variant], reference: str = "",
                        strand: str = "", version: str = "", timeout: float | None = None
@@ -306,6 +347,32 @@ class AsyncClient(BaseClient):
         """As ``Client.infer``."""
         return await self._unary(self._infer(model, inputs, version), timeout)
 
+    async def infer_stream(self, model: str, inputs: Iterable[Mapping[str, Array]] | AsyncIterable[Mapping[str, Array]],
+                           version: str = "", timeout: float | None = None
+                           ) -> AsyncIterator[StreamAnswer]:  # fmt: skip
+        """As ``Client.infer_stream``; ``inputs`` may be a plain or an async iterable."""
+
+        async def requests() -> AsyncIterator[models_pb2.InferRequest]:
+            if isinstance(inputs, AsyncIterable):
+                number = 0
+                async for arrays in inputs:
+                    request = _infer_request(model, arrays, version)
+                    request.id = str(number)
+                    number += 1
+                    yield request
+            else:
+                for request in infer_stream_requests(model, inputs, version):
+                    yield request
+
+        call = self.models.InferStream(requests(), timeout=timeout, metadata=self._metadata)
+        try:
+            async for answer in call:
+                yield _stream_answer(answer)
+        except grpc.RpcError as exc:
+            raise translate(exc) from exc
+        finally:
+            call.cancel()
+
     async def health(self, service: str = "", timeout: float | None = None) -> str:
         """As ``Client.health``."""
         return await self._unary(self._check_health(service), timeout)
@@ -317,6 +384,29 @@ class AsyncClient(BaseClient):
                                 ) -> binding_pb2.PredictResponse:  # fmt: skip
         """As ``Client.predict_sequences``."""
         return await self._unary(self._predict_sequences(model, sequences, strand, crop, version), timeout)
+
+    async def predict_stream(self, model: str,
+                             batches: Iterable[Sequence[tuple[str, str]]] | AsyncIterable[Sequence[tuple[str, str]]],
+                             strand: str = "", crop: bool = False, version: str = "", timeout: float | None = None
+                             ) -> AsyncIterator[binding_pb2.PredictResponse]:  # fmt: skip
+        """As ``Client.predict_stream``; ``batches`` may be a plain or an async iterable."""
+
+        async def requests() -> AsyncIterator[binding_pb2.PredictRequest]:
+            if isinstance(batches, AsyncIterable):
+                async for batch in batches:
+                    yield sequences_request(model, batch, strand, crop, version)
+            else:
+                for batch in batches:
+                    yield sequences_request(model, batch, strand, crop, version)
+
+        call = self.binding.PredictStream(requests(), timeout=timeout, metadata=self._metadata)
+        try:
+            async for response in call:
+                yield response
+        except grpc.RpcError as exc:
+            raise translate(exc) from exc
+        finally:
+            call.cancel()
 
     async def score_variants(self, model: str, variants: Sequence[binding_pb2.Variant], reference: str = "",
                              strand: str = "", version: str = "", timeout: float | None = None

@@ -3,7 +3,7 @@ blocking and the asyncio client build every request and read every response the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -43,6 +43,16 @@ def infer_request(
 
 def infer_outputs(response: models_pb2.InferResponse) -> dict[str, Array]:
     return {name: tensor_codec.to_numpy(t, f"outputs[{name}]") for name, t in response.outputs.items()}
+
+
+def infer_stream_requests(
+    model: str, inputs: Iterable[Mapping[str, Array]], version: str
+) -> Iterator[models_pb2.InferRequest]:
+    """InferStream's requests: one per mapping of inputs, ``id`` its number from 0."""
+    for number, arrays in enumerate(inputs):
+        request = infer_request(model, arrays, version)
+        request.id = str(number)
+        yield request
 
 
 def segment_request(
