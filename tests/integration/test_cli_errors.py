@@ -173,6 +173,15 @@ def test_errors_are_printed_once_naming_the_flags_as_the_cli_spells_them(server:
         "  sequences[1].bases: sequence 'seq1': invalid character 'Q' at position 3 "
         "(allowed: A, C, G, T, N in any case)",
     ]
+    # One sequence per request: the bad one is still numbered in the whole input, not in its batch.
+    good = "ACGT" * 25 + "A"
+    result = genoserve(server, "predict", "binding", "--model", "pwm-ctcf", "--sequence", good, "--sequence", "ACGQ",
+                       "--batch", "1")  # fmt: skip
+    assert_clean_error(result)
+    assert result.stderr.splitlines() == [
+        "error (INVALID_ARGUMENT): sequences[1].bases: sequence 'seq1': invalid character 'Q' at position 3 "
+        "(allowed: A, C, G, T, N in any case)",
+    ]
     h5ad = DATA / "embedding" / "pbmc68k_reduced_counts_700x765.h5ad"
     out = tmp_path / "out.h5ad"
     result = genoserve(server, "predict", "embedding", "--h5ad", str(h5ad), "--output", str(out),

@@ -25,6 +25,7 @@ from genoserve.cli.common import (
 )
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 #: The request fields each command fills from its flags, as the command spells them in errors.
 BINDING = Flags({"crop": "--crop", "strand": "--strand", "reference": "--reference", "model": "--model"})
@@ -50,6 +51,26 @@ def predict() -> None:
     from genoserve.core.memory import tune_allocator
 
     tune_allocator()  # requests of many MiB: reuse freed memory instead of faulting in fresh pages
+
+
+def _numbered_in_input(run: Callable[[], R], size: int) -> R:
+    """``run()`` of a PredictStream of ``size``-sequence batches; its error ("batch N:
+    sequences[i] ...") numbered as one request of every sequence would number it."""
+    from genoserve.core.errors import FieldViolation, InvalidArgument
+
+    try:
+        return run()
+    except InvalidArgument as exc:
+        found = re.fullmatch(r"batch (\d+): (.*)", exc.message, re.DOTALL)
+        if found is None:
+            raise
+        offset = int(found.group(1)) * size
+
+        def renumber(text: str) -> str:
+            return re.sub(r"\bsequences\[(\d+)\]", lambda m: f"sequences[{offset + int(m.group(1))}]", text)
+
+        violations = [FieldViolation(renumber(v.field), v.description) for v in exc.violations]
+        raise InvalidArgument(renumber(found.group(2)), violations) from exc
 
 
 def _fasta(path: Path) -> Iterator[tuple[str, str]]:
@@ -126,16 +147,21 @@ def binding(model: str, fasta: Path | None, sequences: tuple[str, ...], vcf: Pat
                                           *values, result.error.message or "."]))  # fmt: skip
             return
         items = _fasta(fasta) if fasta is not None else iter((f"seq{i}", s) for i, s in enumerate(sequences))
+        chunks = Guarded(batched(items, batch))  # a bad FASTA record ends the stream with its own error
         header = False
-        for chunk in batched(items, batch):
-            response = or_exit(functools.partial(client.predict_sequences, model, chunk, strand or "", crop), BINDING)
-            if not header:
-                columns = [f"{t}_{k}" for t in response.tasks for k in ("score", "logit")]
-                click.echo("\t".join(["id", *columns]))
-                header = True
-            for result in response.results:
-                values = [f"{v:.6g}" for s, lg in zip(result.scores, result.logits, strict=True) for v in (s, lg)]
-                click.echo("\t".join([result.id, *values]))
+
+        def stream() -> None:  # chunks on one PredictStream: the server works on several at once
+            nonlocal header
+            for response in client.predict_stream(model, chunks, strand or "", crop):
+                if not header:
+                    columns = [f"{t}_{k}" for t in response.tasks for k in ("score", "logit")]
+                    click.echo("\t".join(["id", *columns]))
+                    header = True
+                for result in response.results:
+                    values = [f"{v:.6g}" for s, lg in zip(result.scores, result.logits, strict=True) for v in (s, lg)]
+                    click.echo("\t".join([result.id, *values]))
+
+        or_exit(lambda: _numbered_in_input(lambda: chunks.call(stream), batch), BINDING)
         if not header and fasta is not None:  # nothing was scored: say so rather than print nothing
             raise click.BadParameter(f"{fasta}: no FASTA records ('>' headers)", param_hint="'--fasta'")
 
