@@ -53,7 +53,7 @@ BENCHES = (
     Bench("segmentation", "tests.bench.segmentation_bench", "Cell segmentation: reconstruction and Segment"),
     Bench("embedding", "tests.bench.embedding_bench", "Single-cell embedding: Embed and embedding.embed_h5ad"),
     Bench("overload", "tests.bench.overload_bench", "Overload: admission by deadline"),
-    Bench("stream", "tests.bench.stream_bench", "Many small requests: unary Infer against streams"),
+    Bench("stream", "tests.bench.stream_bench", "Many small requests: unary calls against streams"),
     Bench("peers", "tests.bench.peers_bench", "Peers: genoserve, KServe and MLServer on the same models"),
 )
 
