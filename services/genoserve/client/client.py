@@ -13,8 +13,9 @@ awaited, or iterated with ``async for``); requests are built and responses decod
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -74,6 +75,18 @@ R = TypeVar("R")
 #: One InferStream answer: the request's number (its place in the inputs given, from 0) and its
 #: outputs, or the error that request alone failed with.
 StreamAnswer = tuple[int, dict[str, Array] | GenoserveError]
+
+
+async def _responses(call: Any) -> AsyncGenerator[Any, None]:
+    """A grpc.aio stream call's responses; its failure as a genoserve error; the call cancelled
+    when the caller stops early (iterate it under ``contextlib.aclosing``, so that is at once)."""
+    try:
+        async for response in call:
+            yield response
+    except grpc.RpcError as exc:
+        raise translate(exc) from exc
+    finally:
+        call.cancel()
 
 
 def _stream_answer(answer: models_pb2.InferStreamResponse) -> StreamAnswer:
@@ -364,14 +377,11 @@ class AsyncClient(BaseClient):
                 for request in infer_stream_requests(model, inputs, version):
                     yield request
 
-        call = self.models.InferStream(requests(), timeout=timeout, metadata=self._metadata)
-        try:
-            async for answer in call:
+        async with contextlib.aclosing(
+            _responses(self.models.InferStream(requests(), timeout=timeout, metadata=self._metadata))
+        ) as responses:
+            async for answer in responses:
                 yield _stream_answer(answer)
-        except grpc.RpcError as exc:
-            raise translate(exc) from exc
-        finally:
-            call.cancel()
 
     async def health(self, service: str = "", timeout: float | None = None) -> str:
         """As ``Client.health``."""
@@ -399,14 +409,11 @@ class AsyncClient(BaseClient):
                 for batch in batches:
                     yield sequences_request(model, batch, strand, crop, version)
 
-        call = self.binding.PredictStream(requests(), timeout=timeout, metadata=self._metadata)
-        try:
-            async for response in call:
+        async with contextlib.aclosing(
+            _responses(self.binding.PredictStream(requests(), timeout=timeout, metadata=self._metadata))
+        ) as responses:
+            async for response in responses:
                 yield response
-        except grpc.RpcError as exc:
-            raise translate(exc) from exc
-        finally:
-            call.cancel()
 
     async def score_variants(self, model: str, variants: Sequence[binding_pb2.Variant], reference: str = "",
                              strand: str = "", version: str = "", timeout: float | None = None
@@ -442,14 +449,11 @@ class AsyncClient(BaseClient):
                            timeout: float | None = None) -> AsyncIterator[embedding_pb2.EmbedResponse]:  # fmt: skip
         """As ``Client.embed_stream``: ``async for response in client.embed_stream(requests)``;
         ``requests`` may be a plain or an async iterable of ``embed_request(...)`` results."""
-        call = self._embed_stream(requests, timeout=timeout, metadata=self._metadata)
-        try:
-            async for response in call:
+        async with contextlib.aclosing(
+            _responses(self._embed_stream(requests, timeout=timeout, metadata=self._metadata))
+        ) as responses:
+            async for response in responses:
                 yield response
-        except grpc.RpcError as exc:
-            raise translate(exc) from exc
-        finally:
-            call.cancel()
 
     # -- variant calling ------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ O(iterations x H x W) with numpy array operations, not a Python loop per cell.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -78,15 +79,7 @@ def masks_to_flows(masks: Array, niter: int | None = None) -> Array:
         return flows
     ys, xs = np.nonzero(masks)
     n = ys.size
-    index = np.full((h + 2, w + 2), n, dtype=np.int64)
-    index[ys + 1, xs + 1] = np.arange(n)
-    padded = np.pad(masks, 1)
-    own = masks[ys, xs]
-    # neighbours[k]: index of the pixel at offset k if it belongs to the same cell, else n (cold).
-    neighbours = np.empty((len(_OFFSETS), n), dtype=np.int64)
-    for k, (dy, dx) in enumerate(_OFFSETS):
-        same = padded[ys + 1 + dy, xs + 1 + dx] == own
-        neighbours[k] = np.where(same, index[ys + 1 + dy, xs + 1 + dx], n)
+    index, neighbours = _neighbours(masks, ys, xs, _OFFSETS)
     if niter is None:
         niter = int(2 * _extents(masks, ys, xs)[labels].max())
     heat = np.zeros(n + 1, dtype=np.float64)
@@ -101,6 +94,23 @@ def masks_to_flows(masks: Array, niter: int | None = None) -> Array:
     norm = np.maximum(np.sqrt((grad**2).sum(axis=0)), 1e-20)
     flows[:, ys, xs] = (grad / norm).astype(np.float32)
     return flows
+
+
+def _neighbours(masks: Array, ys: Array, xs: Array, offsets: Sequence[tuple[int, int]]) -> tuple[Array, Array]:
+    """For the mask pixels (``ys``, ``xs``), n of them: ``index`` [H + 2, W + 2], each pixel's
+    number (n elsewhere, a 1-pixel border included), and ``neighbours`` [len(offsets), n], the
+    number of the pixel at each offset if it belongs to the same cell, else n (cold)."""
+    h, w = masks.shape
+    n = ys.size
+    index = np.full((h + 2, w + 2), n, dtype=np.int64)
+    index[ys + 1, xs + 1] = np.arange(n)
+    padded = np.pad(masks, 1)
+    own = masks[ys, xs]
+    neighbours = np.empty((len(offsets), n), dtype=np.int64)
+    for k, (dy, dx) in enumerate(offsets):
+        same = padded[ys + 1 + dy, xs + 1 + dx] == own
+        neighbours[k] = np.where(same, index[ys + 1 + dy, xs + 1 + dx], n)
+    return index, neighbours
 
 
 #: Cellpose 3.1's diffusion stencil order (``dynamics._extend_centers``): the pixel, up, down,
@@ -148,14 +158,7 @@ def check_flows(masks: Array) -> Array:
     source_iters = niter[cell[by_iter][sources]]
     active_until = np.sort(niter[cell])[::-1]  # per pixel (in the new order): its cell's count
     n = ys.size
-    index = np.full((h + 2, w + 2), n, dtype=np.int64)
-    index[ys + 1, xs + 1] = np.arange(n)
-    padded = np.pad(masks, 1)
-    own = masks[ys, xs]
-    neighbours = np.empty((len(_STENCIL), n), dtype=np.int64)
-    for k, (dy, dx) in enumerate(_STENCIL):
-        same = padded[ys + 1 + dy, xs + 1 + dx] == own
-        neighbours[k] = np.where(same, index[ys + 1 + dy, xs + 1 + dx], n)
+    _, neighbours = _neighbours(masks, ys, xs, _STENCIL)
     heat = np.zeros(n + 1, dtype=np.float64)
     ninth = 1 / 9.0
     for t in range(int(niter.max())):
