@@ -73,7 +73,7 @@ class BatcherConfig:
     deadline_headroom: float = 0.2
     #: With one instance, a session call that ``run`` is estimated (from the calls timed so far) to
     #: finish in at most this many µs runs on the event loop itself instead of in the executor (0:
-    #: always in the executor; ``ServedModel`` sets 0 for a GPU session, whose calls leave the CPU
+    #: always in the executor; ``live.batcher_config`` sets 0 for a GPU session, whose calls leave the CPU
     #: free for the loop). Handing a call to a thread and its result back costs CPU (thread
     #: wake-ups, the GIL passed twice), and while ONNX Runtime's threads take every core the loop
     #: has none to work on meanwhile: measured on 2 cores, side by side with the executor, 256-row

@@ -28,7 +28,7 @@ from genoserve.runtime.loader import load_session
 from genoserve.runtime.model import ServedModel
 from genoserve.runtime.placement import placement
 from genoserve.runtime.registry import ModelState, ModelVersionRecord
-from genoserve.runtime.session import CPU, OrtSession
+from genoserve.runtime.session import CPU, CUDA, OrtSession
 from genoserve.runtime.spec import ModelSpec
 from genoserve.runtime.store import ModelStore, open_store
 
@@ -72,6 +72,8 @@ def batcher_config(
         split_rows=plan.split_rows,
         deadline_admission=defaults.deadline_admission,
         deadline_headroom=defaults.deadline_headroom,
+        # A GPU computes while the CPU is free: its calls stay off the loop, which forms the next batch.
+        inline_call_us=0 if provider == CUDA else BatcherConfig.inline_call_us,
     )
 
 

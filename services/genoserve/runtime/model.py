@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import weakref
 from collections.abc import Collection, Mapping
 from typing import Any, TypeVar
@@ -94,9 +93,6 @@ class ServedModel(LoadedModel):
         self, spec: ModelSpec, version: VersionSpec, session: OrtSession, batcher: DynamicBatcher, contract: Any = None
     ) -> None:
         super().__init__(spec, version, session, batcher.config.max_batch_size, contract)
-        if session.on_gpu and batcher.config.inline_call_us:
-            # The device computes while the CPU is free: the loop forms the next batch meanwhile.
-            batcher.config = dataclasses.replace(batcher.config, inline_call_us=0)
         self.batcher = batcher
         self._holders: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
 

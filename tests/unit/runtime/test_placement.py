@@ -9,8 +9,10 @@ import pytest
 from genoserve.core.cpus import CpuBudget
 from genoserve.core.settings import RuntimeSettings
 from genoserve.runtime import registry
-from genoserve.runtime.live import LiveModels
+from genoserve.runtime.batcher import BatcherConfig
+from genoserve.runtime.live import LiveModels, batcher_config
 from genoserve.runtime.placement import Placement, placement
+from genoserve.runtime.session import CPU, CUDA
 from genoserve.runtime.spec import CpuServingSpec, ModelSpec
 from tests.support.models import linear_onnx, linear_spec, write_model
 
@@ -119,3 +121,12 @@ async def test_bad_cpu_serving_keeps_the_model_out_with_its_reason(tmp_path: Pat
         assert statuses["good"].ready
     finally:
         await repository.close(1)
+
+
+def test_short_calls_run_on_the_loop_for_a_cpu_session_never_for_a_gpu_one() -> None:
+    """The GPU computes while the CPU is free: its calls stay off the event loop, which forms the
+    next batch meanwhile; a CPU session's short calls run inline (``BatcherConfig.inline_call_us``)."""
+    cpu = batcher_config(spec(None), RuntimeSettings(), CPU, EIGHT)
+    gpu = batcher_config(spec(None), RuntimeSettings(), CUDA, EIGHT)
+    assert cpu.inline_call_us == BatcherConfig.inline_call_us > 0
+    assert gpu.inline_call_us == 0
