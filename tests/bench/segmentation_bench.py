@@ -76,7 +76,9 @@ RESULTS = REPO / "tests" / "bench" / "results"
 
 def network_outputs(forward: Any, contract: SegmentationContract, image: Array) -> tuple[Array, Array]:
     prepared = prepare(image[None].astype(np.float32), contract, 0.0)
-    out = run_tiled(prepared.network_input, contract.tile, contract.overlap, 8, forward)
+    out = run_tiled(prepared.network_input, contract.tile, contract.overlap, 8, forward, contract.size_multiple)
+    top, bottom, left, right = prepared.crop  # the contract's padding, as pipeline.finish crops it
+    out = out[:, top : out.shape[1] - bottom, left : out.shape[2] - right]
     return np.ascontiguousarray(out[:2]), np.ascontiguousarray(out[2])
 
 

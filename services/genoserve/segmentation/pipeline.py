@@ -168,8 +168,7 @@ def segment_sync(
     """The whole path with a synchronous ``forward`` ([B, C, t, t] -> [B, 3, t, t])."""
     params = params or MaskParams()
     prepared = prepare(channels_first, contract, diameter)
-    layout = grid(prepared, contract)
-    stitcher = tiling.Stitcher(layout)
-    for chunk in tiling.batches(prepared.network_input, layout, batch):
-        stitcher.add(forward(chunk))
-    return finish(prepared, stitcher.result(), params, block=block)
+    stitched = tiling.run_tiled(
+        prepared.network_input, contract.tile, contract.overlap, batch, forward, contract.size_multiple
+    )
+    return finish(prepared, stitched, params, block=block)
