@@ -309,3 +309,9 @@ def test_cli_mutagenesis_tsv_and_logo(rig: Rig) -> None:
     no_mutagenesis = subprocess.run([*cli[:-3], "--logo", str(logo)], capture_output=True, text=True, timeout=60)
     assert no_mutagenesis.returncode == 2
     assert "--logo needs --mutagenesis" in no_mutagenesis.stderr
+    nowhere = subprocess.run([*cli[:-1], str(rig.root / "missing" / "logo.png")], capture_output=True, text=True,
+                             timeout=60)  # fmt: skip
+    assert nowhere.returncode == 2
+    assert "folder" in nowhere.stderr
+    assert "does not exist" in nowhere.stderr
+    assert not nowhere.stdout  # refused before any sequence was sent

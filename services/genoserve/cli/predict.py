@@ -110,7 +110,7 @@ def _vcf_variants(path: Path) -> Iterator[Any]:
 @click.option("--crop", is_flag=True, help="Centre-crop sequences longer than the model's length.")
 @click.option("--batch", type=click.IntRange(min=1), default=256, show_default=True, help="Items per request.")
 @click.option("--mutagenesis", is_flag=True, help="Per sequence, the logit change of every substitution (TSV).")
-@click.option("--logo", type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--logo", type=click.Path(path_type=Path, dir_okay=False), callback=output_file,
               help="With --mutagenesis: a PNG logo of the first task's map averaged over the sequences.")  # fmt: skip
 @client_options
 def binding(model: str, fasta: Path | None, sequences: tuple[str, ...], vcf: Path | None, reference: str,
