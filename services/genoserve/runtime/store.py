@@ -164,9 +164,10 @@ class S3Store:
     def sync(self, only: tuple[str, ...] = (), files: bool = True) -> Path:
         with self._lock:
             objects = self._objects()
-            models = sorted(
-                {key.split("/")[0] for key in objects if key.count("/") == 1 and key.endswith("/" + MODEL_FILE)}
-                & {key.split("/")[0] for key in objects if MODEL_NAME.fullmatch(key.split("/")[0])}
+            models = sorted(  # <name>/model.yaml, the name a model name
+                name
+                for name, _, file in (key.partition("/") for key in objects)
+                if file == MODEL_FILE and MODEL_NAME.fullmatch(name)
             )
             self.root.mkdir(parents=True, exist_ok=True)
             for stale in self.root.iterdir():
