@@ -6,10 +6,18 @@ each model's ``model.yaml`` and the files of the versions it lists. A version fi
 only when the cached copy does not match the sha256 its model.yaml declares; a download that does
 not match is left for the registry's checksum check to keep out (naming both sums), and is not
 fetched again until its object changes.
+
+Several processes may share one cache folder (a server and its ``--with-worker``, a worker's
+prefork children): a sync holds an exclusive lock on ``<cache root>/.sync.lock`` (``flock``), so
+one process mirrors at a time; files are put in place by rename, so a process reading the cache
+sees a file either whole or not yet there. A process serving some families leaves the version
+files of the other families' models as they are: only versions gone from the store leave the cache.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -17,6 +25,7 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -37,6 +46,10 @@ log = logging.getLogger(__name__)
 
 #: Per cached model: the ETag of each mirrored object, and of downloads refused for their sha256.
 _INDEX = ".store-index.json"
+#: In the cache root: held (flock) by the process that mirrors the store into it.
+_LOCK = ".sync.lock"
+#: Files being written: a temporary name beside their target, renamed into place when whole.
+_PARTIAL = (".download-", f".{MODEL_FILE}.")
 
 
 class ModelStore(Protocol):
@@ -138,13 +151,14 @@ class S3Store:
             raise Unavailable(f"model repository {self.location}: cannot list objects: {_first_line(exc)}") from exc
         return objects
 
-    def _download(self, key: str, target: Path) -> str:
-        """Stream one object to ``target`` (atomically, through a temporary file); its sha256."""
+    def _download(self, key: str, target: Path, prefix: str = ".download-") -> str:
+        """Stream one object to ``target`` (atomically, through a temporary file named ``prefix``...
+        beside it); its sha256."""
         import obstore
 
         target.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".download-")
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=prefix)
         try:
             with os.fdopen(fd, "wb") as fh:
                 for chunk in obstore.get(self._client, key):
@@ -161,15 +175,23 @@ class S3Store:
 
     # -- mirroring -------------------------------------------------------------------------------
 
-    def sync(self, only: tuple[str, ...] = (), files: bool = True) -> Path:
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """This process's only sync (thread lock), and the cache's only writer (file lock)."""
         with self._lock:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with open(self.root / _LOCK, "a+b") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+                yield
+
+    def sync(self, only: tuple[str, ...] = (), files: bool = True) -> Path:
+        with self._exclusive():
             objects = self._objects()
             models = sorted(  # <name>/model.yaml, the name a model name
                 name
                 for name, _, file in (key.partition("/") for key in objects)
                 if file == MODEL_FILE and MODEL_NAME.fullmatch(name)
             )
-            self.root.mkdir(parents=True, exist_ok=True)
             for stale in self.root.iterdir():
                 if stale.is_dir() and stale.name not in models and not stale.name.startswith("."):
                     log.info("model %s is gone from %s: removed from the cache", stale.name, self.location)
@@ -181,6 +203,10 @@ class S3Store:
 
     def _sync_model(self, name: str, objects: dict[str, str], files: bool) -> None:
         folder = self.root / name
+        folder.mkdir(exist_ok=True)
+        for partial in folder.glob(".*"):
+            if partial.is_file() and partial.name.startswith(_PARTIAL):
+                partial.unlink(missing_ok=True)  # left by a process that stopped mid-download
         index_path = folder / _INDEX
         try:
             index: dict[str, Any] = json.loads(index_path.read_text())
@@ -190,18 +216,17 @@ class S3Store:
         refused: dict[str, str] = index.get("refused", {})
         yaml_key = f"{name}/{MODEL_FILE}"
         yaml_path = folder / MODEL_FILE
+        fresh: Path | None = None
         if mirrored.get(yaml_key) != objects[yaml_key] or not yaml_path.is_file():
             # Downloaded beside, moved into place last: a scan never sees a model.yaml whose
             # versions' files are not mirrored yet.
-            self._download(yaml_key, folder / f".{MODEL_FILE}.new")
-            fresh = True
-        else:
-            fresh = False
-        text = (folder / f".{MODEL_FILE}.new" if fresh else yaml_path).read_bytes()
-        family, declared = _declared_versions(text)
-        if self.families and family not in self.families:
-            declared = {}  # listed for the registry, which leaves it out; no version files
-        for version, sha256 in declared.items() if files else ():
+            fresh = folder / f".{MODEL_FILE}.{os.getpid()}.new"
+            self._download(yaml_key, fresh, prefix=f".{MODEL_FILE}.")
+        family, declared = _declared_versions((fresh or yaml_path).read_bytes())
+        # Another family's versions are listed for the registry, which leaves them out: their
+        # files are not fetched here (a process serving that family may have them in the cache).
+        fetch = declared if files and (not self.families or family in self.families) else {}
+        for version, sha256 in fetch.items():
             prefix = f"{name}/{version}/"
             for key, etag in objects.items():
                 if not key.startswith(prefix):
@@ -225,12 +250,18 @@ class S3Store:
                 refused.pop(key, None)
                 mirrored[key] = etag
         for child in folder.iterdir():
-            if child.is_dir() and child.name not in declared:
+            if child.is_dir() and child.name not in declared:  # gone from the store
                 shutil.rmtree(child, ignore_errors=True)
-        if fresh:
-            os.replace(folder / f".{MODEL_FILE}.new", yaml_path)
+                gone = f"{name}/{child.name}/"
+                mirrored = {k: v for k, v in mirrored.items() if not k.startswith(gone)}
+                refused = {k: v for k, v in refused.items() if not k.startswith(gone)}
+        if fresh is not None:
+            os.replace(fresh, yaml_path)
             mirrored[yaml_key] = objects[yaml_key]
-        index_path.write_text(json.dumps({"mirrored": mirrored, "refused": refused}))
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".download-")
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"mirrored": mirrored, "refused": refused}, fh)
+        os.replace(tmp, index_path)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -168,3 +170,65 @@ def test_objects_that_are_not_a_models_files_are_never_written(s3: S3Server, buc
         store.sync()
     assert not list(tmp_path.rglob("escaped.txt"))
     assert [(r.name, r.version_label) for r in scan(local)] == [("m", "1")]  # the mirror is left as it was
+
+
+def _sync_in_a_process(url: str, settings: dict[str, Any], families: tuple[str, ...], expected: dict[str, str],
+                       rounds: int, errors: Any) -> None:  # fmt: skip
+    """Sync ``rounds`` times; after each, every file in ``expected`` (path -> sha256) must be whole."""
+    try:
+        store = S3Store(url, ModelStoreSettings(**settings), families)
+        for _ in range(rounds):
+            local = store.sync()
+            for path, sha256 in expected.items():
+                got = hashlib.sha256((local / path).read_bytes()).hexdigest()
+                assert got == sha256, f"{path}: sha256 {got}, expected {sha256}"
+    except BaseException:
+        errors.put(f"families {families}: {traceback.format_exc()}")
+
+
+def test_processes_sharing_a_cache_sync_it_at_the_same_time(s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    """A server for one family and a worker for another (or a worker's prefork children) on one
+    cache folder: each finds its files whole after every sync, and neither removes the other's."""
+    onnx = {seed: linear_onnx(seed=seed) for seed in range(4)}
+    for name in ("a", "b", "c"):
+        write_model(tmp_path / "src", linear_spec(name), {1: onnx[0], 2: onnx[1]})
+        publish(s3, bucket, tmp_path / "src", name)
+    write_model(tmp_path / "src", {**linear_spec("emb"), "family": "embedding"}, {1: onnx[2], 3: onnx[3]})
+    publish(s3, bucket, tmp_path / "src", "emb")
+    sha = {seed: hashlib.sha256(data).hexdigest() for seed, data in onnx.items()}
+    platform = {f"{name}/{v}/model.onnx": sha[v - 1] for name in ("a", "b", "c") for v in (1, 2)}
+    embedding = {"emb/1/model.onnx": sha[2], "emb/3/model.onnx": sha[3]}
+    settings = store_settings(s3, tmp_path / "cache").model_dump()
+    url = f"s3://{bucket}/repo"
+    spawn = multiprocessing.get_context("spawn")  # obstore's runtime threads do not survive a fork
+    errors = spawn.Queue()
+    processes = [
+        spawn.Process(target=_sync_in_a_process, args=(url, settings, families, expected, 4, errors))
+        for families, expected in (
+            (("platform",), platform),
+            (("embedding",), embedding),
+            ((), {**platform, **embedding}),
+        )
+    ]
+    for process in processes:
+        process.start()
+    client = s3.client()
+    for round_ in range(6):  # model.yaml objects change while the processes mirror them
+        for name in ("a", "emb"):
+            spec = (tmp_path / "src" / name / "model.yaml").read_text()
+            client.put_object(Bucket=bucket, Key=f"repo/{name}/model.yaml",
+                              Body=f"{spec}description: round {round_}\n".encode())  # fmt: skip
+    for process in processes:
+        process.join(120)
+    found = []
+    while not errors.empty():
+        found.append(errors.get())
+    assert not found, "\n".join(found)
+    assert [p.exitcode for p in processes] == [0, 0, 0]
+
+    # The platform server syncs once more: the embedding worker's files stay.
+    local = S3Store(url, ModelStoreSettings(**settings), ("platform",)).sync()
+    for path, sha256 in {**platform, **embedding}.items():
+        assert hashlib.sha256((local / path).read_bytes()).hexdigest() == sha256, path
+    partial = [p.name for p in local.rglob(".*") if p.is_file() and p.name.startswith((".download-", ".model.yaml."))]
+    assert partial == []
