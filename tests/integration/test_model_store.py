@@ -92,6 +92,11 @@ def wait_for(predicate: object, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def ready_series(text: str) -> str:
+    """The genoserve_model_ready samples of a /metrics text."""
+    return text.split("# TYPE genoserve_model_ready gauge", 1)[1].split("# HELP", 1)[0]
+
+
 @pytest.fixture
 def s3(tmp_path: Path) -> Iterator[S3Server]:
     with S3Server(tmp_path / "moto.log") as server:
@@ -146,30 +151,35 @@ def test_poll_rolls_a_new_version_in_refuses_a_corrupt_one_and_rolls_back(s3: S3
             wait_for(lambda: [m.version for m in admin.list_models()] == ["1"], 4 * POLL_S + 10, "the unloads")
         text = scrape(server)
         assert metric(text, "genoserve_model_ready", model=MODEL, version="1") == 1
-        assert 'version="2"' not in text.split("genoserve_model_ready", 1)[1].split("# HELP", 1)[0]
+        assert 'version="2"' not in ready_series(text)
     assert len(caller.outcomes) > 20
     assert caller.errors() == []
 
 
-def test_explicit_unload_lets_running_requests_finish_and_needs_an_admin(tmp_path: Path) -> None:
-    repo = tmp_path / "models"
-    shutil.copytree(SOURCE, repo / MODEL)
+def test_explicit_unload_lets_running_requests_finish_and_needs_an_admin(s3: S3Server, tmp_path: Path) -> None:
     # Requests wait up to 1.5 s in the batcher for others to join: in flight when the unload comes.
-    (repo / MODEL / "model.yaml").write_bytes(
+    source = tmp_path / "src"
+    shutil.copytree(SOURCE, source)
+    (source / "model.yaml").write_bytes(
         yaml_with_versions([1], batching={"max_batch_size": 256, "max_queue_delay_us": 1_500_000})
     )
+    upload_folder(s3.client(), "models", f"repo/{MODEL}", source)
     tokens = tmp_path / "tokens"
     tokens.write_text("admin-token admin\nlab-token lab\n")
-    server = ServerProcess("--model-control", "explicit", "--tokens-file", str(tokens), model_dir=repo,
-                           log_path=tmp_path / "server.log")  # fmt: skip
+    env = {**s3.env(), "GENOSERVE_RUNTIME__STORE__CACHE_DIR": str(tmp_path / "cache")}
+    server = ServerProcess("--model-control", "explicit", "--tokens-file", str(tokens), model_dir="s3://models/repo",
+                           env=env, log_path=tmp_path / "server.log")  # fmt: skip
     with (
         server.start(),
         Client(server.address, token="admin-token", timeout=30) as admin,
         Client(server.address, token="lab-token", timeout=30) as lab,
     ):
-        with pytest.raises(PermissionDenied, match="needs an admin tenant"):
-            lab.unload_model(MODEL)
-        assert [e.name for e in lab.repository_index()] == [MODEL]  # reading the index is for all
+        for denied in (lambda: lab.unload_model(MODEL), lambda: lab.load_model(MODEL), lab.repository_index):
+            with pytest.raises(
+                PermissionDenied, match=r"needs an admin tenant \(server\.auth\.admin_tenants: \['admin'\]\)"
+            ):
+                denied()
+        assert metric(scrape(server), "genoserve_model_ready", model=MODEL, version="1") == 1
 
         def request() -> str:
             with grpc.insecure_channel(server.address) as channel:
@@ -183,6 +193,8 @@ def test_explicit_unload_lets_running_requests_finish_and_needs_an_admin(tmp_pat
             assert [f.result() for f in running] == ["1"] * 4  # every request in flight finished
         with pytest.raises(NotFound):
             lab.infer(MODEL, {"x": X})
+        # Unloaded: its series is gone, as when a poll unloads a version the store no longer has.
+        assert f'model="{MODEL}"' not in ready_series(scrape(server))
         [entry] = admin.repository_index()
         assert (entry.name, entry.version, entry.state) == (MODEL, "1", models_pb2.MODEL_STATE_UNAVAILABLE)
 
@@ -190,6 +202,7 @@ def test_explicit_unload_lets_running_requests_finish_and_needs_an_admin(tmp_pat
         assert info.ready
         assert info.version == "1"
         assert lab.infer(MODEL, {"x": X})["y"].shape == (4, 16)
+        assert metric(scrape(server), "genoserve_model_ready", model=MODEL, version="1") == 1
 
         cli = [sys.executable, "-m", "genoserve.cli.main", "models"]
         where = ["--address", server.address, "--token", "admin-token"]
@@ -198,6 +211,10 @@ def test_explicit_unload_lets_running_requests_finish_and_needs_an_admin(tmp_pat
         assert unloaded.stdout.strip() == f"{MODEL}: unloaded version(s) 1"
         index = subprocess.run([*cli, "index", *where], capture_output=True, text=True)
         assert index.stdout.split("\n")[1].split() == [MODEL, "1", "unavailable"]
+        as_lab = ["--address", server.address, "--token", "lab-token"]
+        refused = subprocess.run([*cli, "index", *as_lab], capture_output=True, text=True)
+        assert refused.returncode == 2
+        assert "Models/RepositoryIndex lists the whole model store" in refused.stderr, refused.stderr
         loaded = subprocess.run([*cli, "load", MODEL, *where], capture_output=True, text=True)
         assert loaded.returncode == 0, loaded.stderr
         assert loaded.stdout.strip() == f"{MODEL} version 1: ready"

@@ -30,12 +30,13 @@ class ModelsServicer(models_pb2_grpc.ModelsServicer):
         self.shared = shared
         self.auth = auth or AuthSettings()
 
-    def _require_admin(self, method: str) -> None:
-        """With tokens on, only ``server.auth.admin_tenants`` change what is served."""
+    def _require_admin(self, method: str, what: str) -> None:
+        """With tokens on, only ``server.auth.admin_tenants`` control what is served and read the
+        model store through the server (``what``: what ``method`` does, for the error)."""
         tenant = current_tenant.get()
         if self.auth.enabled and tenant not in self.auth.admin_tenants:
             raise PermissionDenied(
-                f"Models/{method} changes what this server serves: it needs an admin tenant "
+                f"Models/{method} {what}: it needs an admin tenant "
                 f"(server.auth.admin_tenants: {list(self.auth.admin_tenants)}); this token's tenant is {tenant!r}"
             )
 
@@ -108,7 +109,7 @@ class ModelsServicer(models_pb2_grpc.ModelsServicer):
     async def Load(
         self, request: models_pb2.LoadModelRequest, context: grpc.aio.ServicerContext
     ) -> models_pb2.LoadModelResponse:
-        self._require_admin("Load")
+        self._require_admin("Load", "changes what this server serves")
         records = await self.repository.load_model(request.name, request.version)
         keys = {(r.name, r.version_label) for r in records}
         statuses = [s for s in self.repository.statuses() if (s.name, s.version) in keys]
@@ -117,13 +118,14 @@ class ModelsServicer(models_pb2_grpc.ModelsServicer):
     async def Unload(
         self, request: models_pb2.UnloadModelRequest, context: grpc.aio.ServicerContext
     ) -> models_pb2.UnloadModelResponse:
-        self._require_admin("Unload")
+        self._require_admin("Unload", "changes what this server serves")
         versions = await self.repository.unload(request.name, request.version)
         return models_pb2.UnloadModelResponse(versions=versions)
 
     async def RepositoryIndex(
         self, request: models_pb2.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> models_pb2.RepositoryIndexResponse:
+        self._require_admin("RepositoryIndex", "lists the whole model store, also models this server does not serve")
         entries = await self.repository.index()
         return models_pb2.RepositoryIndexResponse(models=[model_codec.index_entry(e) for e in entries])
 
