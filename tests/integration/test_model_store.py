@@ -269,3 +269,24 @@ def test_bulk_jobs_read_the_store_and_run_the_version_pinned_at_submit(s3: S3Ser
             np.testing.assert_allclose(scores, linear_reference(x, 128, 16, seed=1), rtol=1e-4, atol=1e-4)
     finally:
         worker.stop()
+
+
+def test_serve_with_worker_runs_jobs_from_the_servers_model_repository(s3: S3Server, tmp_path: Path) -> None:
+    """``serve --with-worker --model-dir s3://...``: the worker reads the same store (and cache
+    folder) as the server, not the default models/, so a job runs a model only that store has."""
+    source = tmp_path / "src"
+    write_model(source, linear_spec("lin", 128, 16), {1: linear_onnx(128, 16, seed=4)})
+    upload_folder(s3.client(), "models", "other-repo/lin", source / "lin")
+    config = write_config(tmp_path)
+    env = {**s3.env(), "GENOSERVE_RUNTIME__STORE__CACHE_DIR": str(tmp_path / "cache"),
+           "GENOSERVE_WORKER__METRICS_PORT": "0"}  # fmt: skip
+    server = ServerProcess("--config", str(config), "--with-worker", model_dir="s3://models/other-repo", env=env,
+                           log_path=tmp_path / "server.log")  # fmt: skip
+    x = np.random.default_rng(1).normal(size=(50, 128)).astype(np.float32)
+    np.save(tmp_path / "rows.npy", x)
+    with server.start(), Client(server.address, timeout=30) as admin:
+        job = admin.submit_job("platform.score_rows", [str(tmp_path / "rows.npy")], str(tmp_path / "out"),
+                               {"model": "lin"})  # fmt: skip
+        done = wait_for_job(admin, job.id)
+        assert done.state == jobs_pb2.JOB_STATE_SUCCEEDED, done.error + server.log()
+        np.testing.assert_allclose(np.load(done.outputs[0]), linear_reference(x, 128, 16, seed=4), rtol=1e-4, atol=1e-4)

@@ -52,7 +52,10 @@ def cli() -> None:
 @click.option("--tls-client-ca", type=click.Path(path_type=Path), help="CA for client certificates (mTLS).")
 @click.option("--grace-period", type=float, help="Seconds to drain in-flight requests on SIGTERM.")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
-@click.option("--with-worker", is_flag=True, help="Also start one bulk-job worker for every queue.")
+@click.option(
+    "--with-worker", is_flag=True,
+    help="Also start one bulk-job worker for every queue (with this --model-dir, --device, --intra-op-threads).",
+)  # fmt: skip
 @click.option(
     "--shared-memory", is_flag=True, default=None,
     help="Read request tensors that clients on this machine leave in shared memory (/dev/shm/genoserve*).",
@@ -93,7 +96,7 @@ def serve(config: Path | None, **flags: Any) -> None:
         from genoserve.runtime.gpu_metrics import register_gpu_metrics
 
         register_gpu_metrics(settings.runtime)
-    worker = _spawn_worker(config) if flags["with_worker"] else None
+    worker = _spawn_worker(config, flags) if flags["with_worker"] else None
     try:
         or_exit(lambda: _run_or_explain(run_server, settings))
     finally:
@@ -136,11 +139,25 @@ def _run_or_explain(run_server: Callable[[Settings], Coroutine[Any, Any, None]],
         raise Unavailable(f"cannot listen on {where}: in use or not bindable (another server running?)") from exc
 
 
-def _spawn_worker(config: Path | None) -> subprocess.Popen[bytes]:
-    """``genoserve worker`` as a child process with the same config and environment."""
+#: ``serve`` flags that a ``--with-worker`` worker takes too: it reads the model repository the
+#: server pins job versions from, on the same device.
+WORKER_FLAGS = (
+    ("model_dir", "--model-dir"),
+    ("device", "--device"),
+    ("intra_op_threads", "--intra-op-threads"),
+    ("log_level", "--log-level"),
+)
+
+
+def _spawn_worker(config: Path | None, flags: dict[str, Any]) -> subprocess.Popen[bytes]:
+    """``genoserve worker`` as a child process with the same config, environment and the ``serve``
+    flags that apply to a worker (``WORKER_FLAGS``)."""
     argv = [sys.executable, "-m", "genoserve.cli.main", "worker"]
     if config is not None:
         argv += ["--config", str(config)]
+    for key, flag in WORKER_FLAGS:
+        if flags.get(key) is not None:
+            argv += [flag, str(flags[key])]
     return subprocess.Popen(argv)
 
 
