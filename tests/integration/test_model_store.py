@@ -32,6 +32,8 @@ SOURCE = REPO / "models" / MODEL
 POLL_S = 1.5
 X = np.ones((4, 128), np.float32)
 REQUEST = models_pb2.InferRequest(model=MODEL, inputs={"x": from_numpy(X)})
+FAILURES = "genoserve_model_store_sync_failures_total"
+LAST_SUCCESS = "genoserve_model_store_last_success_timestamp_seconds"
 
 
 def served_version(channel: grpc.Channel, token: str = "") -> str:
@@ -290,3 +292,25 @@ def test_serve_with_worker_runs_jobs_from_the_servers_model_repository(s3: S3Ser
         done = wait_for_job(admin, job.id)
         assert done.state == jobs_pb2.JOB_STATE_SUCCEEDED, done.error + server.log()
         np.testing.assert_allclose(np.load(done.outputs[0]), linear_reference(x, 128, 16, seed=4), rtol=1e-4, atol=1e-4)
+
+
+def test_a_store_that_stops_answering_is_counted_and_the_loaded_version_serves_on(s3: S3Server, tmp_path: Path) -> None:
+    upload_folder(s3.client(), "models", f"repo/{MODEL}", SOURCE)
+    env = {**s3.env(), "GENOSERVE_RUNTIME__STORE__CACHE_DIR": str(tmp_path / "cache")}
+    server = ServerProcess("--model-control", "poll", "--poll-interval", str(POLL_S), "--model", MODEL,
+                           model_dir="s3://models/repo", env=env, log_path=tmp_path / "server.log")  # fmt: skip
+    with server.start(), grpc.insecure_channel(server.address) as channel:
+        text = scrape(server)
+        assert metric(text, FAILURES, model_control="poll") == 0
+        assert time.time() - 60 < metric(text, LAST_SUCCESS, model_control="poll") <= time.time()
+
+        s3.stop()  # the store stops answering
+        wait_for(lambda: metric(scrape(server), FAILURES, model_control="poll") >= 2, 120, "two failed polls")
+        stale = metric(scrape(server), LAST_SUCCESS, model_control="poll")
+        assert served_version(channel) == "1"  # the loaded version serves on
+        wait_for(lambda: metric(scrape(server), FAILURES, model_control="poll") >= 3, 60, "one more failed poll")
+        text = scrape(server)
+        assert metric(text, LAST_SUCCESS, model_control="poll") == stale  # no success since
+        assert metric(text, "genoserve_model_ready", model=MODEL, version="1") == 1
+        assert served_version(channel) == "1"
+    assert "polling s3://models/repo failed (the loaded versions keep serving)" in (tmp_path / "server.log").read_text()

@@ -1,7 +1,7 @@
 """Prometheus metric definitions (one place, conventional names and units, bounded labels).
 
-Labels are service, method, status code, model, version, job kind, queue, family and stage: never a
-request or job id.
+Labels are service, method, status code, model, version, job kind, queue, family, stage and
+model_control: never a request or job id.
 """
 
 from __future__ import annotations
@@ -60,6 +60,18 @@ MODEL_READY = Gauge(
     "genoserve_model_ready",
     "1 when the model version is loaded and serving, else 0.",
     ["model", "version"],
+)
+MODEL_STORE_LAST_SUCCESS = Gauge(
+    "genoserve_model_store_last_success_timestamp_seconds",
+    "Unix time of the server's last successful read of its model store (runtime.model_repository), by "
+    "runtime.model_control; the server's start until the first.",
+    ["model_control"],
+)
+MODEL_STORE_SYNC_FAILURES = Counter(
+    "genoserve_model_store_sync_failures",
+    "Reads of the model store that failed (unreachable, denied, a key outside its model), by "
+    "runtime.model_control; the versions already loaded keep serving.",
+    ["model_control"],
 )
 BATCH_REJECTED = Counter(
     "genoserve_batcher_rejected",

@@ -133,6 +133,10 @@ class LiveModels:
         # Threads start on demand: room for every core's instance of a per-core model.
         self._executor = ThreadPoolExecutor(max_workers=max(4, 2 * self._budget.usable), thread_name_prefix="ort")
         self._listeners: list[Callable[[], None]] = []
+        # Both from the start: a store unreachable from the first read on is seen as one that
+        # stopped answering (no success since the start, failures counting up from 0).
+        metrics.MODEL_STORE_SYNC_FAILURES.labels(settings.model_control)
+        metrics.MODEL_STORE_LAST_SUCCESS.labels(settings.model_control).set_to_current_time()
 
     def on_change(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` whenever a model's state changes (health status updates)."""
@@ -217,7 +221,7 @@ class LiveModels:
 
         async with self._mutex:
             only = names or self.settings.models
-            local = await asyncio.to_thread(self.store.sync, only)
+            local = await self._sync(only)
             found = await asyncio.to_thread(self._scan, local, only)
             found = [r for r in found if in_scope(_key(r))]
             current = {_key(r): r for r in self._records}
@@ -246,6 +250,17 @@ class LiveModels:
             for record in todo:
                 await self._serve(record)
             return [r for r in self._records if in_scope(_key(r))]
+
+    async def _sync(self, only: tuple[str, ...], files: bool = True) -> Path:
+        """``store.sync`` in a thread, counted in the store's metrics."""
+        control = self.settings.model_control
+        try:
+            local = await asyncio.to_thread(self.store.sync, only, files)
+        except Exception:
+            metrics.MODEL_STORE_SYNC_FAILURES.labels(control).inc()
+            raise
+        metrics.MODEL_STORE_LAST_SUCCESS.labels(control).set_to_current_time()
+        return local
 
     def _scan(self, local: Path, only: tuple[str, ...]) -> list[ModelVersionRecord]:
         return registry.scan(local, only, self.settings.families)
@@ -348,7 +363,7 @@ class LiveModels:
         """Every model version the store holds, loaded or not, and the loaded ones it no longer
         holds (Triton's RepositoryIndex). Reads the store's model.yaml files, not its model files."""
         async with self._mutex:
-            local = await asyncio.to_thread(self.store.sync, (), False)
+            local = await self._sync((), False)
             found = await asyncio.to_thread(self._scan, local, ())
         current = {_key(r): r for r in self._records}
         entries: list[IndexEntry] = []

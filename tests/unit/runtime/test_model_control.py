@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from genoserve.core.errors import FailedPrecondition, NotFound, Unavailable
 from genoserve.core.settings import RuntimeSettings
@@ -183,5 +184,44 @@ async def test_poll_follows_the_folder(tmp_path: Path) -> None:
                 break
             await asyncio.sleep(0.05)
         assert repository.latest_version("m") == "2"
+    finally:
+        await repository.close(1)
+
+
+def store_metrics(control: str) -> tuple[float, float]:
+    """(failed reads of the store, unix time of the last successful one) for ``control``."""
+    labels = {"model_control": control}
+    failures = REGISTRY.get_sample_value("genoserve_model_store_sync_failures_total", labels)
+    success = REGISTRY.get_sample_value("genoserve_model_store_last_success_timestamp_seconds", labels)
+    assert failures is not None
+    assert success is not None
+    return failures, success
+
+
+async def test_a_store_that_stops_answering_is_counted_and_the_loaded_versions_serve_on(tmp_path: Path) -> None:
+    folder = tmp_path / "repo"
+    write_model(folder, linear_spec("m"), {1: linear_onnx(seed=1)})
+    repository = await started(folder, model_control="poll", poll_interval_s=0.05)
+    try:
+        failures, success = store_metrics("poll")
+        folder.rename(tmp_path / "away")  # the volume is gone
+        for _ in range(200):
+            if store_metrics("poll")[0] >= failures + 2:
+                break
+            await asyncio.sleep(0.02)
+        stale_failures, stale_success = store_metrics("poll")
+        assert stale_failures >= failures + 2
+        assert stale_success >= success  # the last success: at the latest the poll before the move
+        await asyncio.sleep(0.2)
+        assert store_metrics("poll")[1] == stale_success
+        assert (await infer(repository, "m"))["y"].shape == (2, 3)  # version 1 serves on
+        assert repository.latest_version("m") == "1"
+
+        (tmp_path / "away").rename(folder)
+        for _ in range(200):
+            if store_metrics("poll")[1] > stale_success:
+                break
+            await asyncio.sleep(0.02)
+        assert store_metrics("poll")[1] > stale_success
     finally:
         await repository.close(1)
