@@ -70,8 +70,9 @@ class AuthSettings(_Section):
     """Bearer-token auth. ``tokens_file`` holds one ``<token> [tenant]`` per line (# comments)."""
 
     tokens_file: Path | None = None
-    #: Tenants allowed to change what is served (``Models/Load``, ``Models/Unload``) when tokens
-    #: are on; with auth off, anyone who reaches the port may.
+    #: Tenants allowed to change what is served and to list the store (``Models/Load``,
+    #: ``Models/Unload``, ``Models/RepositoryIndex``) when tokens are on; with auth off, anyone
+    #: who reaches the port may.
     admin_tenants: tuple[str, ...] = ("admin",)
 
     @property
