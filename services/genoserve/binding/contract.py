@@ -19,11 +19,12 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from genoserve.runtime.contract import ContractViolation, Preprocessing, preprocessing, single_ports
+from genoserve.runtime.contract import ContractViolation, Preprocessing, family_contract, single_ports
 from genoserve.runtime.spec import ModelSpec
 
 
 class BindingPreprocessing(Preprocessing):
+    family: Literal["binding"] = "binding"
     #: The input length; when given it must equal the input's fixed length.
     sequence_length: int | None = None
     #: The one-hot order of the input's last axis (the only one the family encodes).
@@ -34,6 +35,9 @@ class BindingPreprocessing(Preprocessing):
     default_strand: Literal["forward", "max", "mean"] = "max"
     #: Metric name (``{task}``: each output label) -> the least recorded value that may serve.
     metric_floors: dict[str, float] = Field(default_factory=dict)
+
+    def contract(self, spec: ModelSpec) -> BindingContract:
+        return BindingContract.checked(spec, self)
 
 
 @dataclass(frozen=True)
@@ -66,8 +70,13 @@ class BindingContract:
 
     @classmethod
     def of(cls, spec: ModelSpec) -> BindingContract:
-        """The contract of a binding model.yaml; ContractViolation naming every broken rule."""
-        pre = preprocessing(BindingPreprocessing, spec, cls.FAMILY)
+        """The contract of a binding model.yaml, parsed as the registry parses it (for tools and
+        tests); ContractViolation naming every broken rule."""
+        return family_contract(cls, spec)
+
+    @classmethod
+    def checked(cls, spec: ModelSpec, pre: BindingPreprocessing) -> BindingContract:
+        """The rules for the ports of ``spec``, whose ``preprocessing`` parsed as ``pre``."""
         x, y = single_ports(spec)
         problems: list[str] = []
         if x.dtype != "float32" or len(x.shape) != 3 or x.shape[1] < 1 or x.shape[2] != 4:

@@ -19,7 +19,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, StrictBool
 
-from genoserve.runtime.contract import ContractViolation, Preprocessing, preprocessing
+from genoserve.runtime.contract import ContractViolation, Preprocessing, family_contract
 from genoserve.runtime.spec import ModelSpec, TensorSpec
 
 COUNTS = "counts"
@@ -29,6 +29,7 @@ VAR = "latent_var"
 
 
 class EmbeddingPreprocessing(Preprocessing):
+    family: Literal["embedding"] = "embedding"
     #: The model the encoder comes from (scVI's variational autoencoder).
     architecture: Literal["scvi"] = "scvi"
     #: The count likelihood it was trained with (zero-inflated negative binomial, negative
@@ -41,6 +42,9 @@ class EmbeddingPreprocessing(Preprocessing):
     encode_covariates: StrictBool | None = None
     #: obs column holding the batch in the training data (for .h5ad jobs), "" when none.
     batch_key: str = ""
+
+    def contract(self, spec: ModelSpec) -> EmbeddingContract:
+        return EmbeddingContract.checked(spec, self)
 
 
 def _check_matrix(tensor: TensorSpec, what: str, problems: list[str]) -> None:
@@ -74,8 +78,13 @@ class EmbeddingContract:
 
     @classmethod
     def of(cls, spec: ModelSpec) -> EmbeddingContract:
-        """The contract of an embedding model.yaml; ContractViolation naming every broken rule."""
-        pre = preprocessing(EmbeddingPreprocessing, spec, cls.FAMILY)
+        """The contract of an embedding model.yaml, parsed as the registry parses it (for tools and
+        tests); ContractViolation naming every broken rule."""
+        return family_contract(cls, spec)
+
+    @classmethod
+    def checked(cls, spec: ModelSpec, pre: EmbeddingPreprocessing) -> EmbeddingContract:
+        """The rules for the ports of ``spec``, whose ``preprocessing`` parsed as ``pre``."""
         inputs = {t.name: t for t in spec.inputs}
         outputs = {t.name: t for t in spec.outputs}
         problems: list[str] = []

@@ -1,29 +1,36 @@
 """What every family contract shares: a typed ``preprocessing`` block and one error for a
 model.yaml that breaks its family's rules.
 
-Each family's contract (``genoserve.<family>.contract``) is parsed once, when the repository
-reads the model (``genoserve.runtime.contracts``): a model that breaks it is kept out with the
-reason and never served. The servicers take the parsed contract from the loaded model.
+Each family's ``preprocessing`` block is one member of a pydantic discriminated union on
+``family`` (``genoserve.runtime.contracts``), parsed once, when the registry reads the model,
+together with the family's rules for the ports: a model that breaks them is kept out with the
+reason and never served. The servicers and job kinds take the parsed contract from the model's
+registry record (``ModelVersionRecord.contract``, ``LoadedModel.contract``).
 """
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from genoserve.core.errors import InvalidArgument, ModelLoadError
 from genoserve.runtime.spec import ModelSpec, TensorSpec
 
+C = TypeVar("C")
+
 
 class Preprocessing(BaseModel):
     """A family's ``preprocessing:`` block: unknown keys are refused (a misspelt key is an error,
-    not a silent default)."""
+    not a silent default). Each family's block adds ``family: Literal[<family>]``, the union's
+    tag (model.yaml's ``family``, not a key of the block)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-
-P = TypeVar("P", bound=Preprocessing)
+    def contract(self, spec: ModelSpec) -> Any:
+        """The family's contract of ``spec`` with this block: the rules for the ports checked,
+        ContractViolation naming each that ``spec`` breaks; None for a family without one."""
+        return None
 
 
 class ContractViolation(ModelLoadError):
@@ -34,21 +41,35 @@ class ContractViolation(ModelLoadError):
         self.problems = problems
 
 
-def preprocessing(kind: type[P], spec: ModelSpec, family: str) -> P:
-    """``spec.preprocessing`` as the ``family``'s typed block; ContractViolation naming each key,
-    INVALID_ARGUMENT (field ``model``) when the model is of another family."""
+def family_contract(kind: type[C], spec: ModelSpec) -> C:
+    """``spec``'s contract as the family ``kind`` (e.g. ``BindingContract``), parsed as the
+    registry parses it (``genoserve.runtime.contracts.contract_of``): for tools and tests that
+    read a model.yaml themselves. INVALID_ARGUMENT (field ``model``) when the model is of another
+    family; ContractViolation naming each broken rule."""
+    family = _family(kind)
     if spec.family != family:
         raise InvalidArgument.field("model", f"{spec.name} {other_family(spec.family, family)}")
-    try:
-        return kind.model_validate(spec.preprocessing)
-    except ValidationError as exc:
-        problems = [
-            f"preprocessing.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}".replace(
-                "preprocessing.: ", "preprocessing: "
-            )
-            for e in exc.errors()
-        ]
-        raise ContractViolation(spec, problems) from exc
+    from genoserve.runtime.contracts import contract_of  # the union imports every family's module
+
+    contract = contract_of(spec)
+    assert isinstance(contract, kind)
+    return contract
+
+
+def expect_contract(kind: type[C], contract: object, spec: ModelSpec, reason: str = "") -> C:
+    """``contract`` (the registry's, for ``spec``) as the family ``kind``: INVALID_ARGUMENT (field
+    ``model``) when the model is of another family, FAILED_PRECONDITION with ``reason`` (why the
+    registry kept it out) when it has no contract of its family."""
+    if isinstance(contract, kind):
+        return contract
+    family = _family(kind)
+    if spec.family != family:
+        raise InvalidArgument.field("model", f"{spec.name} {other_family(spec.family, family)}")
+    raise ModelLoadError(reason or f"model {spec.name} has no parsed {family} contract")
+
+
+def _family(kind: type[Any]) -> str:
+    return str(getattr(kind, "FAMILY", kind.__name__))
 
 
 def other_family(have: str, want: str) -> str:

@@ -11,12 +11,13 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import ValidationError
 
 from genoserve.core.errors import GenoserveError
+from genoserve.runtime.contract import expect_contract
 from genoserve.runtime.contracts import contract_of
 from genoserve.runtime.session import PortSignature
 from genoserve.runtime.spec import ModelSpec, TensorSpec, VersionSpec
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.yaml"
 ONNX_FILE = "model.onnx"
+C = TypeVar("C")
 
 
 class ModelState(enum.Enum):
@@ -45,8 +47,16 @@ class ModelVersionRecord:
     state: ModelState = ModelState.LOADING
     reason: str = ""
     provider: str = ""
-    #: The family's parsed contract (``genoserve.runtime.contracts``); None for ``platform``.
+    #: The family's parsed contract (``genoserve.runtime.contracts``); None for ``platform`` and
+    #: for a model that breaks its contract (``reason`` says how).
     contract: Any = None
+
+    def contract_as(self, kind: type[C]) -> C:
+        """The contract as the family ``kind`` (e.g. ``BindingContract``): INVALID_ARGUMENT naming
+        the model when it is of another family, FAILED_PRECONDITION with the reason when it broke
+        its contract."""
+        assert self.spec is not None
+        return expect_contract(kind, self.contract, self.spec, self.reason)
 
     @property
     def version_label(self) -> str:
@@ -107,20 +117,35 @@ def scan(model_dir: Path, only: tuple[str, ...] = (), families: tuple[str, ...] 
             continue
         if families and spec.family not in families:
             continue
-        try:
-            contract = contract_of(spec)
-        except GenoserveError as exc:  # kept out, each version with the reason
-            contract, broken = None, exc.message
-        else:
-            broken = ""
-        for version in sorted(spec.versions, key=lambda v: v.version):
-            record = ModelVersionRecord(spec.name, directory, spec, version, contract=contract)
-            # A contract may floor recorded metrics (binding: preprocessing.metric_floors).
-            below = getattr(contract, "below_floor", None)
-            reason = broken or (below(version.metrics) if below is not None else "")
-            if reason:
-                record.fail(reason)
-            records.append(record)
+        records += versions(directory, spec)
+    return records
+
+
+def read_model(directory: Path) -> list[ModelVersionRecord]:
+    """The records of the model in ``directory``, as ``scan`` makes them; ``ValueError`` with the
+    reason when its model.yaml cannot be read."""
+    return versions(directory, read_spec(directory))
+
+
+def versions(directory: Path, spec: ModelSpec) -> list[ModelVersionRecord]:
+    """One record per version of ``spec``, with its family's contract parsed (the only place it is:
+    ``genoserve.runtime.contracts``); every version FAILED with the reason when model.yaml breaks
+    the contract, a version whose recorded metrics are below the contract's floors too."""
+    try:
+        contract = contract_of(spec)
+    except GenoserveError as exc:  # kept out, each version with the reason
+        contract, broken = None, exc.message
+    else:
+        broken = ""
+    records = []
+    for version in sorted(spec.versions, key=lambda v: v.version):
+        record = ModelVersionRecord(spec.name, directory, spec, version, contract=contract)
+        # A contract may floor recorded metrics (binding: preprocessing.metric_floors).
+        below = getattr(contract, "below_floor", None)
+        reason = broken or (below(version.metrics) if below is not None else "")
+        if reason:
+            record.fail(reason)
+        records.append(record)
     return records
 
 

@@ -136,7 +136,9 @@ class ModelSpec(_Strict):
     description: str = ""
     inputs: tuple[TensorSpec, ...] = Field(min_length=1)
     outputs: tuple[TensorSpec, ...] = Field(min_length=1)
-    #: Family-specific pre/post-processing parameters (validated by the family).
+    #: Family-specific pre/post-processing parameters, as written: the registry parses them with
+    #: ``family`` as one discriminated union (``genoserve.runtime.contracts``), each family's
+    #: block with its rules, together with the family's rules for the ports.
     preprocessing: dict[str, Any] = {}
     batching: BatchingSpec = BatchingSpec()
     cpu_serving: CpuServingSpec | None = None

@@ -13,16 +13,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from genoserve.core.errors import InvalidArgument
-from genoserve.runtime.contract import ContractViolation, Preprocessing, preprocessing, single_ports
+from genoserve.runtime.contract import ContractViolation, Preprocessing, family_contract, single_ports
 from genoserve.runtime.spec import ModelSpec
 
 
 class SegmentationPreprocessing(Preprocessing):
+    family: Literal["segmentation"] = "segmentation"
     #: Tiles the network runs on (pixels, square); a multiple of ``size_multiple``.
     tile: int = Field(256, ge=8)
     #: Overlap of neighbouring tiles, as a fraction of the tile.
@@ -49,6 +50,9 @@ class SegmentationPreprocessing(Preprocessing):
             raise ValueError(f"tile {self.tile} is not a multiple of size_multiple {self.size_multiple}")
         return self
 
+    def contract(self, spec: ModelSpec) -> SegmentationContract:
+        return SegmentationContract.checked(spec, self)
+
 
 @dataclass(frozen=True)
 class SegmentationContract:
@@ -74,8 +78,13 @@ class SegmentationContract:
 
     @classmethod
     def of(cls, spec: ModelSpec) -> SegmentationContract:
-        """The contract of a segmentation model.yaml; ContractViolation naming every broken rule."""
-        pre = preprocessing(SegmentationPreprocessing, spec, cls.FAMILY)
+        """The contract of a segmentation model.yaml, parsed as the registry parses it (for tools
+        and tests); ContractViolation naming every broken rule."""
+        return family_contract(cls, spec)
+
+    @classmethod
+    def checked(cls, spec: ModelSpec, pre: SegmentationPreprocessing) -> SegmentationContract:
+        """The rules for the ports of ``spec``, whose ``preprocessing`` parsed as ``pre``."""
         x, y = single_ports(spec)
         problems: list[str] = []
         if x.dtype != "float32" or len(x.shape) != 4 or x.shape[1] < 1:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from genoserve.runtime.contract import ContractViolation, Preprocessing, preprocessing, single_ports
+from genoserve.runtime.contract import ContractViolation, Preprocessing, family_contract, single_ports
 from genoserve.runtime.spec import ModelSpec
 from genoserve.variants.examples import CHANNELS_6, CHANNELS_7
 from genoserve.variants.sites import expected_layout
@@ -26,6 +26,7 @@ HEIGHT, WIDTH = 100, 221
 
 
 class VariantsPreprocessing(Preprocessing):
+    family: Literal["variants"] = "variants"
     #: Pileup rows (5 reference rows, then reads) and columns (the candidate in the middle).
     height: Literal[100] = 100
     width: Literal[221] = 221
@@ -33,6 +34,9 @@ class VariantsPreprocessing(Preprocessing):
     channels: tuple[str, ...] | None = None
     #: Axis order of the input: batch, rows, columns, channels.
     layout: Literal["NHWC"] = "NHWC"
+
+    def contract(self, spec: ModelSpec) -> VariantsContract:
+        return VariantsContract.checked(spec, self)
 
 
 def channel_names(channels: int) -> tuple[str, ...]:
@@ -59,8 +63,13 @@ class VariantsContract:
 
     @classmethod
     def of(cls, spec: ModelSpec) -> VariantsContract:
-        """The contract of a variants model.yaml; ContractViolation naming every broken rule."""
-        pre = preprocessing(VariantsPreprocessing, spec, cls.FAMILY)
+        """The contract of a variants model.yaml, parsed as the registry parses it (for tools and
+        tests); ContractViolation naming every broken rule."""
+        return family_contract(cls, spec)
+
+    @classmethod
+    def checked(cls, spec: ModelSpec, pre: VariantsPreprocessing) -> VariantsContract:
+        """The rules for the ports of ``spec``, whose ``preprocessing`` parsed as ``pre``."""
         x, y = single_ports(spec)
         problems: list[str] = []
         if x.dtype != "uint8" or len(x.shape) != 4 or x.shape[1:3] != (HEIGHT, WIDTH) or x.shape[3] not in (6, 7):
