@@ -23,7 +23,7 @@ from genoserve.jobs.kinds.base import check_model_name
 from genoserve.jobs.paths import NAME_MAX, claim, confine, open_output_folder, owner, remove_staging
 from genoserve.jobs.records import Job, JobState, Shard, ShardState, new_job_id
 from genoserve.jobs.store import JobStore
-from genoserve.runtime.registry import read_spec
+from genoserve.runtime.registry import read_model
 from genoserve.runtime.store import ModelStore, open_store
 
 log = logging.getLogger(__name__)
@@ -74,10 +74,12 @@ class JobService:
         parsed = kind.parse_params(params)
         model_name, version = kind.model(parsed)
         check_model_name(model_name)  # before the name comes near the filesystem
-        try:
-            spec = read_spec(self.models.sync((model_name,), files=False) / model_name)
+        try:  # the model.yaml and its family's contract, parsed by the registry
+            records = read_model(self.models.sync((model_name,), files=False) / model_name)
         except ValueError as exc:
             raise InvalidArgument.field("params[model]", f"model {model_name!r} is not usable: {exc}") from exc
+        spec = records[0].spec
+        assert spec is not None
         known = [str(v.version) for v in spec.versions]
         if version and version not in known:
             raise InvalidArgument.field(
@@ -104,7 +106,8 @@ class JobService:
         if os.path.lexists(out) and not out.is_dir():
             raise InvalidArgument.field("output_dir", f"{out} exists and is not a folder")
         self._check_owner(out, tenant)
-        planned = kind.plan(paths, parsed, spec, self.settings)
+        [record] = [r for r in records if r.version_label == version]
+        planned = kind.plan(paths, parsed, record, self.settings)
         if not planned:
             raise InvalidArgument.field("inputs", "the inputs hold no items")
         if len(planned) > jobs.max_shards_per_job:

@@ -119,6 +119,7 @@ class WorkerRuntime:
                         offset=shard.offset,
                         params=job.params,
                         spec=model.spec,
+                        contract=model.contract,
                         settings=self.settings,
                         output_stem=mine.path / shard_name(index),
                         infer=model.infer_sync,

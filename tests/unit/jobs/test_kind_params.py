@@ -13,7 +13,7 @@ from genoserve.core.errors import InvalidArgument
 from genoserve.core.settings import Settings
 from genoserve.jobs.kinds import KINDS, get_kind
 from genoserve.jobs.kinds.base import shard_ranges
-from genoserve.runtime.registry import read_spec
+from genoserve.runtime.registry import read_model
 
 
 @pytest.mark.parametrize(
@@ -87,9 +87,9 @@ def test_too_many_shards_are_refused_before_they_are_made(tmp_path: Path) -> Non
     )
     np.save(tmp_path / "rows.npy", np.zeros((1001, 128), np.float32))
     kind = get_kind("platform.score_rows")
-    spec = read_spec(Path(__file__).resolve().parents[3] / "models" / "platform-mlp")
+    [record] = read_model(Path(__file__).resolve().parents[3] / "models" / "platform-mlp")
     with pytest.raises(InvalidArgument, match="would make 1001 shards"):
-        kind.plan([tmp_path / "rows.npy"], kind.parse_params({"shard_size": "1"}), spec, settings)
+        kind.plan([tmp_path / "rows.npy"], kind.parse_params({"shard_size": "1"}), record, settings)
     with pytest.raises(InvalidArgument, match=r"params\[shard_size\]: shard_size 1000 would make 200 shards"):
         get_kind("variants.call_bam")._chunks(  # type: ignore[attr-defined]
             tmp_path / "x.bam", {"shard_size": "1000", "regions": "chr1:1-100000,chr2:1-100000"}, settings
@@ -204,12 +204,12 @@ def test_embed_h5ad_checks_the_plot_colour_column_at_submit() -> None:
     repo = Path(__file__).resolve().parents[3]
     h5ad = repo / "tests" / "data" / "embedding" / "pbmc68k_reduced_counts_700x765.h5ad"
     kind = get_kind("embedding.embed_h5ad")
-    spec = read_spec(repo / "models" / "scvi-pbmc")
+    [record] = read_model(repo / "models" / "scvi-pbmc")
     settings = Settings()
     params = kind.parse_params({"model": "scvi-pbmc", "plot": "true", "color_by": "nosuch"})
     with pytest.raises(InvalidArgument) as info:
-        kind.plan([h5ad], params, spec, settings)
+        kind.plan([h5ad], params, record, settings)
     assert info.value.violations[0].field == "inputs[0]"
     assert info.value.message.startswith(f"inputs[0]: params[color_by]: {h5ad}: obs has no column 'nosuch'")
     good = kind.parse_params({"model": "scvi-pbmc", "plot": "true", "color_by": "louvain"})
-    assert len(kind.plan([h5ad], good, spec, settings)) == 1
+    assert len(kind.plan([h5ad], good, record, settings)) == 1

@@ -15,11 +15,13 @@ from genoserve.core.errors import InvalidArgument
 from genoserve.core.settings import Settings
 from genoserve.jobs.kinds import get_kind
 from genoserve.jobs.kinds.base import InputRecordError, ShardContext
-from genoserve.runtime.registry import read_spec
+from genoserve.runtime.registry import read_model
 
 MODELS = Path(__file__).resolve().parents[3] / "models"
 KIND = get_kind("platform.score_rows")
-SPEC = read_spec(MODELS / "platform-mlp")
+[RECORD] = read_model(MODELS / "platform-mlp")
+assert RECORD.spec is not None
+SPEC = RECORD.spec
 SETTINGS = Settings()
 
 
@@ -31,7 +33,7 @@ def fake_model(inputs: Any) -> dict[str, npt.NDArray[Any]]:
 
 def run_all(inputs: list[Path], out: Path, params: dict[str, str]) -> list[Path]:
     parsed = KIND.parse_params(params)
-    planned = KIND.plan(inputs, parsed, SPEC, SETTINGS)
+    planned = KIND.plan(inputs, parsed, RECORD, SETTINGS)
     results = []
     for i, shard in enumerate(planned):
         stem = out / f"shard-{i:06d}"
@@ -55,7 +57,7 @@ def test_plan_splits_each_input_into_shards(tmp_path: Path) -> None:
     np.save(tmp_path / "a.npy", rows(25))
     np.save(tmp_path / "b.npy", rows(10))
     planned = KIND.plan(
-        [tmp_path / "a.npy", tmp_path / "b.npy"], KIND.parse_params({"shard_size": "10"}), SPEC, SETTINGS
+        [tmp_path / "a.npy", tmp_path / "b.npy"], KIND.parse_params({"shard_size": "10"}), RECORD, SETTINGS
     )
     assert [(s.input_index, s.start, s.stop) for s in planned] == [(0, 0, 10), (0, 10, 20), (0, 20, 25), (1, 0, 10)]
 
@@ -88,11 +90,11 @@ def test_unusable_inputs_and_params_are_refused_at_plan_time(tmp_path: Path) -> 
     (tmp_path / "notes.txt").write_text("hi")
     params = KIND.parse_params({})
     with pytest.raises(InvalidArgument, match="has 100 columns, model platform-mlp takes 128"):
-        KIND.plan([tmp_path / "narrow.npy"], params, SPEC, SETTINGS)
+        KIND.plan([tmp_path / "narrow.npy"], params, RECORD, SETTINGS)
     with pytest.raises(InvalidArgument, match=r"must be a \.npy or \.parquet file"):
-        KIND.plan([tmp_path / "notes.txt"], params, SPEC, SETTINGS)
+        KIND.plan([tmp_path / "notes.txt"], params, RECORD, SETTINGS)
     with pytest.raises(InvalidArgument, match="positive integer"):
-        KIND.plan([tmp_path / "narrow.npy"], KIND.parse_params({"shard_size": "0"}), SPEC, SETTINGS)
+        KIND.plan([tmp_path / "narrow.npy"], KIND.parse_params({"shard_size": "0"}), RECORD, SETTINGS)
     with pytest.raises(InvalidArgument, match=r"params\[colour\]"):
         KIND.parse_params({"colour": "blue"})
     with pytest.raises(InvalidArgument, match="unknown job kind"):

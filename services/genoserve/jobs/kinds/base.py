@@ -13,10 +13,13 @@ import numpy as np
 from genoserve.core.errors import GenoserveError, InvalidArgument
 from genoserve.core.settings import Settings
 from genoserve.jobs.kinds.params import MODEL_NAME, ModelParams, Params, parse
+from genoserve.runtime.contract import expect_contract
+from genoserve.runtime.registry import ModelVersionRecord
 from genoserve.runtime.spec import ModelSpec
 
 Array = np.ndarray[Any, Any]
 P = TypeVar("P", bound=Params)
+C = TypeVar("C")
 
 
 class InferFn(Protocol):
@@ -110,6 +113,13 @@ class ShardContext:
     #: Call with the items of this shard done so far: the job's progress shows them (with the
     #: next heartbeat) before the shard ends.
     progress: Callable[[int], None] = lambda items: None
+    #: The family's contract the registry parsed when the worker loaded the model
+    #: (``LoadedModel.contract``; None for ``platform``).
+    contract: object = None
+
+    def contract_as(self, kind: type[C]) -> C:
+        """The model's contract as the family ``kind`` (INVALID_ARGUMENT for another family)."""
+        return expect_contract(kind, self.contract, self.spec)
 
     @property
     def roots(self) -> tuple[Path, ...]:
@@ -154,9 +164,11 @@ class JobKind(abc.ABC, Generic[P]):
 
     @abc.abstractmethod
     def plan(
-        self, inputs: list[Path], params: Mapping[str, str], spec: ModelSpec, settings: Settings
+        self, inputs: list[Path], params: Mapping[str, str], record: ModelVersionRecord, settings: Settings
     ) -> list[PlannedShard]:
-        """Split the inputs into shards; InvalidArgument naming the input for unusable files."""
+        """Split the inputs into shards; InvalidArgument naming the input for unusable files.
+        ``record``: the registry's record of the version the job is pinned to (its model.yaml and
+        its family's parsed contract, ``record.contract_as``)."""
 
     @abc.abstractmethod
     def outputs(

@@ -38,7 +38,7 @@ from genoserve.jobs.kinds.base import (
 )
 from genoserve.jobs.kinds.params import Flag, ModelParams, PositiveInt, choice
 from genoserve.jobs.paths import temporary_name
-from genoserve.runtime.spec import ModelSpec
+from genoserve.runtime.registry import ModelVersionRecord
 
 Array = np.ndarray[Any, Any]
 
@@ -97,7 +97,7 @@ def _strand(strand: str, contract: BindingContract) -> StrandMode:
 def score_sequences(ctx: ShardContext, sequences: list[str], strand: str) -> tuple[Array, Array]:
     """Fitted sequences -> (logits [n, T], scores [n, T]), ``ctx.batch_size`` sequences per call;
     ``strand`` as the ``strand`` param."""
-    contract = BindingContract.of(ctx.spec)
+    contract = ctx.contract_as(BindingContract)
     mode = _strand(strand, contract)
     logits = []
     for i in range(0, len(sequences), ctx.batch_size):
@@ -180,9 +180,9 @@ class ScoreFasta(_TableKind[ScoreFastaParams]):
     queue = "binding"
     params_model = ScoreFastaParams
 
-    def plan(self, inputs: list[Path], params: Mapping[str, str], spec: ModelSpec,
+    def plan(self, inputs: list[Path], params: Mapping[str, str], record: ModelVersionRecord,
              settings: Settings) -> list[PlannedShard]:  # fmt: skip
-        BindingContract.of(spec)
+        record.contract_as(BindingContract)
         size = self.typed(params).shard_size
         shards: list[PlannedShard] = []
         for index, path in enumerate(inputs):
@@ -198,7 +198,7 @@ class ScoreFasta(_TableKind[ScoreFastaParams]):
 
     def run_shard(self, ctx: ShardContext) -> int:
         path = ctx.inputs[ctx.input_index]
-        contract = BindingContract.of(ctx.spec)
+        contract = ctx.contract_as(BindingContract)
         params = self.typed(ctx.params)
         crop = params.crop
         try:
@@ -248,9 +248,9 @@ class ScoreBed(_TableKind[ScoreBedParams]):
     queue = "binding"
     params_model = ScoreBedParams
 
-    def plan(self, inputs: list[Path], params: Mapping[str, str], spec: ModelSpec,
+    def plan(self, inputs: list[Path], params: Mapping[str, str], record: ModelVersionRecord,
              settings: Settings) -> list[PlannedShard]:  # fmt: skip
-        BindingContract.of(spec)
+        record.contract_as(BindingContract)
         typed = self.typed(params)
         size = typed.shard_size
         reference_for(settings, typed.reference)
@@ -266,7 +266,7 @@ class ScoreBed(_TableKind[ScoreBedParams]):
 
     def run_shard(self, ctx: ShardContext) -> int:
         path = ctx.inputs[ctx.input_index]
-        contract = BindingContract.of(ctx.spec)
+        contract = ctx.contract_as(BindingContract)
         params = self.typed(ctx.params)
         reference = reference_for(ctx.settings, params.reference)
         rows: dict[str, list[Any]] = {"chrom": [], "start": [], "end": [], "name": []}

@@ -35,7 +35,7 @@ from genoserve.jobs.kinds.base import (
 from genoserve.jobs.kinds.binding import BindingParams, reference_for, score_sequences
 from genoserve.jobs.kinds.params import PositiveInt
 from genoserve.jobs.paths import input_file, temporary_name
-from genoserve.runtime.spec import ModelSpec
+from genoserve.runtime.registry import ModelVersionRecord
 
 #: Problems that leave an ALT unscored ('.') instead of failing the job.
 _UNSCORABLE = ("symbolic", "at most", "alt equals ref")
@@ -73,9 +73,9 @@ class ScoreVcf(JobKind[ScoreVcfParams]):
     def model(self, params: Mapping[str, str]) -> tuple[str, str]:
         return required_model(self.typed(params), "a binding model, e.g. deepbind-ctcf")
 
-    def plan(self, inputs: list[Path], params: Mapping[str, str], spec: ModelSpec,
+    def plan(self, inputs: list[Path], params: Mapping[str, str], record: ModelVersionRecord,
              settings: Settings) -> list[PlannedShard]:  # fmt: skip
-        BindingContract.of(spec)
+        record.contract_as(BindingContract)
         typed = self.typed(params)
         reference_for(settings, typed.reference)
         size = typed.shard_size
@@ -100,7 +100,7 @@ class ScoreVcf(JobKind[ScoreVcfParams]):
 
     def run_shard(self, ctx: ShardContext) -> int:
         path = ctx.inputs[ctx.input_index]
-        contract = BindingContract.of(ctx.spec)
+        contract = ctx.contract_as(BindingContract)
         params = self.typed(ctx.params)
         reference = reference_for(ctx.settings, params.reference)
         slots: list[tuple[int, int]] = []  # (record index, alt number) of each scored pair

@@ -39,7 +39,7 @@ from genoserve.jobs.kinds.base import (
 )
 from genoserve.jobs.kinds.params import Flag, ModelParams, OptionalNumber, PositiveInt
 from genoserve.jobs.paths import input_file, temporary_name, write_atomically
-from genoserve.runtime.spec import ModelSpec
+from genoserve.runtime.registry import ModelVersionRecord
 
 Array = np.ndarray[Any, Any]
 KEY = "X_scVI"
@@ -105,9 +105,9 @@ class EmbedH5ad(JobKind[EmbedH5adParams]):
     def model(self, params: Mapping[str, str]) -> tuple[str, str]:
         return required_model(self.typed(params), "an embedding model, e.g. scvi-pbmc")
 
-    def plan(self, inputs: list[Path], params: Mapping[str, str], spec: ModelSpec,
+    def plan(self, inputs: list[Path], params: Mapping[str, str], record: ModelVersionRecord,
              settings: Settings) -> list[PlannedShard]:  # fmt: skip
-        model = EmbeddingContract.of(spec)
+        model = record.contract_as(EmbeddingContract)
         typed = self.typed(params)
         size = typed.shard_size
         shards: list[PlannedShard] = []
@@ -163,7 +163,7 @@ class EmbedH5ad(JobKind[EmbedH5adParams]):
 
     def run_shard(self, ctx: ShardContext) -> int:
         path = ctx.inputs[ctx.input_index]
-        model = EmbeddingContract.of(ctx.spec)
+        model = ctx.contract_as(EmbeddingContract)
         params = self.typed(ctx.params)
         key = self._batch_key(model, params) if model.takes_batch and not params.batch else ""
         not_raw = params.not_raw_counts

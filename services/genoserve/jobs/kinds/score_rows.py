@@ -28,7 +28,7 @@ from genoserve.jobs.kinds.base import (
 )
 from genoserve.jobs.kinds.params import ModelName, ModelParams, PositiveInt
 from genoserve.jobs.paths import temporary_name
-from genoserve.runtime.spec import ModelSpec
+from genoserve.runtime.registry import ModelVersionRecord
 
 Array = np.ndarray[Any, Any]
 SUFFIXES = (".npy", ".parquet")
@@ -77,8 +77,10 @@ class ScoreRows(JobKind[ScoreRowsParams]):
         return typed.model, typed.version
 
     def plan(
-        self, inputs: list[Path], params: Mapping[str, str], spec: ModelSpec, settings: Settings
+        self, inputs: list[Path], params: Mapping[str, str], record: ModelVersionRecord, settings: Settings
     ) -> list[PlannedShard]:
+        spec = record.spec
+        assert spec is not None
         if len(spec.inputs) != 1 or len(spec.inputs[0].shape) != 2:
             raise InvalidArgument.field("params[model]", f"{spec.name} does not take one 2-D input")
         width = spec.inputs[0].shape[1]

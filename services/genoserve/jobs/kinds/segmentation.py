@@ -36,7 +36,7 @@ from genoserve.jobs.kinds.base import (
 )
 from genoserve.jobs.kinds.params import Flag, Integer, Integers, ModelName, ModelParams, Number, PositiveInt
 from genoserve.jobs.paths import folder_files, input_file, name_patterns, temporary_name
-from genoserve.runtime.spec import ModelSpec
+from genoserve.runtime.registry import ModelVersionRecord
 from genoserve.segmentation import images
 from genoserve.segmentation.contract import SegmentationContract
 from genoserve.segmentation.csvout import COLUMNS, format_row, image_name
@@ -138,9 +138,9 @@ class SegmentImages(JobKind[SegmentImagesParams]):
         return required_model(self.typed(params), "a segmentation model")
 
     def plan(
-        self, inputs: list[Path], params: Mapping[str, str], spec: ModelSpec, settings: Settings
+        self, inputs: list[Path], params: Mapping[str, str], record: ModelVersionRecord, settings: Settings
     ) -> list[PlannedShard]:
-        SegmentationContract.of(spec)
+        record.contract_as(SegmentationContract)
         typed = self.typed(params)
         shards: list[PlannedShard] = []
         for index, path in enumerate(inputs):
@@ -183,7 +183,7 @@ class SegmentImages(JobKind[SegmentImagesParams]):
             raise InputRecordError(str(item.path), record, f"cannot be read: {exc}") from exc
 
     def run_shard(self, ctx: ShardContext) -> int:
-        contract = SegmentationContract.of(ctx.spec)
+        contract = ctx.contract_as(SegmentationContract)
         typed = self.typed(ctx.params)
         params, diameter, channels, overlays = typed.masks, typed.diameter, list(typed.channels), typed.overlays
         items = list_items(ctx.inputs[ctx.input_index], typed.pattern, ctx.roots)[ctx.start : ctx.stop]

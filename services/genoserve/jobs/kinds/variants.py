@@ -33,6 +33,7 @@ from genoserve.core.settings import Settings
 from genoserve.jobs.kinds.base import InputRecordError, JobKind, PlannedShard, ShardContext, check_shard_count
 from genoserve.jobs.kinds.params import Flag, ModelName, ModelParams, at_least
 from genoserve.jobs.paths import confine, input_file, temporary_name
+from genoserve.runtime.registry import ModelVersionRecord
 from genoserve.runtime.spec import ModelSpec
 from genoserve.variants.evaluate import read_bed
 from genoserve.variants.examples import parse_example
@@ -232,9 +233,10 @@ class CallBam(_VariantsKind[CallBamParams]):
                 chunks.append(Region(region.contig, start, min(region.end, start + size)))
         return chunks
 
-    def plan(self, inputs: list[Path], params: Mapping[str, str], spec: ModelSpec,
+    def plan(self, inputs: list[Path], params: Mapping[str, str], record: ModelVersionRecord,
              settings: Settings) -> list[PlannedShard]:  # fmt: skip
-        _channels(spec)
+        assert record.spec is not None
+        _channels(record.spec)
         resolve_reference(settings, self.typed(params).reference)
         shards: list[PlannedShard] = []
         for index, path in enumerate(inputs):
@@ -295,9 +297,10 @@ class CallExamples(_VariantsKind[CallExamplesParams]):
     name = "variants.call_examples"
     params_model = CallExamplesParams
 
-    def plan(self, inputs: list[Path], params: Mapping[str, str], spec: ModelSpec,
+    def plan(self, inputs: list[Path], params: Mapping[str, str], record: ModelVersionRecord,
              settings: Settings) -> list[PlannedShard]:  # fmt: skip
-        _channels(spec)
+        assert record.spec is not None
+        _channels(record.spec)
         _contigs_param(settings, self.typed(params))
         return [PlannedShard(i, 0, 1, 1) for i in range(len(inputs))]
 
