@@ -6,7 +6,8 @@ and worker; the masks of ``genoserve predict segmentation`` agree with
 The committed checkpoint (tests/data/segmentation/cellpose3_cpnet_small.pth, see its .md) is a
 CPnet with nbase [2, 8, 16, 32, 64]: ``CellposeModel`` only builds [nchan, 32, 64, 128, 256], so
 the fixture widens it to that size (the extra channels all zero: the same function) and saves it
-with ``CPnet.save_model``. Needs the ``import`` extra (torch, cellpose 3); skipped without it.
+with ``CPnet.save_model``. Needs the ``import`` extra (torch, cellpose 3), which ``make setup``
+installs: without it these tests fail.
 """
 
 from __future__ import annotations
@@ -22,11 +23,17 @@ from typing import Any
 import numpy as np
 import pytest
 import tifffile
+import torch
 import yaml
+from cellpose import core as cellpose_core
+from cellpose import models as cellpose_models
+from cellpose import train as cellpose_train
+from cellpose.resnet_torch import CPnet
 
 from genoserve.client import Client, masks_of
 from genoserve.core.errors import InvalidArgument
 from genoserve.core.settings import RuntimeSettings
+from genoserve.importers import cellpose as importer
 from genoserve.segmentation import metrics
 from genoserve.segmentation.normalize import percentile_normalize, resize, scaled_shape
 from genoserve.v1 import jobs_pb2
@@ -34,14 +41,6 @@ from tests.support.jobs import WorkerProcess, wait_for_job
 from tests.support.server import REPO, ServerProcess
 
 pytestmark = pytest.mark.integration
-
-torch = pytest.importorskip("torch", reason="needs the import extra (torch)")
-cellpose_models = pytest.importorskip("cellpose.models", reason="needs the import extra (cellpose 3)")
-from cellpose import core as cellpose_core  # noqa: E402
-from cellpose import train as cellpose_train  # noqa: E402
-from cellpose.resnet_torch import CPnet  # noqa: E402
-
-from genoserve.importers import cellpose as importer  # noqa: E402
 
 DATA = REPO / "tests" / "data" / "segmentation"
 SMALL = DATA / "cellpose3_cpnet_small.pth"

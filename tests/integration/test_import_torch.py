@@ -1,8 +1,9 @@
 """`genoserve models import torch` end to end: small PyTorch models defined here (random weights from
 a seed), saved as TorchScript and as torch.export programs, imported by the CLI and served by a real
-server; served outputs equal torch's on real DNA (hg19 chr20 windows from tests/data/deepvariant).
+server and worker; served outputs (predict binding, Models/Infer, the binding.score_fasta and
+platform.score_rows jobs) equal torch's on real DNA (hg19 chr20 windows from tests/data/deepvariant).
 
-Needs the ``import`` extra (torch); skipped without it.
+Needs the ``import`` extra (torch), which ``make setup`` installs: without it these tests fail.
 """
 
 from __future__ import annotations
@@ -15,20 +16,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pysam
 import pytest
+import torch
 import yaml
 
 from genoserve.client import Client
 from genoserve.core.errors import InvalidArgument
 from genoserve.core.settings import RuntimeSettings
+from genoserve.importers.torch import import_torch
+from genoserve.v1 import jobs_pb2
+from tests.support.jobs import WorkerProcess, wait_for_job, write_config
 from tests.support.server import REPO, ServerProcess
 
 pytestmark = pytest.mark.integration
-
-torch = pytest.importorskip("torch", reason="needs the import extra (torch)")
-
-from genoserve.importers.torch import import_torch  # noqa: E402  (imports torch)
 
 REFERENCE = REPO / "tests" / "data" / "deepvariant" / "ucsc.hg19.chr20.unittest.fasta.gz"
 LENGTH = 101
@@ -115,6 +117,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 class Rig:
     root: Path
     server: ServerProcess
+    worker: WorkerProcess
     cnn: torch.nn.Module
     mlp: torch.nn.Module
     windows: list[tuple[str, str]]
@@ -145,9 +148,21 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     # A program exported at a fixed batch size of 2: torch runs it in pairs, the graph takes any batch.
     save_export(cnn, example, root / "cnn-static.pt2", dynamic_batch=False)
     import_torch(root / "cnn-static.pt2", models, "cnn-static", RuntimeSettings(), "binding", tasks=TASKS)
-    server = ServerProcess(model_dir=models, log_path=root / "server.log").start()
-    yield Rig(root, server, cnn, mlp, real_windows(), stdout)
+    # The importer's default port names (x -> y): the ones platform.score_rows runs.
+    import_torch(root / "mlp.pt2", models, "mlp-rows", RuntimeSettings(), "platform")
+    config = write_config(root)  # the worker reads the same model directory as the server
+    config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "runtime": {"model_dir": str(models)}}))
+    worker = WorkerProcess(config, root / "worker.log", "--queues", "binding,platform").start()
+    server = ServerProcess("--config", str(config), model_dir=models, log_path=root / "server.log").start()
+    yield Rig(root, server, worker, cnn, mlp, real_windows(), stdout)
     server.terminate()
+    worker.stop()
+
+
+def torch_logits(rig: Rig) -> np.ndarray:
+    """torch's logits [windows, tasks] of the seeded CNN on the rig's windows."""
+    with torch.no_grad():
+        return rig.cnn(torch.from_numpy(np.stack([one_hot(s) for _, s in rig.windows]))).numpy()
 
 
 def test_import_writes_the_binding_contract(rig: Rig) -> None:
@@ -176,8 +191,7 @@ def test_predict_binding_equals_torch_sigmoid(rig: Rig, model: str) -> None:
     assert header == ["id", *[f"{t}_{k}" for t in TASKS for k in ("score", "logit")]]
     assert [row[0] for row in rows] == [name for name, _ in rig.windows]
     served = np.array([[float(v) for v in row[1:]] for row in rows])
-    with torch.no_grad():
-        logits = rig.cnn(torch.from_numpy(np.stack([one_hot(s) for _, s in rig.windows]))).numpy()
+    logits = torch_logits(rig)
     score_diff = float(np.abs(served[:, 0::2] - 1.0 / (1.0 + np.exp(-logits))).max())
     logit_diff = float(np.abs(served[:, 1::2] - logits).max())
     print(f"{model}: served vs torch: sigmoid max abs {score_diff:.3g}, logit max abs {logit_diff:.3g}")
@@ -196,6 +210,40 @@ def test_platform_infer_equals_torch(rig: Rig) -> None:
     diff = float(np.abs(served["scores"] - expected).max())
     print(f"mlp-export: served vs torch: max abs {diff:.3g}")
     assert diff <= TOLERANCE
+
+
+def test_jobs_run_the_imported_models_as_torch_does(rig: Rig) -> None:
+    """The bulk path: binding.score_fasta with the imported CNN (its default strand, forward) and
+    platform.score_rows with the imported MLP (default port names), sharded and run by a worker,
+    give torch's outputs."""
+    fasta = rig.root / "job-windows.fa"
+    fasta.write_text("".join(f">{name}\n{sequence}\n" for name, sequence in rig.windows))
+    features = np.stack([dinucleotide_frequencies(s) for _, s in rig.windows])
+    np.save(rig.root / "features.npy", features)
+    with Client(rig.server.address) as client:
+        jobs = [
+            client.submit_job("binding.score_fasta", [str(fasta)], str(rig.root / "fasta-out"),
+                              {"model": "cnn-export", "shard_size": "10"}),
+            client.submit_job("platform.score_rows", [str(rig.root / "features.npy")], str(rig.root / "rows-out"),
+                              {"model": "mlp-rows", "shard_size": "10"}),
+        ]  # fmt: skip
+        done = [wait_for_job(client, job.id, timeout=180) for job in jobs]
+    for job in done:
+        assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED, (job.kind, job.error, rig.worker.log())
+        assert job.shards_total == 3
+    table = pq.read_table(rig.root / "fasta-out" / "job-windows.binding.parquet").to_pydict()
+    assert table["id"] == [name for name, _ in rig.windows]
+    logits = torch_logits(rig)
+    served = np.array([table[f"{task}_logit"] for task in TASKS]).T
+    scores = np.array([table[f"{task}_score"] for task in TASKS]).T
+    with torch.no_grad():
+        expected_rows = rig.mlp(torch.from_numpy(features)).numpy()
+    rows_diff = float(np.abs(np.load(rig.root / "rows-out" / "features.scores.npy") - expected_rows).max())
+    print(f"jobs vs torch: score_fasta logit max abs {np.abs(served - logits).max():.3g}, "
+          f"score_rows max abs {rows_diff:.3g}")  # fmt: skip
+    assert float(np.abs(served - logits).max()) <= TOLERANCE
+    assert float(np.abs(scores - 1.0 / (1.0 + np.exp(-logits))).max()) <= TOLERANCE
+    assert rows_diff <= TOLERANCE
 
 
 def test_refused_imports_name_the_problem_and_write_nothing(rig: Rig, tmp_path: Path) -> None:
