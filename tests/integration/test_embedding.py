@@ -322,6 +322,49 @@ def test_cli_refuses_low_overlap_without_writing(rig: Rig) -> None:
     assert not out.exists()
 
 
+def test_cli_takes_the_batch_from_the_obs_column_holding_the_models_batches(rig: Rig) -> None:
+    """A batch-aware model without --batch-key: the batch comes from the one obs column whose
+    values are all among the model's batches, as with --batch-key naming it; two such columns, or
+    none, are a usage error that says so, before anything is written."""
+    genes, counts, batches = sim_cells(300, 7)
+    adata = ad.AnnData(sp.csr_matrix(counts), obs={"batch": batches, "lab": np.where(batches == "batch0", "x", "y"),
+                                                   "depth": counts.sum(axis=1).astype(np.int64)})  # fmt: skip
+    adata.var_names = genes
+    path = rig.root / "sim-cli.h5ad"
+    adata.write_h5ad(path)
+    categories = yaml.safe_load((MODELS / "scvi-sim-batch" / "model.yaml").read_text())["inputs"][1]["labels"]
+    one_hot = (batches[:, None] == np.array(categories)[None]).astype(np.float32)
+    expected = onnx_latent("scvi-sim-batch", counts, one_hot)
+
+    def predict(source: Path, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "genoserve.cli.main", "predict", "embedding", "--model",
+                               "scvi-sim-batch", "--h5ad", str(source), "--output", str(out), *args, "--address",
+                               rig.server.address], capture_output=True, text=True, timeout=120, cwd=REPO)  # fmt: skip
+
+    result = predict(path, rig.root / "sim-cli.out.h5ad")
+    assert result.returncode == 0, result.stderr
+    assert "batch of each cell: obs['batch']" in result.stderr
+    written = ad.read_h5ad(rig.root / "sim-cli.out.h5ad")
+    np.testing.assert_allclose(written.obsm["X_scVI"], expected, atol=1e-5)
+    assert written.uns["genoserve"]["batch_key"] == "batch"
+    explicit = predict(path, rig.root / "sim-cli.explicit.h5ad", "--batch-key", "batch")
+    assert explicit.returncode == 0, explicit.stderr
+    np.testing.assert_array_equal(ad.read_h5ad(rig.root / "sim-cli.explicit.h5ad").obsm["X_scVI"],
+                                  written.obsm["X_scVI"])  # fmt: skip
+    adata.obs["batch_copy"] = adata.obs["batch"].astype(str)  # a string column this time
+    adata.write_h5ad(path)
+    twice = predict(path, rig.root / "twice.h5ad")
+    assert twice.returncode == 2
+    assert "several obs columns hold only its batches: ['batch', 'batch_copy']; name one" in twice.stderr
+    del adata.obs["batch"], adata.obs["batch_copy"]
+    adata.write_h5ad(path)
+    none = predict(path, rig.root / "none.h5ad")
+    assert none.returncode == 2
+    assert f"scvi-sim-batch takes each cell's batch, one of {categories}: no obs column holds only" in none.stderr
+    assert not (rig.root / "twice.h5ad").exists()
+    assert not (rig.root / "none.h5ad").exists()
+
+
 def test_embed_h5ad_job_h5ad_and_10x(rig: Rig, pbmc: ad.AnnData) -> None:
     out = rig.root / "job-out"
     with Client(rig.server.address) as client:
