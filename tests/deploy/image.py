@@ -11,6 +11,14 @@ cache (``--no-cache-dir`` is dropped: it changes what is downloaded, not what is
 ``groupadd``/``useradd`` of the final stage are not run (the processes get the ``USER`` uid
 directly). An instruction or final-stage command this module does not know fails the build, so
 a Dockerfile change that the emulation would miss cannot pass unnoticed.
+
+A target built ``FROM`` another final stage (``FROM cpu AS cpu-models``) is that image plus its own
+instructions: ``LocalImage.derive`` builds it from an image already built, whose files it shares
+(hard links, as the image shares the layers below its own), without building the venv again.
+
+Running processes as the image's uid and owning files as the Dockerfile says (``--chown``,
+``chown -R``) needs root: as any other user the build still runs, unowned, and whatever would run
+as the image's user is skipped, with the reason, rather than run as the wrong one.
 """
 
 from __future__ import annotations
@@ -25,6 +33,9 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tests.deploy.manifests import DEPLOY, REPO
 
@@ -48,6 +59,7 @@ class Stage:
     instructions: list[Instruction] = field(default_factory=list)
 
     def dependencies(self) -> set[str]:
+        """Stages this one copies from (``COPY --from``); its ``FROM`` stage is ``base``."""
         return {m for i in self.instructions if i.op == "COPY" for m in re.findall(r"--from=(\S+)", i.args)}
 
 
@@ -106,8 +118,47 @@ def context_files(source: str) -> list[Path]:
     return [p for p in found if not ignored(p.relative_to(REPO).as_posix(), patterns)]
 
 
+def link_tree(source: Path, target: Path) -> None:
+    """``target`` made a copy of ``source``: folders with their modes (and owners, as root), files
+    as hard links (the same files, no second copy), symbolic links as they are; where a ``bin/``
+    script's ``#!`` line or a link names a path under ``source``, it names the one under ``target``
+    (a new file in place of the link)."""
+    old, new = str(source), str(target)
+    shebang = f"#!{old}/".encode()
+    owners = os.geteuid() == 0
+    folders: list[tuple[Path, Path]] = []
+    target.mkdir(parents=True, exist_ok=True)
+    for folder, dirs, files in os.walk(source):
+        here = Path(folder)
+        there = target / here.relative_to(source)
+        there.mkdir(exist_ok=True)
+        folders.append((here, there))
+        for name in [*dirs, *files]:
+            path, place = here / name, there / name
+            stat = path.lstat()
+            if path.is_symlink():
+                pointed = os.readlink(path)
+                os.symlink(new + pointed[len(old) :] if pointed.startswith(old + "/") else pointed, place)
+            elif name not in files:
+                continue  # a folder: made by its own turn of the walk
+            elif here.name == "bin" and path.read_bytes()[: len(shebang)] == shebang:
+                place.write_bytes(f"#!{new}/".encode() + path.read_bytes()[len(shebang) :])
+                shutil.copystat(path, place)
+            else:
+                os.link(path, place)
+                continue  # the same file: same owner
+            if owners:
+                os.lchown(place, stat.st_uid, stat.st_gid)
+    for here, there in reversed(folders):  # modes last: a read-only folder is filled first
+        stat = here.stat()
+        there.chmod(stat.st_mode & 0o7777)
+        if owners:
+            os.chown(there, stat.st_uid, stat.st_gid)
+
+
 class LocalImage:
-    """One final stage (``cpu``) built under ``root``: ``fs`` is its root filesystem."""
+    """One final stage (``cpu``, ``cpu-models``, ...) built under ``root``: ``fs`` is its root
+    filesystem."""
 
     def __init__(self, root: Path, target: str = "cpu") -> None:
         self.root = root
@@ -121,6 +172,8 @@ class LocalImage:
         self.cmd: list[str] = []
         self.exposed: list[int] = []
         self.copied: list[str] = []  # context sources, as the COPY lines name them
+        #: Whether files got the owners the Dockerfile gives them (``--chown``, ``chown -R``): as root.
+        self.owned = os.geteuid() == 0
         self.log = root / "build.log"
         self._shims = root / "shims"
 
@@ -136,26 +189,48 @@ class LocalImage:
 
     # -- build ------------------------------------------------------------------------------------------
 
+    def layers(self) -> list[str]:
+        """The target and the stages it is built ``FROM``, the first one on a base image first."""
+        names = [self.target]
+        while self.stages[names[0]].base in self.stages:
+            names.insert(0, self.stages[names[0]].base)
+        return names
+
     def order(self) -> list[Stage]:
         needed: set[str] = set()
 
         def visit(name: str) -> None:
             if name not in needed:
                 needed.add(name)
-                for dep in self.stages[name].dependencies():
+                stage = self.stages[name]
+                for dep in stage.dependencies() | ({stage.base} if stage.base in self.stages else set()):
                     visit(dep)
 
         visit(self.target)
         return [stage for name, stage in self.stages.items() if name in needed]
 
-    def build(self) -> LocalImage:
+    def build(self, built: frozenset[str] = frozenset()) -> LocalImage:
+        """Every stage the target needs but those in ``built`` (already in ``fs``)."""
         self.fs.mkdir(parents=True, exist_ok=True)
         (self.fs / "tmp").mkdir(exist_ok=True)
         (self.fs / "tmp").chmod(0o1777)
         self._write_shims()
+        layers = self.layers()
         for stage in self.order():
-            self._build_stage(stage, final=stage.name == self.target)
+            if stage.name not in built:
+                self._build_stage(stage, final=stage.name in layers)
         return self
+
+    def derive(self, target: str, root: Path) -> LocalImage:
+        """Target ``target``, built ``FROM`` this image's target, under ``root``: this image's files
+        (``link_tree``) and what the stages this one lacks add. This image stays as it was."""
+        image = LocalImage(root, target)
+        assert self.target in image.layers(), f"{target} is not built FROM {self.target}"
+        link_tree(self.fs, image.fs)
+        image.workdir, image.env, image.user = self.workdir, dict(self.env), self.user
+        image.entrypoint, image.cmd, image.exposed = list(self.entrypoint), list(self.cmd), list(self.exposed)
+        image.copied = list(self.copied)
+        return image.build(built=frozenset(stage.name for stage in self.order()))
 
     def _write_shims(self) -> None:
         """``python``/``python3``/``pip`` as the image's base interpreter has them."""
@@ -178,8 +253,11 @@ class LocalImage:
         return folders_ok and bool(resolved.stat().st_mode & 0o001)
 
     def _build_stage(self, stage: Stage, final: bool) -> None:
-        workdir = "/"
-        env: dict[str, str] = {}
+        """``final``: a stage of the image itself (the target or one it is built ``FROM``): it
+        goes on from the one below (WORKDIR, ENV), and what it leaves is the image's."""
+        on_layer = final and stage.base in self.stages
+        workdir = self.workdir if on_layer else "/"
+        env: dict[str, str] = dict(self.env) if on_layer else {}
         for instruction in stage.instructions:
             op, args = instruction.op, instruction.args
             if op == "WORKDIR":
@@ -275,8 +353,8 @@ class LocalImage:
         uid_text, _, gid_text = owner.partition(":")
         uid = 0 if uid_text == "root" else int(uid_text)
         gid = 0 if (gid_text or uid_text) == "root" else int(gid_text or uid_text)
-        if os.geteuid() != 0:
-            return  # an unprivileged run owns everything it made; the uid switch is skipped too
+        if not self.owned:
+            return  # only root gives files away: whatever runs as the image's user is skipped
         for name in paths:
             top = Path(name) if Path(name).is_relative_to(self.fs) else self.path(name)
             for path in [top, *top.rglob("*")]:
@@ -297,11 +375,22 @@ class LocalImage:
         env["HOME"] = str(self.path(self.workdir))
         return {**env, **(extra or {})}
 
+    def as_user(self) -> dict[str, Any]:
+        """``subprocess`` arguments that run a process as the image's USER; a test run that may not
+        switch to it (not root) is skipped here, with the reason, instead of running as itself."""
+        assert self.user is not None, f"{self.target}: no USER"
+        if not self.can_switch_user:
+            pytest.skip(
+                f"the image runs as uid {self.user[0]} and owns its files as the Dockerfile says; this test run "
+                f"(uid {os.geteuid()}) can do neither: run it as root, as CI does"
+            )
+        return {"user": self.user[0], "group": self.user[1], "extra_groups": []}
+
     def popen(self, argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        """Start ``ENTRYPOINT + argv`` as the image's USER (when this process may switch to it)."""
+        """Start ``ENTRYPOINT + argv`` as the image's USER."""
+        user = self.as_user()
         entry = [str(self.bin / self.entrypoint[0]) if "/" not in self.entrypoint[0] else self.entrypoint[0]]
         handle = open(log, "ab")  # noqa: SIM115 - owned by the child process
-        user = {"user": self.user[0], "group": self.user[1], "extra_groups": []} if self.can_switch_user else {}
         return subprocess.Popen(
             [*entry, *self.entrypoint[1:], *argv],
             cwd=self.path(self.workdir),
@@ -309,23 +398,23 @@ class LocalImage:
             stdout=handle,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            **user,  # type: ignore[arg-type]
+            **user,
         )
 
     @property
     def can_switch_user(self) -> bool:
-        return self.user is not None and os.geteuid() == 0
+        return self.user is not None and self.owned
 
     def python(self, code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """Run ``code`` with the image's interpreter, as its USER."""
-        user = {"user": self.user[0], "group": self.user[1], "extra_groups": []} if self.can_switch_user else {}
+        user = self.as_user()
         return subprocess.run(
             [str(self.bin / "python"), "-c", code],
             cwd=self.path(self.workdir),
             env=self.process_env(env),
             capture_output=True,
             text=True,
-            **user,  # type: ignore[arg-type]
+            **user,
         )
 
 

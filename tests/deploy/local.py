@@ -7,8 +7,10 @@ on one machine: every container port gets a free loopback port (the args naming 
 rewritten), ``0.0.0.0`` becomes ``127.0.0.1`` (and Redis gets ``--bind 127.0.0.1``), Service host
 names become ``127.0.0.1``, and every mounted path (or image path) becomes a local folder: a
 PersistentVolumeClaim or ConfigMap is one folder shared by every pod that mounts it, an emptyDir
-one folder per pod, the image's models folder the repository's models/, the image's WORKDIR (also
-HOME) an empty folder that must stay empty (the root filesystem is read-only in the pods).
+one folder per pod, the models folder of a -models image the repository's models/, the image's
+WORKDIR (also HOME) an empty folder that must stay empty (the root filesystem is read-only in the
+pods). The image is the Dockerfile target the container's image tag names (``0.1.0-cpu-models``:
+cpu-models).
 """
 
 from __future__ import annotations
@@ -28,11 +30,27 @@ from typing import Any
 
 import yaml
 
-from tests.deploy.manifests import REPO, Obj, by_kind, dockerfile_stage, find, pod_spec, secret_value
+from tests.deploy.manifests import (
+    MODELS_STAGES,
+    REPO,
+    Obj,
+    by_kind,
+    dockerfile_stage,
+    find,
+    image_stage_of,
+    pod_spec,
+    secret_value,
+)
 from tests.support.server import free_port
 
-#: Files the image holds (COPY in the Dockerfile) and where they are in this checkout.
-IMAGE_PATHS = {"/opt/genoserve/models": REPO / "models"}
+#: Files the -models images hold (COPY in the Dockerfile) and where they are in this checkout; the
+#: model-free images (cpu, gpu) hold none.
+MODELS_IN_IMAGE = {"/opt/genoserve/models": REPO / "models"}
+
+
+def image_paths(stage: str) -> dict[str, Path]:
+    """What the image of Dockerfile target ``stage`` holds that a pod reads, as local folders."""
+    return dict(MODELS_IN_IMAGE) if stage in MODELS_STAGES else {}
 
 
 @dataclass
@@ -130,8 +148,8 @@ class LocalCluster:
 
     @property
     def shared_mounts(self) -> dict[str, Path]:
-        """Paths every genoserve pod mounts the same way (the job data volume) plus image paths."""
-        return {"/data": self.root / "volumes" / "pvc-genoserve-data", **IMAGE_PATHS}
+        """Paths every genoserve pod mounts the same way (the job data volume)."""
+        return {"/data": self.root / "volumes" / "pvc-genoserve-data"}
 
     # -- text ---------------------------------------------------------------------------------------
 
@@ -148,30 +166,31 @@ class LocalCluster:
 
     # -- pods ---------------------------------------------------------------------------------------
 
-    def pod(self, kind: str, name: str, image_stage: str = "cpu") -> LocalPod:
+    def pod(self, kind: str, name: str) -> LocalPod:
         workload = find(self.objects, kind, name)
         spec = pod_spec(workload)
         [container] = spec["containers"]
+        genoserve = self._is_genoserve(container)
+        image_stage = image_stage_of(container) if genoserve else None
         volumes = {v["name"]: v for v in spec.get("volumes", [])}
         claims = {c["metadata"]["name"]: c for c in workload["spec"].get("volumeClaimTemplates", [])}
         mounts = {
             m["mountPath"]: self._volume_dir(name, volumes.get(m["name"], {}), m, claims)
             for m in container.get("volumeMounts", [])
         }
-        mounts = {**IMAGE_PATHS, **mounts}
+        mounts = {**(image_paths(image_stage) if image_stage else {}), **mounts}
         ports = {p["containerPort"]: free_port() for p in container.get("ports", [])}
-        argv = self._command(container)
+        argv = self._command(container, image_stage)
         previous = ""
         for arg in container.get("args", []):
             if previous.startswith("--") and arg.isdigit() and int(arg) in ports:
                 arg = str(ports[int(arg)])
             argv.append(self.localise_text(arg, mounts, ports))
             previous = arg
-        genoserve = self._is_genoserve(container)
         if argv[0].endswith("redis-server"):
             argv += ["--bind", "127.0.0.1"]  # its image listens on every interface; here loopback only
-        env = self._environment(container, mounts, image_stage if genoserve else None)
-        image_workdir = dockerfile_stage(image_stage).workdir if genoserve else "/"
+        env = self._environment(container, mounts, image_stage)
+        image_workdir = dockerfile_stage(image_stage).workdir if image_stage else "/"
         workdir = self.root / "rootfs" / name / image_workdir.lstrip("/")
         workdir.mkdir(parents=True, exist_ok=True)
         env["HOME"] = str(workdir)
@@ -200,10 +219,10 @@ class LocalCluster:
     def _is_genoserve(container: Obj) -> bool:
         return bool(container.get("command") == ["genoserve"])
 
-    def _command(self, container: Obj) -> list[str]:
+    def _command(self, container: Obj, image_stage: str | None) -> list[str]:
         command = list(container["command"])
-        if self._is_genoserve(container):
-            entrypoint = dockerfile_stage("cpu").entrypoint
+        if image_stage is not None:
+            entrypoint = dockerfile_stage(image_stage).entrypoint
             assert command == entrypoint, f"command {command} is not the image's ENTRYPOINT {entrypoint}"
             return [sys.executable, "-m", "genoserve.cli.main"]
         binary = shutil.which(command[0])

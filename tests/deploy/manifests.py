@@ -173,9 +173,20 @@ def container_env(
     return env
 
 
+#: The Dockerfile's final targets: without models (the repository is object storage or a volume)
+#: and with the repository's models/ at /opt/genoserve/models (air-gapped sites, dev).
+MODEL_FREE_STAGES = ("cpu", "gpu")
+MODELS_STAGES = ("cpu-models", "gpu-models")
+
+
 def image_stage_of(container: Obj) -> str:
-    """The Dockerfile stage a genoserve container's image was built from (its tag's suffix)."""
-    return "gpu" if container["image"].endswith("-gpu") else "cpu"
+    """The Dockerfile stage a genoserve container's image was built from (its tag's suffix:
+    ``0.1.0-gpu`` -> ``gpu``, ``0.1.0-cpu-models`` -> ``cpu-models``)."""
+    tag = container["image"].rsplit(":", 1)[-1]
+    found = re.search(r"-((?:cpu|gpu)(?:-models)?)$", tag)
+    if found is None:
+        raise AssertionError(f"image {container['image']}: its tag names no Dockerfile target")
+    return found.group(1)
 
 
 class ImageStage(NamedTuple):
@@ -185,13 +196,21 @@ class ImageStage(NamedTuple):
 
 
 def dockerfile_stage(stage: str) -> ImageStage:
-    """ENTRYPOINT, ENV and WORKDIR of one final stage of deploy/docker/Dockerfile."""
+    """ENTRYPOINT, ENV and WORKDIR of one final stage of deploy/docker/Dockerfile (with what it
+    inherits from the stage it is built ``FROM``, as ``FROM cpu AS cpu-models``)."""
     text = (DEPLOY / "docker" / "Dockerfile").read_text().replace("\\\n", " ")
     lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if re.match(rf"FROM \S+ AS {stage}$", line.strip()))
-    entrypoint: list[str] = []
-    env: dict[str, str] = {}
-    workdir = "/"
+    header = re.compile(rf"FROM (\S+) AS {re.escape(stage)}$")
+    starts = [(i, m) for i, line in enumerate(lines) if (m := header.match(line.strip()))]
+    if len(starts) != 1:
+        raise AssertionError(f"deploy/docker/Dockerfile: {len(starts)} stages named {stage}")
+    [(start, match)] = starts
+    base = match.group(1)
+    if any(re.match(rf"FROM \S+ AS {re.escape(base)}$", line.strip()) for line in lines[:start]):
+        inherited = dockerfile_stage(base)
+        entrypoint, env, workdir = list(inherited.entrypoint), dict(inherited.env), inherited.workdir
+    else:
+        entrypoint, env, workdir = [], {}, "/"
     for line in lines[start + 1 :]:
         line = line.strip()
         if line.startswith("FROM "):

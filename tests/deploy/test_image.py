@@ -1,11 +1,15 @@
-"""The CPU image's environment, built from deploy/docker/Dockerfile's own lines, starts and serves.
+"""The CPU images' environment, built from deploy/docker/Dockerfile's own lines, starts and serves.
 
-tests/deploy/image.py builds the ``cpu`` stage as a folder tree: the wheel exactly as the wheel
-stage builds it (``pip wheel --no-deps .`` on the files the COPY lines take, .dockerignore
-applied: the build generates the gRPC stubs), a fresh venv with the image's locked requirements
-and its onnxruntime pin, the models copied root-owned (read-only for the image's user). Then,
-as the image's unprivileged uid with the image's environment variables, ``genoserve serve``
-answers one call per family and ``genoserve worker`` runs one small job per queue (Redis broker).
+tests/deploy/image.py builds the model-free ``cpu`` target as a folder tree: the wheel exactly as
+the wheel stage builds it (``pip wheel --no-deps .`` on the files the COPY lines take,
+.dockerignore applied: the build generates the gRPC stubs) and a fresh venv with the image's
+locked requirements and its onnxruntime pin; then ``cpu-models`` on top of it, the models copied
+root-owned (read-only for the image's user). As the image's unprivileged uid with the image's
+environment variables: from ``cpu-models``, ``genoserve serve`` answers one call per family and
+``genoserve worker`` runs one small job per queue (Redis broker); from ``cpu``, which holds no
+models, ``genoserve serve`` stops at start without a model repository and serves one given by the
+environment, a read-only folder (the gpu overlay's volume) or object storage (the prod overlay's;
+a real S3 API server, the image's default download cache).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from tests.deploy.manifests import DEPLOY, REPO
 from tests.support.embedding import pbmc_csr
 from tests.support.jobs import wait_for_job
 from tests.support.redis import RedisServer
+from tests.support.s3 import S3Server, upload_folder
 from tests.support.server import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -93,7 +98,23 @@ def test_the_build_generates_stubs_no_newer_than_the_locked_grpcio() -> None:
     assert Version(tools) <= Version(pinned("grpcio", REQUIREMENTS.read_text()))
 
 
-# -- the image ---------------------------------------------------------------------------------------
+# -- the image with the models (cpu-models) ----------------------------------------------------------
+
+
+@dataclass
+class Images:
+    root: Path
+    #: Target cpu: no models.
+    model_free: LocalImage
+    #: Target cpu-models: cpu plus the repository's models/.
+    with_models: LocalImage
+    #: The files of each, as built (relative to its root filesystem), before any process ran.
+    model_free_files: frozenset[Path]
+    with_models_files: frozenset[Path]
+
+
+def _files(image: LocalImage) -> frozenset[Path]:
+    return frozenset(p.relative_to(image.fs) for p in image.fs.rglob("*"))
 
 
 @dataclass
@@ -104,29 +125,37 @@ class Built:
 
 
 @pytest.fixture(scope="module")
-def built() -> Iterator[Built]:
+def images() -> Iterator[Images]:
     # Not under pytest's tmp_path: its folders are 0700 root, and the image's user must get in.
     root = Path(tempfile.mkdtemp(prefix="genoserve-image-"))
     root.chmod(0o755)
     try:
-        image = LocalImage(root).build()
-        [wheel] = list((image.fs / "wheels").glob("genoserve-*.whl"))
-        data = image.fs / "data"  # a volume the pods mount, writable by the image's user
-        data.mkdir()
-        for path in (BAM, BAM.with_suffix(".bam.bai"), REF, *(REF.with_name(REF.name + s) for s in (".fai", ".gzi"))):
-            shutil.copy(path, data / path.name)
-        shutil.copy(TIFF, data / TIFF.name)
-        shutil.copy(PBMC, data / PBMC.name)
-        np.save(data / "rows.npy", np.random.default_rng(0).random((40, 128), dtype=np.float32))
-        seqs = ["ACGT" * 25 + "A", "CCGCGNGGNGGCAG" * 7 + "ACG", "T" * 101]
-        (data / "peaks.fa").write_text("".join(f">s{i}\n{s}\n" for i, s in enumerate(seqs)))
-        if image.can_switch_user:
-            assert image.user is not None
-            for path in [data, *data.rglob("*")]:
-                os.chown(path, *image.user)
-        yield Built(image, wheel, data)
+        model_free = LocalImage(root / "cpu", "cpu").build()
+        with_models = model_free.derive("cpu-models", root / "cpu-models")  # the venv built once
+        yield Images(root, model_free, with_models, _files(model_free), _files(with_models))
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def built(images: Images) -> Built:
+    """The cpu-models image, with a job data volume."""
+    image = images.with_models
+    [wheel] = list((image.fs / "wheels").glob("genoserve-*.whl"))
+    data = image.fs / "data"  # a volume the pods mount, writable by the image's user
+    data.mkdir()
+    for path in (BAM, BAM.with_suffix(".bam.bai"), REF, *(REF.with_name(REF.name + s) for s in (".fai", ".gzi"))):
+        shutil.copy(path, data / path.name)
+    shutil.copy(TIFF, data / TIFF.name)
+    shutil.copy(PBMC, data / PBMC.name)
+    np.save(data / "rows.npy", np.random.default_rng(0).random((40, 128), dtype=np.float32))
+    seqs = ["ACGT" * 25 + "A", "CCGCGNGGNGGCAG" * 7 + "ACG", "T" * 101]
+    (data / "peaks.fa").write_text("".join(f">s{i}\n{s}\n" for i, s in enumerate(seqs)))
+    if image.can_switch_user:
+        assert image.user is not None
+        for path in [data, *data.rglob("*")]:
+            os.chown(path, *image.user)
+    return Built(image, wheel, data)
 
 
 def test_the_wheel_holds_every_generated_module(built: Built) -> None:
@@ -167,18 +196,17 @@ def test_every_module_imports_as_the_image_user(built: Built) -> None:
     result = built.image.python(code)
     assert result.returncode == 0, result.stderr[-3000:]
     uid, count = result.stdout.split()
-    if built.image.can_switch_user:
-        assert built.image.user is not None
-        assert int(uid) == built.image.user[0] != 0
+    assert built.image.user is not None
+    assert int(uid) == built.image.user[0] != 0
     assert int(count) > 50
 
 
 def test_the_models_are_read_only_for_the_image_user(built: Built) -> None:
     models = built.image.path(built.image.process_env()["GENOSERVE_MODEL_DIR"].removeprefix(str(built.image.fs)))
+    assert models == built.image.path("/opt/genoserve/models")
     assert (models / "platform-mlp" / "model.yaml").is_file()
-    if built.image.can_switch_user:
-        result = built.image.python(f"open({str(models / 'platform-mlp' / 'x')!r}, 'w')")
-        assert "Permission denied" in result.stderr
+    result = built.image.python(f"open({str(models / 'platform-mlp' / 'x')!r}, 'w')")
+    assert "Permission denied" in result.stderr
 
 
 def _env(built: Built, redis: RedisServer) -> dict[str, str]:
@@ -280,6 +308,139 @@ def _serve_every_family(built: Built, address: str, procs: list[subprocess.Popen
             )
             outputs = [p for p in (data / "out" / kind).iterdir() if p.is_file()]
             assert outputs, kind
-            if built.image.can_switch_user:
-                assert built.image.user is not None
-                assert {p.stat().st_uid for p in outputs} == {built.image.user[0]}, kind
+            assert built.image.user is not None
+            assert {p.stat().st_uid for p in outputs} == {built.image.user[0]}, kind
+
+
+# -- the model-free image (cpu) ----------------------------------------------------------------------
+
+
+def test_each_target_copies_what_its_stages_copy(images: Images) -> None:
+    """The stages a target is built from (its FROM chain and what it copies --from) are all built:
+    the emulation copied every build-context source their COPY lines name, no other."""
+    for image in (images.model_free, images.with_models):
+        expected = [
+            source
+            for stage in image.order()
+            for instruction in stage.instructions
+            if instruction.op == "COPY" and "--from=" not in instruction.args
+            for source in [w for w in instruction.args.split() if not w.startswith("--")][:-1]
+        ]
+        assert sorted(image.copied) == sorted(expected), image.target
+    assert [s.name for s in images.with_models.order()][-2:] == ["cpu", "cpu-models"]
+
+
+def test_the_model_free_image_holds_no_models(images: Images) -> None:
+    image = images.model_free
+    assert "models" not in image.copied, "the cpu target copies models/"
+    files = images.model_free_files
+    assert Path("opt/genoserve") not in files
+    assert not [p for p in files if p.name == "model.yaml"], "a model repository in the model-free image"
+    assert image.env["GENOSERVE_MODEL_DIR"] == "/models"
+    assert Path("models") not in files, "the volume's mount point must not hide a folder of the image"
+    # What cpu-models adds to it: the models and the folders they are in, nothing else.
+    added = images.with_models_files - files
+    assert {p.parts[:3] for p in added} == {("opt", "genoserve"), ("opt", "genoserve", "models")}
+    assert files <= images.with_models_files
+    assert {p.name for p in images.with_models.path("/opt/genoserve/models").iterdir()} == {
+        p.name for p in (REPO / "models").iterdir() if (p / "model.yaml").is_file()
+    }
+
+
+def _model_free_env(images: Images, name: str) -> dict[str, str]:
+    """What every pod gets whatever its model source: a writable job state folder (the /data
+    volume) and the worker metrics folder of the image."""
+    image = images.model_free
+    state = images.root / "volumes" / f"data-{name}"
+    state.mkdir(parents=True)
+    assert image.user is not None
+    os.chown(state, *image.user)
+    return {
+        "GENOSERVE_DATA_DIR": str(state),
+        "GENOSERVE_WORKER__METRICS_DIR": str(image.fs / "var/run/genoserve/metrics"),
+    }
+
+
+def test_the_model_free_image_without_a_model_repository_stops_naming_it(images: Images) -> None:
+    image = images.model_free
+    image.as_user()  # skips where the image's user cannot be taken
+    log = images.root / "no-repository.log"
+    cmd = [a.replace("0.0.0.0", "127.0.0.1") for a in image.cmd]
+    proc = image.popen([*cmd, "--port", str(free_port()), "--metrics-port", str(free_port())], log,
+                       _model_free_env(images, "no-repository"))  # fmt: skip
+    try:
+        code = proc.wait(60)
+    finally:
+        proc.kill()
+    text = log.read_text()
+    assert code == 2, text[-3000:]
+    assert f"model directory {str(image.path('/models'))!r} does not exist" in text, text[-3000:]
+
+
+def test_the_model_free_image_serves_a_volume_and_object_storage(images: Images) -> None:
+    """As the gpu overlay's pods (components/model-volume: a read-only volume, polled) and the prod
+    overlay's (components/model-store: S3 downloads kept in the image's default cache folder)."""
+    image = images.model_free
+    image.as_user()
+    logs = images.root / "logs-model-free"
+    logs.mkdir()
+    # The volume: root's files, readable and not writable by the image's user (the pods mount it
+    # read-only).
+    volume = images.root / "volumes" / "genoserve-models"
+    shutil.copytree(REPO / "models", volume)
+    for path in [volume, *volume.rglob("*")]:
+        assert path.stat().st_uid == 0, path
+        assert not path.stat().st_mode & 0o002, path
+    follow = {"GENOSERVE_RUNTIME__MODEL_CONTROL": "poll", "GENOSERVE_RUNTIME__POLL_INTERVAL_S": "30"}
+    cache = image.path(image.env["GENOSERVE_RUNTIME__STORE__CACHE_DIR"])
+    assert image.env["GENOSERVE_RUNTIME__STORE__CACHE_DIR"] == "/var/cache/genoserve/models"
+    assert image.user is not None
+    assert cache.stat().st_uid == image.user[0], "the image's user cannot write its model cache"
+    cmd = [a.replace("0.0.0.0", "127.0.0.1") for a in image.cmd]
+    with S3Server(logs / "s3.log") as s3:
+        client = s3.client()
+        client.create_bucket(Bucket="genoserve-models")
+        upload_folder(client, "genoserve-models", "models/platform-mlp", REPO / "models" / "platform-mlp")
+        sources = {
+            "volume": {"GENOSERVE_MODEL_REPOSITORY": str(volume), **follow},
+            "store": {"GENOSERVE_MODEL_REPOSITORY": "s3://genoserve-models/models", **s3.env(), **follow},
+        }
+        ports = {name: free_port() for name in sources}
+        procs = {
+            name: image.popen(
+                [*cmd, "--port", str(ports[name]), "--metrics-port", str(free_port()), "--family", "platform"],
+                logs / f"{name}.log",
+                {**_model_free_env(images, name), **env},
+            )
+            for name, env in sources.items()
+        }
+        try:
+            for name, proc in procs.items():
+
+                def up(name: str = name, proc: subprocess.Popen[bytes] = proc) -> bool:
+                    assert proc.poll() is None, (logs / f"{name}.log").read_text()[-3000:]
+                    with Client(f"127.0.0.1:{ports[name]}", timeout=2, max_attempts=1) as client:
+                        return client.health() == "SERVING"
+
+                wait_for(up, f"{name}: health SERVING", 120)
+            x = np.random.default_rng(2).random((3, 128), dtype=np.float32)
+            reference = ort.InferenceSession(str(REPO / "models/platform-mlp/1/model.onnx")).run(None, {"x": x})[0]
+            for name in sources:
+                with Client(f"127.0.0.1:{ports[name]}", timeout=30) as client:
+                    assert {m.name for m in client.list_models()} == {"platform-mlp"}, name
+                    np.testing.assert_allclose(client.infer("platform-mlp", {"x": x})["y"], reference,
+                                               rtol=1e-5, atol=1e-5)  # fmt: skip
+        except BaseException:
+            for name in sources:
+                print(f"--- {name}.log\n{(logs / f'{name}.log').read_text()[-6000:]}")
+            raise
+        finally:
+            for proc in procs.values():
+                proc.terminate()
+            codes = [proc.wait(60) for proc in procs.values()]
+    assert codes == [0, 0], codes
+    downloaded = list(cache.rglob("model.onnx"))
+    assert downloaded, f"nothing downloaded into the image's cache {cache}"
+    assert {p.stat().st_uid for p in downloaded} == {image.user[0]}
+    assert not [p for p in volume.rglob("*") if p.stat().st_uid != 0], "a process wrote to the volume"
+    assert not list(image.path(image.workdir).rglob("*")), "the image's WORKDIR is on the read-only root filesystem"

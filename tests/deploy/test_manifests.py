@@ -35,7 +35,9 @@ from tests.deploy.manifests import (
     EXAMPLE_SECRETS,
     FAMILY_SERVICES,
     GPU_FAMILIES,
+    MODEL_FREE_STAGES,
     MODEL_SOURCES,
+    MODELS_STAGES,
     OVERLAYS,
     PROD_OVERLAYS,
     REPO,
@@ -93,13 +95,25 @@ def test_dockerfile_is_hadolint_clean() -> None:
 def test_image_final_stages_run_as_non_root_without_torch_or_compilers() -> None:
     text = (DEPLOY / "docker" / "Dockerfile").read_text()
     stages = re.split(r"(?m)^FROM ", text)[1:]
-    finals = {s.split()[2]: s for s in stages if s.split()[2] in ("cpu", "gpu")}
-    assert set(finals) == {"cpu", "gpu"}
+    finals = {s.split()[2]: s for s in stages if s.split()[2] in (*MODEL_FREE_STAGES, *MODELS_STAGES)}
+    assert set(finals) == {*MODEL_FREE_STAGES, *MODELS_STAGES}
     for name, stage in finals.items():
-        assert "USER 10001:10001" in stage, name
         for banned in ("torch", "gcc", "build-essential", "pip install"):
             assert banned not in stage, f"final stage {name} installs {banned}"
-        assert "/opt/genoserve/models" in stage, f"final stage {name} does not copy the models"
+    for name in MODEL_FREE_STAGES:
+        stage = finals[name]
+        assert "USER 10001:10001" in stage, name
+        assert "COPY --chown=root:root models " not in stage, f"{name}: the model-free image copies the models"
+        assert IMAGE_MODELS not in stage, f"{name}: the model-free image names {IMAGE_MODELS}"
+    for name in MODELS_STAGES:
+        # FROM cpu/gpu (so the same venv and user), plus the models, root-owned, and nothing else.
+        stage = finals[name]
+        assert stage.split()[0] == name.removesuffix("-models"), f"{name} is not built FROM its model-free image"
+        body = [line for line in stage.splitlines()[1:] if line.strip() and not line.startswith("#")]
+        assert body == [f"COPY --chown=root:root models {IMAGE_MODELS}", f"ENV GENOSERVE_MODEL_DIR={IMAGE_MODELS}"], (
+            name,
+            body,
+        )
     for line in re.findall(r"(?m)^ARG \w+_IMAGE=(\S+)$", text):
         assert ":" in line
         assert not line.endswith(":latest"), line
@@ -198,11 +212,16 @@ def test_every_pod_is_locked_down(objects: list[Obj]) -> None:
 
 
 def test_genoserve_images_are_this_version(objects: list[Obj], overlay: str) -> None:
+    """GPU families on the GPU image but in dev; the image holds the models only where the overlay
+    serves the image's (dev, airgapped: the -models targets); the others read a store or volume."""
     for workload in genoserve_workloads(objects):
         for container in containers(workload):
             tag = container["image"].rsplit(":", 1)[1]
             gpu = overlay != "dev" and family(workload) in GPU_FAMILIES
-            assert tag == f"{VERSION}-{'gpu' if gpu else 'cpu'}", f"{workload['metadata']['name']}: {tag}"
+            suffix = "-models" if MODEL_SOURCES[overlay] == "image" else ""
+            expected = f"{VERSION}-{'gpu' if gpu else 'cpu'}{suffix}"
+            assert tag == expected, f"{overlay} {workload['metadata']['name']}: {tag}, expected {expected}"
+            assert image_stage_of(container) in (MODELS_STAGES if suffix else MODEL_FREE_STAGES)
 
 
 # -- genoserve's own rules ------------------------------------------------------------------------------
@@ -381,8 +400,10 @@ def test_container_args_parse_with_the_cli(objects: list[Obj]) -> None:
 
 STORE_SECRET = "genoserve-model-store"
 CACHE_DIR = "/var/cache/genoserve/models"
-#: Where the Dockerfile copies models/ into both images.
+#: Where the Dockerfile copies models/ into the -models images.
 IMAGE_MODELS = "/opt/genoserve/models"
+#: The model-free images' model folder: where a volume with the models is mounted (model-volume).
+VOLUME_MODELS = "/models"
 
 
 def overlays_reading(source: str) -> list[str]:
@@ -471,11 +492,23 @@ def test_volume_overlays_mount_the_models_claim_read_only_and_follow_it(overlay_
         assert not any(STORE_SECRET in json.dumps(e) for e in env.values()), name
 
 
+def test_images_name_their_model_folder_and_a_writable_model_cache() -> None:
+    """The model-free images look in /models (nothing mounted: serve stops, naming it), the -models
+    ones in their own copy; all of them keep object-storage downloads where the model-store
+    component mounts its emptyDir (the folder the Dockerfile creates for uid 10001)."""
+    for stage in MODEL_FREE_STAGES:
+        assert dockerfile_stage(stage).env["GENOSERVE_MODEL_DIR"] == VOLUME_MODELS, stage
+    for stage in MODELS_STAGES:
+        assert dockerfile_stage(stage).env["GENOSERVE_MODEL_DIR"] == IMAGE_MODELS, stage
+    for stage in (*MODEL_FREE_STAGES, *MODELS_STAGES):
+        assert dockerfile_stage(stage).env["GENOSERVE_RUNTIME__STORE__CACHE_DIR"] == CACHE_DIR, stage
+
+
 @pytest.mark.parametrize("overlay_name", overlays_reading("image"))
 def test_image_overlays_serve_the_images_models_without_model_control(overlay_name: str) -> None:
     objects = render(overlay_name)
     assert "genoserve-models" not in {c["metadata"]["name"] for c in by_kind(objects, "PersistentVolumeClaim")}
-    assert config_settings(objects)["runtime"]["model_dir"] == IMAGE_MODELS
+    assert "model_dir" not in config_settings(objects)["runtime"], "the image names its models folder"
     assert "model_control" not in config_settings(objects)["runtime"]
     for workload in genoserve_workloads(objects):
         name = workload["metadata"]["name"]
@@ -485,9 +518,9 @@ def test_image_overlays_serve_the_images_models_without_model_control(overlay_na
             assert variable not in env, f"{name}: {variable} set, the image's models are not served"
         assert not [v for v in env if v.startswith(("AWS_", "GENOSERVE_RUNTIME__STORE__"))], name
         assert mount_at(workload, IMAGE_MODELS) is None, f"{name}: a volume hides the image's models"
-        assert mount_at(workload, "/models") is None, name
-    for stage in ("cpu", "gpu"):
-        assert dockerfile_stage(stage).env["GENOSERVE_MODEL_DIR"] == IMAGE_MODELS
+        assert mount_at(workload, VOLUME_MODELS) is None, name
+        [container] = pod_spec(workload)["containers"]
+        assert image_stage_of(container) in MODELS_STAGES, f"{name}: {container['image']} holds no models"
 
 
 class _Built(Exception):
@@ -601,7 +634,7 @@ def test_alerts_and_dashboard_read_only_exported_metrics() -> None:
 def test_alert_rules_pass_promtool() -> None:
     result = run(tool("promtool"), "check", "rules", str(DEPLOY / "prometheus" / "alerts.yaml"))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 9 rules found" in result.stdout + result.stderr
+    assert f"SUCCESS: {len(alert_rules())} rules found" in result.stdout + result.stderr
 
 
 def test_alert_rule_unit_tests_pass() -> None:
