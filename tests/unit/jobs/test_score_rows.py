@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from genoserve.core.errors import InvalidArgument
 from genoserve.core.settings import Settings
 from genoserve.jobs.kinds import get_kind
 from genoserve.jobs.kinds.base import InputRecordError, ShardContext
-from genoserve.runtime.registry import read_model
+from genoserve.runtime.registry import ModelVersionRecord, read_model
 
 MODELS = Path(__file__).resolve().parents[3] / "models"
 KIND = get_kind("platform.score_rows")
@@ -112,3 +113,43 @@ def test_worker_session_calls_use_the_worker_batch_not_the_online_bound() -> Non
     assert bulk.max_batch_size == 1024
     x = np.random.default_rng(0).normal(size=(1500, 128)).astype(np.float32)
     np.testing.assert_allclose(bulk.infer_sync({"x": x})["y"], online.infer_sync({"x": x})["y"], rtol=1e-5, atol=1e-5)
+
+
+def renamed(inputs: str, outputs: str, n_outputs: int = 1) -> ModelVersionRecord:
+    """platform-mlp's record with its ports named as a user's own model might name them."""
+    [x], [y] = SPEC.inputs, SPEC.outputs
+    spec = SPEC.model_copy(
+        update={
+            "inputs": (x.model_copy(update={"name": inputs}),),
+            "outputs": tuple(y.model_copy(update={"name": f"{outputs}{i or ''}"}) for i in range(n_outputs)),
+        }
+    )
+    return dataclasses.replace(RECORD, spec=spec)
+
+
+def test_the_model_s_own_port_names_are_used(tmp_path: Path) -> None:
+    record = renamed("features", "scores")
+    assert record.spec is not None
+    np.save(tmp_path / "a.npy", rows(12))
+    parsed = KIND.parse_params({"shard_size": "5"})
+    [first, *_] = KIND.plan([tmp_path / "a.npy"], parsed, record, SETTINGS)
+    seen: list[str] = []
+
+    def model(inputs: Any) -> dict[str, npt.NDArray[Any]]:
+        seen.extend(inputs)
+        return {"scores": fake_model({"x": inputs["features"]})["y"]}
+
+    ctx = ShardContext(
+        inputs=[tmp_path / "a.npy"], input_index=0, start=first.start, stop=first.stop, offset=first.offset,
+        params=parsed, spec=record.spec, settings=SETTINGS, output_stem=tmp_path / "s0", infer=model,
+        batch_size=4, check=lambda: None,
+    )  # fmt: skip
+    assert KIND.run_shard(ctx) == 5
+    assert set(seen) == {"features"}
+    np.testing.assert_array_equal(np.load(KIND.shard_result(tmp_path / "s0"))[:, 1], np.arange(5))
+
+
+def test_a_model_with_two_outputs_is_refused_at_plan_time(tmp_path: Path) -> None:
+    np.save(tmp_path / "a.npy", rows(3))
+    with pytest.raises(InvalidArgument, match="does not give one 2-D output"):
+        KIND.plan([tmp_path / "a.npy"], KIND.parse_params({}), renamed("x", "y", n_outputs=2), SETTINGS)

@@ -1,4 +1,5 @@
-"""``platform.score_rows``: run a model with one 2-D input over the rows of .npy / .parquet files.
+"""``platform.score_rows``: run a model with one 2-D input and one 2-D output (any port names)
+over the rows of .npy / .parquet files.
 
 The platform's own job kind, used to exercise the job machinery with the test model. Each input
 file gives one output file ``<stem>.scores.<npy|parquet>`` in the output folder, rows in input
@@ -61,7 +62,7 @@ class ScoreRowsParams(ModelParams):
     """``platform.score_rows``: a model with one 2-D input over the rows of .npy / .parquet files."""
 
     model: ModelName = "platform-mlp"
-    """The model to run: one input of shape [rows, features] (default platform-mlp)."""
+    """The model to run: one float32 input [rows, features], one 2-D output (default platform-mlp)."""
     shard_size: PositiveInt = 100_000
     """Rows per shard."""
 
@@ -81,8 +82,10 @@ class ScoreRows(JobKind[ScoreRowsParams]):
     ) -> list[PlannedShard]:
         spec = record.spec
         assert spec is not None
-        if len(spec.inputs) != 1 or len(spec.inputs[0].shape) != 2:
-            raise InvalidArgument.field("params[model]", f"{spec.name} does not take one 2-D input")
+        if len(spec.inputs) != 1 or len(spec.inputs[0].shape) != 2 or spec.inputs[0].dtype != "float32":
+            raise InvalidArgument.field("params[model]", f"{spec.name} does not take one 2-D float32 input")
+        if len(spec.outputs) != 1 or len(spec.outputs[0].shape) != 2:
+            raise InvalidArgument.field("params[model]", f"{spec.name} does not give one 2-D output")
         width = spec.inputs[0].shape[1]
         size = self.typed(params).shard_size
         shards: list[PlannedShard] = []
@@ -126,6 +129,7 @@ class ScoreRows(JobKind[ScoreRowsParams]):
     def run_shard(self, ctx: ShardContext) -> int:
         path = ctx.inputs[ctx.input_index]
         read = self._reader(ctx)
+        x, y = ctx.spec.inputs[0].name, ctx.spec.outputs[0].name  # the ports plan checked
         outputs: list[dict[str, Array]] = []
         for chunk_start in range(ctx.start, ctx.stop, ctx.batch_size):
             ctx.check()
@@ -136,8 +140,8 @@ class ScoreRows(JobKind[ScoreRowsParams]):
             if bad.any():
                 row, column = np.argwhere(bad)[0]
                 raise InputRecordError(str(path), int(chunk_start + row), f"non-finite value in column {int(column)}")
-            outputs.append(ctx.infer({"x": rows.astype(np.float32, copy=False)}))
-        result = np.concatenate([o["y"] for o in outputs]) if outputs else np.zeros((0, 0), np.float32)
+            outputs.append(ctx.infer({x: rows.astype(np.float32, copy=False)}))
+        result = np.concatenate([o[y] for o in outputs]) if outputs else np.zeros((0, 0), np.float32)
         target = self.shard_result(ctx.output_stem)
         tmp = temporary_name(target)
         with open(tmp, "wb") as fh:
