@@ -26,7 +26,14 @@ LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 
 
 def pages() -> list[Path]:
-    return [README, *sorted(DOCS.rglob("*.md"))]
+    """The pages a user or maintainer reads: the README, docs/, the deployment guide and the data
+    sets' provenance notes."""
+    return [
+        README,
+        *sorted(DOCS.rglob("*.md")),
+        REPO / "deploy" / "README.md",
+        *sorted(REPO.glob("tests/data/*/README.md")),
+    ]
 
 
 def model_dirs() -> list[Path]:
@@ -108,3 +115,15 @@ def test_benchmarks_page_is_the_reports_output(tmp_path: Path) -> None:
     rendered, origin = report.render(tmp_path, page)
     assert rendered == page
     assert set(origin) == {bench.name for bench in report.BENCHES}
+
+
+@pytest.mark.parametrize("bench", [b.name for b in report.BENCHES])
+def test_every_benchmark_section_was_written_by_the_report_from_a_run(bench: str) -> None:
+    """Each section carries the report's lines for one recorded run (date, machine, command): no
+    figures typed in by hand, no benchmark left without figures."""
+    body = report.sections_of((DOCS / "benchmarks.md").read_text())[bench]
+    assert "No figures recorded yet" not in body, f"{bench}: never run (make bench)"
+    assert "recorded by hand" not in body, f"{bench}: figures typed in by hand, not the report's"
+    assert re.search(r"^- Measured: \d{4}-\d\d-\d\dT", body, re.MULTILINE), f"{bench}: no run date"
+    assert re.search(r"^- Machine: \d+ CPUs, ", body, re.MULTILINE), f"{bench}: no machine"
+    assert re.search(r"^- Command: `python -m tests\.bench\.", body, re.MULTILINE), f"{bench}: no command"
