@@ -322,13 +322,13 @@ def test_cli_refuses_low_overlap_without_writing(rig: Rig) -> None:
     assert not out.exists()
 
 
-def test_cli_takes_the_batch_from_the_obs_column_holding_the_models_batches(rig: Rig) -> None:
-    """A batch-aware model without --batch-key: the batch comes from the one obs column whose
-    values are all among the model's batches, as with --batch-key naming it; two such columns, or
-    none, are a usage error that says so, before anything is written."""
+def test_cli_takes_the_batch_from_the_column_the_model_names(rig: Rig) -> None:
+    """A batch-aware model without --batch-key: the batch comes from the obs column its model.yaml
+    names (preprocessing.batch_key, as the embed_h5ad job reads it), the same as --batch-key
+    naming it; a file without that column is a usage error that says so, before anything is
+    written."""
     genes, counts, batches = sim_cells(300, 7)
-    adata = ad.AnnData(sp.csr_matrix(counts), obs={"batch": batches, "lab": np.where(batches == "batch0", "x", "y"),
-                                                   "depth": counts.sum(axis=1).astype(np.int64)})  # fmt: skip
+    adata = ad.AnnData(sp.csr_matrix(counts), obs={"batch": batches, "lab": np.where(batches == "batch0", "x", "y")})
     adata.var_names = genes
     path = rig.root / "sim-cli.h5ad"
     adata.write_h5ad(path)
@@ -343,7 +343,7 @@ def test_cli_takes_the_batch_from_the_obs_column_holding_the_models_batches(rig:
 
     result = predict(path, rig.root / "sim-cli.out.h5ad")
     assert result.returncode == 0, result.stderr
-    assert "batch of each cell: obs['batch']" in result.stderr
+    assert "batch of each cell: obs['batch'] (the batch_key of scvi-sim-batch's model.yaml)" in result.stderr
     written = ad.read_h5ad(rig.root / "sim-cli.out.h5ad")
     np.testing.assert_allclose(written.obsm["X_scVI"], expected, atol=1e-5)
     assert written.uns["genoserve"]["batch_key"] == "batch"
@@ -351,18 +351,16 @@ def test_cli_takes_the_batch_from_the_obs_column_holding_the_models_batches(rig:
     assert explicit.returncode == 0, explicit.stderr
     np.testing.assert_array_equal(ad.read_h5ad(rig.root / "sim-cli.explicit.h5ad").obsm["X_scVI"],
                                   written.obsm["X_scVI"])  # fmt: skip
-    adata.obs["batch_copy"] = adata.obs["batch"].astype(str)  # a string column this time
+    adata.obs = adata.obs.rename(columns={"batch": "sample"})
     adata.write_h5ad(path)
-    twice = predict(path, rig.root / "twice.h5ad")
-    assert twice.returncode == 2
-    assert "several obs columns hold only its batches: ['batch', 'batch_copy']; name one" in twice.stderr
-    del adata.obs["batch"], adata.obs["batch_copy"]
-    adata.write_h5ad(path)
-    none = predict(path, rig.root / "none.h5ad")
-    assert none.returncode == 2
-    assert f"scvi-sim-batch takes each cell's batch, one of {categories}: no obs column holds only" in none.stderr
-    assert not (rig.root / "twice.h5ad").exists()
-    assert not (rig.root / "none.h5ad").exists()
+    missing = predict(path, rig.root / "missing.h5ad")
+    assert missing.returncode == 2
+    assert f"scvi-sim-batch takes each cell's batch, one of {categories}: pass --batch-key" in missing.stderr
+    assert "its model.yaml names obs['batch']" in missing.stderr
+    assert not (rig.root / "missing.h5ad").exists()
+    renamed = predict(path, rig.root / "renamed.h5ad", "--batch-key", "sample")
+    assert renamed.returncode == 0, renamed.stderr
+    np.testing.assert_array_equal(ad.read_h5ad(rig.root / "renamed.h5ad").obsm["X_scVI"], written.obsm["X_scVI"])
 
 
 def test_embed_h5ad_job_h5ad_and_10x(rig: Rig, pbmc: ad.AnnData) -> None:

@@ -104,7 +104,7 @@ def test_import_writes_the_contract_of_the_scvi_model(rig: Rig) -> None:
 
 def test_predict_embedding_equals_scvi_latent_representation(rig: Rig) -> None:
     """The acceptance check: `genoserve predict embedding` on the shuffled file, batches from
-    obs (no --batch-key: the column holding the model's batches), equals scvi-tools'
+    obs (no --batch-key: the column the imported model.yaml names), equals scvi-tools'
     get_latent_representation on the original within 1e-4."""
     out = rig.root / "embedded.h5ad"
     result = cli("predict", "embedding", "--model", NAME, "--h5ad", str(rig.shuffled), "--output", str(out),

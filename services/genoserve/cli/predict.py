@@ -421,7 +421,7 @@ def segmentation(model: str, image_path: Path, output: Path, overlay: Path | Non
               help="Writes an .h5ad: the input plus obsm['X_scVI'] and uns['genoserve'] provenance.")  # fmt: skip
 @click.option("--layer", default="", help="Read counts from this layer instead of X.")
 @click.option("--batch-key", default="", help="obs column with each cell's batch, for a model with a batch covariate "
-              "(default: the obs column whose values are all among the model's batches).")  # fmt: skip
+              "(default: the batch_key its model.yaml names).")  # fmt: skip
 @click.option("--umap", "picture", type=click.Path(path_type=Path, dir_okay=False),
               help="Also write a PNG: UMAP of the latent (at most 10,000 cells, subsampled).")  # fmt: skip
 @click.option("--color-by", default="", help="obs column that colours the PNG.")
@@ -470,62 +470,28 @@ def _check_obs_column(source: Path, column: str, option: str) -> None:
 
 
 def _default_batch_key(client: Any, model: str, source: Path) -> str:
-    """For a model with a batch covariate (a ``batch`` input, its labels the batches) and an .h5ad:
-    the obs column whose values are all among the model's batches (the column the model was
-    trained with, as scvi-tools' ``batch_key``, holds them). "" for a model without one or a file
-    without obs (the server then says what is missing); a usage error when no column or several
-    hold them."""
+    """For a model with a batch covariate (a ``batch`` input, its labels the batches): the obs
+    column its model.yaml names (``preprocessing.batch_key``, as the ``embedding.embed_h5ad`` job
+    reads it and as scvi-tools' ``batch_key`` was set up). "" for a model without a batch input (the
+    server then says what is missing); a usage error, before any work, when the model names no
+    column or the file's obs lacks it."""
     from genoserve.embedding.contract import BATCH
 
     info = client.get_model(model)
     batches = next((list(t.labels) for t in info.inputs if t.name == BATCH), [])
     if not batches:
         return ""
-    found = _obs_columns_within(source, set(batches))
-    if found is None:
-        return ""
-    columns, holding = found
-    if len(holding) != 1:
-        rule = (f"several obs columns hold only its batches: {holding}; name one" if holding
-                else f"no obs column holds only its batches (columns: {columns})")  # fmt: skip
-        raise click.BadParameter(f"{model} takes each cell's batch, one of {batches}: {rule}",
-                                 param_hint="'--batch-key'")  # fmt: skip
-    click.echo(f"batch of each cell: obs[{holding[0]!r}] (its values are {model}'s batches)", err=True)
-    return holding[0]
-
-
-def _obs_columns_within(source: Path, allowed: set[str]) -> tuple[list[str], list[str]] | None:
-    """(obs columns, those whose every value is in ``allowed``: categorical, string or integer
-    columns, compared as strings) of an .h5ad; None for a file without obs (a 10x .h5)."""
-    import h5py
-    import numpy as np
-
+    key = str(info.preprocessing.get("batch_key", ""))
+    rule = f"{model} takes each cell's batch, one of {batches}: pass --batch-key (the obs column that holds it)"
+    if not key:
+        raise click.BadParameter(f"{rule}; its model.yaml names none", param_hint="'--batch-key'")
     try:
-        handle = h5py.File(source, "r")
-    except OSError:
-        return None  # not HDF5: reading the counts says so
-    with handle:
-        obs = handle.get("obs")
-        if not isinstance(obs, h5py.Group):
-            return None
-        index = obs.attrs.get("_index", "_index")
-        columns = [name for name in obs if name != index]
-        holding = []
-        for name in columns:
-            node = obs[name]
-            if isinstance(node, h5py.Group) and {"codes", "categories"} <= set(node):  # categorical
-                codes = np.unique(node["codes"][()])
-                if codes.size and codes[0] < 0:  # missing values
-                    continue
-                categories = node["categories"][()]
-                values = {v.decode() if isinstance(v, bytes) else str(v) for v in categories[codes]}
-            elif isinstance(node, h5py.Dataset) and node.dtype.kind in "OSUiub":
-                values = {v.decode() if isinstance(v, bytes) else str(v) for v in np.unique(node[()])}
-            else:
-                continue
-            if values and values <= allowed:
-                holding.append(name)
-    return columns, holding
+        _check_obs_column(source, key, "--batch-key")
+    except click.BadParameter as exc:
+        raise click.BadParameter(f"{rule}; its model.yaml names obs[{key!r}]: {exc.message}",
+                                 param_hint="'--batch-key'") from exc  # fmt: skip
+    click.echo(f"batch of each cell: obs[{key!r}] (the batch_key of {model}'s model.yaml)", err=True)
+    return key
 
 
 def _embed_file(client: Any, model: str, source: Path, output: Path, layer: str, batch_key: str,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from genoserve.api.codecs.tensor import dtype_to_proto
 from genoserve.runtime.live import IndexEntry, ModelStatus
 from genoserve.runtime.registry import ModelState
@@ -47,6 +49,9 @@ def model_info(status: ModelStatus) -> models_pb2.ModelInfo:
         info.description = spec.description
         info.inputs.extend(tensor_spec(t) for t in spec.inputs)
         info.outputs.extend(tensor_spec(t) for t in spec.outputs)
+        info.preprocessing.update(
+            {key: value if isinstance(value, str) else json.dumps(value) for key, value in spec.preprocessing.items()}
+        )
         if status.version:
             version = spec.version(int(status.version))
             info.sha256 = version.sha256
