@@ -262,6 +262,9 @@ class WorkerSettings(_Section):
     metrics_dir: Path = Path(".genoserve/metrics")
     #: Rows (or items) per session call inside a shard.
     batch_size: int = Field(1024, gt=0)
+    #: Model versions a worker process keeps loaded; the least recently used one beyond this is
+    #: dropped (a shard running on it finishes first) and loaded again when a job needs it.
+    max_loaded_models: int = Field(8, gt=0)
 
 
 class BindingSettings(_Section):

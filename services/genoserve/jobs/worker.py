@@ -66,7 +66,7 @@ class WorkerRuntime:
         self.settings = settings
         self.app = app
         self.store = store or open_store(settings.jobs.resolved_store_url)
-        self.models = LocalModels(settings.runtime, settings.worker.batch_size)
+        self.models = LocalModels(settings.runtime, settings.worker.batch_size, settings.worker.max_loaded_models)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
 
     @property
