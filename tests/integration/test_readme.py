@@ -4,8 +4,9 @@ The server is the tour's (``GENOSERVE_CONFIG=examples/settings.yaml make serve``
 and embedded worker). The commands run in a scratch folder that links the repository's
 ``examples/`` and ``tests/`` (so that their relative paths are the README's and their outputs stay
 out of the checkout); the clients find the server through ``GENOSERVE_ADDRESS``. Lines that start
-long-running processes (``make serve``, ``genoserve worker``) or hold placeholders (``JOB_ID``) are
-not run. "Serve your own model" runs as a new user would run it, timed: its lines up to its
+long-running processes (``make serve``, ``genoserve worker``) are not run; ``JOB_ID`` is the id of
+the last job the block submitted. The settings section's YAML and environment lines are checked
+to build valid settings. "Serve your own model" runs as a new user would run it, timed: its lines up to its
 ``genoserve serve --model-dir DIR`` (the imports, into DIR of the scratch folder), then a server of
 that folder instead of that line, then its predictions.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -25,6 +27,9 @@ import numpy as np
 import pytest
 import tifffile
 
+from genoserve.client import Client
+from genoserve.core.settings import Settings, load_settings
+from genoserve.v1 import jobs_pb2
 from tests.support.server import REPO, ServerProcess
 
 pytestmark = pytest.mark.integration
@@ -37,7 +42,6 @@ SKIP_LINES = (
     re.compile(r"^make "),  # setup and the long-running server: the test starts its own
     re.compile(r"^source "),
     re.compile(r"^GENOSERVE_CONFIG=.* make serve"),
-    re.compile(r"JOB_ID"),  # a placeholder
     re.compile(r"^(GENOSERVE_\w+=\S+ )*genoserve worker "),  # long-running
 )
 OWN_MODEL = "Serve your own model"
@@ -165,7 +169,45 @@ def test_shell_block_runs_as_written(tour: tuple[ServerProcess, Path, dict[str, 
                                      lines: list[str]) -> None:  # fmt: skip
     server, root, env = tour
     for line in lines:
+        if "JOB_ID" in line:  # the README's placeholder: the job this block submitted last
+            with Client(server.address) as client:
+                [last] = client.list_jobs(limit=1)
+            assert last.state == jobs_pb2.JOB_STATE_SUCCEEDED
+            out = run_line(line.replace("JOB_ID", last.id), root, env, section, server.log)
+            assert last.id in out
+            assert "SUCCEEDED" in out
+            continue
         run_line(line, root, env, section, server.log)
+
+
+def test_settings_section_builds_valid_settings(tmp_path: Path) -> None:
+    """The settings section's YAML file and each GENOSERVE_... line build valid settings, with the
+    values the comments say (a misspelt key or section is refused by the settings model)."""
+    [(yaml_text)] = [text for s, lang, text in blocks() if s == "Settings" and lang == "yaml"]
+    config = tmp_path / "settings.yaml"
+    config.write_text(yaml_text)
+    from_file = load_settings(config)
+    assert from_file.binding.references == {"hg19": Path("/data/hg19.fa.gz")}
+    assert from_file.jobs.input_roots[0] == Path("/data")
+    assert from_file.server.shared_memory is True
+    [env_block] = [text for s, lang, text in blocks() if s == "Settings" and lang == ""]
+    lines = [line.split("#")[0].strip() for line in env_block.splitlines() if line.strip()]
+    assert len(lines) == 4
+    for line in lines:
+        *assignments, make, target = shlex.split(line)
+        assert (make, target) == ("make", "serve"), line
+        [(name, value)] = [a.split("=", 1) for a in assignments]
+        if name == "GENOSERVE_CONFIG":
+            continue  # a file of the user's: the YAML above stands for it
+        settings = load_settings(env={name: value})
+        assert settings != Settings(), f"{line}: changes nothing"
+    assert load_settings(env={"GENOSERVE_SERVER__PORT": "50052"}).server.port == 50052
+    assert (
+        load_settings(
+            env={"GENOSERVE_RUNTIME__BATCHING__MAX_QUEUE_DELAY_US": "200"}
+        ).runtime.batching.max_queue_delay_us
+        == 200
+    )
 
 
 def test_python_block_runs_as_written(tour: tuple[ServerProcess, Path, dict[str, str]]) -> None:
