@@ -13,6 +13,8 @@ that folder instead of that line, then its predictions.
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import re
 import shlex
@@ -168,6 +170,7 @@ def test_own_model_walkthrough_runs_as_written_in_under_five_minutes(tmp_path: P
 def test_shell_block_runs_as_written(tour: tuple[ServerProcess, Path, dict[str, str]], section: str,
                                      lines: list[str]) -> None:  # fmt: skip
     server, root, env = tour
+    outputs: dict[str, str] = {}
     for line in lines:
         if "JOB_ID" in line:  # the README's placeholder: the job this block submitted last
             with Client(server.address) as client:
@@ -177,7 +180,25 @@ def test_shell_block_runs_as_written(tour: tuple[ServerProcess, Path, dict[str, 
             assert last.id in out
             assert "SUCCEEDED" in out
             continue
-        run_line(line, root, env, section, server.log)
+        outputs[line] = run_line(line, root, env, section, server.log)
+    if section == "Variant calling":
+        check_variant_figures(root, outputs)
+
+
+def check_variant_figures(root: Path, outputs: dict[str, str]) -> None:
+    """The figures the README quotes for its variant-calling commands are what they produce."""
+    text = " ".join(README.read_text().split())
+    sites = re.search(r"(\d+) sites, (\d+) PASS", text)
+    found = re.search(r"(\d+)/(\d+) SNPs and (\d+)/(\d+) indels", text)
+    assert sites, "the README quotes no site counts"
+    assert found, "the README quotes no evaluation"
+    with gzip.open(root / "calls.vcf.gz", "rt") as fh:
+        records = [line.split("\t") for line in fh if not line.startswith("#")]
+    assert (len(records), sum(r[6] == "PASS" for r in records)) == (int(sites[1]), int(sites[2]))
+    [evaluation] = [json.loads(out) for line, out in outputs.items() if "genoserve.variants.evaluate" in line]
+    snp, indel = evaluation["SNP"], evaluation["INDEL"]
+    measured = (snp["tp"], snp["tp"] + snp["fn"], indel["tp"], indel["tp"] + indel["fn"])
+    assert measured == tuple(int(g) for g in found.groups()), (measured, found.group(0))
 
 
 def test_settings_section_builds_valid_settings(tmp_path: Path) -> None:
