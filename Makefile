@@ -7,6 +7,8 @@ INSTALLED := $(VENV)/.installed
 STUBS := services/genoserve/.stubs-generated
 PROTOS := $(wildcard protos/genoserve/*/*.proto) protos/generate.py
 PYTEST_ARGS ?=
+# The system packages the tests need are installed with apt-get: through sudo when not root.
+APT := $(if $(filter 0,$(shell id -u)),,sudo )env DEBIAN_FRONTEND=noninteractive apt-get
 
 .PHONY: setup serve test lint protos models bench clean deploy-check deploy-sync deploy-lock
 
@@ -25,15 +27,15 @@ $(CLIENTS): Makefile
 
 $(INSTALLED): pyproject.toml setup.py
 	@# The job tests start their own redis-server (real, never mocked): install it where missing.
-	command -v redis-server >/dev/null 2>&1 || { apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server; }
+	command -v redis-server >/dev/null 2>&1 || { $(APT) update -qq && \
+		$(APT) install -y -qq --no-install-recommends redis-server; }
 	@# deploy-check runs a real Prometheus and promtool (Debian's prometheus package has both).
-	command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || { apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+	command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || { $(APT) update -qq && \
+		$(APT) install -y -qq --no-install-recommends prometheus; }
 	@# tests/deploy/test_image.py builds the image's venv and runs it as the image's uid (10001),
 	@# which cannot run an interpreter under /root (pyenv): it uses the system's python3 with venv.
-	/usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || { apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv python3-pip; }
+	/usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || { $(APT) update -qq && \
+		$(APT) install -y -qq --no-install-recommends python3-venv python3-pip; }
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[cpu,dev,train,import]'
