@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
@@ -26,6 +27,20 @@ def linear_onnx(n_in: int = 4, n_out: int = 3, seed: int = 0, batch_dim: str | i
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return bytes(model.SerializeToString())
+
+
+#: Where external_graph keeps the tensors, relative to the graph's folder.
+WEIGHTS = "weights/linear.bin"
+
+
+def external_graph(folder: Path, location: str = WEIGHTS, seed: int = 0) -> Path:
+    """linear_onnx with every tensor in ``folder / location``; the graph's path."""
+    model = onnx.load_from_string(linear_onnx(seed=seed))
+    (folder / location).parent.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=location, size_threshold=0)  # fmt: skip
+    return path
 
 
 def linear_reference(x: np.ndarray[Any, Any], n_in: int = 4, n_out: int = 3, seed: int = 0) -> np.ndarray[Any, Any]:

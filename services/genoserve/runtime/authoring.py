@@ -21,8 +21,8 @@ from genoserve.core.errors import GenoserveError, InvalidArgument
 from genoserve.core.settings import RuntimeSettings
 from genoserve.runtime import registry
 from genoserve.runtime.loader import load_session
-from genoserve.runtime.registry import MODEL_FILE, ONNX_FILE, ModelState, sha256_of
-from genoserve.runtime.spec import DTYPES
+from genoserve.runtime.registry import MODEL_FILE, ONNX_FILE, ModelState, external_data, sha256_of
+from genoserve.runtime.spec import DTYPES, is_version_file
 
 #: As model.yaml's ``name`` pattern (``genoserve.runtime.spec.ModelSpec``).
 MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
@@ -113,6 +113,23 @@ def _new_spec(name: str, ports: tuple[list[dict[str, Any]], list[dict[str, Any]]
     return spec
 
 
+def _external_files(onnx_path: Path) -> list[str]:
+    """The files beside ``onnx_path`` its graph keeps tensors in (ONNX external data), each a
+    plain path inside the graph's folder that exists; INVALID_ARGUMENT naming one that is not."""
+    try:
+        locations = external_data(onnx_path)
+    except Exception as exc:  # onnx raises DecodeError and friends
+        raise InvalidArgument.field("onnx", f"{onnx_path} is not an ONNX model: {exc}") from exc
+    for location in locations:
+        if not is_version_file(location):
+            raise InvalidArgument.field(
+                "onnx", f"{onnx_path} keeps tensors in {location!r}, not a plain file path beside the graph"
+            )
+        if not (onnx_path.parent / location).is_file():
+            raise InvalidArgument.field("onnx", f"{onnx_path} keeps tensors in {location}, which is missing")
+    return locations
+
+
 def add_version(
     repository: Path, name: str, onnx_path: Path, settings: RuntimeSettings, new: NewModel | None = None
 ) -> VersionCheck:
@@ -136,12 +153,19 @@ def add_version(
         spec, number = _new_spec(name, graph_ports(onnx_path), new), 1
     if (target / str(number)).exists():
         raise InvalidArgument.field("name", f"{target / str(number)} exists but model.yaml does not list it")
-    spec["versions"] = [*(spec.get("versions") or []), {"version": number, "sha256": sha256_of(onnx_path)}]
+    files = _external_files(onnx_path)
+    entry: dict[str, Any] = {"version": number, "sha256": sha256_of(onnx_path)}
+    if files:
+        entry["files"] = {location: sha256_of(onnx_path.parent / location) for location in files}
+    spec["versions"] = [*(spec.get("versions") or []), entry]
     repository.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=repository, prefix=".add-") as staging:
         folder = Path(staging) / name
         (folder / str(number)).mkdir(parents=True)
         shutil.copyfile(onnx_path, folder / str(number) / ONNX_FILE)
+        for location in files:  # the graph's external data, beside it as the graph names it
+            (folder / str(number) / location).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(onnx_path.parent / location, folder / str(number) / location)
         (folder / MODEL_FILE).write_text(yaml.safe_dump(spec, sort_keys=False))
         [check] = [c for c in check_repository(Path(staging), settings, (name,)) if c.version in (str(number), "")]
         if not check.ok:

@@ -88,17 +88,25 @@ def _order(record: ModelVersionRecord) -> tuple[str, int]:
     return (record.name, record.version.version if record.version else -1)
 
 
-def _fingerprint(record: ModelVersionRecord) -> tuple[str, tuple[int, int] | None, str]:
-    """What a retry of a version that failed would see differently: its declared sha256, its file
-    (size, mtime) and, for a model.yaml that cannot be read, the reason."""
+Fingerprint = tuple[tuple[str, ...], tuple[tuple[int, int] | None, ...], str]
+
+
+def _fingerprint(record: ModelVersionRecord) -> Fingerprint:
+    """What a retry of a version that failed would see differently: its declared sha256s, its
+    files' (size, mtime) (model.onnx and the files model.yaml lists) and, for a model.yaml that
+    cannot be read, the reason."""
     if record.version is None:
-        return ("", None, record.reason)
-    try:
-        stat = record.onnx_path.stat()
-        seen: tuple[int, int] | None = (stat.st_size, stat.st_mtime_ns)
-    except OSError:
-        seen = None
-    return (record.version.sha256, seen, "")
+        return ((), (), record.reason)
+    files = [record.onnx_path, *(record.onnx_path.parent / name for name in record.version.files)]
+    seen: list[tuple[int, int] | None] = []
+    for path in files:
+        try:
+            stat = path.stat()
+            seen.append((stat.st_size, stat.st_mtime_ns))
+        except OSError:
+            seen.append(None)
+    declared = (record.version.sha256, *(f"{name}:{sha}" for name, sha in record.version.files.items()))
+    return (declared, tuple(seen), "")
 
 
 def _forget_metric(record: ModelVersionRecord) -> None:
@@ -123,7 +131,7 @@ class LiveModels:
         self.settings = settings
         self.store = store or open_store(settings)
         self._records: list[ModelVersionRecord] = []
-        self._fingerprints: dict[Key, tuple[str, tuple[int, int] | None, str]] = {}
+        self._fingerprints: dict[Key, Fingerprint] = {}
         self._served: dict[Key, ServedModel] = {}
         self._unloading: dict[Key, asyncio.Task[None]] = {}
         self._loaded_once = False

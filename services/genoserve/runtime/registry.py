@@ -158,7 +158,8 @@ def sha256_of(path: Path) -> str:
 
 
 def check_file(record: ModelVersionRecord) -> str | None:
-    """The ONNX file exists and matches its declared sha256; returns the problem or None."""
+    """The ONNX file and every file its graph reads exist and match the sha256 model.yaml
+    declares for them (``sha256``, ``files``); returns the problem or None."""
     assert record.version is not None
     path = record.onnx_path
     if not path.is_file():
@@ -166,7 +167,55 @@ def check_file(record: ModelVersionRecord) -> str | None:
     actual = sha256_of(path)
     if actual != record.version.sha256:
         return f"{path} sha256 is {actual}, model.yaml declares {record.version.sha256}"
+    declared = record.version.files
+    folder = path.parent
+    if not declared and not any(p.name != ONNX_FILE and not p.name.startswith(".") for p in folder.iterdir()):
+        return None  # the graph alone (a graph reading other files would need them here)
+    try:
+        used = external_data(path)
+    except Exception as exc:  # onnx raises DecodeError and friends
+        return f"{path} is not an ONNX model: {exc}"
+    undeclared = sorted(set(used) - set(declared))
+    if undeclared:
+        return (
+            f"{path} keeps tensors in {undeclared}, which model.yaml's version {record.version_label} does not "
+            "list under files (each with its sha256)"
+        )
+    for name, sha256 in declared.items():
+        file = folder / name
+        if not file.is_file():
+            return f"{file} is missing"
+        actual = sha256_of(file)
+        if actual != sha256:
+            return f"{file} sha256 is {actual}, model.yaml declares {sha256}"
     return None
+
+
+def external_data(path: Path) -> list[str]:
+    """The files (``location``s, relative to the graph's folder) in which the ONNX graph at
+    ``path`` keeps tensors, in order of first use; read without loading them."""
+    import onnx
+
+    def tensors(graph: Any) -> Any:
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield from (sparse.values, sparse.indices)
+        for node in graph.node:
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    yield attribute.t
+                yield from attribute.tensors
+                if attribute.HasField("g"):
+                    yield from tensors(attribute.g)
+                for subgraph in attribute.graphs:
+                    yield from tensors(subgraph)
+
+    model = onnx.load(str(path), load_external_data=False)
+    found: dict[str, None] = {}
+    for tensor in tensors(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            found.update({e.value: None for e in tensor.external_data if e.key == "location"})
+    return list(found)
 
 
 def _check_ports(kind: str, declared: tuple[TensorSpec, ...], actual: list[PortSignature]) -> list[str]:

@@ -10,6 +10,7 @@ Versions are positive integers; "latest" is the highest one that loaded.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 import numpy as np
@@ -36,6 +37,17 @@ DType = Literal[
     "float32", "float16", "float64", "int8", "uint8", "int16", "uint16",
     "int32", "uint32", "int64", "uint64", "bool",
 ]  # fmt: skip
+
+
+SHA256 = r"^[0-9a-f]{64}$"
+#: A file path inside a version's folder: relative, '/'-separated, each part plain (never '.' or
+#: '..': a part starts with a letter, digit or '_').
+_VERSION_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*")
+
+
+def is_version_file(path: str) -> bool:
+    """Whether ``path`` names a file inside a version's folder other than its model.onnx."""
+    return bool(_VERSION_FILE.fullmatch(path)) and path != "model.onnx"
 
 
 class _Strict(BaseModel):
@@ -123,9 +135,23 @@ class CpuServingSpec(_Strict):
 
 class VersionSpec(_Strict):
     version: int = Field(gt=0)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    #: Of ``<version>/model.onnx``.
+    sha256: str = Field(pattern=SHA256)
+    #: The other files the graph reads, by path in the version's folder -> sha256: the files an
+    #: ONNX graph keeps its large tensors in ("external data"; a graph over 2 GB must).
+    files: dict[str, str] = {}
     metrics: dict[str, float] = {}
     provenance: dict[str, str] = {}
+
+    @field_validator("files")
+    @classmethod
+    def _plain_files(cls, files: dict[str, str]) -> dict[str, str]:
+        for path, sha256 in files.items():
+            if not is_version_file(path):
+                raise ValueError(f"{path!r} is not a file path inside the version's folder (other than model.onnx)")
+            if not re.fullmatch(SHA256, sha256):
+                raise ValueError(f"{path}: {sha256!r} is not a sha256 (64 lower-case hex digits)")
+        return files
 
 
 class ModelSpec(_Strict):

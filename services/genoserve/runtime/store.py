@@ -37,7 +37,7 @@ import yaml
 from genoserve.core.errors import Unavailable
 from genoserve.core.settings import ModelStoreSettings, RuntimeSettings
 from genoserve.runtime.authoring import MODEL_NAME
-from genoserve.runtime.registry import MODEL_FILE, sha256_of
+from genoserve.runtime.registry import MODEL_FILE, ONNX_FILE, sha256_of
 
 if TYPE_CHECKING:
     from obstore.store import ClientConfig, RetryConfig
@@ -82,15 +82,19 @@ class LocalStore:
         return self.path
 
 
-def _declared_versions(text: bytes) -> tuple[str, dict[str, str]]:
-    """The family and ``{version: sha256}`` as a model.yaml gives them; ("", {}) when it cannot be
-    read (the registry reports why when it scans the mirrored file)."""
+def _declared_versions(text: bytes) -> tuple[str, dict[str, dict[str, str]]]:
+    """The family and ``{version: {file in the version's folder: sha256}}`` (model.onnx and the
+    version's ``files``) as a model.yaml gives them; ("", {}) when it cannot be read (the
+    registry reports why when it scans the mirrored file)."""
     try:
         raw = yaml.safe_load(text)
         versions = raw.get("versions") or []
-        return str(raw.get("family", "")), {
-            str(v["version"]): str(v.get("sha256", "")) for v in versions if isinstance(v, dict)
-        }
+        sums: dict[str, dict[str, str]] = {}
+        for v in versions:
+            if isinstance(v, dict):
+                files = {str(path): str(sha256) for path, sha256 in (v.get("files") or {}).items()}
+                sums[str(v["version"])] = {**files, ONNX_FILE: str(v.get("sha256", ""))}
+        return str(raw.get("family", "")), sums
     except (yaml.YAMLError, AttributeError, KeyError, TypeError):
         return "", {}
 
@@ -226,7 +230,7 @@ class S3Store:
         # Another family's versions are listed for the registry, which leaves them out: their
         # files are not fetched here (a process serving that family may have them in the cache).
         fetch = declared if files and (not self.families or family in self.families) else {}
-        for version, sha256 in fetch.items():
+        for version, sums in fetch.items():
             prefix = f"{name}/{version}/"
             for key, etag in objects.items():
                 if not key.startswith(prefix):
@@ -235,7 +239,7 @@ class S3Store:
                 if ".." in Path(key).parts or not target.resolve().is_relative_to(folder.resolve()):
                     log.error("%s/%s: not a path inside the model's folder: skipped", self.location, key)
                     continue
-                wanted = sha256 if key.endswith("/model.onnx") else ""
+                wanted = sums.get(key[len(prefix) :], "")
                 if target.is_file() and etag in (mirrored.get(key), refused.get(key)):
                     continue  # unchanged since it was fetched (a refused one is not fetched again)
                 if target.is_file() and wanted and sha256_of(target) == wanted:

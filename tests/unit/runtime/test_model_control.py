@@ -13,9 +13,10 @@ from prometheus_client import REGISTRY
 
 from genoserve.core.errors import FailedPrecondition, NotFound, Unavailable
 from genoserve.core.settings import RuntimeSettings
+from genoserve.runtime.authoring import NewModel, add_version
 from genoserve.runtime.live import LiveModels
 from genoserve.runtime.registry import ModelState
-from tests.support.models import linear_onnx, linear_spec, write_model
+from tests.support.models import WEIGHTS, external_graph, linear_onnx, linear_spec, write_model
 
 X = np.ones((2, 4), dtype=np.float32)
 
@@ -75,6 +76,25 @@ async def test_a_version_failing_its_checks_leaves_the_previous_serving(tmp_path
         write_model(tmp_path, linear_spec("m"), {1: linear_onnx(seed=1), 2: linear_onnx(seed=2)})
         await repository.refresh()
         assert repository.latest_version("m") == "2"
+    finally:
+        await repository.close(1)
+
+
+async def test_a_version_whose_weights_file_is_replaced_is_tried_again(tmp_path: Path) -> None:
+    """A version failing on a file its graph reads (external data) is retried once that file
+    changes, as for model.onnx."""
+    add_version(tmp_path, "lin", external_graph(tmp_path / "export"), RuntimeSettings(), NewModel("platform", {}, {}))
+    weights = tmp_path / "lin" / "1" / WEIGHTS
+    good = weights.read_bytes()
+    weights.write_bytes(good[:-4] + b"\0\0\0\0")
+    repository = await started(tmp_path)
+    try:
+        [failed] = repository.statuses()
+        assert failed.state is ModelState.FAILED
+        assert f"{weights} sha256 is" in failed.reason
+        weights.write_bytes(good)
+        await repository.refresh()
+        assert states(repository) == {("lin", "1"): ModelState.READY}
     finally:
         await repository.close(1)
 

@@ -15,10 +15,11 @@ import pytest
 
 from genoserve.core.errors import Unavailable
 from genoserve.core.settings import ModelStoreSettings, RuntimeSettings
+from genoserve.runtime.authoring import NewModel, add_version
 from genoserve.runtime.live import LiveModels
 from genoserve.runtime.registry import ModelState, check_file, scan
 from genoserve.runtime.store import LocalStore, S3Store, open_store
-from tests.support.models import linear_onnx, linear_reference, linear_spec, write_model
+from tests.support.models import WEIGHTS, external_graph, linear_onnx, linear_reference, linear_spec, write_model
 from tests.support.s3 import ACCESS_KEY, REGION, SECRET_KEY, S3Server, upload_folder
 from tests.support.server import free_port
 
@@ -102,6 +103,34 @@ def test_a_corrupt_upload_is_refused_by_its_sha256_and_not_fetched_again(
     os.utime(onnx, ns=(1, 1))
     store.sync()
     assert onnx.stat().st_mtime_ns == 1  # the same bad object is not downloaded on every poll
+
+
+def test_a_graph_s_external_data_is_mirrored_and_checked_by_its_declared_sha256(
+    s3: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    """A version whose graph keeps its tensors in another file: the file is mirrored with the
+    graph; a corrupt upload of it is refused by the sha256 model.yaml declares (a cache holding
+    the declared file keeps it), and a good one mirrored again."""
+    add_version(
+        tmp_path / "src", "lin", external_graph(tmp_path / "export"), RuntimeSettings(), NewModel("platform", {}, {})
+    )
+    publish(s3, bucket, tmp_path / "src", "lin")
+    store = S3Store(f"s3://{bucket}/repo", store_settings(s3, tmp_path / "cache"))
+    [record] = scan(store.sync())
+    assert check_file(record) is None
+    good = (tmp_path / "src" / "lin" / "1" / WEIGHTS).read_bytes()
+    key = f"repo/lin/1/{WEIGHTS}"
+    s3.client().put_object(Bucket=bucket, Key=key, Body=good[:-4] + b"\0\0\0\0")
+    [record] = scan(store.sync())
+    assert check_file(record) is None  # the cached file is the one declared: kept
+    fresh = S3Store(f"s3://{bucket}/repo", store_settings(s3, tmp_path / "fresh-cache"))
+    [record] = scan(fresh.sync())
+    problem = str(check_file(record))
+    assert f"{WEIGHTS} sha256 is" in problem
+    assert "model.yaml declares" in problem
+    s3.client().put_object(Bucket=bucket, Key=key, Body=good)
+    [record] = scan(fresh.sync())
+    assert check_file(record) is None
 
 
 def test_an_unreachable_store_is_unavailable_naming_it(tmp_path: Path) -> None:
