@@ -657,7 +657,9 @@ def test_dashboard_panels() -> None:
     exprs = " ".join(expr for _, expr in dashboard_targets())
     for needed in ("genoserve_requests_total", "genoserve_request_duration_seconds_bucket", "genoserve_batch_size",
                    "genoserve_queue_duration_seconds_bucket", "genoserve_job_queue_depth",
-                   "genoserve_items_processed_total", "DCGM_FI_DEV_GPU_UTIL"):  # fmt: skip
+                   "genoserve_items_processed_total", "DCGM_FI_DEV_GPU_UTIL",
+                   "genoserve_model_store_last_success_timestamp_seconds",
+                   "genoserve_model_store_sync_failures_total"):  # fmt: skip
         assert needed in exprs, needed
     assert len(titles) >= 15
     rules = yaml.safe_load((DEPLOY / "k8s" / "base" / "monitoring" / "prometheusrule.yaml").read_text())
