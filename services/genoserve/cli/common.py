@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,9 +79,6 @@ def or_exit(call: Callable[[], T], flags: Flags | Callable[[], Flags] = NO_FLAGS
         sys.exit(2)
 
 
-_END = object()
-
-
 class Guarded(Generic[T]):
     """A request stream whose own errors (a bad record read while streaming) survive gRPC, which
     reports an exception raised inside a request iterator only as UNKNOWN ("Exception iterating
@@ -91,16 +87,10 @@ class Guarded(Generic[T]):
     def __init__(self, items: Iterable[T]) -> None:
         self.items = items
         self.failure: Exception | None = None
-        self.ended = threading.Event()
 
     def __iter__(self) -> Iterator[T]:
-        items = iter(self.items)
         try:
-            while not self.ended.is_set():  # once the call is over, nothing more is read
-                item = next(items, _END)
-                if item is _END:
-                    return
-                yield item  # type: ignore[misc]
+            yield from self.items
         except Exception as exc:  # re-raised by call/check, with its traceback
             self.failure = exc
 
@@ -116,10 +106,6 @@ class Guarded(Generic[T]):
         except GenoserveError:
             self.check()
             raise
-        finally:
-            # gRPC's request thread is a daemon: left running, it would go on reading input while
-            # the command closes its channel and exits.
-            self.ended.set()
         self.check()
         return result
 

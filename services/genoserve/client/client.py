@@ -15,7 +15,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from typing import Any, TypeVar
 
 import grpc
@@ -32,6 +41,7 @@ from genoserve.client.base import (
     translate,
     variant_requests,
 )
+from genoserve.client.feed import RequestFeed
 from genoserve.client.messages import (
     FINAL_JOB_STATES,
     STRANDS,
@@ -118,6 +128,20 @@ class Client(BaseClient):
             response = self._call(rpc.method, rpc.build(shared), timeout)
         return rpc.decode(response)
 
+    def _stream(self, method: Any, requests: Iterable[Any], timeout: float | None) -> Generator[Any, None, None]:
+        """A stream call's responses; its failure as a genoserve error. When it ends (done,
+        failed, or the caller stops early: the call is cancelled), nothing more is read from
+        ``requests`` and gRPC's reading thread has left (``RequestFeed``)."""
+        feed = RequestFeed(requests)
+        call = method(feed, timeout=timeout, metadata=self._metadata)
+        try:
+            yield from call
+        except grpc.RpcError as exc:
+            raise translate(exc) from exc
+        finally:
+            call.cancel()
+            feed.close()
+
     # -- models ---------------------------------------------------------------------------------
 
     def list_models(self, family: str = "", timeout: float | None = None) -> list[models_pb2.ModelInfo]:
@@ -155,12 +179,10 @@ class Client(BaseClient):
         finishes, not in order: ``(number, outputs)``, number being the request's place in
         ``inputs`` from 0, or ``(number, error)`` for a request that failed alone (the stream goes
         on). Tensors go on the channel. No deadline unless ``timeout`` is given."""
-        requests = infer_stream_requests(model, inputs, version)
-        try:
-            for answer in self.models.InferStream(requests, timeout=timeout, metadata=self._metadata):
+        answers = self._stream(self.models.InferStream, infer_stream_requests(model, inputs, version), timeout)
+        with contextlib.closing(answers):
+            for answer in answers:
                 yield _stream_answer(answer)
-        except grpc.RpcError as exc:
-            raise translate(exc) from exc
 
     def health(self, service: str = "", timeout: float | None = None) -> str:
         """SERVING, NOT_SERVING or SERVICE_UNKNOWN for ``service`` ("" is the whole server)."""
@@ -181,10 +203,7 @@ class Client(BaseClient):
         several at once on the server; one response per batch, in order. A bad batch ends the
         stream with its error (naming ``batch N``). No deadline unless ``timeout`` is given."""
         requests = (sequences_request(model, batch, strand, crop, version) for batch in batches)
-        try:
-            yield from self.binding.PredictStream(requests, timeout=timeout, metadata=self._metadata)
-        except grpc.RpcError as exc:
-            raise translate(exc) from exc
+        yield from self._stream(self.binding.PredictStream, requests, timeout)
 
     def score_variants(self, model: str, variants: Sequence[binding_pb2.Variant], reference: str = "",
                        strand: str = "", version: str = "", timeout: float | None = None
@@ -224,10 +243,7 @@ class Client(BaseClient):
         """EmbedStream: one response per request (row chunk), in order; build requests with
         ``embed_request`` (later ones may leave model and gene names empty), or give messages.
         No deadline unless ``timeout`` is given."""
-        try:
-            yield from self._embed_stream(iter(requests), timeout=timeout, metadata=self._metadata)
-        except grpc.RpcError as exc:
-            raise translate(exc) from exc
+        yield from self._stream(self._embed_stream, requests, timeout)
 
     # -- variant calling ------------------------------------------------------------------------
 
@@ -251,13 +267,13 @@ class Client(BaseClient):
         shared memory until its response has arrived. No deadline unless ``timeout`` is given."""
         leases = Leases(self.shared_memory)
         requests = variant_requests(batches, model, version, sample_name, leases)
+        responses = self._stream(self._call_variants_stream, requests, timeout)
         try:
-            for response in self._call_variants_stream(requests, timeout=timeout, metadata=self._metadata):
+            for response in responses:
                 leases.answered()
                 yield response
-        except grpc.RpcError as exc:
-            raise translate(exc) from exc
         finally:
+            responses.close()  # the call over and its reader gone before the leases go back
             leases.release_all()
 
     # -- jobs -----------------------------------------------------------------------------------
