@@ -134,7 +134,10 @@ class LiveModels:
         self._fingerprints: dict[Key, Fingerprint] = {}
         self._served: dict[Key, ServedModel] = {}
         self._unloading: dict[Key, asyncio.Task[None]] = {}
+        #: Versions being checked and warmed up, each with the task loading it.
+        self._loading: dict[Key, asyncio.Task[None]] = {}
         self._loaded_once = False
+        self._closed = False
         self._lock: asyncio.Lock | None = None
         self._poller: asyncio.Task[None] | None = None
         self._budget = cpu_budget()
@@ -178,6 +181,9 @@ class LiveModels:
         assert record.version is not None
         loop = asyncio.get_running_loop()
         session = await loop.run_in_executor(self._executor, self._load_version, record)
+        if self._closed or not any(r is record for r in self._records):
+            log.info("model %s version %s was unloaded while it loaded: not served", record.name, record.version_label)
+            return
         if session is None:
             metrics.MODEL_READY.labels(record.name, record.version_label).set(0)
             self._changed()
@@ -194,6 +200,16 @@ class LiveModels:
         log.info("model %s version %s ready on %s (%d session call(s) at once, intra-op threads: %s%s)",
                  record.name, record.version_label, record.provider, config.instances, threads, split)  # fmt: skip
         self._changed()
+
+    async def _serve_all(self, records: list[ModelVersionRecord]) -> None:
+        """Load ``records`` one after the other (one refresh's new versions)."""
+        me = asyncio.current_task()
+        for record in records:
+            try:
+                await self._serve(record)
+            finally:
+                if self._loading.get(_key(record)) is me:
+                    del self._loading[_key(record)]
 
     async def load(self) -> None:
         """The first load: every version in the store (of the selected models and families); a
@@ -222,7 +238,12 @@ class LiveModels:
         """Bring what is served in step with the store: versions new to it load, versions gone
         from it unload, a failed version whose files changed is tried again; loaded versions are
         left as they are. ``names`` / ``version`` limit this to those models / that version.
-        Returns the records in that scope."""
+        Returns the versions in that scope once their loads are over (the store's versions, as
+        served now, and those being unloaded).
+
+        The lock covers reading the store and the bookkeeping, not the loads (checks and warm-up):
+        RepositoryIndex, Unload and other refreshes go on while a version warms up. A version
+        unloaded while it loads is never served."""
 
         def in_scope(key: Key) -> bool:
             return (not names or key[0] in names) and (not version or key[1] in (version, ""))
@@ -241,6 +262,7 @@ class LiveModels:
                     )
                     self._start_unload(record)
             todo: list[ModelVersionRecord] = []
+            added: list[ModelVersionRecord] = []
             for record in found:
                 key = _key(record)
                 old = current.get(key)
@@ -250,14 +272,22 @@ class LiveModels:
                     continue
                 self._fingerprints[key] = _fingerprint(record)
                 self._records = sorted([r for r in self._records if _key(r) != key] + [record], key=_order)
+                added.append(record)
                 if record.state is ModelState.FAILED or record.spec is None or record.version is None:
                     metrics.MODEL_READY.labels(record.name, record.version_label).set(0)
                 else:
                     todo.append(record)
             self._changed()
-            for record in todo:
-                await self._serve(record)
-            return [r for r in self._records if in_scope(_key(r))]
+            if todo:
+                loads = asyncio.create_task(self._serve_all(todo))
+                self._loading.update((_key(r), loads) for r in todo)
+        # This refresh's loads and those another one started (a Load while the poll loads it).
+        pending = {task for key, task in self._loading.items() if in_scope(key)}
+        if pending:
+            await asyncio.gather(*(asyncio.shield(t) for t in pending))
+        current = {_key(r): r for r in self._records}
+        gone = [r for r in added if _key(r) not in current]  # unloaded while it loaded
+        return sorted([r for k, r in current.items() if in_scope(k)] + gone, key=_order)
 
     async def _sync(self, only: tuple[str, ...], files: bool = True) -> Path:
         """``store.sync`` in a thread, counted in the store's metrics."""
@@ -293,6 +323,8 @@ class LiveModels:
         key = _key(record)
         served = self._served.pop(key, None)
         if served is None:  # failed, or still loading: nothing to drain
+            if record.state is ModelState.LOADING:
+                record.state, record.reason = ModelState.UNLOADING, "unloaded while it loaded"
             self._records = [r for r in self._records if r is not record]
             self._fingerprints.pop(key, None)
             _forget_metric(record)
@@ -389,6 +421,7 @@ class LiveModels:
 
     async def close(self, timeout: float | None = None) -> None:
         """Stop polling; drain every batcher (queued requests finish, new ones get UNAVAILABLE)."""
+        self._closed = True  # a load still running is not served
         if self._poller is not None:
             self._poller.cancel()
             await asyncio.gather(self._poller, return_exceptions=True)

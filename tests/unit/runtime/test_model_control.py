@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ from genoserve.core.errors import FailedPrecondition, NotFound, Unavailable
 from genoserve.core.settings import RuntimeSettings
 from genoserve.runtime.authoring import NewModel, add_version
 from genoserve.runtime.live import LiveModels
-from genoserve.runtime.registry import ModelState
+from genoserve.runtime.registry import ModelState, ModelVersionRecord
+from genoserve.runtime.session import OrtSession
 from tests.support.models import WEIGHTS, external_graph, linear_onnx, linear_spec, write_model
 
 X = np.ones((2, 4), dtype=np.float32)
@@ -244,4 +246,75 @@ async def test_a_store_that_stops_answering_is_counted_and_the_loaded_versions_s
             await asyncio.sleep(0.02)
         assert store_metrics("poll")[1] > stale_success
     finally:
+        await repository.close(1)
+
+
+class SlowWarmUp(LiveModels):
+    """A repository whose version loads (checks, session, warm-up) wait for ``gate``, as a large
+    model's do, so that a test can act while one is under way."""
+
+    def __init__(self, settings: RuntimeSettings) -> None:
+        super().__init__(settings)
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def _load_version(self, record: ModelVersionRecord) -> OrtSession | None:
+        assert self.gate.wait(30), "the test never opened the gate"
+        return super()._load_version(record)
+
+
+async def loading(repository: LiveModels, key: tuple[str, str]) -> None:
+    for _ in range(200):
+        if states(repository).get(key) is ModelState.LOADING:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{key} never started loading: {states(repository)}")
+
+
+async def test_the_index_and_unload_answer_while_a_version_warms_up(tmp_path: Path) -> None:
+    write_model(tmp_path, linear_spec("a"), {1: linear_onnx()})
+    repository = SlowWarmUp(RuntimeSettings(model_dir=tmp_path, model_control="explicit"))
+    await repository.load()
+    try:
+        write_model(tmp_path, linear_spec("b"), {1: linear_onnx(seed=1)})
+        repository.gate.clear()
+        load = asyncio.create_task(repository.load_model("b"))
+        await loading(repository, ("b", "1"))
+        index = {(e.name, e.version): e.state for e in await asyncio.wait_for(repository.index(), 5)}
+        assert index == {("a", "1"): ModelState.READY, ("b", "1"): ModelState.LOADING}
+        assert await asyncio.wait_for(repository.unload("a"), 5) == ["1"]
+        assert not load.done()
+        repository.gate.set()
+        records = await asyncio.wait_for(load, 30)
+        assert [(r.name, r.version_label, r.state) for r in records] == [("b", "1", ModelState.READY)]
+        assert (await infer(repository, "b"))["y"].shape == (2, 3)
+    finally:
+        repository.gate.set()
+        await repository.close(1)
+
+
+async def test_a_version_unloaded_while_it_warms_up_is_never_served(tmp_path: Path) -> None:
+    write_model(tmp_path, linear_spec("m"), {1: linear_onnx(seed=1)})
+    repository = SlowWarmUp(RuntimeSettings(model_dir=tmp_path, model_control="explicit"))
+    await repository.load()
+    try:
+        write_model(tmp_path, linear_spec("m"), {1: linear_onnx(seed=1), 2: linear_onnx(seed=2)})
+        repository.gate.clear()
+        load = asyncio.create_task(repository.load_model("m", "2"))
+        await loading(repository, ("m", "2"))
+        assert await asyncio.wait_for(repository.unload("m", "2"), 5) == ["2"]
+        repository.gate.set()
+        records = await asyncio.wait_for(load, 30)  # the Load says what became of it
+        assert [(r.version_label, r.state, r.reason) for r in records] == [
+            ("2", ModelState.UNLOADING, "unloaded while it loaded")
+        ]
+        assert states(repository) == {("m", "1"): ModelState.READY}
+        assert repository.latest_version("m") == "1"
+        with pytest.raises(NotFound, match="no version '2'"):
+            repository.get("m", "2")
+        assert REGISTRY.get_sample_value("genoserve_model_ready", {"model": "m", "version": "2"}) is None
+        await repository.load_model("m", "2")  # asked again, it loads
+        assert repository.latest_version("m") == "2"
+    finally:
+        repository.gate.set()
         await repository.close(1)
