@@ -425,6 +425,10 @@ class LiveModels:
         if self._poller is not None:
             self._poller.cancel()
             await asyncio.gather(self._poller, return_exceptions=True)
+        loads = set(self._loading.values())
+        for task in loads:
+            task.cancel()
+        await asyncio.gather(*loads, return_exceptions=True)
         for record in self._records:
             if record.state is ModelState.READY:
                 record.state = ModelState.UNLOADING

@@ -318,3 +318,21 @@ async def test_a_version_unloaded_while_it_warms_up_is_never_served(tmp_path: Pa
     finally:
         repository.gate.set()
         await repository.close(1)
+
+
+async def test_closing_while_a_version_warms_up_does_not_wait_for_it_nor_serve_it(tmp_path: Path) -> None:
+    write_model(tmp_path, linear_spec("m"), {1: linear_onnx(seed=1)})
+    repository = SlowWarmUp(RuntimeSettings(model_dir=tmp_path, model_control="explicit"))
+    await repository.load()
+    write_model(tmp_path, linear_spec("m"), {1: linear_onnx(seed=1), 2: linear_onnx(seed=2)})
+    repository.gate.clear()
+    load = asyncio.create_task(repository.load_model("m", "2"))
+    try:
+        await loading(repository, ("m", "2"))
+        await asyncio.wait_for(repository.close(1), 5)
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(load, 5)  # the Load ends with the server
+    finally:
+        repository.gate.set()
+    await asyncio.sleep(0.1)  # the load's thread finishes; what it made is dropped
+    assert ("m", "2") not in {(s.name, s.version) for s in repository.statuses() if s.ready}
