@@ -182,7 +182,8 @@ class LiveModels:
         loop = asyncio.get_running_loop()
         session = await loop.run_in_executor(self._executor, self._load_version, record)
         if self._closed or not any(r is record for r in self._records):
-            log.info("model %s version %s was unloaded while it loaded: not served", record.name, record.version_label)
+            why = "the repository closed" if self._closed else "it was unloaded"
+            log.info("model %s version %s loaded, not served: %s meanwhile", record.name, record.version_label, why)
             return
         if session is None:
             metrics.MODEL_READY.labels(record.name, record.version_label).set(0)
