@@ -85,6 +85,10 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: bool = True, timeout: float = 60.0, channel: grpc.Channel | None = None) -> ServerProcess:
+        if self.proc is not None and self.proc.poll() is None:
+            # A second process on the same port (gRPC binds with SO_REUSEPORT) would share the
+            # calls and outlive terminate(), which stops only the newer one.
+            raise RuntimeError(f"the server on {self.address} is already running (pid {self.proc.pid})")
         log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         if wait:
@@ -130,7 +134,8 @@ class ServerProcess:
         return int(self.proc.returncode)
 
     def __enter__(self) -> ServerProcess:
-        return self.start()
+        """Starts the server unless ``start()`` already did (``with server.start(): ...``)."""
+        return self if self.proc is not None and self.proc.poll() is None else self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.terminate()
