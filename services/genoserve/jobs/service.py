@@ -75,7 +75,8 @@ class JobService:
         model_name, version = kind.model(parsed)
         check_model_name(model_name)  # before the name comes near the filesystem
         try:  # the model.yaml and its family's contract, parsed by the registry
-            records = read_model(self.models.sync((model_name,), files=False) / model_name)
+            with self.models.specs((model_name,)) as specs:
+                records = read_model(specs / model_name)
         except ValueError as exc:
             raise InvalidArgument.field("params[model]", f"model {model_name!r} is not usable: {exc}") from exc
         spec = records[0].spec

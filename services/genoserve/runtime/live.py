@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from genoserve.core import metrics
 from genoserve.core.cpus import CpuBudget, cpu_budget
@@ -33,6 +33,7 @@ from genoserve.runtime.spec import ModelSpec
 from genoserve.runtime.store import ModelStore, open_store
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -251,7 +252,7 @@ class LiveModels:
 
         async with self._mutex:
             only = names or self.settings.models
-            local = await self._sync(only)
+            local = await self._read_store(lambda: self.store.sync(only))
             found = await asyncio.to_thread(self._scan, local, only)
             found = [r for r in found if in_scope(_key(r))]
             current = {_key(r): r for r in self._records}
@@ -290,16 +291,16 @@ class LiveModels:
         gone = [r for r in added if _key(r) not in current]  # unloaded while it loaded
         return sorted([r for k, r in current.items() if in_scope(k)] + gone, key=_order)
 
-    async def _sync(self, only: tuple[str, ...], files: bool = True) -> Path:
-        """``store.sync`` in a thread, counted in the store's metrics."""
+    async def _read_store(self, read: Callable[[], T]) -> T:
+        """``read()`` (a read of the store) in a thread, counted in the store's metrics."""
         control = self.settings.model_control
         try:
-            local = await asyncio.to_thread(self.store.sync, only, files)
+            result = await asyncio.to_thread(read)
         except Exception:
             metrics.MODEL_STORE_SYNC_FAILURES.labels(control).inc()
             raise
         metrics.MODEL_STORE_LAST_SUCCESS.labels(control).set_to_current_time()
-        return local
+        return result
 
     def _scan(self, local: Path, only: tuple[str, ...]) -> list[ModelVersionRecord]:
         return registry.scan(local, only, self.settings.families)
@@ -402,10 +403,14 @@ class LiveModels:
 
     async def index(self) -> list[IndexEntry]:
         """Every model version the store holds, loaded or not, and the loaded ones it no longer
-        holds (Triton's RepositoryIndex). Reads the store's model.yaml files, not its model files."""
-        async with self._mutex:
-            local = await self._sync((), False)
-            found = await asyncio.to_thread(self._scan, local, ())
+        holds (Triton's RepositoryIndex). Reads the store's model.yaml files (not its model files,
+        nor the cache: a refresh downloading a version does not hold it up)."""
+
+        def read() -> list[ModelVersionRecord]:
+            with self.store.specs() as specs:
+                return self._scan(specs, ())
+
+        found = await self._read_store(read)
         current = {_key(r): r for r in self._records}
         entries: list[IndexEntry] = []
         for record in found:

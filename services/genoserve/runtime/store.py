@@ -12,6 +12,10 @@ prefork children): a sync holds an exclusive lock on ``<cache root>/.sync.lock``
 one process mirrors at a time; files are put in place by rename, so a process reading the cache
 sees a file either whole or not yet there. A process serving some families leaves the version
 files of the other families' models as they are: only versions gone from the store leave the cache.
+
+What only needs the model.yaml files (the repository index, a job's submit) reads them with
+``specs`` into a folder of its own, without the cache or its lock: it does not wait for a sync
+that is downloading a large version.
 """
 
 from __future__ import annotations
@@ -60,9 +64,13 @@ class ModelStore(Protocol):
         """Where the models come from, for logs and errors (``s3://bucket/prefix`` or a path)."""
         ...
 
-    def sync(self, only: tuple[str, ...] = (), files: bool = True) -> Path:
-        """Bring the local folder up to date (only the models named in ``only``, if given);
-        ``files`` False: the model.yaml files only, not the versions' files."""
+    def sync(self, only: tuple[str, ...] = ()) -> Path:
+        """Bring the local folder up to date (only the models named in ``only``, if given)."""
+        ...
+
+    def specs(self, only: tuple[str, ...] = ()) -> contextlib.AbstractContextManager[Path]:
+        """A folder holding the store's ``<model>/model.yaml`` files as they are now (only the
+        models named in ``only``, if given), to read while in the ``with`` block; no version files."""
         ...
 
 
@@ -76,10 +84,13 @@ class LocalStore:
     def location(self) -> str:
         return str(self.path)
 
-    def sync(self, only: tuple[str, ...] = (), files: bool = True) -> Path:
+    def sync(self, only: tuple[str, ...] = ()) -> Path:
         if not self.path.is_dir():
             raise FileNotFoundError(f"model directory {self.path} does not exist")
         return self.path
+
+    def specs(self, only: tuple[str, ...] = ()) -> contextlib.AbstractContextManager[Path]:
+        return contextlib.nullcontext(self.sync(only))
 
 
 def _declared_versions(text: bytes) -> tuple[str, dict[str, dict[str, str]]]:
@@ -188,24 +199,30 @@ class S3Store:
                 fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
                 yield
 
-    def sync(self, only: tuple[str, ...] = (), files: bool = True) -> Path:
+    def sync(self, only: tuple[str, ...] = ()) -> Path:
         with self._exclusive():
             objects = self._objects()
-            models = sorted(  # <name>/model.yaml, the name a model name
-                name
-                for name, _, file in (key.partition("/") for key in objects)
-                if file == MODEL_FILE and MODEL_NAME.fullmatch(name)
-            )
+            models = _model_names(objects)
             for stale in self.root.iterdir():
                 if stale.is_dir() and stale.name not in models and not stale.name.startswith("."):
                     log.info("model %s is gone from %s: removed from the cache", stale.name, self.location)
                     shutil.rmtree(stale, ignore_errors=True)
             for name in models:
                 if not only or name in only:
-                    self._sync_model(name, objects, files)
+                    self._sync_model(name, objects)
         return self.root
 
-    def _sync_model(self, name: str, objects: dict[str, str], files: bool) -> None:
+    @contextlib.contextmanager
+    def specs(self, only: tuple[str, ...] = ()) -> Iterator[Path]:
+        objects = self._objects()
+        with tempfile.TemporaryDirectory(prefix="genoserve-specs-") as tmp:
+            root = Path(tmp)
+            for name in _model_names(objects):
+                if not only or name in only:
+                    self._download(f"{name}/{MODEL_FILE}", root / name / MODEL_FILE)
+            yield root
+
+    def _sync_model(self, name: str, objects: dict[str, str]) -> None:
         folder = self.root / name
         folder.mkdir(exist_ok=True)
         for partial in folder.glob(".*"):
@@ -229,7 +246,7 @@ class S3Store:
         family, declared = _declared_versions((fresh or yaml_path).read_bytes())
         # Another family's versions are listed for the registry, which leaves them out: their
         # files are not fetched here (a process serving that family may have them in the cache).
-        fetch = declared if files and (not self.families or family in self.families) else {}
+        fetch = declared if not self.families or family in self.families else {}
         for version, sums in fetch.items():
             prefix = f"{name}/{version}/"
             for key, etag in objects.items():
@@ -266,6 +283,15 @@ class S3Store:
         with os.fdopen(fd, "w") as fh:
             json.dump({"mirrored": mirrored, "refused": refused}, fh)
         os.replace(tmp, index_path)
+
+
+def _model_names(objects: dict[str, str]) -> list[str]:
+    """The models in a listing: ``<name>/model.yaml`` keys whose name is a model name."""
+    return sorted(
+        name
+        for name, _, file in (key.partition("/") for key in objects)
+        if file == MODEL_FILE and MODEL_NAME.fullmatch(name)
+    )
 
 
 def _first_line(exc: BaseException) -> str:

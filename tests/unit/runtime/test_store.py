@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import fcntl
 import hashlib
 import multiprocessing
 import os
 import traceback
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from genoserve.core.errors import Unavailable
-from genoserve.core.settings import ModelStoreSettings, RuntimeSettings
+from genoserve.core.errors import InvalidArgument, Unavailable
+from genoserve.core.settings import JobsSettings, ModelStoreSettings, RuntimeSettings, Settings
+from genoserve.jobs.celery_app import make_celery
+from genoserve.jobs.service import JobService
+from genoserve.jobs.store import SqliteJobStore
 from genoserve.runtime.authoring import NewModel, add_version
 from genoserve.runtime.live import LiveModels
 from genoserve.runtime.registry import ModelState, check_file, scan
@@ -261,3 +268,79 @@ def test_processes_sharing_a_cache_sync_it_at_the_same_time(s3: S3Server, bucket
         assert hashlib.sha256((local / path).read_bytes()).hexdigest() == sha256, path
     partial = [p.name for p in local.rglob(".*") if p.is_file() and p.name.startswith((".download-", ".model.yaml."))]
     assert partial == []
+
+
+@contextlib.contextmanager
+def another_process_mirroring(store: S3Store) -> Iterator[None]:
+    """The cache's lock held, as by another process downloading a large version into it."""
+    store.root.mkdir(parents=True, exist_ok=True)
+    with open(store.root / ".sync.lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a separate open file: it excludes this process's syncs too
+        yield
+
+
+def test_model_yaml_files_are_read_without_the_cache_while_another_process_mirrors_it(
+    s3: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    write_model(tmp_path / "src", linear_spec("m"), {1: linear_onnx(seed=1)})
+    write_model(tmp_path / "src", linear_spec("n"), {1: linear_onnx(seed=2)})
+    publish(s3, bucket, tmp_path / "src", "m")
+    publish(s3, bucket, tmp_path / "src", "n")
+    store = S3Store(f"s3://{bucket}/repo", store_settings(s3, tmp_path / "cache"))
+    with ThreadPoolExecutor(1) as pool, another_process_mirroring(store):  # lock released before the pool waits
+        published = {f"{name}/model.yaml": (tmp_path / "src" / name / "model.yaml").read_bytes() for name in "mn"}
+        assert pool.submit(lambda: _files_of(store, ())).result(timeout=20) == published
+        assert set(pool.submit(lambda: _files_of(store, ("n",))).result(timeout=20)) == {"n/model.yaml"}
+        assert [r.version_label for r in pool.submit(_scan_specs, store).result(timeout=20)] == ["1", "1"]
+    assert not list(store.root.rglob("model.*"))  # the cache was not written
+
+
+def _files_of(store: S3Store, only: tuple[str, ...]) -> dict[str, bytes]:
+    with store.specs(only) as specs:
+        return {p.relative_to(specs).as_posix(): p.read_bytes() for p in specs.rglob("*") if p.is_file()}
+
+
+def _scan_specs(store: S3Store) -> list[Any]:
+    with store.specs() as specs:
+        return scan(specs)
+
+
+async def test_the_repository_index_does_not_wait_for_a_sync_downloading_into_the_cache(
+    s3: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    write_model(tmp_path / "src", linear_spec("m"), {1: linear_onnx(seed=3)})
+    publish(s3, bucket, tmp_path / "src", "m")
+    settings = RuntimeSettings(model_repository=f"s3://{bucket}/repo", store=store_settings(s3, tmp_path / "cache"),
+                               model_control="explicit")  # fmt: skip
+    repository = LiveModels(settings)
+    await repository.load()
+    try:
+        write_model(tmp_path / "src", linear_spec("m"), {1: linear_onnx(seed=3), 2: linear_onnx(seed=4)})
+        publish(s3, bucket, tmp_path / "src", "m")
+        assert isinstance(repository.store, S3Store)
+        with another_process_mirroring(repository.store):
+            index = await asyncio.wait_for(repository.index(), 20)
+        assert [(e.name, e.version, e.state) for e in index] == [("m", "1", ModelState.READY), ("m", "2", None)]
+    finally:
+        await repository.close(1)
+
+
+def test_a_job_submit_reads_the_model_without_waiting_for_a_sync(s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    write_model(tmp_path / "src", linear_spec("m"), {1: linear_onnx(seed=1), 2: linear_onnx(seed=2)})
+    publish(s3, bucket, tmp_path / "src", "m")
+    runtime = RuntimeSettings(model_repository=f"s3://{bucket}/repo", store=store_settings(s3, tmp_path / "cache"))
+    settings = Settings(runtime=runtime, jobs=JobsSettings(data_dir=tmp_path / "jobs"))
+    app = make_celery(settings.jobs)
+    service = JobService(settings, SqliteJobStore(tmp_path / "jobs.sqlite3"), app)
+    assert isinstance(service.models, S3Store)
+    try:
+        with (
+            ThreadPoolExecutor(1) as pool,
+            another_process_mirroring(service.models),
+        ):  # lock released before the pool waits
+            submit = pool.submit(service.submit, "t", "platform.score_rows", [], str(tmp_path / "out"),
+                                 {"model": "m", "version": "3"})  # fmt: skip
+            with pytest.raises(InvalidArgument, match=r"model m has no version '3'; it has \['1', '2'\]"):
+                submit.result(timeout=20)  # the store's model.yaml, read while the cache is locked
+    finally:
+        app.close()
