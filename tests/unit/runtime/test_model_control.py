@@ -293,15 +293,21 @@ async def test_the_index_and_unload_answer_while_a_version_warms_up(tmp_path: Pa
         await repository.close(1)
 
 
-async def test_a_version_unloaded_while_it_warms_up_is_never_served(tmp_path: Path) -> None:
+async def version_2_warming_up(tmp_path: Path) -> tuple[SlowWarmUp, asyncio.Task[Any]]:
+    """Model m serving version 1, and a Load of its version 2 held in its warm-up."""
     write_model(tmp_path, linear_spec("m"), {1: linear_onnx(seed=1)})
     repository = SlowWarmUp(RuntimeSettings(model_dir=tmp_path, model_control="explicit"))
     await repository.load()
+    write_model(tmp_path, linear_spec("m"), {1: linear_onnx(seed=1), 2: linear_onnx(seed=2)})
+    repository.gate.clear()
+    load = asyncio.create_task(repository.load_model("m", "2"))
+    await loading(repository, ("m", "2"))
+    return repository, load
+
+
+async def test_a_version_unloaded_while_it_warms_up_is_never_served(tmp_path: Path) -> None:
+    repository, load = await version_2_warming_up(tmp_path)
     try:
-        write_model(tmp_path, linear_spec("m"), {1: linear_onnx(seed=1), 2: linear_onnx(seed=2)})
-        repository.gate.clear()
-        load = asyncio.create_task(repository.load_model("m", "2"))
-        await loading(repository, ("m", "2"))
         assert await asyncio.wait_for(repository.unload("m", "2"), 5) == ["2"]
         repository.gate.set()
         records = await asyncio.wait_for(load, 30)  # the Load says what became of it
@@ -321,14 +327,8 @@ async def test_a_version_unloaded_while_it_warms_up_is_never_served(tmp_path: Pa
 
 
 async def test_closing_while_a_version_warms_up_does_not_wait_for_it_nor_serve_it(tmp_path: Path) -> None:
-    write_model(tmp_path, linear_spec("m"), {1: linear_onnx(seed=1)})
-    repository = SlowWarmUp(RuntimeSettings(model_dir=tmp_path, model_control="explicit"))
-    await repository.load()
-    write_model(tmp_path, linear_spec("m"), {1: linear_onnx(seed=1), 2: linear_onnx(seed=2)})
-    repository.gate.clear()
-    load = asyncio.create_task(repository.load_model("m", "2"))
+    repository, load = await version_2_warming_up(tmp_path)
     try:
-        await loading(repository, ("m", "2"))
         await asyncio.wait_for(repository.close(1), 5)
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(load, 5)  # the Load ends with the server
